@@ -1,0 +1,134 @@
+"""`releasegate` console script (Click): a thin door onto deploy.operations, like tasks.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from deploy import operations
+from deploy.operations import Options
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success (promoted / rolled back / smoke passed)
+  1  smoke pack or check failed
+  2  invalid input or config; nothing contacted
+  3  deploy failed after activation; rolled back, the previous release serves
+  4  lock held by someone else
+  5  failed before activation (preflight, ship); nothing live changed
+  6  rollback failed or unsafe; a human is needed
+  7  host key unknown or changed; refused
+  130/143  interrupted by SIGINT/SIGTERM after the safe cleanup for that phase
+"""
+
+
+@click.group(epilog=EXIT_CODES)
+@click.option(
+    "--inventories",
+    "inventories",
+    type=click.Path(path_type=Path),
+    default=Path("inventories"),
+    show_default=True,
+    help="Directory holding <env>.yml inventories.",
+)
+@click.option("--plain", is_flag=True, help="Plain lines even on a terminal.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every remote command (masked).")
+@click.pass_context
+def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool) -> None:
+    """Gated deploys with automatic rollback for apps on a VPS under PM2."""
+    ctx.obj = Options(inventories=inventories, plain=plain, verbose=verbose)
+
+
+@main.command()
+@click.argument("env")
+@click.option("--revision", help="Branch, tag or sha to deploy (default: app.revision).")
+@click.option("--allow-dirty", is_flag=True, help="Ship the commit even if the tree has changes.")
+@click.pass_obj
+def deploy(opts: Options, env: str, revision: str | None, allow_dirty: bool) -> None:
+    """Ship, activate and gate a release of ENV; roll back automatically if the gate fails."""
+    sys.exit(operations.run_deploy(env, opts, revision=revision, allow_dirty=allow_dirty))
+
+
+@main.command()
+@click.argument("env")
+@click.option("--to", "to", metavar="ID", help="Release id to go back to (default: previous good).")
+@click.pass_obj
+def rollback(opts: Options, env: str, to: str | None) -> None:
+    """Activate the previous good release (or --to ID) and gate it like a deploy."""
+    sys.exit(operations.run_rollback(env, opts, to=to))
+
+
+@main.command()
+@click.argument("env")
+@click.pass_obj
+def status(opts: Options, env: str) -> None:
+    """Current release, last good, process state, lock holder and releases."""
+    sys.exit(operations.run_status(env, opts))
+
+
+@main.command("trust-host")
+@click.argument("env")
+@click.option("--yes", is_flag=True, help="Pin without asking (you checked the fingerprint).")
+@click.option("--replace", is_flag=True, help="Replace a pinned key that changed.")
+@click.pass_obj
+def trust_host(opts: Options, env: str, yes: bool, replace: bool) -> None:
+    """Show the host's SHA256 key fingerprint and pin it in known_hosts."""
+    sys.exit(
+        operations.run_trust_host(
+            env,
+            opts,
+            yes=yes,
+            replace=replace,
+            confirm=lambda q: click.confirm(q, default=False),
+        )
+    )
+
+
+@main.group()
+def sandbox() -> None:
+    """A throwaway local VPS (real systemd, sshd, PM2) in Linux namespaces; needs root."""
+
+
+@sandbox.command("up")
+@click.option("--name", default="rg-local", show_default=True)
+@click.option("--index", default=5, show_default=True, help="Uses 10.231.<index>.0/24.")
+def sandbox_up(name: str, index: int) -> None:
+    """Boot the sandbox (idempotent)."""
+    from deploy import sandbox_cli
+
+    sys.exit(sandbox_cli.up(name, index))
+
+
+@sandbox.command("down")
+@click.option("--name", default="rg-local", show_default=True)
+@click.option("--index", default=5, show_default=True)
+def sandbox_down(name: str, index: int) -> None:
+    """Stop the sandbox and remove everything it created on this machine."""
+    from deploy import sandbox_cli
+
+    sys.exit(sandbox_cli.down(name, index))
+
+
+@sandbox.command("status")
+@click.option("--name", default="rg-local", show_default=True)
+@click.option("--index", default=5, show_default=True)
+def sandbox_status(name: str, index: int) -> None:
+    """Say whether the sandbox is up and how to reach it."""
+    from deploy import sandbox_cli
+
+    sys.exit(sandbox_cli.status(name, index))
+
+
+@main.command()
+@click.pass_obj
+def demo(opts: Options) -> None:
+    """Boot the sandbox, deploy a good release, then a bad one that is rolled back."""
+    from deploy import demo as demo_mod
+
+    sys.exit(demo_mod.run(opts))
+
+
+if __name__ == "__main__":
+    main()

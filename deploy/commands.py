@@ -1,0 +1,285 @@
+"""Remote commands as data: pure builders that return `Cmd` values. Nothing here runs anything.
+
+Every value that reaches the remote shell goes through `Cmd.render`, the one place that
+quotes (shlex). Multi-step host logic is a constant `sh -c` script whose inputs arrive as
+quoted positional parameters ($1, $2, …), so no value is ever spliced into script text.
+Each builder has a `name` (what tests and the fake host key on) and a masked `display`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from deploy.model import RELEASE_ID, TOKEN, Layout, Manifest
+
+# Exit code our scripts use to say "the lock is held" (EX_TEMPFAIL), distinct from failures.
+LOCK_HELD = 75
+# Exit code for "checksum mismatch" from the extract script.
+CHECKSUM_MISMATCH = 76
+
+
+@dataclass(frozen=True)
+class Cmd:
+    name: str
+    argv: tuple[str, ...]
+    display: str
+    cwd: str | None = None
+
+    def render(self) -> str:
+        line = shlex.join(self.argv)
+        if self.cwd is not None:
+            return f"cd {shlex.quote(self.cwd)} && {line}"
+        return line
+
+
+def _cmd(name: str, argv: Sequence[str], display: str | None = None, cwd: str | None = None) -> Cmd:
+    return Cmd(name=name, argv=tuple(argv), display=display or shlex.join(argv), cwd=cwd)
+
+
+def _script(name: str, script: str, args: Sequence[str], display: str) -> Cmd:
+    """A constant POSIX sh script; `args` become $1.. and are quoted by `Cmd.render`."""
+    return _cmd(name, ["sh", "-c", script, "releasegate", *args], display=display)
+
+
+def _p(path: PurePosixPath | str) -> str:
+    text = str(path)
+    if text.startswith("-"):
+        raise ValueError(f"refusing a path that starts with '-': {text!r}")
+    return text
+
+
+def _release(release_id: str) -> str:
+    if not RELEASE_ID.match(release_id):
+        raise ValueError(f"not a release id: {release_id!r}")
+    return release_id
+
+
+# ---------------------------------------------------------------- layout, state, lock, journal
+
+
+def prepare_layout(layout: Layout) -> Cmd:
+    return _script(
+        "layout.prepare",
+        'set -e; mkdir -p -- "$1/releases" "$1/shared" "$1/.releasegate/uploads";'
+        ' chmod 0700 -- "$1/.releasegate"',
+        [_p(layout.root)],
+        f"prepare {layout.root}/{{releases,shared,.releasegate}}",
+    )
+
+
+STATE_SCRIPT = r"""
+cd -- "$1" 2>/dev/null || { echo "@@missing-root"; exit 0; }
+echo "@@current"; readlink current 2>/dev/null || true
+echo "@@releases"; ls -1 releases 2>/dev/null || true
+echo "@@lock"; cat .releasegate/lock/owner.json 2>/dev/null || true
+echo "@@journal"; cat .releasegate/journal.jsonl 2>/dev/null || true
+"""
+
+
+def read_state(layout: Layout) -> Cmd:
+    """One round trip for everything the flow decides from: current, releases, lock, journal."""
+    return _script("state.read", STATE_SCRIPT, [_p(layout.root)], f"read state of {layout.root}")
+
+
+LOCK_SCRIPT = r"""
+if mkdir -- "$1" 2>/dev/null; then
+  printf '%s\n' "$2" > "$1/token" && printf '%s\n' "$3" > "$1/owner.json" && exit 0
+  rm -rf -- "$1"; exit 1
+fi
+cat -- "$1/owner.json" 2>/dev/null; exit 75
+"""
+
+
+def acquire_lock(layout: Layout, token: str, owner: dict[str, object]) -> Cmd:
+    if not TOKEN.match(token):
+        raise ValueError("lock token must be 32 hex digits")
+    return _script(
+        "lock.acquire",
+        LOCK_SCRIPT,
+        [_p(layout.lock), token, json.dumps(owner, sort_keys=True)],
+        f"acquire lock {layout.lock}",
+    )
+
+
+RELEASE_LOCK_SCRIPT = r"""
+[ -d "$1" ] || exit 0
+[ "$(cat -- "$1/token" 2>/dev/null)" = "$2" ] || { echo "lock is held by another owner"; exit 75; }
+rm -rf -- "$1"
+"""
+
+
+def release_lock(layout: Layout, token: str) -> Cmd:
+    """Only the owner (who knows the token) removes the lock."""
+    if not TOKEN.match(token):
+        raise ValueError("lock token must be 32 hex digits")
+    return _script(
+        "lock.release", RELEASE_LOCK_SCRIPT, [_p(layout.lock), token], f"release lock {layout.lock}"
+    )
+
+
+def append_journal(layout: Layout, entries: Iterable[dict[str, object]]) -> Cmd:
+    lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries]
+    for line in lines:
+        if "\n" in line:
+            raise ValueError("journal lines must not contain newlines")
+    return _script(
+        "journal.append",
+        'j="$1"; shift; printf \'%s\\n\' "$@" >> "$j"',
+        [_p(layout.journal), *lines],
+        f"append {len(lines)} entr{'y' if len(lines) == 1 else 'ies'} to {layout.journal}",
+    )
+
+
+# ---------------------------------------------------------------- ship
+
+EXTRACT_SCRIPT = r"""
+set -e
+upload="$1"; sha="$2"; partial="$3"
+actual=$(sha256sum -- "$upload" | cut -d' ' -f1)
+if [ "$actual" != "$sha" ]; then
+  echo "sha256 mismatch: expected $sha, got $actual"; rm -f -- "$upload"; exit 76
+fi
+rm -rf -- "$partial"; mkdir -p -- "$partial"
+tar -xzf "$upload" -C "$partial" --no-same-owner --no-same-permissions --delay-directory-restore
+rm -f -- "$upload"
+"""
+
+
+def verify_and_extract(upload: PurePosixPath, sha256: str, partial: PurePosixPath) -> Cmd:
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError("sha256 must be 64 lowercase hex digits")
+    return _script(
+        "release.extract",
+        EXTRACT_SCRIPT,
+        [_p(upload), sha256, _p(partial)],
+        f"verify sha256 {sha256[:12]}… and extract into {partial}",
+    )
+
+
+LINK_SHARED_SCRIPT = r"""
+set -e
+shared="$1"; release="$2"; shift 2
+while [ $# -gt 0 ]; do
+  kind="$1"; rel="$2"; shift 2
+  if [ "$kind" = dir ]; then
+    mkdir -p -- "$shared/$rel"
+  elif [ ! -e "$shared/$rel" ]; then
+    echo "shared file $shared/$rel does not exist: create it on the host (mode 0600 for secrets)"
+    exit 3
+  fi
+  rm -rf -- "$release/$rel"
+  mkdir -p -- "$(dirname -- "$release/$rel")"
+  ln -s -- "$shared/$rel" "$release/$rel"
+done
+"""
+
+
+def link_shared(
+    layout: Layout, partial: PurePosixPath, files: Sequence[str], dirs: Sequence[str]
+) -> Cmd:
+    pairs: list[str] = []
+    for d in dirs:
+        pairs += ["dir", _p(d)]
+    for f in files:
+        pairs += ["file", _p(f)]
+    return _script(
+        "release.link_shared",
+        LINK_SHARED_SCRIPT,
+        [_p(layout.shared), _p(partial), *pairs],
+        f"link shared {', '.join([*dirs, *files]) or '(nothing)'} into {partial.name}",
+    )
+
+
+WRITE_SCRIPT = r"""
+set -e; umask 077
+printf '%s' "$2" > "$1.tmp"; chmod "$3" "$1.tmp"; mv -f -- "$1.tmp" "$1"
+"""
+
+
+def write_file(path: PurePosixPath, content: str, *, mode: str = "0644", label: str = "") -> Cmd:
+    if mode not in {"0600", "0640", "0644"}:
+        raise ValueError(f"unexpected file mode {mode}")
+    return _script(
+        "file.write",
+        WRITE_SCRIPT,
+        [_p(path), content, mode],
+        f"write {label or path}",
+    )
+
+
+def write_manifest(release_dir: PurePosixPath, manifest: Manifest) -> Cmd:
+    body = json.dumps(manifest.as_dict(), indent=2, sort_keys=True) + "\n"
+    return write_file(
+        release_dir / ".release.json", body, label=f"{release_dir.name}/.release.json"
+    )
+
+
+def run_install(partial: PurePosixPath, install: str) -> Cmd:
+    # The install command is the user's own shell line; it reaches the host as one quoted
+    # argument of `sh -c`, never spliced into our text.
+    return _cmd(
+        "release.install",
+        ["sh", "-c", install],
+        display=f"(in {partial.name}) {install}",
+        cwd=_p(partial),
+    )
+
+
+def finalize_release(partial: PurePosixPath, release_dir: PurePosixPath) -> Cmd:
+    return _cmd(
+        "release.finalize",
+        ["mv", "-T", "--", _p(partial), _p(release_dir)],
+        display=f"mv -T {partial.name} {release_dir.name}",
+    )
+
+
+def remove_partial(partial: PurePosixPath) -> Cmd:
+    if not partial.name.endswith(".partial"):
+        raise ValueError(f"refusing to remove {partial}: not a partial release")
+    return _cmd("release.remove_partial", ["rm", "-rf", "--", _p(partial)])
+
+
+def remove_upload(upload: PurePosixPath) -> Cmd:
+    return _cmd("upload.remove", ["rm", "-f", "--", _p(upload)])
+
+
+# ---------------------------------------------------------------- activate
+
+SWITCH_SCRIPT = r"""
+set -e
+cd -- "$1"
+[ -f "releases/$2/.release.json" ] || { echo "releases/$2 is not a complete release"; exit 3; }
+ln -s -- "releases/$2" "current.$3"
+mv -T -- "current.$3" current
+"""
+
+
+def switch_current(layout: Layout, release_id: str, nonce: str) -> Cmd:
+    """Atomic switch: a new link beside `current`, renamed over it (rename(2)); never ln -sfn."""
+    if not TOKEN.match(nonce):
+        raise ValueError("nonce must be 32 hex digits")
+    return _script(
+        "current.switch",
+        SWITCH_SCRIPT,
+        [_p(layout.root), _release(release_id), nonce],
+        f"switch current -> releases/{release_id}",
+    )
+
+
+CWDS_SCRIPT = r"""
+for p in "$@"; do printf '%s %s\n' "$p" "$(readlink "/proc/$p/cwd" 2>/dev/null || echo -)"; done
+"""
+
+
+def proc_cwds(pids: Sequence[int]) -> Cmd:
+    args = [str(int(p)) for p in pids]
+    return _script(
+        "process.cwds",
+        CWDS_SCRIPT,
+        args,
+        f"read cwd of pids {' '.join(args)}",
+    )

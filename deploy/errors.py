@@ -1,0 +1,107 @@
+"""The error tree of releasegate; every error maps to one exit code (docs/exit-codes.md).
+
+    ReleasegateError
+    ├── ConfigError            2  invalid input or config; nothing contacted
+    ├── LockHeld               4  another operation holds the host's lock
+    ├── AbortedBeforeLive      5  failed before the point of no return; nothing live changed
+    │   ├── ShipError
+    │   └── RemoteCommandError (when raised before the switch; the flow re-raises as abort)
+    ├── RolledBack             3  failed after activation; the last good release serves again
+    ├── HumanNeeded            6  rollback failed or impossible; the message says what is live
+    ├── HostKeyRefused         7  the host's SSH key is unknown or changed
+    └── Interrupted            130/143 after the safe cleanup for that phase
+
+Steps raise; only `deploy.flow` decides whether an error aborts or rolls back and which of
+these the operation ends with. Messages say what was being done, where, and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ReleasegateError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, *, evidence: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.evidence = evidence
+
+
+class ConfigError(ReleasegateError):
+    exit_code = 2
+
+
+class RolledBack(ReleasegateError):
+    exit_code = 3
+
+
+class LockHeld(ReleasegateError):
+    exit_code = 4
+
+
+class AbortedBeforeLive(ReleasegateError):
+    exit_code = 5
+
+
+class ShipError(AbortedBeforeLive):
+    pass
+
+
+class HumanNeeded(ReleasegateError):
+    exit_code = 6
+
+
+class HostKeyRefused(ReleasegateError):
+    exit_code = 7
+
+
+class Interrupted(ReleasegateError):
+    def __init__(self, message: str, *, signum: int, evidence: tuple[str, ...] = ()) -> None:
+        super().__init__(message, evidence=evidence)
+        self.exit_code = 128 + signum
+
+
+class ConnectionLost(ReleasegateError):
+    """SSH to the host failed or dropped; the flow turns it into abort or HumanNeeded."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class CommandFailure:
+    """What a failed remote command left behind, with secrets already masked."""
+
+    display: str
+    exit_code: int
+    stderr_tail: str
+    host: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class RemoteCommandError(ReleasegateError):
+    """A remote command exited non-zero. Raised by Remote.run(check=True)."""
+
+    exit_code = 5
+
+    def __init__(self, failure: CommandFailure, *, what: str = "") -> None:
+        doing = f"while {what}: " if what else ""
+        msg = (
+            f"{doing}`{failure.display}` on {failure.host or 'the host'} exited {failure.exit_code}"
+        )
+        if failure.stderr_tail.strip():
+            msg += f": {failure.stderr_tail.strip()}"
+        super().__init__(msg)
+        self.failure = failure
+
+
+class GateFailed(ReleasegateError):
+    """A gate said no. Carries the probe history as evidence; the flow rolls back."""
+
+    exit_code = 3
+
+    def __init__(self, gate: str, reason: str, *, evidence: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{gate} gate failed: {reason}", evidence=evidence)
+        self.gate = gate
+        self.reason = reason

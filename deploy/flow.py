@@ -1,0 +1,456 @@
+"""deploy() and rollback(): the flow of docs/design.md §2, and nothing else.
+
+    lock → ship → ─┬─ activate → gate(ready, identity) → promote → unlock
+                   │             │ any failure or signal after this line
+    failure before ┘             └→ rollback to last good → gate it → mark the new release bad
+
+Steps (deploy.host, deploy.gate) raise; only this module decides between abort and rollback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from deploy import artifact as artifacts
+from deploy.clock import Clock
+from deploy.errors import (
+    AbortedBeforeLive,
+    ConfigError,
+    ConnectionLost,
+    HostKeyRefused,
+    HumanNeeded,
+    Interrupted,
+    LockHeld,
+    ReleasegateError,
+)
+from deploy.gate import ReadyPolicy, check_identity, probe_http, wait_ready
+from deploy.host import HostOps
+from deploy.inventory import Inventory
+from deploy.model import HostStatus, Layout, Outcome, ReleaseState, is_release_id
+from deploy.process import manager_for
+from deploy.remote import Remote
+from deploy.report import Reporter
+
+
+class Signalled(BaseException):
+    """SIGTERM as an exception, like KeyboardInterrupt is for SIGINT (the CLI installs it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+HttpFactory = Callable[[str, float], httpx.Client]
+
+
+def default_http(base_url: str, timeout: float) -> httpx.Client:
+    return httpx.Client(base_url=base_url, timeout=timeout, trust_env=False)
+
+
+@dataclass
+class Deps:
+    """What an operation needs from outside; tests pass fakes for each."""
+
+    inventory: Inventory
+    remote: Remote
+    reporter: Reporter
+    clock: Clock
+    actor: str
+    workdir: Path
+    http: HttpFactory = default_http
+    health_token: str | None = None
+
+
+def _host(d: Deps) -> HostOps:
+    layout = Layout(root=_posix(d.inventory.host.root))
+    return HostOps(
+        inventory=d.inventory,
+        remote=d.remote,
+        manager=manager_for(d.inventory, layout),
+        layout=layout,
+        actor=d.actor,
+    )
+
+
+def _posix(path: str):  # type: ignore[no-untyped-def]
+    from pathlib import PurePosixPath
+
+    return PurePosixPath(path)
+
+
+# ---------------------------------------------------------------------------- deploy
+
+
+def deploy(d: Deps, source: artifacts.Source) -> Outcome:
+    r = d.reporter
+    with r.stage("build artifact"):
+        art = artifacts.build(source, d.workdir, d.clock.now())
+        r.info(
+            f"release {art.release_id} from {art.revision[:12]}: {art.members} files, "
+            f"{art.size / 1024:.0f} KiB, sha256 {art.sha256[:12]}…"
+        )
+    host = _host(d)
+    with _locked(d, host, "deploy"):
+        state = host.read_state()
+        rid = art.release_id
+        if rid in state.release_dirs:
+            raise AbortedBeforeLive(
+                f"release {rid} already exists on {host.label}; retry in a second"
+            )
+        if state.partial_dirs:
+            leftovers = ", ".join(sorted(state.partial_dirs))
+            r.info(f"removing leftovers of an interrupted deploy: {leftovers}")
+            host.remove_partials(state.partial_dirs)
+        previous_good = state.last_good(exclude=[rid])
+        try:
+            with r.stage(f"ship {rid}"):
+                host.record(
+                    d.clock.now(),
+                    "deploy",
+                    rid,
+                    ReleaseState.PARTIAL,
+                    revision=art.revision,
+                    sha256=art.sha256,
+                )
+                host.ship(art, d.clock.now())
+                host.record(d.clock.now(), "deploy", rid, ReleaseState.READY)
+        except BaseException as exc:
+            _abort(d, host, rid, exc)
+            raise AssertionError("unreachable") from exc
+
+        # ---------------------------- point of no return: live state changes below ----------
+        return _activate_and_gate(d, host, rid, op="deploy", fallback=previous_good)
+
+
+def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
+    """Before the point of no return: remove the partial release; nothing live changed."""
+    with _shielded(d.reporter):
+        if not isinstance(exc, ConnectionLost):
+            with contextlib.suppress(ReleasegateError):
+                host.remove_partials(frozenset({f"{rid}.partial"}))
+                host.record(
+                    d.clock.now(), "deploy", rid, None, result="aborted", reason=_reason(exc)
+                )
+    signum = _signum(exc)
+    if signum:
+        raise Interrupted(
+            f"interrupted by {signal.Signals(signum).name} before activation; the partial "
+            f"release was removed and nothing live changed",
+            signum=signum,
+        ) from None
+    if isinstance(exc, AbortedBeforeLive | ConfigError | LockHeld | HostKeyRefused):
+        raise exc
+    if isinstance(exc, ConnectionLost):
+        raise AbortedBeforeLive(
+            f"lost SSH to {host.label} while shipping {rid}; nothing live changed. The partial "
+            f"release is removed by the next deploy; the lock {host.layout.lock} may still be "
+            f"held — check `releasegate status {d.inventory.env}`. ({exc.message})"
+        ) from None
+    if isinstance(exc, ReleasegateError):
+        raise AbortedBeforeLive(
+            f"deploy of {rid} failed before activation, nothing live changed: {exc.message}",
+            evidence=exc.evidence,
+        ) from None
+    raise exc
+
+
+# ---------------------------------------------------------------------------- rollback
+
+
+def rollback(d: Deps, to: str | None = None) -> Outcome:
+    if to is not None and not is_release_id(to):
+        raise ConfigError(
+            f"--to {to!r} is not a release id: ids look like 20261122143055-1a2b3c4 "
+            f"(see `releasegate status {d.inventory.env}`)"
+        )
+    host = _host(d)
+    with _locked(d, host, "rollback"):
+        state = host.read_state()
+        current = state.current
+        if to is not None:
+            if to not in state.release_dirs:
+                known = ", ".join(state.good_releases()) or "none"
+                raise ConfigError(
+                    f"release {to} does not exist on {host.label}; good releases there: {known}"
+                )
+            if state.state_of(to) != ReleaseState.GOOD:
+                raise ConfigError(
+                    f"release {to} is {state.state_of(to) or 'unknown to the journal'}, not good; "
+                    f"rollback only goes to good releases "
+                    f"({', '.join(state.good_releases()) or 'none'})"
+                )
+            target = to
+        else:
+            found = state.last_good(exclude=[current] if current else [])
+            if found is None:
+                raise HumanNeeded(
+                    f"no good release other than the current one ({current or 'none'}) exists on "
+                    f"{host.label}; nothing was changed"
+                )
+            target = found
+        if target == current:
+            d.reporter.info(f"{target} is already current; activating and gating it again")
+        fallback = current if current and state.state_of(current) == ReleaseState.GOOD else None
+        if fallback == target:
+            fallback = None
+        # ---------------------------- point of no return ----------------------------------
+        return _activate_and_gate(d, host, target, op="rollback", fallback=fallback)
+
+
+# ---------------------------------------------------------------------------- activation
+
+
+def _activate_and_gate(
+    d: Deps, host: HostOps, rid: str, *, op: str, fallback: str | None
+) -> Outcome:
+    r = d.reporter
+    try:
+        with r.stage(f"activate {rid}"):
+            host.record(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED)
+            host.switch(rid)
+            host.reload(rid)
+        with r.stage(f"gate {rid}"):
+            evidence = _gate(d, host, rid)
+    except BaseException as exc:
+        return _recover(d, host, rid, op=op, fallback=fallback, exc=exc)
+    host.record(d.clock.now(), op, rid, ReleaseState.GOOD, result="promoted")
+    host.persist()
+    verb = "promoted" if op == "deploy" else "rolled back to"
+    outcome = Outcome(
+        op=op,
+        result="promoted" if op == "deploy" else "rolled-back",
+        exit_code=0,
+        release=rid,
+        live=rid,
+        message=f"{verb} {rid} on {host.label}",
+        evidence=tuple(evidence),
+    )
+    r.outcome(outcome)
+    return outcome
+
+
+def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
+    health = d.inventory.health
+    policy = ReadyPolicy(
+        deadline=health.deadline,
+        interval=health.interval,
+        successes=health.successes,
+        max_restarts=health.max_restarts,
+    )
+    headers = {health.token_header: d.health_token} if d.health_token else {}
+    with (
+        host.remote.tunnel(d.inventory.health_port) as port,
+        d.http(f"http://127.0.0.1:{port}", health.probe_timeout) as client,
+    ):
+        history = wait_ready(
+            lambda: probe_http(client, health.path, headers),
+            host.snapshot,
+            policy,
+            d.clock,
+            on_probe=lambda p: d.reporter.command(p.line()),
+        )
+    d.reporter.info(f"ready: {history[-1].detail} ({len(history)} probes)")
+    snap = host.snapshot()
+    identity = check_identity(snap, host.process_cwds(snap.pids), host.layout.release(rid))
+    d.reporter.info(f"identity: {identity}")
+    return [p.line() for p in history] + [f"identity: {identity}"]
+
+
+def _recover(
+    d: Deps, host: HostOps, failed: str, *, op: str, fallback: str | None, exc: BaseException
+) -> Outcome:
+    """After the point of no return: put the last good release back and prove it healthy."""
+    r = d.reporter
+    reason = _reason(exc)
+    evidence = exc.evidence if isinstance(exc, ReleasegateError) else ()
+    signum = _signum(exc)
+    if isinstance(exc, ConnectionLost):
+        raise HumanNeeded(
+            f"lost SSH to {host.label} after activating {failed}: {exc.message}. The host may "
+            f"be running {failed} unverified and the lock {host.layout.lock} may still be held. "
+            f"Reconnect and run `releasegate status {d.inventory.env}`, then "
+            f"`releasegate rollback {d.inventory.env}` if {failed} is not healthy.",
+            evidence=evidence,
+        ) from None
+    if not isinstance(exc, ReleasegateError | KeyboardInterrupt | Signalled):
+        # A bug of ours must not leave the host on an unverified release: roll back anyway.
+        reason = f"internal error {type(exc).__name__}: {exc}"
+    r.warn(f"{op} of {failed} failed: {reason}")
+    with _shielded(r):
+        if fallback is None:
+            host.stop_app()
+            host.record(
+                d.clock.now(), op, failed, ReleaseState.BAD, reason=reason, evidence=list(evidence)
+            )
+            outcome = Outcome(
+                op=op,
+                result="rollback-impossible",
+                exit_code=6,
+                release=failed,
+                live=None,
+                message=(
+                    f"{failed} failed ({reason}) and there is no known-good release to go back "
+                    f"to (first deploy?). The app was stopped; `current` still points to "
+                    f"{failed}, marked bad. Fix the release and deploy again."
+                ),
+                evidence=evidence,
+            )
+            r.outcome(outcome)
+            return outcome
+        try:
+            with r.stage(f"roll back to {fallback}"):
+                host.record(
+                    d.clock.now(),
+                    "rollback",
+                    fallback,
+                    ReleaseState.ACTIVE_UNVERIFIED,
+                    reason=f"{op} of {failed} failed",
+                )
+                host.switch(fallback)
+                host.reload(fallback)
+                back_evidence = _gate(d, host, fallback)
+        except Exception as again:
+            with contextlib.suppress(ReleasegateError):
+                host.record(d.clock.now(), op, failed, ReleaseState.BAD, reason=reason)
+                host.record(
+                    d.clock.now(),
+                    "rollback",
+                    fallback,
+                    None,
+                    result="failed",
+                    reason=_reason(again),
+                )
+            outcome = Outcome(
+                op=op,
+                result="rollback-failed",
+                exit_code=6,
+                release=failed,
+                live=fallback,
+                message=(
+                    f"{failed} failed ({reason}) and the rollback to {fallback} failed too "
+                    f"({_reason(again)}). `current` points to {fallback} but it is not verified "
+                    f"healthy: a human is needed. Check `releasegate status {d.inventory.env}`."
+                ),
+                evidence=evidence + (getattr(again, "evidence", ()) or ()),
+            )
+            r.outcome(outcome)
+            return outcome
+        host.record(
+            d.clock.now(),
+            op,
+            failed,
+            ReleaseState.BAD,
+            reason=reason,
+            evidence=list(evidence)[-20:],
+        )
+        host.record(
+            d.clock.now(), "rollback", fallback, ReleaseState.GOOD, result="restored", after=failed
+        )
+        host.persist()
+    code = 128 + signum if signum else 3
+    outcome = Outcome(
+        op=op,
+        result="rolled-back",
+        exit_code=code,
+        release=failed,
+        live=fallback,
+        message=f"{failed} failed ({reason}); rolled back, {fallback} serves again and is verified",
+        evidence=tuple(evidence) + tuple(f"rollback: {line}" for line in back_evidence[-3:]),
+    )
+    r.outcome(outcome)
+    return outcome
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def status(d: Deps) -> HostStatus:
+    host = _host(d)
+    state = host.read_state()
+    snap = host.snapshot() if state.root_exists else None
+    rels = sorted(
+        state.release_dirs | {p.removesuffix(".partial") for p in state.partial_dirs}, reverse=True
+    )
+    return HostStatus(
+        host=host.label,
+        current=state.current,
+        last_good=state.last_good(),
+        process=snap,
+        lock_holder=state.lock_owner,
+        releases=tuple(
+            (
+                rid,
+                state.state_of(rid)
+                or ("partial" if f"{rid}.partial" in state.partial_dirs else "unknown"),
+            )
+            for rid in rels
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
+    with d.reporter.stage(f"connect {host.label} and lock"):
+        host.prepare()
+        host.acquire_lock(op, d.clock.now())
+    try:
+        yield
+    finally:
+        with _shielded(d.reporter):
+            try:
+                host.release_lock()
+            except ReleasegateError as exc:
+                d.reporter.error(
+                    f"could not release the lock {host.layout.lock} on {host.label}: "
+                    f"{exc.message}. Remove it once you have checked the host "
+                    f"(`releasegate status {d.inventory.env}`)."
+                )
+
+
+@contextlib.contextmanager
+def _shielded(reporter: Reporter) -> Iterator[None]:
+    """While the host is being made safe, a second Ctrl-C/SIGTERM is acknowledged, not obeyed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def acknowledge(signum: int, _frame: object) -> None:
+        reporter.warn(
+            f"{signal.Signals(signum).name} received while making the host safe; "
+            f"finishing that first"
+        )
+
+    old_int = signal.signal(signal.SIGINT, acknowledge)
+    old_term = signal.signal(signal.SIGTERM, acknowledge)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _signum(exc: BaseException) -> int:
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if isinstance(exc, Signalled):
+        return exc.signum
+    return 0
+
+
+def _reason(exc: BaseException) -> str:
+    signum = _signum(exc)
+    if signum:
+        return f"interrupted by {signal.Signals(signum).name}"
+    if isinstance(exc, ReleasegateError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"

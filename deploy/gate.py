@@ -1,0 +1,113 @@
+"""Gates that decide promotion. They take their inputs as functions (probe, process snapshot),
+so they know nothing about SSH or PM2, and a fake clock runs them without waiting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import httpx
+
+from deploy.clock import Clock
+from deploy.errors import GateFailed
+from deploy.model import Probe, ProcessSnapshot
+
+
+@dataclass(frozen=True)
+class ReadyPolicy:
+    deadline: float
+    interval: float
+    successes: int
+    max_restarts: int
+
+
+def probe_http(client: httpx.Client, path: str, headers: dict[str, str]) -> tuple[str, str]:
+    """One readiness probe: ("ok"|"fail"|"error", detail). The client carries the timeout."""
+    started = time.perf_counter()
+    try:
+        response = client.get(path, headers=headers)
+    except httpx.TimeoutException:
+        return "error", f"no answer: timed out after {time.perf_counter() - started:.1f}s"
+    except httpx.HTTPError as exc:
+        return "error", f"no answer: {type(exc).__name__} {str(exc)[:120]}".rstrip()
+    ms = (time.perf_counter() - started) * 1000
+    if 200 <= response.status_code < 300:
+        return "ok", f"{response.status_code} in {ms:.0f} ms"
+    body = response.text.strip().replace("\n", " ")[:120]
+    return "fail", f"{response.status_code} in {ms:.0f} ms {body}".rstrip()
+
+
+def wait_ready(
+    probe: Callable[[], tuple[str, str]],
+    process: Callable[[], ProcessSnapshot] | None,
+    policy: ReadyPolicy,
+    clock: Clock,
+    on_probe: Callable[[Probe], None] | None = None,
+) -> list[Probe]:
+    """Promote after `successes` consecutive ok probes within the deadline.
+
+    Fails fast — without waiting out the deadline — when the process manager reports the
+    process errored/stopped/missing or restarting more than `max_restarts` times.
+    """
+    start = clock.monotonic()
+    history: list[Probe] = []
+    baseline: int | None = None
+    streak = 0
+    while True:
+        elapsed = clock.monotonic() - start
+        if process is not None:
+            snap = process()
+            if baseline is None:
+                baseline = snap.restarts
+            restarts = snap.restarts - baseline
+            if snap.status in {"errored", "stopped", "missing"} or restarts > policy.max_restarts:
+                why = (
+                    f"the process is {snap.status}"
+                    if snap.status in {"errored", "stopped", "missing"}
+                    else f"the process restarted {restarts} times during the gate"
+                )
+                history.append(Probe(at=elapsed, outcome="error", detail=f"process: {why}"))
+                raise GateFailed("ready", f"{why} (fail fast)", evidence=_lines(history))
+        outcome, detail = probe()
+        item = Probe(at=clock.monotonic() - start, outcome=outcome, detail=detail)
+        history.append(item)
+        if on_probe is not None:
+            on_probe(item)
+        streak = streak + 1 if outcome == "ok" else 0
+        if streak >= policy.successes:
+            return history
+        if clock.monotonic() - start + policy.interval > policy.deadline:
+            fails = sum(1 for p in history if p.outcome == "fail")
+            errors = sum(1 for p in history if p.outcome == "error")
+            raise GateFailed(
+                "ready",
+                f"no {policy.successes} consecutive successes within {policy.deadline:g}s "
+                f"({len(history)} probes: {fails} fail, {errors} error; last: {detail})",
+                evidence=_lines(history),
+            )
+        clock.sleep(policy.interval)
+
+
+def check_identity(snapshot: ProcessSnapshot, cwds: dict[int, str], expected: PurePosixPath) -> str:
+    """The running processes really run `expected` (catches PM2 keeping the old code)."""
+    if not snapshot.pids:
+        raise GateFailed("identity", f"no running process (status {snapshot.status})")
+    wrong = {pid: cwd for pid, cwd in cwds.items() if cwd != str(expected)}
+    missing = [pid for pid in snapshot.pids if pid not in cwds]
+    if wrong or missing:
+        shown = ", ".join(f"pid {pid} runs in {cwd}" for pid, cwd in sorted(wrong.items()))
+        raise GateFailed(
+            "identity",
+            f"expected every process to run in {expected}, but {shown or 'cwd unreadable'}"
+            + (f"; no cwd for pids {missing}" if missing else ""),
+        )
+    return f"{len(snapshot.pids)} process(es) run in {expected}"
+
+
+def _lines(history: list[Probe], keep: int = 20) -> tuple[str, ...]:
+    shown = history[-keep:]
+    skipped = len(history) - len(shown)
+    head = (f"… {skipped} earlier probes",) if skipped else ()
+    return head + tuple(p.line() for p in shown)

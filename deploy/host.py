@@ -1,0 +1,198 @@
+"""Operations on one host: each builds commands (deploy.commands) and runs them on the Remote.
+
+Steps here do I/O and raise; they never catch errors and never decide between abort and
+rollback — deploy.flow does that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from deploy import commands, journal
+from deploy.errors import CommandFailure, LockHeld, RemoteCommandError, ShipError
+from deploy.inventory import Inventory
+from deploy.journal import HostState
+from deploy.model import Artifact, Layout, Manifest, ProcessSnapshot, ReleaseState
+from deploy.process import ProcessManager
+from deploy.remote import Remote, Result
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class HostOps:
+    inventory: Inventory
+    remote: Remote
+    manager: ProcessManager
+    layout: Layout
+    actor: str
+    lock_token: str | None = field(default=None)
+
+    @property
+    def label(self) -> str:
+        return self.inventory.host.name
+
+    # ------------------------------------------------------------ state, lock, journal
+
+    def read_state(self) -> HostState:
+        out = self.remote.run(commands.read_state(self.layout)).stdout
+        return journal.parse_state(out)
+
+    def prepare(self) -> None:
+        self.remote.run(commands.prepare_layout(self.layout))
+
+    def acquire_lock(self, op: str, now: datetime, message: str = "") -> None:
+        token = new_token()
+        owner = {
+            "token_hint": token[:8],
+            "actor": self.actor,
+            "op": op,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "message": message,
+        }
+        res = self.remote.run(commands.acquire_lock(self.layout, token, owner), check=False)
+        if res.exit_code == commands.LOCK_HELD:
+            raise LockHeld(
+                f"{self.layout.lock} on {self.label} is held by {describe_owner(res.stdout)}; "
+                f"nothing was changed. Wait for that operation to finish; if it died, check "
+                f"`releasegate status {self.inventory.env}` before removing the lock by hand."
+            )
+        if not res.ok:
+            raise RemoteCommandError(
+                commands_failure(self.remote, "lock.acquire", res),
+                what=f"taking the lock {self.layout.lock}",
+            )
+        self.lock_token = token
+
+    def release_lock(self) -> None:
+        if self.lock_token is None:
+            return
+        self.remote.run(commands.release_lock(self.layout, self.lock_token))
+        self.lock_token = None
+
+    def record(
+        self,
+        now: datetime,
+        op: str,
+        release: str | None = None,
+        state: ReleaseState | None = None,
+        **detail: object,
+    ) -> None:
+        item = journal.entry(
+            now=now, op=op, actor=self.actor, release=release, state=state, **detail
+        )
+        self.remote.run(commands.append_journal(self.layout, [item]))
+
+    # ------------------------------------------------------------ ship
+
+    def remove_partials(self, names: frozenset[str]) -> None:
+        for name in sorted(names):
+            self.remote.run(commands.remove_partial(self.layout.releases / name))
+
+    def ship(self, artifact: Artifact, now: datetime) -> PurePosixPath:
+        """Upload, verify, extract, link shared, write manifest + process config, install,
+        and rename into place. Returns the release directory."""
+        rid = artifact.release_id
+        partial = self.layout.partial(rid)
+        final = self.layout.release(rid)
+        upload = self.layout.uploads / f"{rid}.tar.gz.{new_token()[:8]}"
+        self.remote.put(Path(artifact.path), upload)
+        res = self.remote.run(
+            commands.verify_and_extract(upload, artifact.sha256, partial), check=False
+        )
+        if res.exit_code == commands.CHECKSUM_MISMATCH:
+            raise ShipError(
+                f"the artifact for {rid} arrived corrupted on {self.label} "
+                f"({res.stdout.strip()}); nothing was extracted. Retry the deploy."
+            )
+        if not res.ok:
+            raise RemoteCommandError(
+                commands_failure(self.remote, "release.extract", res),
+                what=f"extracting {rid} into {partial}",
+            )
+        app = self.inventory.app
+        if app.shared_files or app.shared_dirs:
+            self.remote.run(
+                commands.link_shared(self.layout, partial, app.shared_files, app.shared_dirs)
+            )
+        manifest = Manifest(
+            id=rid,
+            revision=artifact.revision,
+            sha256=artifact.sha256,
+            created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            actor=self.actor,
+        )
+        for rel, content in self.manager.config_files(rid).items():
+            self.remote.run(commands.write_file(partial / rel, content, label=f"{rid}/{rel}"))
+        if app.install:
+            self.remote.run(commands.run_install(partial, app.install))
+        # The manifest is written last: its presence is what makes a release complete.
+        self.remote.run(commands.write_manifest(partial, manifest))
+        self.remote.run(commands.finalize_release(partial, final))
+        return final
+
+    # ------------------------------------------------------------ activate
+
+    def switch(self, release_id: str) -> None:
+        self.remote.run(commands.switch_current(self.layout, release_id, new_token()))
+
+    def reload(self, release_id: str) -> None:
+        for cmd in self.manager.activate(release_id):
+            self.remote.run(cmd, timeout=120)
+
+    def snapshot(self) -> ProcessSnapshot:
+        res = self.remote.run(self.manager.snapshot(), check=False)
+        return self.manager.parse_snapshot(res.stdout)
+
+    def process_cwds(self, pids: tuple[int, ...]) -> dict[int, str]:
+        if not pids:
+            return {}
+        out = self.remote.run(commands.proc_cwds(pids)).stdout
+        cwds: dict[int, str] = {}
+        for line in out.splitlines():
+            pid, _, cwd = line.partition(" ")
+            if pid.isdigit():
+                cwds[int(pid)] = cwd.strip()
+        return cwds
+
+    def stop_app(self) -> None:
+        self.remote.run(self.manager.stop(), check=False)
+
+    def persist(self) -> None:
+        cmd = self.manager.persist()
+        if cmd is not None:
+            self.remote.run(cmd, check=False)
+
+
+def describe_owner(text: str) -> str:
+    try:
+        owner = json.loads(text.strip().splitlines()[-1]) if text.strip() else {}
+    except (json.JSONDecodeError, IndexError):
+        owner = {}
+    if not isinstance(owner, dict) or not owner:
+        return "an unknown owner (no owner.json)"
+    held = (
+        f"{owner.get('actor', '?')} ({owner.get('op', '?')}, pid {owner.get('pid', '?')} "
+        f"on {owner.get('host', '?')}, since {owner.get('since', '?')})"
+    )
+    msg = owner.get("message")
+    return f"{held} with message {msg!r}" if msg else held
+
+
+def commands_failure(remote: Remote, name: str, res: Result) -> CommandFailure:
+    return CommandFailure(
+        display=name,
+        exit_code=res.exit_code,
+        stderr_tail="\n".join((res.stderr or res.stdout).strip().splitlines()[-6:]),
+        host=remote.host_label,
+    )

@@ -1,0 +1,329 @@
+"""Inventory files (inventories/<env>.yml) → typed, validated, frozen models.
+
+Validation is strict because every value here ends up in a remote shell or decides what runs
+in production: unknown keys are errors, and each error names the file, the key path and the
+fix. `inventories/example.yml` documents every key; a test keeps it valid.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from deploy.errors import ConfigError
+
+ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ADDRESS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9a-fA-F:]+\]?$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+SAFE_PATH = re.compile(r"^[A-Za-z0-9._@+/-]+$")
+REVISION = re.compile(r"^[A-Za-z0-9._/@^~-]{1,200}$")
+
+
+def _abs_posix_path(value: str) -> str:
+    _check_path(value, absolute=True)
+    return str(PurePosixPath(value))
+
+
+def _rel_posix_path(value: str) -> str:
+    _check_path(value, absolute=False)
+    return str(PurePosixPath(value))
+
+
+def _check_path(value: str, *, absolute: bool) -> None:
+    if not SAFE_PATH.match(value):
+        raise ValueError(
+            "may only contain letters, digits and . _ @ + / - (no spaces or shell characters)"
+        )
+    p = PurePosixPath(value)
+    if absolute and not p.is_absolute():
+        raise ValueError("must be an absolute path such as /srv/shop-api")
+    if not absolute and p.is_absolute():
+        raise ValueError("must be relative to the deploy root's shared/ directory")
+    if ".." in p.parts:
+        raise ValueError("must not contain '..'")
+    if value.startswith("-") or any(part.startswith("-") for part in p.parts):
+        raise ValueError("no path component may start with '-'")
+    if absolute and p == PurePosixPath("/"):
+        raise ValueError("must not be / itself: use a directory such as /srv/shop-api")
+
+
+def _pattern(regex: re.Pattern[str], hint: str):  # type: ignore[no-untyped-def]
+    def check(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(hint)
+        return value
+
+    return AfterValidator(check)
+
+
+AbsPath = Annotated[str, AfterValidator(_abs_posix_path)]
+RelPath = Annotated[str, AfterValidator(_rel_posix_path)]
+AppName = Annotated[
+    str, _pattern(APP_NAME, "use lowercase letters, digits, '-' and '_' (max 64), e.g. shop-api")
+]
+UserName = Annotated[str, _pattern(USER, "use a plain Unix user name such as deploy")]
+Address = Annotated[
+    str, _pattern(ADDRESS, "use a hostname or an IP address, e.g. web1.example.com or 10.0.0.5")
+]
+HeaderName = Annotated[str, _pattern(HEADER, "use a header name such as X-Health-Token")]
+EnvKey = Annotated[str, _pattern(ENV_KEY, "use an environment variable name such as API_TOKEN")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class HostConfig(Strict):
+    name: AppName
+    address: Address
+    port: int = Field(22, ge=1, le=65535)
+    user: UserName = "deploy"
+    root: AbsPath
+    identity_file: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.user}@{self.address}:{self.port})"
+
+
+class SshConfig(Strict):
+    known_hosts: str | None = None
+    connect_timeout: float = Field(10, gt=0, le=300)
+    # Opt-in only: pins an unknown key on first contact (TOFU). Changed keys are always refused.
+    accept_unknown_hosts: bool = False
+
+
+class AppConfig(Strict):
+    name: AppName
+    repo: str = "."
+    path: RelPath | None = None
+    revision: Annotated[
+        str, _pattern(REVISION, "use a branch, tag or commit such as main, v1.4.0 or HEAD")
+    ] = "HEAD"
+    build: str | None = None
+    install: str | None = None
+    shared_files: tuple[RelPath, ...] = ()
+    shared_dirs: tuple[RelPath, ...] = ()
+    keep_releases: int = Field(5, ge=2, le=100)
+
+    @field_validator("build", "install")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None:
+            if "\n" in value or "\r" in value or "\x00" in value:
+                raise ValueError("must be a single line; chain steps with && instead")
+            if not value.strip():
+                raise ValueError("must not be empty; remove the key to skip this step")
+        return value
+
+
+class ProcessConfig(Strict):
+    manager: Literal["pm2"] = "pm2"
+    command: str
+    interpreter: str | None = None
+    port: int = Field(ge=1, le=65535)
+    instances: int = Field(1, ge=1, le=64)
+    env: dict[EnvKey, str] = Field(default_factory=dict)
+    pm2: str = "pm2"
+    kill_timeout_ms: int = Field(5000, ge=100, le=120000)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into words ({exc})") from None
+        if not argv:
+            raise ValueError("must name the script to run, e.g. server.js")
+        _rel_posix_path(argv[0])
+        return value
+
+    @field_validator("pm2", "interpreter")
+    @classmethod
+    def _executable(cls, value: str | None) -> str | None:
+        if value is not None and not SAFE_PATH.match(value):
+            raise ValueError("must be a command name or path such as pm2 or /usr/bin/node")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_values(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if "\n" in item or "\x00" in item:
+                raise ValueError(f"{key}: values must be single-line strings")
+            if key in {"RELEASE_ID", "PORT"}:
+                raise ValueError(f"{key} is set by releasegate; remove it from process.env")
+        return value
+
+    @property
+    def script(self) -> str:
+        return shlex.split(self.command)[0]
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return tuple(shlex.split(self.command)[1:])
+
+
+class HealthConfig(Strict):
+    path: Annotated[
+        str, _pattern(re.compile(r"^/[A-Za-z0-9._~/-]*$"), "use a URL path such as /health/ready")
+    ] = "/health/ready"
+    port: int | None = Field(None, ge=1, le=65535)
+    token_env: EnvKey | None = None
+    token_header: HeaderName = "X-Health-Token"  # noqa: S105 (a header name, not a secret)
+    deadline: float = Field(60, gt=0, le=3600)
+    interval: float = Field(0.5, gt=0, le=60)
+    probe_timeout: float = Field(2, gt=0, le=60)
+    successes: int = Field(3, ge=1, le=100)
+    max_restarts: int = Field(2, ge=0, le=100)
+
+
+class Inventory(Strict):
+    """One environment. `env` and `source` are filled in by `load`, not by the file."""
+
+    env: str = ""
+    source: str = ""
+    hosts: tuple[HostConfig, ...] = Field(min_length=1)
+    ssh: SshConfig = SshConfig()
+    app: AppConfig
+    process: ProcessConfig
+    health: HealthConfig = HealthConfig()
+
+    @model_validator(mode="after")
+    def _one_host(self) -> Inventory:
+        if len(self.hosts) > 1:
+            raise ValueError(
+                "hosts: lists more than one host; rolling deploys across several hosts are "
+                "not supported yet — keep one host per inventory for now"
+            )
+        return self
+
+    @property
+    def host(self) -> HostConfig:
+        return self.hosts[0]
+
+    @property
+    def health_port(self) -> int:
+        return self.health.port or self.process.port
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def repo_path(self) -> Path:
+        return (self.base_dir / Path(self.app.repo).expanduser()).resolve()
+
+    def known_hosts_files(self) -> tuple[Path, ...]:
+        """Keys are checked against ssh.known_hosts alone when it is set; otherwise against
+        the project-local inventories/known_hosts and the user's ~/.ssh/known_hosts."""
+        if self.ssh.known_hosts:
+            return (self.pin_file(),)
+        return (self.pin_file(), Path("~/.ssh/known_hosts").expanduser())
+
+    def pin_file(self) -> Path:
+        """Where `trust-host` pins keys."""
+        if self.ssh.known_hosts:
+            return (self.base_dir / Path(self.ssh.known_hosts).expanduser()).resolve()
+        return self.base_dir / "known_hosts"
+
+    def identity_path(self) -> Path | None:
+        if self.host.identity_file is None:
+            return None
+        return (self.base_dir / Path(self.host.identity_file).expanduser()).resolve()
+
+
+def inventory_path(env: str, directory: Path) -> Path:
+    if not ENV_NAME.match(env):
+        raise ConfigError(
+            f"environment name {env!r} is not valid: use lowercase letters, digits, '-' or '_' "
+            f"(for example prod or staging); it names the file inventories/<env>.yml"
+        )
+    return directory / f"{env}.yml"
+
+
+def load(env: str, directory: Path) -> Inventory:
+    path = inventory_path(env, directory)
+    if not path.is_file():
+        known = sorted(p.stem for p in directory.glob("*.yml")) if directory.is_dir() else []
+        hint = f"known environments: {', '.join(known)}" if known else "no inventories found"
+        raise ConfigError(
+            f"{path}: no such inventory file. Create it from inventories/example.yml, "
+            f"or pick an existing environment ({hint})."
+        )
+    return parse(path.read_text(encoding="utf-8"), source=path, env=env)
+
+
+def parse(text: str, *, source: Path, env: str) -> Inventory:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"{source}: is not valid YAML{where} ({getattr(exc, 'problem', exc)}). "
+            f"Fix the syntax; inventories/example.yml shows the expected shape."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: must be a mapping with hosts, app, process and health sections "
+            f"(see inventories/example.yml)."
+        )
+    for reserved in ("env", "source"):
+        if reserved in data:
+            raise ConfigError(f"{source}: {reserved}: is not an inventory key; remove it.")
+    try:
+        return Inventory.model_validate({**data, "env": env, "source": str(source)})
+    except ValidationError as exc:
+        raise ConfigError(format_errors(source, exc)) from None
+
+
+def format_errors(source: Path, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid inventory ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        lines.append(f"  - {_key_path(err['loc'])}: {_explain(err)}")
+    return "\n".join(lines)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"function-after[check(), str]", "function-after[_abs_posix_path(), str]"}:
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _explain(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return (
+            "unknown key; remove it or fix its spelling (inventories/example.yml lists every key)"
+        )
+    if kind == "missing":
+        return "is required; add it (inventories/example.yml shows an example)"
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = err.get("input")
+    shown = "" if isinstance(got, dict | list | tuple) or got is None else f" (got {got!r})"
+    return f"{msg}{shown}"

@@ -1,0 +1,141 @@
+"""The host's journal (.releasegate/journal.jsonl) read as data, and the decisions made from it.
+
+The journal, not the directory listing, says which release is good: the last known-good is
+the newest `good` entry whose release still exists and was not marked bad afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from deploy.model import JournalEntry, ReleaseState, is_release_id
+
+
+def parse(text: str) -> list[JournalEntry]:
+    entries: list[JournalEntry] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError:
+            # A torn last line (a killed writer) must not hide the rest of the history.
+            continue
+        if not isinstance(raw, dict):
+            continue
+        entries.append(
+            JournalEntry(
+                ts=str(raw.get("ts", "")),
+                op=str(raw.get("op", "")),
+                release=raw.get("release") if isinstance(raw.get("release"), str) else None,
+                state=raw.get("state") if isinstance(raw.get("state"), str) else None,
+                actor=str(raw.get("actor", "")),
+                detail=raw.get("detail") if isinstance(raw.get("detail"), dict) else {},
+            )
+        )
+    return entries
+
+
+def entry(
+    *,
+    now: datetime,
+    op: str,
+    actor: str,
+    release: str | None = None,
+    state: ReleaseState | None = None,
+    **detail: object,
+) -> dict[str, object]:
+    return {
+        "ts": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "op": op,
+        "release": release,
+        "state": str(state) if state else None,
+        "actor": actor,
+        "detail": detail,
+    }
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What is on the host right now, as one read of current, releases, lock and journal."""
+
+    root_exists: bool
+    current: str | None  # release id `current` points to
+    release_dirs: frozenset[str]  # complete release ids present
+    partial_dirs: frozenset[str]  # "<id>.partial" names present
+    other_dirs: frozenset[str]  # names in releases/ we do not recognise
+    lock_owner: dict[str, object] | None
+    journal: Sequence[JournalEntry] = field(default_factory=tuple)
+
+    def state_of(self, release_id: str) -> str | None:
+        for item in reversed(self.journal):
+            if item.release == release_id and item.state:
+                return item.state
+        return None
+
+    def good_releases(self) -> list[str]:
+        """Releases whose latest state is good and which still exist, newest good first."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for item in reversed(self.journal):
+            rid = item.release
+            if rid is None or rid in seen or item.state is None:
+                continue
+            seen.add(rid)
+            if item.state == ReleaseState.GOOD and rid in self.release_dirs:
+                out.append(rid)
+        return out
+
+    def last_good(self, *, exclude: Iterable[str] = ()) -> str | None:
+        skip = set(exclude)
+        return next((rid for rid in self.good_releases() if rid not in skip), None)
+
+
+def parse_state(stdout: str) -> HostState:
+    """Parse the sections printed by commands.STATE_SCRIPT."""
+    if stdout.startswith("@@missing-root"):
+        return HostState(False, None, frozenset(), frozenset(), frozenset(), None, ())
+    sections: dict[str, list[str]] = {}
+    name = ""
+    for line in stdout.splitlines():
+        if line.startswith("@@"):
+            name = line[2:].strip()
+            sections[name] = []
+        elif name:
+            sections[name].append(line)
+    link = "".join(sections.get("current", [])).strip()
+    current = link.rsplit("/", 1)[-1] if link else None
+    if current is not None and not is_release_id(current):
+        current = None
+    complete, partial, other = set(), set(), set()
+    for item in sections.get("releases", []):
+        item = item.strip()
+        if not item:
+            continue
+        if is_release_id(item):
+            complete.add(item)
+        elif item.endswith(".partial") and is_release_id(item[: -len(".partial")]):
+            partial.add(item)
+        else:
+            other.add(item)
+    owner_text = "\n".join(sections.get("lock", [])).strip()
+    owner: dict[str, object] | None = None
+    if owner_text:
+        try:
+            loaded = json.loads(owner_text)
+            owner = loaded if isinstance(loaded, dict) else {"raw": owner_text[:200]}
+        except json.JSONDecodeError:
+            owner = {"raw": owner_text[:200]}
+    return HostState(
+        root_exists=True,
+        current=current,
+        release_dirs=frozenset(complete),
+        partial_dirs=frozenset(partial),
+        other_dirs=frozenset(other),
+        lock_owner=owner,
+        journal=tuple(parse("\n".join(sections.get("journal", [])))),
+    )

@@ -1,0 +1,275 @@
+"""Composition: the functions behind both doors (Click in deploy.cli, Invoke in tasks.py).
+
+Each `run_*` reads the inventory, builds the real seams (SSH, clock, reporter), calls the
+flow and returns the exit code. Errors a user can cause end here as one clear paragraph.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import paramiko
+
+from deploy import flow, inventory
+from deploy.artifact import Source
+from deploy.clock import SystemClock
+from deploy.errors import ConfigError, HostKeyRefused, ReleasegateError
+from deploy.flow import Deps, Signalled
+from deploy.inventory import Inventory
+from deploy.model import Outcome
+from deploy.redact import Redactor
+from deploy.remote import SshRemote, fingerprint, known_hosts_name
+from deploy.report import PlainReporter, Reporter, RichReporter
+
+PROJECT = Path(__file__).resolve().parent.parent
+DEFAULT_INVENTORIES = Path("inventories")
+
+
+@dataclass(frozen=True)
+class Options:
+    inventories: Path = DEFAULT_INVENTORIES
+    plain: bool = False
+    verbose: bool = False
+
+
+def actor() -> str:
+    who = os.environ.get("RELEASEGATE_ACTOR")
+    if who:
+        return who
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def make_reporter(opts: Options, redact: Redactor) -> Reporter:
+    if not opts.plain and sys.stdout.isatty():
+        return RichReporter(redact=redact, verbose=opts.verbose)
+    return PlainReporter(redact=redact, verbose=opts.verbose)
+
+
+def health_token(inv: Inventory) -> str | None:
+    name = inv.health.token_env
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(
+            f"{inv.source}: health.token_env names the environment variable {name}, but it is "
+            f"not set here. Export {name} with the readiness token, or remove health.token_env."
+        )
+    return value
+
+
+def open_remote(inv: Inventory, redact: Redactor, reporter: Reporter | None = None) -> SshRemote:
+    host = inv.host
+    pin = None
+    if inv.ssh.accept_unknown_hosts:
+
+        def pin(hostname: str, key: paramiko.PKey) -> None:
+            _append_pin(inv.pin_file(), known_hosts_name(host.address, host.port), key)
+            if reporter is not None:
+                reporter.warn(
+                    f"ssh.accept_unknown_hosts: pinned the unknown key {fingerprint(key)} of "
+                    f"{hostname} into {inv.pin_file()} without verification"
+                )
+
+    remote = SshRemote(
+        address=host.address,
+        port=host.port,
+        user=host.user,
+        known_hosts=inv.known_hosts_files(),
+        identity_file=inv.identity_path(),
+        connect_timeout=inv.ssh.connect_timeout,
+        redact=redact,
+        env_name=inv.env,
+        on_command=(lambda cmd: reporter.command(cmd.display)) if reporter else None,
+        pin_unknown=pin,
+    )
+    remote.open()
+    return remote
+
+
+@contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, systemctl stop) takes the same safe path as Ctrl-C."""
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise Signalled(signum)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _guard(reporter: Reporter, body: Callable[[], int]) -> int:
+    try:
+        with _signals_as_exceptions():
+            return body()
+    except ReleasegateError as exc:
+        reporter.error(exc.message, exc.evidence)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        reporter.error("interrupted by SIGINT")
+        return 130
+    except Signalled as exc:
+        reporter.error(f"interrupted by {signal.Signals(exc.signum).name}")
+        return 128 + exc.signum
+
+
+def _operation(
+    env: str,
+    opts: Options,
+    body: Callable[[Deps], Outcome | int],
+    *,
+    reporter: Reporter | None = None,
+) -> int:
+    redact = Redactor()
+    rep = reporter or make_reporter(opts, redact)
+
+    def run() -> int:
+        inv = inventory.load(env, opts.inventories)
+        token = health_token(inv)
+        redact.add(token)
+        remote = open_remote(inv, redact, rep)
+        try:
+            with tempfile.TemporaryDirectory(prefix="releasegate-") as work:
+                deps = Deps(
+                    inventory=inv,
+                    remote=remote,
+                    reporter=rep,
+                    clock=SystemClock(),
+                    actor=actor(),
+                    workdir=Path(work),
+                    health_token=token,
+                )
+                result = body(deps)
+                return result if isinstance(result, int) else result.exit_code
+        finally:
+            remote.close()
+
+    return _guard(rep, run)
+
+
+def run_deploy(
+    env: str,
+    opts: Options,
+    *,
+    revision: str | None = None,
+    allow_dirty: bool = False,
+    reporter: Reporter | None = None,
+) -> int:
+    def body(d: Deps) -> Outcome:
+        app = d.inventory.app
+        source = Source(
+            repo=d.inventory.repo_path(),
+            revision=revision or app.revision,
+            path=app.path,
+            build=app.build,
+            allow_dirty=allow_dirty,
+        )
+        return flow.deploy(d, source)
+
+    return _operation(env, opts, body, reporter=reporter)
+
+
+def run_rollback(
+    env: str, opts: Options, *, to: str | None = None, reporter: Reporter | None = None
+) -> int:
+    return _operation(env, opts, lambda d: flow.rollback(d, to), reporter=reporter)
+
+
+def run_status(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
+    def body(d: Deps) -> int:
+        d.reporter.status(flow.status(d))
+        return 0
+
+    return _operation(env, opts, body, reporter=reporter)
+
+
+# ---------------------------------------------------------------------------- trust-host
+
+
+def run_trust_host(
+    env: str,
+    opts: Options,
+    *,
+    yes: bool,
+    replace: bool,
+    confirm: Callable[[str], bool],
+    reporter: Reporter | None = None,
+) -> int:
+    redact = Redactor()
+    rep = reporter or make_reporter(opts, redact)
+
+    def run() -> int:
+        inv = inventory.load(env, opts.inventories)
+        host = inv.host
+        key = fetch_host_key(host.address, host.port, inv.ssh.connect_timeout)
+        name = known_hosts_name(host.address, host.port)
+        pin_file = inv.pin_file()
+        rep.info(f"{name} presents {key.get_name()} {fingerprint(key)}")
+        pinned = paramiko.HostKeys()
+        for path in inv.known_hosts_files():
+            if path.exists():
+                pinned.load(str(path))
+        existing = pinned.lookup(name) or {}
+        if existing.get(key.get_name()) == key:
+            rep.info(f"already trusted (in {', '.join(str(p) for p in inv.known_hosts_files())})")
+            return 0
+        if existing and not replace:
+            old = ", ".join(f"{k} {fingerprint(v)}" for k, v in existing.items())
+            raise HostKeyRefused(
+                f"{name} is already pinned with a different key ({old}). If the host was "
+                f"rebuilt and you verified the new fingerprint out of band, run "
+                f"`releasegate trust-host {env} --replace`."
+            )
+        if not yes and not confirm(f"Pin {fingerprint(key)} for {name} in {pin_file}?"):
+            rep.warn("not pinned")
+            return 7
+        _append_pin(pin_file, name, key, replace=replace)
+        rep.info(f"pinned {key.get_name()} {fingerprint(key)} for {name} in {pin_file}")
+        return 0
+
+    return _guard(rep, run)
+
+
+def fetch_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:
+    """The host's key, read from the SSH handshake without authenticating."""
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach {address}:{port} to read its host key ({exc}); check the address "
+            f"and port in the inventory"
+        ) from None
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=timeout)
+        return transport.get_remote_server_key()
+    except paramiko.SSHException as exc:
+        raise ConfigError(f"{address}:{port} did not complete an SSH handshake: {exc}") from None
+    finally:
+        transport.close()
+
+
+def _append_pin(path: Path, name: str, key: paramiko.PKey, *, replace: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = path.read_text().splitlines() if path.exists() else []
+    if replace:
+        lines = [line for line in lines if line.split(" ", 1)[0] != name]
+    lines.append(f"{name} {key.get_name()} {key.get_base64()}")
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,278 @@
+"""The Remote seam: run a Cmd, upload a file, open a tunnel — over one SSH connection.
+
+`SshRemote` is Fabric underneath, with one change that matters: host keys are verified.
+Fabric's Connection trusts any key (AutoAddPolicy); we load known_hosts and use RejectPolicy,
+so an unknown or changed key stops the operation (exit 7) before any command runs.
+Tests use a fake Remote (tests/fakehost.py); nothing patches this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import select
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import paramiko
+from fabric import Connection
+
+from deploy.commands import Cmd
+from deploy.errors import CommandFailure, ConnectionLost, HostKeyRefused, RemoteCommandError
+from deploy.redact import Redactor
+
+
+@dataclass(frozen=True)
+class Result:
+    stdout: str
+    stderr: str
+    exit_code: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Remote(Protocol):
+    host_label: str
+
+    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result: ...
+    def put(self, local: Path, remote: PurePosixPath) -> None: ...
+    def tunnel(self, port: int) -> contextlib.AbstractContextManager[int]: ...
+    def close(self) -> None: ...
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+class SshRemote:
+    """One SSH connection to one host for a whole operation."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        port: int,
+        user: str,
+        known_hosts: tuple[Path, ...],
+        identity_file: Path | None = None,
+        connect_timeout: float = 10,
+        redact: Redactor | None = None,
+        env_name: str = "<env>",
+        on_command: Callable[[Cmd], None] | None = None,
+        pin_unknown: Callable[[str, paramiko.PKey], None] | None = None,
+    ) -> None:
+        self.host_label = f"{user}@{address}:{port}"
+        self._address = address
+        self._port = port
+        self._known_hosts = known_hosts[0]
+        self._env_name = env_name
+        self._redact = redact or Redactor()
+        self._on_command = on_command
+        connect_kwargs: dict[str, object] = {}
+        if identity_file is not None:
+            connect_kwargs["key_filename"] = [str(identity_file)]
+        self._conn = Connection(
+            address,
+            user=user,
+            port=port,
+            connect_timeout=connect_timeout,
+            connect_kwargs=connect_kwargs,
+        )
+        # Replace Fabric's trust-anything client: verified keys only.
+        client = paramiko.SSHClient()
+        for path in known_hosts:
+            if path.exists():
+                client.get_host_keys().load(str(path))
+        client.set_missing_host_key_policy(
+            paramiko.RejectPolicy() if pin_unknown is None else _PinOnFirstUse(pin_unknown)
+        )
+        self._conn.client = client
+        self.commands_run = 0
+
+    def open(self) -> None:
+        try:
+            self._conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyRefused(
+                f"the SSH host key of {self.host_label} has CHANGED: it now presents "
+                f"{fingerprint(exc.key)}, but {self._known_hosts} pins "
+                f"{fingerprint(exc.expected_key)}. Nothing was run. If the host was rebuilt, "
+                f"verify the new key out of band, remove the old line from {self._known_hosts} "
+                f"and run `releasegate trust-host {self._env_name}`; otherwise treat this as "
+                f"an attack."
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyRefused(
+                    f"the SSH host key of {self.host_label} is not in {self._known_hosts}, so "
+                    f"releasegate refused to connect and ran nothing. Check the key's "
+                    f"fingerprint with the host's owner, then pin it with "
+                    f"`releasegate trust-host {self._env_name}`."
+                ) from None
+            raise ConnectionLost(
+                f"could not open SSH to {self.host_label}: {self._redact(str(exc))}. Check the "
+                f"address, port, user and key in the inventory (and ~/.ssh/config)."
+            ) from None
+        except (OSError, EOFError) as exc:
+            raise ConnectionLost(
+                f"could not reach {self.host_label}: {exc}. Check that the host is up and "
+                f"that the address and port in the inventory are right."
+            ) from None
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        transport = self._conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"the SSH connection to {self.host_label} is closed")
+        return transport
+
+    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
+        if not self._conn.is_connected:
+            self.open()
+        if self._on_command is not None:
+            self._on_command(cmd)
+        self.commands_run += 1
+        try:
+            res = self._conn.run(
+                cmd.render(), hide=True, warn=True, in_stream=False, timeout=timeout
+            )
+        except Exception as exc:
+            # invoke/paramiko raise a zoo of types for a dropped link; all mean the same here.
+            raise ConnectionLost(
+                f"lost the SSH connection to {self.host_label} while running "
+                f"`{self._redact(cmd.display)}`: "
+                f"{self._redact(type(exc).__name__ + ': ' + str(exc))}"
+            ) from None
+        result = Result(stdout=res.stdout, stderr=res.stderr, exit_code=res.exited)
+        if check and not result.ok:
+            raise RemoteCommandError(
+                CommandFailure(
+                    display=self._redact(cmd.display),
+                    exit_code=result.exit_code,
+                    stderr_tail=self._redact(_tail(result.stderr or result.stdout)),
+                    host=self.host_label,
+                )
+            )
+        return result
+
+    def put(self, local: Path, remote: PurePosixPath) -> None:
+        if not self._conn.is_connected:
+            self.open()
+        try:
+            self._conn.put(str(local), str(remote))
+        except (OSError, paramiko.SSHException) as exc:
+            raise ConnectionLost(
+                f"uploading {local.name} to {self.host_label}:{remote} failed: {exc}"
+            ) from None
+
+    @contextlib.contextmanager
+    def tunnel(self, port: int) -> Iterator[int]:
+        """Forward a local ephemeral port to 127.0.0.1:<port> on the host, over this connection."""
+        if not self._conn.is_connected:
+            self.open()
+        forward = _Forwarder(self.transport, port)
+        try:
+            yield forward.local_port
+        finally:
+            forward.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+
+class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """Opt-in only (ssh.accept_unknown_hosts): pin an unknown key; changed keys still fail."""
+
+    def __init__(self, pin: Callable[[str, paramiko.PKey], None]) -> None:
+        self._pin = pin
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        self._pin(hostname, key)
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class _Forwarder:
+    """A tiny local port forward (like ssh -L) with an OS-chosen local port.
+
+    Fabric's forward_local needs a fixed local port; we want an ephemeral one so parallel
+    operations never collide.
+    """
+
+    def __init__(self, transport: paramiko.Transport, remote_port: int) -> None:
+        self._transport = transport
+        self._remote_port = remote_port
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.2)
+        self.local_port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True, name="rg-tunnel")
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._pump, args=(client, peer), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            channel = self._transport.open_channel(
+                "direct-tcpip", ("127.0.0.1", self._remote_port), peer, timeout=10
+            )
+        except Exception:
+            # Nothing listens on the host port (or the link dropped): the client sees a
+            # closed connection, which the gate records as an error, not a failure.
+            client.close()
+            return
+        try:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([client, channel], [], [], 0.2)
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel in readable:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            channel.close()
+            client.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._accepter.join(timeout=1)
+        for thread in self._threads:
+            thread.join(timeout=1)

@@ -1,0 +1,184 @@
+"""The only module that prints. Rich live stages with timings on a TTY, plain lines otherwise.
+
+Every text passes through the redaction filter before it is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Protocol
+
+from deploy.model import HostStatus, Outcome
+from deploy.redact import Redactor
+
+
+class Reporter(Protocol):
+    def stage(self, name: str) -> contextlib.AbstractContextManager[None]: ...
+    def info(self, text: str) -> None: ...
+    def warn(self, text: str) -> None: ...
+    def command(self, display: str) -> None: ...
+    def outcome(self, outcome: Outcome) -> None: ...
+    def error(self, text: str, evidence: tuple[str, ...] = ()) -> None: ...
+    def status(self, status: HostStatus) -> None: ...
+
+
+class PlainReporter:
+    """Plain lines with elapsed time; what CI logs and pipes get."""
+
+    def __init__(
+        self, stream: IO[str] | None = None, redact: Redactor | None = None, verbose: bool = False
+    ) -> None:
+        self._out = stream or sys.stdout
+        self._redact = redact or Redactor()
+        self._start = time.monotonic()
+        self._verbose = verbose
+
+    def _line(self, text: str) -> None:
+        elapsed = time.monotonic() - self._start
+        print(f"[{elapsed:6.1f}s] {self._redact(text)}", file=self._out, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        self._line(f"{name} …")
+        try:
+            yield
+        except BaseException:
+            self._line(f"{name} failed after {time.monotonic() - started:.1f}s")
+            raise
+        self._line(f"{name} done in {time.monotonic() - started:.1f}s")
+
+    def info(self, text: str) -> None:
+        self._line(f"  {text}")
+
+    def warn(self, text: str) -> None:
+        self._line(f"  warning: {text}")
+
+    def command(self, display: str) -> None:
+        if self._verbose:
+            self._line(f"  $ {display}")
+
+    def error(self, text: str, evidence: tuple[str, ...] = ()) -> None:
+        print(f"error: {self._redact(text)}", file=sys.stderr, flush=True)
+        for line in evidence:
+            print(f"  {self._redact(line)}", file=sys.stderr, flush=True)
+
+    def outcome(self, outcome: Outcome) -> None:
+        self._line(f"{outcome.op} {outcome.result} (exit {outcome.exit_code}): {outcome.message}")
+        for line in outcome.evidence:
+            self._line(f"  | {line}")
+
+    def status(self, status: HostStatus) -> None:
+        for line in status_lines(status):
+            print(self._redact(line), file=self._out, flush=True)
+
+
+class RichReporter(PlainReporter):
+    """Live stage spinners with timings for a person at a terminal."""
+
+    def __init__(self, redact: Redactor | None = None, verbose: bool = False) -> None:
+        super().__init__(sys.stdout, redact, verbose)
+        from rich.console import Console
+
+        self._console = Console(highlight=False)
+
+    def _line(self, text: str) -> None:
+        from rich.markup import escape
+
+        elapsed = time.monotonic() - self._start
+        self._console.print(f"[dim]{elapsed:6.1f}s[/dim] {escape(self._redact(text))}")
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        from rich.markup import escape
+
+        started = time.monotonic()
+        with self._console.status(f"[bold]{escape(name)}[/bold] …"):
+            try:
+                yield
+            except BaseException:
+                self._console.print(
+                    f"[red]✗[/red] {escape(name)} [dim]{time.monotonic() - started:.1f}s[/dim]"
+                )
+                raise
+        self._console.print(
+            f"[green]✓[/green] {escape(name)} [dim]{time.monotonic() - started:.1f}s[/dim]"
+        )
+
+    def outcome(self, outcome: Outcome) -> None:
+        from rich.markup import escape
+
+        colour = (
+            "green" if outcome.exit_code == 0 else "yellow" if outcome.exit_code == 3 else "red"
+        )
+        self._console.print(
+            f"[bold {colour}]{escape(outcome.op)} {escape(outcome.result)}[/] "
+            f"(exit {outcome.exit_code}): {escape(self._redact(outcome.message))}"
+        )
+        for line in outcome.evidence:
+            self._console.print(f"  [dim]|[/dim] {escape(self._redact(line))}")
+
+
+def status_lines(status: HostStatus) -> list[str]:
+    proc = status.process
+    lock = status.lock_holder
+    lines = [
+        f"host        {status.host}",
+        f"current     {status.current or '(none)'}",
+        f"last good   {status.last_good or '(none)'}",
+        "process     "
+        + (f"{proc.status}, pids {list(proc.pids)}, restarts {proc.restarts}" if proc else "?"),
+        "lock        "
+        + (
+            f"held by {lock.get('actor', '?')} "
+            f"({lock.get('op', '?')} since {lock.get('since', '?')})"
+            if lock
+            else "free"
+        ),
+        "releases",
+    ]
+    for rid, state in status.releases:
+        marks = []
+        if rid == status.current:
+            marks.append("current")
+        if rid == status.last_good:
+            marks.append("last good")
+        suffix = f"  <- {', '.join(marks)}" if marks else ""
+        lines.append(f"  {rid}  {state}{suffix}")
+    return lines
+
+
+class RecordingReporter:
+    """Keeps everything for assertions in tests."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.outcomes: list[Outcome] = []
+        self.stages: list[str] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.stages.append(name)
+        yield
+
+    def info(self, text: str) -> None:
+        self.lines.append(text)
+
+    def warn(self, text: str) -> None:
+        self.lines.append(f"warning: {text}")
+
+    def command(self, display: str) -> None:
+        self.lines.append(f"$ {display}")
+
+    def error(self, text: str, evidence: tuple[str, ...] = ()) -> None:
+        self.lines.append(f"error: {text}")
+        self.lines.extend(evidence)
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    def status(self, status: HostStatus) -> None:
+        self.lines.extend(status_lines(status))

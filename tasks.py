@@ -1,0 +1,126 @@
+"""Invoke tasks: `invoke deploy prod`, `invoke rollback prod --to ID`, `invoke sandbox.up` …
+
+A thin door onto deploy.operations, the same functions the `releasegate` console script calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Collection, Context, Exit, task
+
+from deploy import operations
+from deploy.operations import Options
+
+
+def _finish(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+def _opts(inventories: str, plain: bool, verbose: bool) -> Options:
+    return Options(inventories=Path(inventories), plain=plain, verbose=verbose)
+
+
+@task(
+    help={
+        "env": "environment (inventories/<env>.yml)",
+        "revision": "branch, tag or sha",
+        "allow_dirty": "ship the commit even with uncommitted changes",
+    }
+)
+def deploy(
+    c: Context,
+    env: str,
+    revision: str = "",
+    allow_dirty: bool = False,
+    inventories: str = "inventories",
+    plain: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Ship, activate and gate a release; roll back automatically if the gate fails."""
+    _finish(
+        operations.run_deploy(
+            env,
+            _opts(inventories, plain, verbose),
+            revision=revision or None,
+            allow_dirty=allow_dirty,
+        )
+    )
+
+
+@task(help={"env": "environment", "to": "release id (default: the previous good release)"})
+def rollback(
+    c: Context,
+    env: str,
+    to: str = "",
+    inventories: str = "inventories",
+    plain: bool = False,
+    verbose: bool = False,
+) -> None:
+    """Activate the previous good release (or --to ID) and gate it."""
+    _finish(operations.run_rollback(env, _opts(inventories, plain, verbose), to=to or None))
+
+
+@task(help={"env": "environment"})
+def status(c: Context, env: str, inventories: str = "inventories", plain: bool = False) -> None:
+    """Current release, last good, process state and lock holder."""
+    _finish(operations.run_status(env, _opts(inventories, plain, False)))
+
+
+@task(name="trust-host", help={"env": "environment", "yes": "pin without asking"})
+def trust_host(
+    c: Context, env: str, yes: bool = False, replace: bool = False, inventories: str = "inventories"
+) -> None:
+    """Show the host key's SHA256 fingerprint and pin it."""
+
+    def confirm(question: str) -> bool:
+        return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
+
+    _finish(
+        operations.run_trust_host(
+            env, _opts(inventories, False, False), yes=yes, replace=replace, confirm=confirm
+        )
+    )
+
+
+@task
+def demo(c: Context) -> None:
+    """Boot the sandbox, deploy a good release, then a bad one that is rolled back."""
+    from deploy import demo as demo_mod
+
+    _finish(demo_mod.run(Options()))
+
+
+@task
+def test(c: Context) -> None:
+    """The whole suite, integration tests included (needs root: they boot the sandbox)."""
+    c.run("python -m pytest", pty=False)
+
+
+@task(name="up")
+def sandbox_up(c: Context, name: str = "rg-local", index: int = 5) -> None:
+    """Boot the local sandbox VPS (idempotent)."""
+    from deploy import sandbox_cli
+
+    _finish(sandbox_cli.up(name, index))
+
+
+@task(name="down")
+def sandbox_down(c: Context, name: str = "rg-local", index: int = 5) -> None:
+    """Stop the sandbox and remove everything it created."""
+    from deploy import sandbox_cli
+
+    _finish(sandbox_cli.down(name, index))
+
+
+@task(name="status")
+def sandbox_status(c: Context, name: str = "rg-local", index: int = 5) -> None:
+    """Is the sandbox up, and how to reach it."""
+    from deploy import sandbox_cli
+
+    _finish(sandbox_cli.status(name, index))
+
+
+sandbox = Collection("sandbox", sandbox_up, sandbox_down, sandbox_status)
+ns = Collection(deploy, rollback, status, trust_host, demo, test, sandbox)

@@ -1,0 +1,202 @@
+"""A fake host for unit tests of the flow: a Remote that interprets our commands by name
+against an in-memory host (releases, current, lock, journal, one PM2 app), plus an HTTP
+handler for httpx.MockTransport that answers like the app the fake host is running."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+
+import httpx
+
+from deploy.commands import CHECKSUM_MISMATCH, LOCK_HELD, Cmd
+from deploy.errors import CommandFailure, RemoteCommandError
+from deploy.remote import Result
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.wall = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        self.wall += timedelta(seconds=seconds)
+
+    def now(self) -> datetime:
+        self.wall += timedelta(milliseconds=1)
+        return self.wall
+
+
+@dataclass
+class FakeHost:
+    root: str = "/srv/app"
+    releases: set[str] = field(default_factory=set)
+    partials: set[str] = field(default_factory=set)
+    current: str | None = None
+    lock: tuple[str, str] | None = None  # (token, owner json)
+    journal: list[str] = field(default_factory=list)
+    running: str | None = None  # release the app processes run
+    pids: tuple[int, ...] = ()
+    restarts: int = 0
+    faults: dict[str, str] = field(default_factory=dict)  # release id -> fault
+    extracted_faults: dict[str, str] = field(default_factory=dict)
+    next_pid: int = 100
+    stale_cwd: bool = False  # simulate PM2 keeping the old code after a reload
+
+    def fault_of_running(self) -> str:
+        return self.faults.get(self.running or "", "")
+
+
+class FakeRemote:
+    host_label = "deploy@fake:22"
+
+    def __init__(self, host: FakeHost, clock: FakeClock) -> None:
+        self.host = host
+        self.clock = clock
+        self.log: list[Cmd] = []
+        self.fail: dict[str, int] = {}  # command name -> exit code
+        self.interrupt_on: dict[str, type[BaseException]] = {}
+        self.uploads: list[PurePosixPath] = []
+        self.next_fault = ""  # fault of the next extracted release
+        self.corrupt = False
+
+    # Remote protocol -------------------------------------------------------------------------
+    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
+        self.log.append(cmd)
+        if cmd.name in self.interrupt_on:
+            raise self.interrupt_on.pop(cmd.name)()
+        if cmd.name in self.fail:
+            res = Result("", f"{cmd.name} failed", self.fail[cmd.name])
+        else:
+            res = self._apply(cmd)
+        if check and not res.ok:
+            raise RemoteCommandError(
+                CommandFailure(
+                    display=cmd.display,
+                    exit_code=res.exit_code,
+                    stderr_tail=res.stderr,
+                    host=self.host_label,
+                )
+            )
+        return res
+
+    def put(self, local: Path, remote: PurePosixPath) -> None:
+        self.uploads.append(remote)
+
+    @contextlib.contextmanager
+    def tunnel(self, port: int) -> Iterator[int]:
+        yield 40000 + port
+
+    def close(self) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.log]
+
+    # host behaviour --------------------------------------------------------------------------
+    def _apply(self, cmd: Cmd) -> Result:
+        h = self.host
+        args = cmd.argv[4:] if cmd.argv[:2] == ("sh", "-c") else cmd.argv
+        ok = Result("", "", 0)
+        match cmd.name:
+            case "layout.prepare" | "release.link_shared" | "file.write" | "release.install":
+                return ok
+            case "state.read":
+                lines = ["@@current"]
+                if h.current:
+                    lines.append(f"releases/{h.current}")
+                lines.append("@@releases")
+                lines += sorted(h.releases) + sorted(f"{p}.partial" for p in h.partials)
+                lines.append("@@lock")
+                if h.lock:
+                    lines.append(h.lock[1])
+                lines.append("@@journal")
+                lines += h.journal
+                return Result("\n".join(lines) + "\n", "", 0)
+            case "lock.acquire":
+                if h.lock:
+                    return Result(h.lock[1] + "\n", "", LOCK_HELD)
+                h.lock = (args[1], args[2])
+                return ok
+            case "lock.release":
+                if h.lock and h.lock[0] != args[1]:
+                    return Result("lock is held by another owner", "", LOCK_HELD)
+                h.lock = None
+                return ok
+            case "journal.append":
+                h.journal.extend(args[1:])
+                return ok
+            case "release.extract":
+                if self.corrupt:
+                    return Result("sha256 mismatch", "", CHECKSUM_MISMATCH)
+                rid = PurePosixPath(args[2]).name.removesuffix(".partial")
+                h.partials.add(rid)
+                h.faults[rid] = self.next_fault
+                return ok
+            case "release.finalize":
+                rid = PurePosixPath(args[-1]).name
+                h.partials.discard(rid)
+                h.releases.add(rid)
+                return ok
+            case "release.remove_partial":
+                h.partials.discard(PurePosixPath(args[-1]).name.removesuffix(".partial"))
+                return ok
+            case "current.switch":
+                assert args[1] in h.releases, "switch to an incomplete release"
+                h.current = args[1]
+                return ok
+            case "pm2.activate":
+                if not h.stale_cwd or h.running is None:
+                    h.running = h.current
+                h.next_pid += 10
+                h.pids = (h.next_pid, h.next_pid + 1)
+                return ok
+            case "pm2.jlist":
+                if h.running is None:
+                    return Result("[]", "", 0)
+                crash = self.host.fault_of_running() == "boot_crash"
+                status = "errored" if crash else "online"
+                procs = [
+                    {
+                        "name": "app",
+                        "pid": 0 if crash else pid,
+                        "pm2_env": {"status": status, "restart_time": h.restarts},
+                    }
+                    for pid in h.pids
+                ]
+                return Result(json.dumps(procs), "", 0)
+            case "process.cwds":
+                out = "".join(f"{p} {h.root}/releases/{h.running}\n" for p in args)
+                return Result(out, "", 0)
+            case "pm2.delete":
+                h.running = None
+                h.pids = ()
+                return ok
+            case "pm2.save" | "upload.remove":
+                return ok
+        raise AssertionError(f"fake host does not know {cmd.name}")
+
+
+def app_handler(remote: FakeRemote) -> httpx.MockTransport:
+    """Answers like the sample app the fake host runs, per its fault."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        h = remote.host
+        fault = h.fault_of_running()
+        if h.running is None or fault == "boot_crash":
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/health/ready":
+            if fault == "ready_503":
+                return httpx.Response(503, json={"status": "not-ready"})
+            return httpx.Response(200, json={"status": "ready", "release": h.running})
+        return httpx.Response(404)
+
+    return httpx.MockTransport(handle)

@@ -1,0 +1,230 @@
+"""Every outcome of deploy/rollback against a fake host (no SSH, no waiting)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy import flow
+from deploy.artifact import Source
+from deploy.errors import AbortedBeforeLive, ConfigError, HumanNeeded, Interrupted, LockHeld
+from deploy.flow import Deps
+from deploy.inventory import parse
+from deploy.report import RecordingReporter
+from tests.conftest import git
+from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
+
+INVENTORY = """
+hosts: [{name: web1, address: 10.0.0.5, user: deploy, root: /srv/app}]
+app: {name: app, repo: ., install: npm ci}
+process: {command: server.js, port: 3000, instances: 2}
+health: {deadline: 5, interval: 0.5, successes: 3}
+"""
+
+
+@pytest.fixture
+def world(tmp_path: Path, app_repo: Path):
+    inv = parse(INVENTORY, source=tmp_path / "inventories" / "prod.yml", env="prod")
+    clock = FakeClock()
+    host = FakeHost()
+    remote = FakeRemote(host, clock)
+    reporter = RecordingReporter()
+    deps = Deps(
+        inventory=inv,
+        remote=remote,
+        reporter=reporter,
+        clock=clock,
+        actor="tester",
+        workdir=tmp_path / "work",
+        http=lambda base, timeout: httpx.Client(base_url=base, transport=app_handler(remote)),
+    )
+    return deps, host, remote, app_repo
+
+
+def ship(deps: Deps, repo: Path, fault: str = "") -> flow.Outcome:
+    remote = deps.remote
+    assert isinstance(remote, FakeRemote)
+    remote.next_fault = fault
+    (repo / "version.txt").write_text(f"{fault}{len(remote.log)}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"release {fault or 'good'}")
+    return flow.deploy(deps, Source(repo=repo, revision="HEAD"))
+
+
+def states(host: FakeHost) -> list[tuple[str, str | None]]:
+    return [(e["release"], e["state"]) for e in map(json.loads, host.journal) if e["state"]]
+
+
+def test_first_good_deploy_is_promoted(world):
+    deps, host, remote, repo = world
+    out = ship(deps, repo)
+    assert out.exit_code == 0 and out.result == "promoted"
+    assert host.current == out.release == host.running
+    assert host.lock is None
+    assert states(host)[-1] == (out.release, "good")
+    assert [s for _, s in states(host)] == ["partial", "ready", "active-unverified", "good"]
+
+
+def test_bad_release_rolls_back_to_last_good(world):
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    out = ship(deps, repo, fault="ready_503")
+    assert out.exit_code == 3 and out.result == "rolled-back"
+    assert host.current == good == host.running == out.live
+    assert (out.release, "bad") in states(host)
+    assert states(host)[-1] == (good, "good")
+    assert any("503" in line for line in out.evidence)
+    assert host.lock is None
+
+
+def test_crashing_release_fails_fast(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    deps.clock.sleep(2)
+    before = deps.clock.t
+    out = ship(deps, repo, fault="boot_crash")
+    assert out.exit_code == 3
+    # fail fast: far less than the 5 s deadline was spent waiting
+    assert deps.clock.t - before < 2
+    assert "errored" in out.message
+
+
+def test_first_deploy_failure_stops_app_exit_6(world):
+    deps, host, remote, repo = world
+    out = ship(deps, repo, fault="ready_503")
+    assert out.exit_code == 6 and out.result == "rollback-impossible"
+    assert host.running is None  # the bad process was stopped
+    assert states(host)[-1] == (out.release, "bad")
+    assert "no known-good release" in out.message
+    assert host.lock is None
+
+
+def test_identity_mismatch_rolls_back(world):
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    host.stale_cwd = True  # PM2 kept the old code after the switch
+    out = ship(deps, repo)
+    assert out.exit_code == 3
+    assert "identity gate failed" in out.message
+    assert host.current == good
+
+
+def test_lock_held_exit_4_and_holder_lock_survives(world):
+    deps, host, remote, repo = world
+    host.lock = ("f" * 32, json.dumps({"actor": "alice", "op": "deploy", "pid": 1}))
+    with pytest.raises(LockHeld) as err:
+        ship(deps, repo)
+    assert err.value.exit_code == 4
+    assert "alice" in err.value.message
+    assert host.lock is not None and host.lock[0] == "f" * 32
+    assert "lock.release" not in remote.names()
+
+
+def test_ship_failure_aborts_exit_5_nothing_live_changed(world):
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    remote.fail["release.install"] = 1
+    with pytest.raises(AbortedBeforeLive) as err:
+        ship(deps, repo)
+    assert err.value.exit_code == 5
+    assert host.current == good == host.running
+    assert host.partials == set()
+    assert host.lock is None
+    assert "current.switch" not in remote.names()[-8:]
+
+
+def test_corrupt_upload_aborts(world):
+    deps, host, remote, repo = world
+    remote.corrupt = True
+    with pytest.raises(AbortedBeforeLive, match="corrupted"):
+        ship(deps, repo)
+    assert host.current is None and host.lock is None
+
+
+def test_sigint_during_ship_removes_partial_exit_130(world):
+    deps, host, remote, repo = world
+    remote.interrupt_on["release.install"] = KeyboardInterrupt
+    with pytest.raises(Interrupted) as err:
+        ship(deps, repo)
+    assert err.value.exit_code == 130
+    assert host.partials == set() and host.lock is None and host.current is None
+
+
+def test_sigint_during_gate_rolls_back_exit_130(world):
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    remote.interrupt_on["pm2.jlist"] = KeyboardInterrupt
+    out = ship(deps, repo)
+    assert out.exit_code == 130 and out.result == "rolled-back"
+    assert host.current == good == host.running
+    assert host.lock is None
+
+
+def test_sigterm_after_switch_rolls_back_exit_143(world):
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    remote.interrupt_on["pm2.activate"] = lambda: flow.Signalled(15)  # type: ignore[assignment]
+    out = ship(deps, repo)
+    assert out.exit_code == 143
+    assert host.current == good == host.running
+
+
+def test_leftover_partial_is_removed_by_next_deploy(world):
+    deps, host, remote, repo = world
+    host.partials.add("20260101000000-abcdef1")
+    ship(deps, repo)
+    assert host.partials == set()
+
+
+def test_manual_rollback_to_previous_good(world):
+    deps, host, remote, repo = world
+    first = ship(deps, repo).release
+    deps.clock.sleep(2)
+    second = ship(deps, repo).release
+    out = flow.rollback(deps)
+    assert out.exit_code == 0 and out.live == first == host.current == host.running
+    # the newest good entry is now `first`: an automatic rollback would go there
+    assert states(host)[-1] == (first, "good")
+    # rolling back again goes forward to `second`, the other good release
+    assert flow.rollback(deps).live == second
+
+
+def test_manual_rollback_refuses_bad_and_unknown(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    deps.clock.sleep(2)
+    bad = ship(deps, repo, fault="ready_503").release
+    with pytest.raises(ConfigError, match="not good"):
+        flow.rollback(deps, to=bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        flow.rollback(deps, to="20200101000000-0000000")
+    with pytest.raises(ConfigError, match="not a release id"):
+        flow.rollback(deps, to="../../etc")
+    assert host.lock is None
+
+
+def test_manual_rollback_without_target_needs_human(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    with pytest.raises(HumanNeeded):
+        flow.rollback(deps)
+    assert host.lock is None
+
+
+def test_status_reports_current_and_last_good(world):
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    bad = ship(deps, repo, fault="ready_503").release
+    st = flow.status(deps)
+    assert st.current == good and st.last_good == good
+    assert dict(st.releases) == {good: "good", bad: "bad"}
+    assert st.process is not None and st.process.status == "online"
