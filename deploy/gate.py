@@ -106,8 +106,13 @@ def check_identity(snapshot: ProcessSnapshot, cwds: dict[int, str], expected: Pu
     return f"{len(snapshot.pids)} process(es) run in {expected}"
 
 
-def _lines(history: list[Probe], keep: int = 20) -> tuple[str, ...]:
-    shown = history[-keep:]
-    skipped = len(history) - len(shown)
-    head = (f"… {skipped} earlier probes",) if skipped else ()
-    return head + tuple(p.line() for p in shown)
+def _lines(history: list[Probe], first: int = 5, last: int = 15) -> tuple[str, ...]:
+    """The start and the end of the probe history: how it began and how it ended."""
+    if len(history) <= first + last:
+        return tuple(p.line() for p in history)
+    skipped = len(history) - first - last
+    return (
+        tuple(p.line() for p in history[:first])
+        + (f"… {skipped} more probes …",)
+        + tuple(p.line() for p in history[-last:])
+    )

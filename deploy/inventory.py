@@ -200,7 +200,7 @@ class Inventory(Strict):
 
     env: str = ""
     source: str = ""
-    hosts: tuple[HostConfig, ...] = Field(min_length=1)
+    hosts: tuple[HostConfig, ...]
     ssh: SshConfig = SshConfig()
     app: AppConfig
     process: ProcessConfig
@@ -208,6 +208,8 @@ class Inventory(Strict):
 
     @model_validator(mode="after")
     def _one_host(self) -> Inventory:
+        if not self.hosts:
+            raise ValueError("hosts: is empty; list the host to deploy to (see example.yml)")
         if len(self.hosts) > 1:
             raise ValueError(
                 "hosts: lists more than one host; rolling deploys across several hosts are "

@@ -171,6 +171,7 @@ def run_deploy(
     revision: str | None = None,
     allow_dirty: bool = False,
     reporter: Reporter | None = None,
+    inv_override: Inventory | None = None,
 ) -> int:
     def body(d: Deps) -> Outcome:
         app = d.inventory.app
@@ -183,7 +184,7 @@ def run_deploy(
         )
         return flow.deploy(d, source)
 
-    return _operation(env, opts, body, reporter=reporter)
+    return _operation(env, opts, body, reporter=reporter, inv_override=inv_override)
 
 
 def run_rollback(
@@ -192,12 +193,13 @@ def run_rollback(
     return _operation(env, opts, lambda d: flow.rollback(d, to), reporter=reporter)
 
 
-def run_status(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
+def run_status(env: str, opts: Options, *, reporter: Reporter | None = None,
+               inv_override: Inventory | None = None) -> int:
     def body(d: Deps) -> int:
         d.reporter.status(flow.status(d))
         return 0
 
-    return _operation(env, opts, body, reporter=reporter)
+    return _operation(env, opts, body, reporter=reporter, inv_override=inv_override)
 
 
 # ---------------------------------------------------------------------------- trust-host
