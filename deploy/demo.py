@@ -28,7 +28,9 @@ GIT_ENV = {
 
 def _git(repo: Path, *args: str) -> None:
     subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True,
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
         env={**os.environ, **GIT_ENV},
     )
 
@@ -36,7 +38,8 @@ def _git(repo: Path, *args: str) -> None:
 def make_app_repo(into: Path) -> Path:
     repo = into / "sampleapp"
     shutil.copytree(
-        PROJECT / "examples" / "sampleapp", repo,
+        PROJECT / "examples" / "sampleapp",
+        repo,
         ignore=shutil.ignore_patterns("node_modules", "FAULT"),
     )
     _git(repo, "init", "-q", "-b", "main")

@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 
@@ -69,7 +69,7 @@ class Deps:
 
 
 def _host(d: Deps) -> HostOps:
-    layout = Layout(root=_posix(d.inventory.host.root))
+    layout = Layout(root=PurePosixPath(d.inventory.host.root))
     return HostOps(
         inventory=d.inventory,
         remote=d.remote,
@@ -77,12 +77,6 @@ def _host(d: Deps) -> HostOps:
         layout=layout,
         actor=d.actor,
     )
-
-
-def _posix(path: str):  # type: ignore[no-untyped-def]
-    from pathlib import PurePosixPath
-
-    return PurePosixPath(path)
 
 
 # ---------------------------------------------------------------------------- deploy

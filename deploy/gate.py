@@ -112,7 +112,7 @@ def _lines(history: list[Probe], first: int = 5, last: int = 15) -> tuple[str, .
         return tuple(p.line() for p in history)
     skipped = len(history) - first - last
     return (
-        tuple(p.line() for p in history[:first])
-        + (f"… {skipped} more probes …",)
-        + tuple(p.line() for p in history[-last:])
+        *(p.line() for p in history[:first]),
+        f"… {skipped} more probes …",
+        *(p.line() for p in history[-last:]),
     )

@@ -63,7 +63,7 @@ def _check_path(value: str, *, absolute: bool) -> None:
         raise ValueError("must not be / itself: use a directory such as /srv/shop-api")
 
 
-def _pattern(regex: re.Pattern[str], hint: str):  # type: ignore[no-untyped-def]
+def _pattern(regex: re.Pattern[str], hint: str) -> AfterValidator:
     def check(value: str) -> str:
         if not regex.match(value):
             raise ValueError(hint)

@@ -34,7 +34,7 @@ def parse(text: str) -> list[JournalEntry]:
                 release=raw.get("release") if isinstance(raw.get("release"), str) else None,
                 state=raw.get("state") if isinstance(raw.get("state"), str) else None,
                 actor=str(raw.get("actor", "")),
-                detail=raw.get("detail") if isinstance(raw.get("detail"), dict) else {},
+                detail=dict(raw["detail"]) if isinstance(raw.get("detail"), dict) else {},
             )
         )
     return entries

@@ -136,12 +136,13 @@ def _operation(
     body: Callable[[Deps], Outcome | int],
     *,
     reporter: Reporter | None = None,
+    inv_override: Inventory | None = None,
 ) -> int:
     redact = Redactor()
     rep = reporter or make_reporter(opts, redact)
 
     def run() -> int:
-        inv = inventory.load(env, opts.inventories)
+        inv = inv_override or inventory.load(env, opts.inventories)
         token = health_token(inv)
         redact.add(token)
         remote = open_remote(inv, redact, rep)
@@ -193,8 +194,13 @@ def run_rollback(
     return _operation(env, opts, lambda d: flow.rollback(d, to), reporter=reporter)
 
 
-def run_status(env: str, opts: Options, *, reporter: Reporter | None = None,
-               inv_override: Inventory | None = None) -> int:
+def run_status(
+    env: str,
+    opts: Options,
+    *,
+    reporter: Reporter | None = None,
+    inv_override: Inventory | None = None,
+) -> int:
     def body(d: Deps) -> int:
         d.reporter.status(flow.status(d))
         return 0

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import paramiko
 from fabric import Connection
+from invoke.exceptions import CommandTimedOut
 
 from deploy.commands import Cmd
 from deploy.errors import CommandFailure, ConnectionLost, HostKeyRefused, RemoteCommandError
@@ -148,6 +149,17 @@ class SshRemote:
             res = self._conn.run(
                 cmd.render(), hide=True, warn=True, in_stream=False, timeout=timeout
             )
+        except CommandTimedOut:
+            if not check:
+                return Result(stdout="", stderr=f"timed out after {timeout}s", exit_code=124)
+            raise RemoteCommandError(
+                CommandFailure(
+                    display=self._redact(cmd.display),
+                    exit_code=124,
+                    stderr_tail=f"no result after {timeout:g}s; the command was abandoned",
+                    host=self.host_label,
+                )
+            ) from None
         except Exception as exc:
             # invoke/paramiko raise a zoo of types for a dropped link; all mean the same here.
             raise ConnectionLost(

@@ -67,8 +67,12 @@ _TOOLS: dict[str, tuple[str, str]] = {
 }
 # Needed inside the sandbox's PATH for deploys, optional for booting it.
 _OPTIONAL_SESSION_TOOLS = ("npm",)
-_PAM_SYSTEMD_GLOBS = ("lib/*/security/pam_systemd.so", "usr/lib/*/security/pam_systemd.so",
-                      "lib/security/pam_systemd.so", "usr/lib/security/pam_systemd.so")
+_PAM_SYSTEMD_GLOBS = (
+    "lib/*/security/pam_systemd.so",
+    "usr/lib/*/security/pam_systemd.so",
+    "lib/security/pam_systemd.so",
+    "usr/lib/security/pam_systemd.so",
+)
 
 
 class SandboxError(Exception):
@@ -101,15 +105,27 @@ class SandboxInfo:
         login shell, so quote them for that shell.
         """
         return [
-            "ssh", "-F", "/dev/null",
-            "-i", str(self.identity_file), "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10",
-            "-o", "LogLevel=ERROR",
-            "-p", str(self.port),
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.identity_file),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            str(self.port),
             f"{user or self.user}@{self.address}",
             *(["--", *command] if command else []),
         ]
@@ -176,8 +192,13 @@ class _Layout:
 
     def info(self, pid1: int) -> SandboxInfo:
         return SandboxInfo(
-            name=self.spec.name, address=self.address, port=SSH_PORT, user=self.spec.user,
-            identity_file=self.client_key, known_hosts=self.known_hosts, pid1=pid1,
+            name=self.spec.name,
+            address=self.address,
+            port=SSH_PORT,
+            user=self.spec.user,
+            identity_file=self.client_key,
+            known_hosts=self.known_hosts,
+            pid1=pid1,
             state_dir=self.state_dir,
         )
 
@@ -266,7 +287,11 @@ def _validate(spec: SandboxSpec) -> None:
             "then lowercase letters, digits or '-' (it becomes the network interface "
             f"'<name>-h', which Linux limits to 15 characters)."
         )
-    if isinstance(spec.index, bool) or not isinstance(spec.index, int) or not 1 <= spec.index <= 254:
+    if (
+        isinstance(spec.index, bool)
+        or not isinstance(spec.index, int)
+        or not 1 <= spec.index <= 254
+    ):
         raise SandboxError(
             f"Invalid sandbox index {spec.index!r}: use an integer from 1 to 254; the sandbox "
             "gets the private subnet 10.231.<index>.0/24."
@@ -277,8 +302,7 @@ def _validate(spec: SandboxSpec) -> None:
             "root (letters, digits, '_' or '-', at most 32 characters)."
         )
     root = str(spec.state_root)
-    if (not _SAFE_PATH_RE.match(root) or root == "/" or ".." in Path(root).parts
-            or len(root) > 200):
+    if not _SAFE_PATH_RE.match(root) or root == "/" or ".." in Path(root).parts or len(root) > 200:
         raise SandboxError(
             f"Invalid sandbox state_root {root!r}: use an absolute path other than '/' made of "
             "letters, digits and . _ - + / only (it is used in mount options and ssh options, "
@@ -427,16 +451,20 @@ def _boot(lay: _Layout, links: list[tuple[str, str]], log: Log, timeout: float) 
     lay.pid_file.write_text(f"{pid1}\n")
     log(f"sandbox {lay.spec.name}: container PID 1 is host pid {pid1}")
     _wait_for_sshd(lay, pid1, deadline)
-    log(f"sandbox {lay.spec.name}: sshd accepting on {lay.address}:{SSH_PORT} "
-        f"after {time.monotonic() - start:.2f}s")
+    log(
+        f"sandbox {lay.spec.name}: sshd accepting on {lay.address}:{SSH_PORT} "
+        f"after {time.monotonic() - start:.2f}s"
+    )
     info = lay.info(pid1)
     state = _wait_system_running(info, pid1, lay, deadline)
     log(f"sandbox {lay.spec.name}: systemd {state} after {time.monotonic() - start:.2f}s")
     if state == "degraded":
         failed = _ssh(info, ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"], 30)
         log(f"sandbox {lay.spec.name}: failed units: {failed.stdout.strip() or '(none listed)'}")
-    log(f"sandbox {lay.spec.name} is up: ssh -i {lay.client_key} -o UserKnownHostsFile="
-        f"{lay.known_hosts} {lay.spec.user}@{lay.address}")
+    log(
+        f"sandbox {lay.spec.name} is up: ssh -i {lay.client_key} -o UserKnownHostsFile="
+        f"{lay.known_hosts} {lay.spec.user}@{lay.address}"
+    )
     return info
 
 
@@ -447,8 +475,20 @@ def _ensure_keys(lay: _Layout, log: Log) -> None:
             continue
         key.unlink(missing_ok=True)
         key.with_suffix(".pub").unlink(missing_ok=True)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-              f"releasegate-sandbox-{lay.spec.name}-{comment}", "-f", str(key)])
+        _run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"releasegate-sandbox-{lay.spec.name}-{comment}",
+                "-f",
+                str(key),
+            ]
+        )
         key.chmod(0o600)
         log(f"sandbox {lay.spec.name}: created {comment} key {key}")
 
@@ -492,8 +532,12 @@ def _launch(lay: _Layout, links: list[tuple[str, str]]) -> subprocess.Popen[byte
     with open(lay.boot_log, "wb") as boot_log:
         # New session: the sandbox must not get the caller's Ctrl-C or die with its terminal.
         return subprocess.Popen(
-            ["bash", str(PID1_SCRIPT), "launch"], env=env, cwd="/",
-            stdin=subprocess.DEVNULL, stdout=boot_log, stderr=subprocess.STDOUT,
+            ["bash", str(PID1_SCRIPT), "launch"],
+            env=env,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=boot_log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -506,10 +550,14 @@ def _host_submounts(lay: _Layout) -> list[str]:
         fields = line.split()
         mount_point = fields[4]
         fstype = fields[fields.index("-") + 1]
-        if (fstype not in _DISK_FS or mount_point == "/" or "\\" in mount_point
-                or not _SAFE_PATH_RE.match(mount_point)
-                or any(mount_point == s or mount_point.startswith(s + "/") for s in skip)
-                or not os.path.isdir(mount_point)):
+        if (
+            fstype not in _DISK_FS
+            or mount_point == "/"
+            or "\\" in mount_point
+            or not _SAFE_PATH_RE.match(mount_point)
+            or any(mount_point == s or mount_point.startswith(s + "/") for s in skip)
+            or not os.path.isdir(mount_point)
+        ):
             continue
         found.add(mount_point)
     return sorted(found, key=lambda p: (p.count("/"), p))
@@ -559,11 +607,9 @@ def _wait_system_running(info: SandboxInfo, pid1: int, lay: _Layout, deadline: f
         state = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
         if state in ("running", "degraded"):
             return state
-        last = (result.stderr.strip() or state or f"exit status {result.returncode}")
+        last = result.stderr.strip() or state or f"exit status {result.returncode}"
         if result.returncode != 255:  # 255 = ssh itself failed: retry; else systemd answered
-            raise SandboxError(
-                f"The sandbox booted, but systemd reports state {state!r} ({last})."
-            )
+            raise SandboxError(f"The sandbox booted, but systemd reports state {state!r} ({last}).")
         if not _is_sandbox_init(pid1, lay):
             raise SandboxError(f"The sandbox's init (host pid {pid1}) exited while booting.")
         time.sleep(0.2)
@@ -573,19 +619,30 @@ def _wait_system_running(info: SandboxInfo, pid1: int, lay: _Layout, deadline: f
     )
 
 
-def _ssh(info: SandboxInfo, command: list[str], timeout: float,
-         user: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(info.ssh_argv(*command, user=user), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+def _ssh(
+    info: SandboxInfo, command: list[str], timeout: float, user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        info.ssh_argv(*command, user=user),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 # --------------------------------------------------------------------------- teardown
 
 
 def _leftovers(lay: _Layout) -> bool:
-    return (Path("/run/netns", lay.netns).exists() or _link_exists(lay.veth)
-            or (lay.cgroup_dir is not None and lay.cgroup_dir.exists())
-            or lay.pid_file.exists() or lay.mount_dir.exists())
+    return (
+        Path("/run/netns", lay.netns).exists()
+        or _link_exists(lay.veth)
+        or (lay.cgroup_dir is not None and lay.cgroup_dir.exists())
+        or lay.pid_file.exists()
+        or lay.mount_dir.exists()
+    )
 
 
 def _teardown(lay: _Layout, log: Log) -> None:
@@ -625,8 +682,13 @@ def _teardown(lay: _Layout, log: Log) -> None:
 def _stop_init(pid1: int, lay: _Layout, log: Log) -> None:
     # A clean poweroff lets services stop properly; escalate when it does not happen in time.
     try:
-        subprocess.run(["nsenter", "-t", str(pid1), "-a", "systemctl", "poweroff"],
-                       capture_output=True, timeout=10, check=True, env={"PATH": _SYSTEM_PATH})
+        subprocess.run(
+            ["nsenter", "-t", str(pid1), "-a", "systemctl", "poweroff"],
+            capture_output=True,
+            timeout=10,
+            check=True,
+            env={"PATH": _SYSTEM_PATH},
+        )
     except (subprocess.SubprocessError, OSError):
         log(f"sandbox {lay.spec.name}: 'systemctl poweroff' failed, sending SIGRTMIN+4")
         _signal(pid1, signal.SIGRTMIN + 4)  # systemd's "power off" signal
@@ -756,9 +818,15 @@ def _signal(pid: int, sig: int) -> None:
 
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL, check=False,
-                                env={"PATH": _SYSTEM_PATH, "LC_ALL": "C"})
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env={"PATH": _SYSTEM_PATH, "LC_ALL": "C"},
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SandboxError(f"Command {' '.join(argv)!r} could not run: {exc}.") from exc
     if result.returncode != 0:

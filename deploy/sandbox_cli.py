@@ -22,8 +22,10 @@ def up(name: str, index: int) -> int:
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"sandbox {info.name} is up: ssh -i {info.identity_file} "
-          f"-o UserKnownHostsFile={info.known_hosts} {info.user}@{info.address}")
+    print(
+        f"sandbox {info.name} is up: ssh -i {info.identity_file} "
+        f"-o UserKnownHostsFile={info.known_hosts} {info.user}@{info.address}"
+    )
     return 0
 
 

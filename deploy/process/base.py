@@ -9,7 +9,8 @@ from deploy.model import ProcessSnapshot
 
 
 class ProcessManager(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def config_files(self, release_id: str) -> dict[str, str]:
         """Files to write into the release (path relative to the release dir -> content)."""

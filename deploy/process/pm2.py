@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from deploy.commands import Cmd, _cmd
 from deploy.inventory import Inventory
@@ -74,11 +75,17 @@ class Pm2:
 
 def parse_jlist(stdout: str, app: str) -> ProcessSnapshot:
     """Aggregate PM2's per-instance entries for one app into a single snapshot."""
-    start = stdout.find("[")
-    try:
-        procs = json.loads(stdout[start:]) if start >= 0 else []
-    except json.JSONDecodeError:
-        procs = []
+    procs: list[dict[str, Any]] = []
+    # PM2 may print "[PM2] Spawning PM2 daemon…" lines first; the list is one JSON line.
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("["):
+            try:
+                loaded = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(loaded, list):
+                procs = [p for p in loaded if isinstance(p, dict)]
+                break
     mine = [p for p in procs if p.get("name") == app]
     if not mine:
         return ProcessSnapshot(status="missing", pids=(), restarts=0)

@@ -17,9 +17,7 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 
 def test_finalize_is_mv_T():
     cmd = commands.finalize_release(L.partial(RID), L.release(RID))
-    assert cmd.render() == (
-        f"mv -T -- /srv/app/releases/{RID}.partial /srv/app/releases/{RID}"
-    )
+    assert cmd.render() == (f"mv -T -- /srv/app/releases/{RID}.partial /srv/app/releases/{RID}")
 
 
 def test_switch_is_link_beside_then_rename():
@@ -32,9 +30,7 @@ def test_switch_is_link_beside_then_rename():
 
 def test_install_runs_users_line_as_one_quoted_argument():
     cmd = commands.run_install(L.partial(RID), "npm ci --omit=dev")
-    assert cmd.render() == (
-        f"cd /srv/app/releases/{RID}.partial && sh -c 'npm ci --omit=dev'"
-    )
+    assert cmd.render() == (f"cd /srv/app/releases/{RID}.partial && sh -c 'npm ci --omit=dev'")
 
 
 def test_journal_line_with_hostile_text_stays_one_argument():
@@ -102,3 +98,19 @@ def test_pm2_commands():
     assert 'exec_mode: "cluster"' in config
     assert '"RELEASE_ID": "' + RID in config and '"A": "b\\"c"' in config
     assert 'args: ["--x", "1"]' in config
+
+
+def test_parse_jlist_skips_daemon_banner_and_aggregates():
+    from deploy.process.pm2 import parse_jlist
+
+    out = (
+        "[PM2] Spawning PM2 daemon with pm2_home=/home/deploy/.pm2\n[PM2] PM2 Successfully daemonized\n"
+        '[{"name":"shop","pid":11,"pm2_env":{"status":"online","restart_time":1}},'
+        '{"name":"shop","pid":12,"pm2_env":{"status":"online","restart_time":2}},'
+        '{"name":"other","pid":13,"pm2_env":{"status":"errored","restart_time":9}}]\n'
+    )
+    snap = parse_jlist(out, "shop")
+    assert snap.status == "online" and snap.pids == (11, 12) and snap.restarts == 3
+    assert parse_jlist(out, "missing").status == "missing"
+    crashed = '[{"name":"shop","pid":0,"pm2_env":{"status":"errored","restart_time":4}}]'
+    assert parse_jlist(crashed, "shop").status == "errored"

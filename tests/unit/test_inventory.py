@@ -89,7 +89,7 @@ def test_malicious_host_values_are_refused(field, value):
     [
         ("app: {name: shop, shared_dirs: [../up]}", "app.shared_dirs[0]"),
         ("app: {name: shop, shared_files: [/etc/passwd]}", "app.shared_files[0]"),
-        ("app: {name: shop, install: \"npm ci\\nreboot\"}", "app.install"),
+        ('app: {name: shop, install: "npm ci\\nreboot"}', "app.install"),
         ("app: {name: 'shop;id'}", "app.name"),
         ("app: {name: shop, revision: 'main;id'}", "app.revision"),
     ],

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set up releasegate on a fresh Debian 12 machine, as root: the host tools the sandbox VPS
+# needs (sshd, systemd, iproute2, Node, PM2), then releasegate itself in .venv.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/setup.sh: run as root (the sandbox VPS uses Linux namespaces)" >&2
+  exit 2
+fi
+
+packages=()
+want() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ] || packages+=("$2"); }
+want /usr/sbin/sshd openssh-server
+want ssh openssh-client
+want ssh-keygen openssh-client
+want sudo sudo
+want ip iproute2
+want unshare util-linux
+want nsenter util-linux
+want /lib/systemd/systemd systemd
+want git git
+want node nodejs
+want pgrep procps
+want tar tar
+want gzip gzip
+want curl curl
+if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then packages+=(python3-venv python3-pip); fi
+if [ ${#packages[@]} -gt 0 ]; then
+  mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u)
+  echo "setup: apt-get install ${packages[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+if ! command -v pm2 >/dev/null 2>&1; then
+  echo "setup: npm install -g pm2@7.0.4"
+  npm install -g --no-audit --no-fund --loglevel=error pm2@7.0.4 >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: ready (.venv/bin/releasegate, .venv/bin/invoke, .venv/bin/python -m pytest)"

@@ -1,0 +1,161 @@
+"""Integration fixtures: one sandbox VPS per test session (real systemd, sshd, PM2), and per
+test its own deploy root, app name and port so no test depends on another."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from deploy import demo, inventory, sandbox
+from deploy.inventory import Inventory
+
+PORTS = itertools.count(4100)
+
+
+@pytest.fixture(scope="session")
+def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox.SandboxInfo]:
+    assert os.geteuid() == 0, "integration tests boot the sandbox VPS and need root"
+    spec = sandbox.SandboxSpec(
+        name="rgit", index=7, state_root=tmp_path_factory.mktemp("sandbox-state")
+    )
+    info = sandbox.up(spec)
+    try:
+        yield info
+    finally:
+        sandbox.down(spec)
+
+
+@dataclass
+class Target:
+    """One app on the sandbox: its inventory (as object and as file) and ways to look at it."""
+
+    vps: sandbox.SandboxInfo
+    data: dict[str, Any]
+    dir: Path
+    repo: Path
+
+    @property
+    def inv_dir(self) -> Path:
+        return self.dir / "inventories"
+
+    @property
+    def inv(self) -> Inventory:
+        return inventory.load("test", self.inv_dir)
+
+    @property
+    def root(self) -> str:
+        return str(self.data["hosts"][0]["root"])
+
+    @property
+    def port(self) -> int:
+        return int(self.data["process"]["port"])
+
+    @property
+    def app(self) -> str:
+        return str(self.data["app"]["name"])
+
+    def write(self) -> None:
+        self.inv_dir.mkdir(parents=True, exist_ok=True)
+        (self.inv_dir / "test.yml").write_text(yaml.safe_dump(self.data))
+
+    def update(self, section: str, **values: Any) -> None:
+        self.data[section].update(values)
+        self.write()
+
+    def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Look at the host with the plain ssh client, independent of releasegate's code."""
+        res = subprocess.run(
+            [
+                "ssh",
+                "-i",
+                str(self.vps.identity_file),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                f"UserKnownHostsFile={self.vps.known_hosts}",
+                f"{self.vps.user}@{self.vps.address}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check:
+            assert res.returncode == 0, f"{command}: {res.stderr}"
+        return res
+
+    def current(self) -> str | None:
+        res = self.ssh(f"readlink {self.root}/current", check=False)
+        return res.stdout.strip().rsplit("/", 1)[-1] if res.returncode == 0 else None
+
+    def version(self) -> dict[str, Any]:
+        r = httpx.get(f"http://{self.vps.address}:{self.port}/version", timeout=5)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def pm2_cwds(self) -> set[str]:
+        procs = json.loads(self.ssh("pm2 jlist").stdout)
+        pids = [p["pid"] for p in procs if p["name"] == self.app and p["pid"]]
+        assert pids, f"no running PM2 process for {self.app}"
+        out = self.ssh(" ; ".join(f"readlink /proc/{pid}/cwd" for pid in pids)).stdout
+        return set(out.split())
+
+    def journal(self) -> list[dict[str, Any]]:
+        text = self.ssh(f"cat {self.root}/.releasegate/journal.jsonl").stdout
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def state_of(self, rid: str) -> str | None:
+        states = [e["state"] for e in self.journal() if e["release"] == rid and e["state"]]
+        return states[-1] if states else None
+
+    def lock_exists(self) -> bool:
+        return self.ssh(f"test -d {self.root}/.releasegate/lock", check=False).returncode == 0
+
+
+@pytest.fixture
+def target(vps: sandbox.SandboxInfo, tmp_path: Path) -> Iterator[Target]:
+    tag = uuid.uuid4().hex[:8]
+    repo = demo.make_app_repo(tmp_path)
+    data = {
+        "hosts": [
+            {
+                "name": "sandbox",
+                "address": vps.address,
+                "user": vps.user,
+                "root": f"/srv/t-{tag}",
+                "identity_file": str(vps.identity_file),
+            }
+        ],
+        "ssh": {"known_hosts": str(vps.known_hosts)},
+        "app": {
+            "name": f"app-{tag}",
+            "repo": str(repo),
+            "install": "npm ci --omit=dev --offline --no-audit --no-fund",
+        },
+        "process": {
+            "command": "server.js",
+            "port": next(PORTS),
+            "instances": 2,
+            "env": {"HOST": "0.0.0.0"},
+        },
+        "health": {"deadline": 8, "interval": 0.3, "successes": 3},
+    }
+    t = Target(vps=vps, data=data, dir=tmp_path, repo=repo)
+    t.write()
+    try:
+        yield t
+    finally:
+        t.ssh(f"pm2 delete {t.app} >/dev/null 2>&1; rm -rf {t.root}", check=False)
