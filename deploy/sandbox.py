@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,6 +228,13 @@ def up(spec: SandboxSpec, log: Log = _nolog, timeout: float = BOOT_TIMEOUT) -> S
         if running is not None:
             log(f"sandbox {spec.name} is already up at {running.address} (pid1 {running.pid1})")
             return running
+        live = _find_init(lay)
+        if live is not None and live != _read_pid_file(lay):
+            raise SandboxError(
+                f"A sandbox named {spec.name!r} is already running (host pid {live}), but not "
+                f"from state dir {lay.state_dir}: probably started with another state_root. "
+                "Stop it with down() and that state_root, or choose another name."
+            )
         _check_conflicts(lay)
         if _leftovers(lay):
             log(f"sandbox {spec.name}: removing leftovers of an earlier run")
@@ -321,7 +328,9 @@ def _require_root() -> None:
 def _which(program: str) -> str | None:
     if program.startswith("/"):
         return program if os.access(program, os.X_OK) else None
-    search = f"{os.environ.get('PATH', '')}:{_SYSTEM_PATH}"
+    # System directories first: a root shell may have e.g. an nvm node first on its PATH,
+    # which the sandbox's deploy user could not use, while a usable /usr/bin/node exists.
+    search = f"{_SYSTEM_PATH}:{os.environ.get('PATH', '')}"
     return shutil.which(program, path=search)
 
 
@@ -442,13 +451,13 @@ def _boot(lay: _Layout, links: list[tuple[str, str]], log: Log, timeout: float) 
     start = time.monotonic()
     deadline = start + timeout
     _create_network(lay, log)
-    assert lay.cgroup_dir is not None
-    lay.cgroup_dir.mkdir()
+    _create_cgroups(lay, log)
     lay.mount_dir.mkdir()
     proc = _launch(lay, links)
     _LAUNCHERS[lay.state_dir] = proc
     pid1 = _wait_for_pid1(lay, proc, deadline)
     lay.pid_file.write_text(f"{pid1}\n")
+    _release_init(lay, proc)
     log(f"sandbox {lay.spec.name}: container PID 1 is host pid {pid1}")
     _wait_for_sshd(lay, pid1, deadline)
     log(
@@ -512,11 +521,39 @@ def _create_network(lay: _Layout, log: Log) -> None:
     log(f"sandbox {lay.spec.name}: network {lay.host_address} ({veth}) <-> {lay.address} ({ns})")
 
 
+def _create_cgroups(lay: _Layout, log: Log) -> None:
+    """<top>/payload becomes the container's cgroup namespace root; <top>/supervisor holds the
+    host-side launcher (like systemd-nspawn's payload/supervisor split).
+
+    cgroup v2 lets a cgroup pass controllers to children only while it has no processes of
+    its own, so the launcher must not stay in payload once the inner systemd delegates.
+    """
+    top = lay.cgroup_dir
+    assert top is not None
+    top.mkdir()
+    controllers = (top / "cgroup.controllers").read_text().split()
+    if controllers:  # pure v2 host; the hybrid layout's v2 tree has no controllers at all
+        try:
+            (top / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
+        except OSError as exc:  # systemd still boots, only without resource controllers
+            log(f"sandbox {lay.spec.name}: could not delegate cgroup controllers: {exc}")
+    (top / "payload").mkdir()
+    (top / "supervisor").mkdir()
+
+
+def _release_init(lay: _Layout, proc: subprocess.Popen[bytes]) -> None:
+    """Move the launcher out of the payload cgroup, then let the init script continue."""
+    assert lay.cgroup_dir is not None and proc.stdin is not None
+    (lay.cgroup_dir / "supervisor" / "cgroup.procs").write_text(str(proc.pid))
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+
+
 def _launch(lay: _Layout, links: list[tuple[str, str]]) -> subprocess.Popen[bytes]:
     assert lay.cgroup_dir is not None
     env = {
         "PATH": _SYSTEM_PATH,  # nothing of the caller's environment leaks into the sandbox
-        "RG_CGROUP": str(lay.cgroup_dir),
+        "RG_CGROUP": str(lay.cgroup_dir / "payload"),
         "RG_NETNS": lay.netns,
         "RG_NAME": lay.spec.name,
         "RG_USER": lay.spec.user,
@@ -535,7 +572,7 @@ def _launch(lay: _Layout, links: list[tuple[str, str]]) -> subprocess.Popen[byte
             ["bash", str(PID1_SCRIPT), "launch"],
             env=env,
             cwd="/",
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the init script waits for "go" (see _release_init)
             stdout=boot_log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -608,6 +645,12 @@ def _wait_system_running(info: SandboxInfo, pid1: int, lay: _Layout, deadline: f
         if state in ("running", "degraded"):
             return state
         last = result.stderr.strip() or state or f"exit status {result.returncode}"
+        if "Host key verification failed" in last or "Permission denied" in last:
+            raise SandboxError(
+                f"sshd in the sandbox answers, but SSH login as {info.user} fails: {last}. "
+                f"The keys in {lay.state_dir} may be damaged: run down(), delete the "
+                "id_ed25519* and ssh_host_ed25519_key* files there, and run up() again."
+            )
         if result.returncode != 255:  # 255 = ssh itself failed: retry; else systemd answered
             raise SandboxError(f"The sandbox booted, but systemd reports state {state!r} ({last}).")
         if not _is_sandbox_init(pid1, lay):
@@ -656,6 +699,8 @@ def _teardown(lay: _Layout, log: Log) -> None:
     _kill_cgroup(lay)
     launcher = _LAUNCHERS.pop(lay.state_dir, None)
     if launcher is not None:
+        if launcher.stdin is not None:
+            launcher.stdin.close()  # an init still waiting for "go" then gives up
         try:
             launcher.wait(timeout=5)  # reap it; an init that does not reap would keep a zombie
         except subprocess.TimeoutExpired:
@@ -705,20 +750,24 @@ def _stop_init(pid1: int, lay: _Layout, log: Log) -> None:
 
 
 def _kill_cgroup(lay: _Layout) -> None:
-    if lay.cgroup_dir is None or not lay.cgroup_dir.exists():
+    """SIGKILL whatever is still in the sandbox's cgroup (after a failed or forced stop)."""
+    top = lay.cgroup_dir
+    if top is None or not top.exists():
         return
-    if not _cgroup_pids(lay.cgroup_dir):
+    # The launcher exits by itself right after the container's PID 1; give it a moment.
+    if _wait_until(lambda: not _cgroup_pids(top), 2):
         return
-    kill_file = lay.cgroup_dir / "cgroup.kill"  # Linux >= 5.14: kills the subtree atomically
+    kill_file = top / "cgroup.kill"  # Linux >= 5.14: kills the whole subtree atomically
     if kill_file.exists():
         kill_file.write_text("1")
     else:
-        for pid in _cgroup_pids(lay.cgroup_dir):
+        for pid in _cgroup_pids(top):
             _signal(pid, signal.SIGKILL)
-    if not _wait_until(lambda: not _cgroup_pids(lay.cgroup_dir), 10):  # type: ignore[arg-type]
+    if not _wait_until(lambda: not _cgroup_pids(top), 10):
         raise SandboxError(
             f"Processes of sandbox {lay.spec.name!r} survived SIGKILL: "
-            f"{sorted(_cgroup_pids(lay.cgroup_dir))} in {lay.cgroup_dir}."
+            f"{sorted(_cgroup_pids(top))} in {top}. Look at them with 'ps -o pid,stat,wchan,args "
+            "-p PID'; processes stuck in the kernel (D state) need a reboot."
         )
 
 
@@ -790,10 +839,8 @@ def _cgroup_pids(top: Path) -> set[int]:
     pids: set[int] = set()
     for dirpath, _dirs, files in os.walk(top):
         if "cgroup.procs" in files:
-            try:
+            with suppress(OSError):  # the cgroup was removed while walking
                 pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
-            except OSError:
-                pass  # removed while walking
     return pids
 
 
@@ -807,10 +854,8 @@ def _find_init(lay: _Layout) -> int | None:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError):  # already gone
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 # --------------------------------------------------------------------------- helpers

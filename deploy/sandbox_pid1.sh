@@ -60,8 +60,8 @@ customise() {
   # The host's disks/swap/crypt devices mean nothing here.
   echo "# releasegate sandbox: no filesystems to mount" >"$R/etc/fstab"
   if [ -e "$R/etc/crypttab" ]; then : >"$R/etc/crypttab"; fi
-  # Do not carry releasegate's own state (client keys of every sandbox) into the copy.
-  rm -rf "$R$RG_STATE_ROOT"
+  # Do not carry the private keys of releasegate's sandboxes (client and host) into the copy.
+  rm -f "$R$RG_STATE_ROOT"/*/id_ed25519 "$R$RG_STATE_ROOT"/*/ssh_host_ed25519_key
 
   # systemd: a blank host with sshd. Drop every enablement link the host made
   # (`systemctl enable ...`), keep the distribution's static ones, then enable ssh.
@@ -148,8 +148,10 @@ api_mounts() {
   mount --bind "$R/proc/sys" "$R/proc/sys"
   mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
   mount -o remount,bind,ro "$R/proc/sys"
-  mount --bind "$R/proc/sysrq-trigger" "$R/proc/sysrq-trigger"
-  mount -o remount,bind,ro "$R/proc/sysrq-trigger"
+  if [ -e "$R/proc/sysrq-trigger" ]; then # absent on kernels without CONFIG_MAGIC_SYSRQ
+    mount --bind "$R/proc/sysrq-trigger" "$R/proc/sysrq-trigger"
+    mount -o remount,bind,ro "$R/proc/sysrq-trigger"
+  fi
   mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"           # this netns' devices only
   mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup" # cgroup ns: our subtree
   mount -t tmpfs -o mode=0755,nosuid,size=64m tmpfs "$R/dev"
@@ -172,7 +174,15 @@ api_mounts() {
 stage_init() {
   : "${RG_NAME:?}" "${RG_USER:?}" "${RG_ADDRESS:?}" "${RG_MNT:?}" "${RG_STATE_ROOT:?}"
   : "${RG_HOST_KEY:?}" "${RG_CLIENT_PUBKEY:?}" "${RG_MACHINE_ID:?}"
-  local O=$RG_MNT R=$RG_MNT/root m i=0
+  local O=$RG_MNT R=$RG_MNT/root m i=0 go=
+  # Wait until sandbox.py has moved our launcher out of this cgroup (see _release_init in
+  # sandbox.py); EOF instead of "go" means sandbox.py gave up, so do not boot.
+  read -r -t 60 go || true
+  if [ "$go" != go ]; then
+    echo "releasegate sandbox $RG_NAME: no go from sandbox.py, not booting" >&2
+    exit 1
+  fi
+  exec </dev/null
   echo "releasegate sandbox $RG_NAME: building root in $O"
   mount --make-rprivate /
   mount -t tmpfs -o mode=0755,size=2g rg-sandbox "$O"
