@@ -104,7 +104,8 @@ def test_parse_jlist_skips_daemon_banner_and_aggregates():
     from deploy.process.pm2 import parse_jlist
 
     out = (
-        "[PM2] Spawning PM2 daemon with pm2_home=/home/deploy/.pm2\n[PM2] PM2 Successfully daemonized\n"
+        "[PM2] Spawning PM2 daemon with pm2_home=/home/deploy/.pm2\n"
+        "[PM2] PM2 Successfully daemonized\n"
         '[{"name":"shop","pid":11,"pm2_env":{"status":"online","restart_time":1}},'
         '{"name":"shop","pid":12,"pm2_env":{"status":"online","restart_time":2}},'
         '{"name":"other","pid":13,"pm2_env":{"status":"errored","restart_time":9}}]\n'
