@@ -64,9 +64,13 @@ class Interrupted(ReleasegateError):
 
 
 class ConnectionLost(ReleasegateError):
-    """SSH to the host failed or dropped; the flow turns it into abort or HumanNeeded."""
+    """SSH to the host dropped mid-operation; the flow turns it into abort or HumanNeeded."""
 
     exit_code = 6
+
+
+class HostUnreachable(AbortedBeforeLive):
+    """The first SSH connection failed (down, refused, auth): nothing was done on the host."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from deploy.errors import ConfigError
+from smoke.config import SmokeSettings
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -205,6 +206,7 @@ class Inventory(Strict):
     app: AppConfig
     process: ProcessConfig
     health: HealthConfig = HealthConfig()
+    smoke: SmokeSettings = SmokeSettings()
 
     @model_validator(mode="after")
     def _one_host(self) -> Inventory:

@@ -24,7 +24,14 @@ from fabric import Connection
 from invoke.exceptions import CommandTimedOut
 
 from deploy.commands import Cmd
-from deploy.errors import CommandFailure, ConnectionLost, HostKeyRefused, RemoteCommandError
+from deploy.errors import (
+    CommandFailure,
+    ConnectionLost,
+    HostKeyRefused,
+    HostUnreachable,
+    ReleasegateError,
+    RemoteCommandError,
+)
 from deploy.redact import Redactor
 
 
@@ -101,6 +108,7 @@ class SshRemote:
         )
         self._conn.client = client
         self.commands_run = 0
+        self._opened = False
 
     def open(self) -> None:
         try:
@@ -122,15 +130,24 @@ class SshRemote:
                     f"fingerprint with the host's owner, then pin it with "
                     f"`releasegate trust-host {self._env_name}`."
                 ) from None
-            raise ConnectionLost(
+            raise self._unreachable(
                 f"could not open SSH to {self.host_label}: {self._redact(str(exc))}. Check the "
                 f"address, port, user and key in the inventory (and ~/.ssh/config)."
             ) from None
         except (OSError, EOFError) as exc:
-            raise ConnectionLost(
+            raise self._unreachable(
                 f"could not reach {self.host_label}: {exc}. Check that the host is up and "
                 f"that the address and port in the inventory are right."
             ) from None
+        self._opened = True
+        # Small request/response exchanges (probes, short commands) must not wait on Nagle.
+        with contextlib.suppress(OSError, AttributeError):
+            self.transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _unreachable(self, message: str) -> ReleasegateError:
+        if self._opened:
+            return ConnectionLost(message)
+        return HostUnreachable(message + " Nothing was done on the host.")
 
     @property
     def transport(self) -> paramiko.Transport:
@@ -249,6 +266,7 @@ class _Forwarder:
                 continue
             except OSError:
                 return
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             thread = threading.Thread(target=self._pump, args=(client, peer), daemon=True)
             thread.start()
             self._threads.append(thread)

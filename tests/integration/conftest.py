@@ -26,8 +26,10 @@ PORTS = itertools.count(4100)
 @pytest.fixture(scope="session")
 def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox.SandboxInfo]:
     assert os.geteuid() == 0, "integration tests boot the sandbox VPS and need root"
+    # RELEASEGATE_TEST_SANDBOX=name:index lets two suites run side by side on one machine.
+    name, _, index = os.environ.get("RELEASEGATE_TEST_SANDBOX", "rgit:7").partition(":")
     spec = sandbox.SandboxSpec(
-        name="rgit", index=7, state_root=tmp_path_factory.mktemp("sandbox-state")
+        name=name, index=int(index), state_root=tmp_path_factory.mktemp("sandbox-state")
     )
     info = sandbox.up(spec)
     try:
