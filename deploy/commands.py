@@ -283,3 +283,24 @@ def proc_cwds(pids: Sequence[int]) -> Cmd:
         args,
         f"read cwd of pids {' '.join(args)}",
     )
+
+
+PRUNE_SCRIPT = r"""
+set -e
+cd -- "$1/releases"; shift
+for id in "$@"; do rm -rf -- "$id"; done
+"""
+
+
+def prune_releases(layout: Layout, names: Sequence[str]) -> Cmd:
+    """Remove releases (ids or <id>.partial) by name; every name is validated first."""
+    checked = []
+    for name in names:
+        bare = name.removesuffix(".partial")
+        checked.append(f"{_release(bare)}{name[len(bare):]}")
+    return _script(
+        "release.prune",
+        PRUNE_SCRIPT,
+        [_p(layout.root), *checked],
+        f"remove {len(checked)} old release(s): {' '.join(checked)}",
+    )

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from deploy import artifact as artifacts
+from deploy import prune
 from deploy.clock import Clock
 from deploy.errors import (
     AbortedBeforeLive,
@@ -216,6 +217,8 @@ def _activate_and_gate(
         return _recover(d, host, rid, op=op, fallback=fallback, exc=exc)
     host.record(d.clock.now(), op, rid, ReleaseState.GOOD, result="promoted")
     host.persist()
+    if op == "deploy":
+        _prune(d, host)
     verb = "promoted" if op == "deploy" else "rolled back to"
     outcome = Outcome(
         op=op,
@@ -360,6 +363,22 @@ def _recover(
     )
     r.outcome(outcome)
     return outcome
+
+
+def _prune(d: Deps, host: HostOps) -> None:
+    """After a promotion; a failure here is reported but never undoes the promotion."""
+    try:
+        with d.reporter.stage("prune"):
+            state = host.read_state()
+            decided = prune.plan(state, d.inventory.app.keep_releases)
+            for warning in decided.warnings:
+                d.reporter.warn(warning)
+            if decided.remove:
+                host.prune(decided.remove)
+                host.record(d.clock.now(), "prune", None, None, removed=list(decided.remove))
+                d.reporter.info(f"removed {', '.join(decided.remove)}")
+    except ReleasegateError as exc:
+        d.reporter.warn(f"pruning old releases failed (the deploy stands): {exc.message}")
 
 
 # ---------------------------------------------------------------------------- status

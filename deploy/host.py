@@ -95,6 +95,9 @@ class HostOps:
 
     # ------------------------------------------------------------ ship
 
+    def prune(self, names: tuple[str, ...]) -> None:
+        self.remote.run(commands.prune_releases(self.layout, names))
+
     def remove_partials(self, names: frozenset[str]) -> None:
         for name in sorted(names):
             self.remote.run(commands.remove_partial(self.layout.releases / name))

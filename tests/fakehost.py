@@ -180,6 +180,11 @@ class FakeRemote:
                 h.running = None
                 h.pids = ()
                 return ok
+            case "release.prune":
+                for name in args[1:]:
+                    h.releases.discard(name)
+                    h.partials.discard(name.removesuffix(".partial"))
+                return ok
             case "pm2.save" | "upload.remove":
                 return ok
         raise AssertionError(f"fake host does not know {cmd.name}")

@@ -228,3 +228,19 @@ def test_status_reports_current_and_last_good(world):
     assert st.current == good and st.last_good == good
     assert dict(st.releases) == {good: "good", bad: "bad"}
     assert st.process is not None and st.process.status == "online"
+
+
+def test_promotion_prunes_old_and_bad_releases(world):
+    deps, host, remote, repo = world
+    deps.inventory = deps.inventory.model_copy(
+        update={"app": deps.inventory.app.model_copy(update={"keep_releases": 2})}
+    )
+    ids = []
+    for fault in ["", "", "ready_503", "", ""]:
+        deps.clock.sleep(2)
+        ids.append(ship(deps, repo, fault=fault).release)
+    assert host.releases == {ids[3], ids[4]}
+    assert host.current == ids[4]
+    pruned = [json.loads(e) for e in host.journal if '"op":"prune"' in e]
+    removed = [rid for e in pruned for rid in e["detail"]["removed"]]
+    assert ids[2] in removed and ids[0] in removed and ids[1] in removed
