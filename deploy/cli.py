@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -41,23 +42,75 @@ def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool) -> N
     ctx.obj = Options(inventories=inventories, plain=plain, verbose=verbose)
 
 
+LOCK_WAIT = click.option(
+    "--lock-wait",
+    type=click.FloatRange(0, 3600),
+    default=0,
+    metavar="SECONDS",
+    help="Wait this long for another deploy's lock (never for a manual lock).",
+)
+
+
 @main.command()
 @click.argument("env")
 @click.option("--revision", help="Branch, tag or sha to deploy (default: app.revision).")
 @click.option("--allow-dirty", is_flag=True, help="Ship the commit even if the tree has changes.")
+@LOCK_WAIT
 @click.pass_obj
-def deploy(opts: Options, env: str, revision: str | None, allow_dirty: bool) -> None:
+def deploy(
+    opts: Options, env: str, revision: str | None, allow_dirty: bool, lock_wait: float
+) -> None:
     """Ship, activate and gate a release of ENV; roll back automatically if the gate fails."""
+    opts = replace(opts, lock_wait=lock_wait)
     sys.exit(operations.run_deploy(env, opts, revision=revision, allow_dirty=allow_dirty))
 
 
 @main.command()
 @click.argument("env")
 @click.option("--to", "to", metavar="ID", help="Release id to go back to (default: previous good).")
+@LOCK_WAIT
 @click.pass_obj
-def rollback(opts: Options, env: str, to: str | None) -> None:
+def rollback(opts: Options, env: str, to: str | None, lock_wait: float) -> None:
     """Activate the previous good release (or --to ID) and gate it like a deploy."""
-    sys.exit(operations.run_rollback(env, opts, to=to))
+    sys.exit(operations.run_rollback(env, replace(opts, lock_wait=lock_wait), to=to))
+
+
+@main.command()
+@click.argument("env")
+@click.pass_obj
+def releases(opts: Options, env: str) -> None:
+    """Releases on the host: id, revision, state, created, actor, duration, markers."""
+    sys.exit(operations.run_releases(env, opts))
+
+
+@main.command()
+@click.argument("env")
+@click.option("--op", help="Only entries of this operation (deploy, rollback, prune, unlock…).")
+@click.option("--release", "release", metavar="ID", help="Only entries about this release.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.pass_obj
+def history(opts: Options, env: str, op: str | None, release: str | None, limit: int) -> None:
+    """The host's journal, newest first."""
+    sys.exit(operations.run_history(env, opts, op=op, release=release, limit=limit))
+
+
+@main.command("lock")
+@click.argument("env")
+@click.option("--message", "-m", required=True, help="Why deploys are blocked.")
+@click.pass_obj
+def lock_cmd(opts: Options, env: str, message: str) -> None:
+    """Take a manual lock that blocks deploys and rollbacks until `unlock`."""
+    sys.exit(operations.run_lock(env, opts, message=message))
+
+
+@main.command()
+@click.argument("env")
+@click.option("--force", is_flag=True, help="Remove a lock you do not hold (needs --reason).")
+@click.option("--reason", help="Recorded in the journal with a forced unlock.")
+@click.pass_obj
+def unlock(opts: Options, env: str, force: bool, reason: str | None) -> None:
+    """Release your manual lock, or (--force --reason) an abandoned one."""
+    sys.exit(operations.run_unlock(env, opts, force=force, reason=reason))
 
 
 @main.command()

@@ -121,6 +121,26 @@ def release_lock(layout: Layout, token: str) -> Cmd:
     )
 
 
+BREAK_LOCK_SCRIPT = r"""
+[ -d "$1" ] || exit 0
+[ "$(cat -- "$1/owner.json" 2>/dev/null)" = "$2" ] || { echo "the lock changed hands"; exit 75; }
+mv -T -- "$1" "$1.broken-$3" && rm -rf -- "$1.broken-$3"
+"""
+
+
+def break_lock(layout: Layout, expected_owner: str, nonce: str) -> Cmd:
+    """Remove a lock whose holder we judged (stale, or --force): only if it is still that
+    holder's — the rename is atomic, so a new owner's lock is never removed."""
+    if not TOKEN.match(nonce):
+        raise ValueError("nonce must be 32 hex digits")
+    return _script(
+        "lock.break",
+        BREAK_LOCK_SCRIPT,
+        [_p(layout.lock), expected_owner, nonce],
+        f"break lock {layout.lock}",
+    )
+
+
 def append_journal(layout: Layout, entries: Iterable[dict[str, object]]) -> Cmd:
     lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries]
     for line in lines:
@@ -297,7 +317,7 @@ def prune_releases(layout: Layout, names: Sequence[str]) -> Cmd:
     checked = []
     for name in names:
         bare = name.removesuffix(".partial")
-        checked.append(f"{_release(bare)}{name[len(bare):]}")
+        checked.append(f"{_release(bare)}{name[len(bare) :]}")
     return _script(
         "release.prune",
         PRUNE_SCRIPT,

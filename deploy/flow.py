@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from deploy import artifact as artifacts
-from deploy import prune
+from deploy import lock, prune
 from deploy.clock import Clock
 from deploy.errors import (
     AbortedBeforeLive,
@@ -67,9 +67,10 @@ class Deps:
     workdir: Path
     http: HttpFactory = default_http
     health_token: str | None = None
+    lock_wait: float = 0.0
 
 
-def _host(d: Deps) -> HostOps:
+def host_ops(d: Deps) -> HostOps:
     layout = Layout(root=PurePosixPath(d.inventory.host.root))
     return HostOps(
         inventory=d.inventory,
@@ -91,7 +92,7 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
             f"release {art.release_id} from {art.revision[:12]}: {art.members} files, "
             f"{art.size / 1024:.0f} KiB, sha256 {art.sha256[:12]}…"
         )
-    host = _host(d)
+    host = host_ops(d)
     with _locked(d, host, "deploy"):
         state = host.read_state()
         rid = art.release_id
@@ -165,7 +166,7 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
             f"--to {to!r} is not a release id: ids look like 20261122143055-1a2b3c4 "
             f"(see `releasegate status {d.inventory.env}`)"
         )
-    host = _host(d)
+    host = host_ops(d)
     with _locked(d, host, "rollback"):
         state = host.read_state()
         current = state.current
@@ -385,7 +386,7 @@ def _prune(d: Deps, host: HostOps) -> None:
 
 
 def status(d: Deps) -> HostStatus:
-    host = _host(d)
+    host = host_ops(d)
     state = host.read_state()
     snap = host.snapshot() if state.root_exists else None
     rels = sorted(
@@ -415,7 +416,7 @@ def status(d: Deps) -> HostStatus:
 def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
     with d.reporter.stage(f"connect {host.label} and lock"):
         host.prepare()
-        host.acquire_lock(op, d.clock.now())
+        take_lock(d, host, op)
     try:
         yield
     finally:
@@ -428,6 +429,112 @@ def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
                     f"{exc.message}. Remove it once you have checked the host "
                     f"(`releasegate status {d.inventory.env}`)."
                 )
+
+
+def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
+    """Take the host lock; wait up to d.lock_wait for an automated holder (never for a manual
+    lock); break a lock whose owner process is known dead (same machine, pid gone)."""
+    deadline = d.clock.monotonic() + d.lock_wait
+    tried_to_break: set[str] = set()
+    while True:
+        raw = host.try_lock(op, d.clock.now(), message)
+        if raw is None:
+            return
+        holder = lock.assess(raw, d.clock.now())
+        if holder.dead and holder.raw not in tried_to_break:
+            tried_to_break.add(holder.raw)
+            if host.break_lock(holder.raw):
+                host.record(
+                    d.clock.now(),
+                    "lock-broken",
+                    None,
+                    None,
+                    holder=holder.owner,
+                    reason="owner process is gone",
+                )
+                d.reporter.warn(f"broke a stale lock: {holder.describe()}")
+            continue
+        remaining = deadline - d.clock.monotonic()
+        if holder.manual or remaining <= 0:
+            hint = (
+                "It is a manual lock: ask its holder, or `releasegate unlock "
+                f"{d.inventory.env}` (its holder) / `--force --reason …`."
+                if holder.manual
+                else "Wait for it (--lock-wait SECONDS), or if it died elsewhere, "
+                f"`releasegate unlock {d.inventory.env} --force --reason …` after checking "
+                f"`releasegate status {d.inventory.env}`."
+            )
+            raise LockHeld(
+                f"{host.layout.lock} on {host.label} is held by {holder.describe()}; nothing "
+                f"was changed. {hint}"
+            )
+        d.reporter.info(f"waiting for the lock held by {holder.describe()}")
+        d.clock.sleep(min(2.0, remaining))
+
+
+def lock_manually(d: Deps, message: str) -> Outcome:
+    host = host_ops(d)
+    host.prepare()
+    take_lock(d, host, lock.MANUAL, message)
+    host.record(d.clock.now(), "lock", None, None, message=message)
+    host.lock_token = None  # stays held after we exit: that is the point
+    outcome = Outcome(
+        op="lock",
+        result="locked",
+        exit_code=0,
+        release=None,
+        live=None,
+        message=f"deploys to {host.label} are blocked: {message!r}",
+    )
+    d.reporter.outcome(outcome)
+    return outcome
+
+
+def unlock(d: Deps, *, force: bool, reason: str | None) -> Outcome:
+    host = host_ops(d)
+    state = host.read_state()
+    if state.lock_raw is None:
+        outcome = Outcome(
+            op="unlock",
+            result="not-locked",
+            exit_code=0,
+            release=None,
+            live=state.current,
+            message=f"{host.layout.lock} is not held",
+        )
+        d.reporter.outcome(outcome)
+        return outcome
+    holder = lock.assess(state.lock_raw, d.clock.now())
+    own_manual = holder.manual and holder.owner.get("actor") == d.actor
+    if not own_manual and not force:
+        raise LockHeld(
+            f"{host.layout.lock} is held by {holder.describe()}; only its holder unlocks it. "
+            f"If you are sure it is abandoned: `releasegate unlock {d.inventory.env} --force "
+            f'--reason "…"` (the reason goes in the journal).'
+        )
+    if force and not own_manual and not reason:
+        raise ConfigError('--force needs --reason "…": it is recorded in the journal')
+    if not host.break_lock(holder.raw):
+        raise LockHeld(f"{host.layout.lock} changed hands while unlocking; look again")
+    host.record(
+        d.clock.now(),
+        "unlock",
+        None,
+        None,
+        holder=holder.owner,
+        forced=force and not own_manual,
+        reason=reason or "",
+    )
+    outcome = Outcome(
+        op="unlock",
+        result="unlocked",
+        exit_code=0,
+        release=None,
+        live=state.current,
+        message=f"released the lock of {holder.describe()}",
+    )
+    d.reporter.outcome(outcome)
+    return outcome
 
 
 @contextlib.contextmanager

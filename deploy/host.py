@@ -6,16 +6,13 @@ rollback — deploy.flow does that.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from deploy import commands, journal
-from deploy.errors import CommandFailure, LockHeld, RemoteCommandError, ShipError
+from deploy import commands, journal, lock
+from deploy.errors import CommandFailure, RemoteCommandError, ShipError
 from deploy.inventory import Inventory
 from deploy.journal import HostState
 from deploy.model import Artifact, Layout, Manifest, ProcessSnapshot, ReleaseState
@@ -49,30 +46,27 @@ class HostOps:
     def prepare(self) -> None:
         self.remote.run(commands.prepare_layout(self.layout))
 
-    def acquire_lock(self, op: str, now: datetime, message: str = "") -> None:
+    def try_lock(self, op: str, now: datetime, message: str = "") -> str | None:
+        """Take the lock: None when taken, else the holder's owner.json as on the host."""
         token = new_token()
-        owner = {
-            "token_hint": token[:8],
-            "actor": self.actor,
-            "op": op,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "message": message,
-        }
+        owner = lock.owner_record(token=token, actor=self.actor, op=op, now=now, message=message)
         res = self.remote.run(commands.acquire_lock(self.layout, token, owner), check=False)
         if res.exit_code == commands.LOCK_HELD:
-            raise LockHeld(
-                f"{self.layout.lock} on {self.label} is held by {describe_owner(res.stdout)}; "
-                f"nothing was changed. Wait for that operation to finish; if it died, check "
-                f"`releasegate status {self.inventory.env}` before removing the lock by hand."
-            )
+            return res.stdout.strip()
         if not res.ok:
             raise RemoteCommandError(
                 commands_failure(self.remote, "lock.acquire", res),
                 what=f"taking the lock {self.layout.lock}",
             )
         self.lock_token = token
+        return None
+
+    def break_lock(self, holder_raw: str) -> bool:
+        """Remove the lock if it still belongs to that holder; False if it changed hands."""
+        res = self.remote.run(
+            commands.break_lock(self.layout, holder_raw, new_token()), check=False
+        )
+        return res.ok
 
     def release_lock(self) -> None:
         if self.lock_token is None:
@@ -175,21 +169,6 @@ class HostOps:
         cmd = self.manager.persist()
         if cmd is not None:
             self.remote.run(cmd, check=False)
-
-
-def describe_owner(text: str) -> str:
-    try:
-        owner = json.loads(text.strip().splitlines()[-1]) if text.strip() else {}
-    except (json.JSONDecodeError, IndexError):
-        owner = {}
-    if not isinstance(owner, dict) or not owner:
-        return "an unknown owner (no owner.json)"
-    held = (
-        f"{owner.get('actor', '?')} ({owner.get('op', '?')}, pid {owner.get('pid', '?')} "
-        f"on {owner.get('host', '?')}, since {owner.get('since', '?')})"
-    )
-    msg = owner.get("message")
-    return f"{held} with message {msg!r}" if msg else held
 
 
 def commands_failure(remote: Remote, name: str, res: Result) -> CommandFailure:

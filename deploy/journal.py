@@ -70,6 +70,7 @@ class HostState:
     other_dirs: frozenset[str]  # names in releases/ we do not recognise
     lock_owner: dict[str, object] | None
     journal: Sequence[JournalEntry] = field(default_factory=tuple)
+    lock_raw: str | None = None  # owner.json exactly as on the host
 
     def state_of(self, release_id: str) -> str | None:
         for item in reversed(self.journal):
@@ -138,4 +139,72 @@ def parse_state(stdout: str) -> HostState:
         other_dirs=frozenset(other),
         lock_owner=owner,
         journal=tuple(parse("\n".join(sections.get("journal", [])))),
+        lock_raw=owner_text or None,
     )
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    id: str
+    revision: str
+    state: str
+    created: str
+    actor: str
+    duration_s: float | None
+    current: bool
+    last_good: bool
+
+
+def release_rows(state: HostState) -> list[ReleaseRow]:
+    """One row per release on the host, newest first, described from the journal."""
+    first: dict[str, JournalEntry] = {}
+    settled: dict[str, JournalEntry] = {}
+    revision: dict[str, str] = {}
+    for item in state.journal:
+        rid = item.release
+        if rid is None:
+            continue
+        first.setdefault(rid, item)
+        if "revision" in item.detail:
+            revision[rid] = str(item.detail["revision"])
+        if item.state in (ReleaseState.GOOD, ReleaseState.BAD) and rid not in settled:
+            settled[rid] = item
+    last_good = state.last_good()
+    ids = state.release_dirs | {p.removesuffix(".partial") for p in state.partial_dirs}
+    rows = []
+    for rid in sorted(ids, reverse=True):
+        start, end = first.get(rid), settled.get(rid)
+        rows.append(
+            ReleaseRow(
+                id=rid,
+                revision=revision.get(rid, "")[:12],
+                state=state.state_of(rid)
+                or ("partial" if f"{rid}.partial" in state.partial_dirs else "unknown"),
+                created=start.ts if start else "",
+                actor=start.actor if start else "",
+                duration_s=_seconds(start.ts, end.ts) if start and end else None,
+                current=rid == state.current,
+                last_good=rid == last_good,
+            )
+        )
+    return rows
+
+
+def _seconds(start: str, end: str) -> float | None:
+    try:
+        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((b - a).total_seconds(), 1)
+
+
+def history(
+    state: HostState, *, op: str | None = None, release: str | None = None, limit: int = 50
+) -> list[JournalEntry]:
+    out = [
+        e
+        for e in reversed(state.journal)
+        if (op is None or e.op == op) and (release is None or e.release == release)
+    ]
+    return out[:limit]

@@ -20,7 +20,7 @@ from types import FrameType
 
 import paramiko
 
-from deploy import flow, inventory
+from deploy import flow, inventory, journal
 from deploy.artifact import Source
 from deploy.clock import SystemClock
 from deploy.errors import ConfigError, HostKeyRefused, ReleasegateError
@@ -40,6 +40,7 @@ class Options:
     inventories: Path = DEFAULT_INVENTORIES
     plain: bool = False
     verbose: bool = False
+    lock_wait: float = 0.0
 
 
 def actor() -> str:
@@ -156,6 +157,7 @@ def _operation(
                     actor=actor(),
                     workdir=Path(work),
                     health_token=token,
+                    lock_wait=opts.lock_wait,
                 )
                 result = body(deps)
                 return result if isinstance(result, int) else result.exit_code
@@ -194,6 +196,24 @@ def run_rollback(
     return _operation(env, opts, lambda d: flow.rollback(d, to), reporter=reporter)
 
 
+def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None = None) -> int:
+    if not message.strip():
+        return _guard(reporter or make_reporter(opts, Redactor()), _needs_message)
+    return _operation(env, opts, lambda d: flow.lock_manually(d, message), reporter=reporter)
+
+
+def _needs_message() -> int:
+    raise ConfigError('lock needs --message "why": it tells others why deploys are blocked')
+
+
+def run_unlock(
+    env: str, opts: Options, *, force: bool, reason: str | None, reporter: Reporter | None = None
+) -> int:
+    return _operation(
+        env, opts, lambda d: flow.unlock(d, force=force, reason=reason), reporter=reporter
+    )
+
+
 def run_status(
     env: str,
     opts: Options,
@@ -206,6 +226,65 @@ def run_status(
         return 0
 
     return _operation(env, opts, body, reporter=reporter, inv_override=inv_override)
+
+
+def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
+    def body(d: Deps) -> int:
+        rows = journal.release_rows(flow.host_ops(d).read_state())
+        d.reporter.table(
+            f"releases of {d.inventory.app.name} on {d.inventory.host.name}",
+            ["id", "revision", "state", "created", "actor", "duration", ""],
+            [
+                [
+                    r.id,
+                    r.revision,
+                    r.state,
+                    r.created,
+                    r.actor,
+                    f"{r.duration_s:g}s" if r.duration_s is not None else "",
+                    ", ".join(
+                        m for m, on in (("current", r.current), ("last good", r.last_good)) if on
+                    ),
+                ]
+                for r in rows
+            ],
+        )
+        return 0
+
+    return _operation(env, opts, body, reporter=reporter)
+
+
+def run_history(
+    env: str,
+    opts: Options,
+    *,
+    op: str | None = None,
+    release: str | None = None,
+    limit: int = 50,
+    reporter: Reporter | None = None,
+) -> int:
+    def body(d: Deps) -> int:
+        entries = journal.history(
+            flow.host_ops(d).read_state(), op=op, release=release, limit=limit
+        )
+        d.reporter.table(
+            f"journal of {d.inventory.host.name}:{d.inventory.host.root} (newest first)",
+            ["time", "op", "release", "state", "actor", "detail"],
+            [
+                [e.ts, e.op, e.release or "", e.state or "", e.actor, _detail(e.detail)]
+                for e in entries
+            ],
+        )
+        return 0
+
+    return _operation(env, opts, body, reporter=reporter)
+
+
+def _detail(detail: dict[str, object], width: int = 100) -> str:
+    text = ", ".join(
+        f"{k}={v}" for k, v in detail.items() if k not in ("evidence",) and v not in (None, "")
+    )
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ---------------------------------------------------------------------------- trust-host

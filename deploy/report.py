@@ -23,6 +23,7 @@ class Reporter(Protocol):
     def outcome(self, outcome: Outcome) -> None: ...
     def error(self, text: str, evidence: tuple[str, ...] = ()) -> None: ...
     def status(self, status: HostStatus) -> None: ...
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None: ...
 
 
 class PlainReporter:
@@ -75,6 +76,14 @@ class PlainReporter:
         for line in status_lines(status):
             print(self._redact(line), file=self._out, flush=True)
 
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+        print(self._redact(title), file=self._out)
+        for row in [columns, *rows]:
+            line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+            print(self._redact(line.rstrip()), file=self._out)
+        self._out.flush()
+
 
 class RichReporter(PlainReporter):
     """Live stage spinners with timings for a person at a terminal."""
@@ -107,6 +116,16 @@ class RichReporter(PlainReporter):
         self._console.print(
             f"[green]✓[/green] {escape(name)} [dim]{time.monotonic() - started:.1f}s[/dim]"
         )
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        from rich.table import Table
+
+        table = Table(title=self._redact(title), title_justify="left")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(self._redact(cell) for cell in row))
+        self._console.print(table)
 
     def outcome(self, outcome: Outcome) -> None:
         from rich.markup import escape
@@ -158,6 +177,7 @@ class RecordingReporter:
         self.lines: list[str] = []
         self.outcomes: list[Outcome] = []
         self.stages: list[str] = []
+        self.tables: list[tuple[list[str], list[list[str]]]] = []
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -182,3 +202,7 @@ class RecordingReporter:
 
     def status(self, status: HostStatus) -> None:
         self.lines.extend(status_lines(status))
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        self.lines.append(title)
+        self.tables.append((columns, rows))

@@ -126,6 +126,13 @@ class FakeRemote:
                     return Result(h.lock[1] + "\n", "", LOCK_HELD)
                 h.lock = (args[1], args[2])
                 return ok
+            case "lock.break":
+                if h.lock is None:
+                    return ok
+                if h.lock[1] != args[1]:
+                    return Result("the lock changed hands", "", LOCK_HELD)
+                h.lock = None
+                return ok
             case "lock.release":
                 if h.lock and h.lock[0] != args[1]:
                     return Result("lock is held by another owner", "", LOCK_HELD)

@@ -244,3 +244,64 @@ def test_promotion_prunes_old_and_bad_releases(world):
     pruned = [json.loads(e) for e in host.journal if '"op":"prune"' in e]
     removed = [rid for e in pruned for rid in e["detail"]["removed"]]
     assert ids[2] in removed and ids[0] in removed and ids[1] in removed
+
+
+def test_lock_wait_waits_for_an_automated_holder(world):
+    deps, host, remote, repo = world
+    host.lock = ("f" * 32, json.dumps({"actor": "ci", "op": "deploy", "pid": 1, "host": "elsewhere"}))
+    deps.lock_wait = 10
+
+    def release_after_a_while(seconds: float) -> None:
+        FakeClock.sleep(deps.clock, seconds)
+        if deps.clock.t > 1004:
+            host.lock = None
+
+    deps.clock.sleep = release_after_a_while  # type: ignore[method-assign]
+    assert ship(deps, repo).exit_code == 0
+    assert any("waiting for the lock" in line for line in deps.reporter.lines)
+
+
+def test_lock_wait_never_waits_for_a_manual_lock(world):
+    deps, host, remote, repo = world
+    host.lock = ("f" * 32, json.dumps({"actor": "alice", "op": "manual", "message": "freeze"}))
+    deps.lock_wait = 600
+    start = deps.clock.t
+    with pytest.raises(LockHeld, match="manual lock"):
+        ship(deps, repo)
+    assert deps.clock.t - start < 1
+
+
+def test_stale_lock_of_a_dead_local_process_is_broken(world):
+    import socket
+
+    deps, host, remote, repo = world
+    dead = {"actor": "me", "op": "deploy", "pid": 2**22 + 7, "host": socket.gethostname()}
+    host.lock = ("f" * 32, json.dumps(dead))
+    assert ship(deps, repo).exit_code == 0
+    assert any('"op":"lock-broken"' in e for e in host.journal)
+
+
+def test_manual_lock_blocks_deploys_until_its_holder_unlocks(world):
+    deps, host, remote, repo = world
+    flow.lock_manually(deps, "release freeze")
+    assert host.lock is not None
+    with pytest.raises(LockHeld, match="release freeze"):
+        ship(deps, repo)
+    other = flow.Deps(**{**deps.__dict__, "actor": "mallory"})
+    with pytest.raises(LockHeld, match="only its holder"):
+        flow.unlock(other, force=False, reason=None)
+    with pytest.raises(ConfigError, match="--reason"):
+        flow.unlock(other, force=True, reason=None)
+    assert flow.unlock(deps, force=False, reason=None).result == "unlocked"
+    assert host.lock is None
+    assert ship(deps, repo).exit_code == 0
+
+
+def test_forced_unlock_records_the_reason(world):
+    deps, host, remote, repo = world
+    host.lock = ("f" * 32, json.dumps({"actor": "ci", "op": "deploy", "pid": 1, "host": "gone"}))
+    flow.unlock(deps, force=True, reason="runner was cancelled")
+    assert host.lock is None
+    entry = json.loads(host.journal[-1])
+    assert entry["op"] == "unlock" and entry["detail"]["reason"] == "runner was cancelled"
+    assert entry["detail"]["forced"] is True
