@@ -5,6 +5,7 @@ A thin door onto deploy.operations, the same functions the `releasegate` console
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
@@ -18,8 +19,10 @@ def _finish(code: int) -> None:
         raise Exit(code=code)
 
 
-def _opts(inventories: str, plain: bool, verbose: bool) -> Options:
-    return Options(inventories=Path(inventories), plain=plain, verbose=verbose)
+def _opts(inventories: str, plain: bool, verbose: bool, lock_wait: float = 0) -> Options:
+    return Options(
+        inventories=Path(inventories), plain=plain, verbose=verbose, lock_wait=float(lock_wait)
+    )
 
 
 @task(
@@ -34,6 +37,7 @@ def deploy(
     env: str,
     revision: str = "",
     allow_dirty: bool = False,
+    lock_wait: float = 0,
     inventories: str = "inventories",
     plain: bool = False,
     verbose: bool = False,
@@ -42,7 +46,7 @@ def deploy(
     _finish(
         operations.run_deploy(
             env,
-            _opts(inventories, plain, verbose),
+            _opts(inventories, plain, verbose, lock_wait),
             revision=revision or None,
             allow_dirty=allow_dirty,
         )
@@ -54,12 +58,66 @@ def rollback(
     c: Context,
     env: str,
     to: str = "",
+    lock_wait: float = 0,
     inventories: str = "inventories",
     plain: bool = False,
     verbose: bool = False,
 ) -> None:
     """Activate the previous good release (or --to ID) and gate it."""
-    _finish(operations.run_rollback(env, _opts(inventories, plain, verbose), to=to or None))
+    opts = _opts(inventories, plain, verbose, lock_wait)
+    _finish(operations.run_rollback(env, opts, to=to or None))
+
+
+@task(help={"env": "environment"})
+def releases(c: Context, env: str, inventories: str = "inventories", plain: bool = False) -> None:
+    """Releases on the host with state, revision, actor and markers."""
+    _finish(operations.run_releases(env, _opts(inventories, plain, False)))
+
+
+@task(help={"env": "environment", "op": "only this operation", "release": "only this release"})
+def history(
+    c: Context,
+    env: str,
+    op: str = "",
+    release: str = "",
+    limit: int = 50,
+    inventories: str = "inventories",
+    plain: bool = False,
+) -> None:
+    """The host's journal, newest first."""
+    _finish(
+        operations.run_history(
+            env,
+            _opts(inventories, plain, False),
+            op=op or None,
+            release=release or None,
+            limit=limit,
+        )
+    )
+
+
+@task(name="lock", help={"env": "environment", "message": "why deploys are blocked"})
+def lock_(c: Context, env: str, message: str = "", inventories: str = "inventories") -> None:
+    """Take a manual lock that blocks deploys until `invoke unlock`."""
+    _finish(operations.run_lock(env, _opts(inventories, False, False), message=message))
+
+
+@task(
+    help={
+        "env": "environment",
+        "force": "remove a lock you do not hold",
+        "reason": "recorded in the journal with --force",
+    }
+)
+def unlock(
+    c: Context, env: str, force: bool = False, reason: str = "", inventories: str = "inventories"
+) -> None:
+    """Release your manual lock, or (--force --reason) an abandoned one."""
+    _finish(
+        operations.run_unlock(
+            env, _opts(inventories, False, False), force=force, reason=reason or None
+        )
+    )
 
 
 @task(help={"env": "environment"})
@@ -95,7 +153,7 @@ def demo(c: Context) -> None:
 @task
 def test(c: Context) -> None:
     """The whole suite, integration tests included (needs root: they boot the sandbox)."""
-    c.run("python -m pytest", pty=False)
+    c.run(f"{sys.executable} -m pytest", pty=False)
 
 
 @task(name="up")
@@ -123,4 +181,6 @@ def sandbox_status(c: Context, name: str = "rg-local", index: int = 5) -> None:
 
 
 sandbox = Collection("sandbox", sandbox_up, sandbox_down, sandbox_status)
-ns = Collection(deploy, rollback, status, trust_host, demo, test, sandbox)
+ns = Collection(
+    deploy, rollback, status, releases, history, lock_, unlock, trust_host, demo, test, sandbox
+)

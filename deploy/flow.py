@@ -33,6 +33,7 @@ from deploy.errors import (
 )
 from deploy.gate import ReadyPolicy, check_identity, probe_http, wait_ready
 from deploy.host import HostOps
+from deploy.journal import HostState
 from deploy.inventory import Inventory
 from deploy.model import HostStatus, Layout, Outcome, ReleaseState, is_release_id
 from deploy.process import manager_for
@@ -94,7 +95,7 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
         )
     host = host_ops(d)
     with _locked(d, host, "deploy"):
-        state = host.read_state()
+        state = _resolve_interrupted(d, host, host.read_state())
         rid = art.release_id
         if rid in state.release_dirs:
             raise AbortedBeforeLive(
@@ -168,7 +169,7 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
         )
     host = host_ops(d)
     with _locked(d, host, "rollback"):
-        state = host.read_state()
+        state = _resolve_interrupted(d, host, host.read_state())
         current = state.current
         if to is not None:
             if to not in state.release_dirs:
@@ -198,6 +199,28 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
             fallback = None
         # ---------------------------- point of no return ----------------------------------
         return _activate_and_gate(d, host, target, op="rollback", fallback=fallback)
+
+
+def _resolve_interrupted(d: Deps, host: HostOps, state: HostState) -> HostState:
+    """A run killed after its switch (SIGKILL, lost machine) leaves `current` active but
+    unverified. It is never assumed good: gate it now, and roll back if it fails."""
+    current = state.current
+    if current is None or state.state_of(current) != ReleaseState.ACTIVE_UNVERIFIED:
+        return state
+    d.reporter.warn(
+        f"{current} is active but was never verified (an earlier run was interrupted after "
+        f"its switch); gating it before going on"
+    )
+    outcome = _activate_and_gate(
+        d, host, current, op="verify", fallback=state.last_good(exclude=[current])
+    )
+    if outcome.exit_code not in (0, 3):
+        raise HumanNeeded(
+            f"the unverified release {current} left by an interrupted run could not be made "
+            f"safe: {outcome.message}",
+            evidence=outcome.evidence,
+        )
+    return host.read_state()
 
 
 # ---------------------------------------------------------------------------- activation

@@ -67,10 +67,18 @@ class FakeRemote:
         self.uploads: list[PurePosixPath] = []
         self.next_fault = ""  # fault of the next extracted release
         self.corrupt = False
+        # SIGKILL stand-in: after this command nothing more reaches the host (the orchestrator
+        # is dead); later calls return success without effect, so the flow runs on blind.
+        self.dies_after: str | None = None
+        self.dead = False
 
     # Remote protocol -------------------------------------------------------------------------
     def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
         self.log.append(cmd)
+        if self.dead:
+            return Result("[]" if cmd.name == "pm2.jlist" else "", "", 0)
+        if cmd.name == self.dies_after:
+            self.dead = True
         if cmd.name in self.interrupt_on:
             raise self.interrupt_on.pop(cmd.name)()
         if cmd.name in self.fail:

@@ -305,3 +305,22 @@ def test_forced_unlock_records_the_reason(world):
     entry = json.loads(host.journal[-1])
     assert entry["op"] == "unlock" and entry["detail"]["reason"] == "runner was cancelled"
     assert entry["detail"]["forced"] is True
+
+
+def test_unverified_current_left_by_a_killed_run_is_gated_first(world):
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    # a run killed right after its switch: current is active-unverified and serves 503
+    remote.dies_after = "pm2.activate"
+    ship(deps, repo, fault="ready_503")
+    killed = host.current
+    assert killed != good and states(host)[-1] == (killed, "active-unverified")
+    assert host.lock is not None
+    host.lock = None  # the dead run's lock (breaking it is tested elsewhere)
+    remote.dead, remote.dies_after = False, None
+    deps.clock.sleep(2)
+    out = ship(deps, repo)
+    assert out.exit_code == 0
+    assert (killed, "bad") in states(host)  # gated, failed, rolled back — never assumed good
+    assert host.current == out.release
