@@ -36,10 +36,11 @@ Exit codes:
 )
 @click.option("--plain", is_flag=True, help="Plain lines even on a terminal.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every remote command (masked).")
+@click.option("--json", "json_out", is_flag=True, help="JSON lines: events + a final outcome.")
 @click.pass_context
-def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool) -> None:
+def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool, json_out: bool) -> None:
     """Gated deploys with automatic rollback for apps on a VPS under PM2."""
-    ctx.obj = Options(inventories=inventories, plain=plain, verbose=verbose)
+    ctx.obj = Options(inventories=inventories, plain=plain, verbose=verbose, json=json_out)
 
 
 LOCK_WAIT = click.option(

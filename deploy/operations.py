@@ -29,7 +29,7 @@ from deploy.inventory import Inventory
 from deploy.model import Outcome
 from deploy.redact import Redactor
 from deploy.remote import SshRemote, fingerprint, known_hosts_name
-from deploy.report import PlainReporter, Reporter, RichReporter
+from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORIES = Path("inventories")
@@ -41,6 +41,7 @@ class Options:
     plain: bool = False
     verbose: bool = False
     lock_wait: float = 0.0
+    json: bool = False
 
 
 def actor() -> str:
@@ -55,6 +56,8 @@ def actor() -> str:
 
 
 def make_reporter(opts: Options, redact: Redactor) -> Reporter:
+    if opts.json:
+        return JsonReporter(redact=redact)
     if not opts.plain and sys.stdout.isatty():
         return RichReporter(redact=redact, verbose=opts.verbose)
     return PlainReporter(redact=redact, verbose=opts.verbose)
@@ -116,22 +119,31 @@ def _signals_as_exceptions() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _guard(reporter: Reporter, body: Callable[[], int]) -> int:
+def _guard(reporter: Reporter, body: Callable[[], int], op: str = "") -> int:
+    code = _guarded(reporter, body)
+    reporter.finish(op, code)
+    return code
+
+
+def _guarded(reporter: Reporter, body: Callable[[], int]) -> int:
     try:
         with _signals_as_exceptions():
             return body()
     except ReleasegateError as exc:
-        reporter.error(exc.message, exc.evidence)
+        reporter.error(exc.message, exc.evidence, exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        reporter.error("interrupted by SIGINT")
+        reporter.error("interrupted by SIGINT", exit_code=130)
         return 130
     except Signalled as exc:
-        reporter.error(f"interrupted by {signal.Signals(exc.signum).name}")
+        reporter.error(
+            f"interrupted by {signal.Signals(exc.signum).name}", exit_code=128 + exc.signum
+        )
         return 128 + exc.signum
 
 
 def _operation(
+    op: str,
     env: str,
     opts: Options,
     body: Callable[[Deps], Outcome | int],
@@ -164,7 +176,7 @@ def _operation(
         finally:
             remote.close()
 
-    return _guard(rep, run)
+    return _guard(rep, run, op)
 
 
 def run_deploy(
@@ -187,19 +199,21 @@ def run_deploy(
         )
         return flow.deploy(d, source)
 
-    return _operation(env, opts, body, reporter=reporter, inv_override=inv_override)
+    return _operation("deploy", env, opts, body, reporter=reporter, inv_override=inv_override)
 
 
 def run_rollback(
     env: str, opts: Options, *, to: str | None = None, reporter: Reporter | None = None
 ) -> int:
-    return _operation(env, opts, lambda d: flow.rollback(d, to), reporter=reporter)
+    return _operation("rollback", env, opts, lambda d: flow.rollback(d, to), reporter=reporter)
 
 
 def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None = None) -> int:
     if not message.strip():
-        return _guard(reporter or make_reporter(opts, Redactor()), _needs_message)
-    return _operation(env, opts, lambda d: flow.lock_manually(d, message), reporter=reporter)
+        return _guard(reporter or make_reporter(opts, Redactor()), _needs_message, "lock")
+    return _operation(
+        "lock", env, opts, lambda d: flow.lock_manually(d, message), reporter=reporter
+    )
 
 
 def _needs_message() -> int:
@@ -210,7 +224,7 @@ def run_unlock(
     env: str, opts: Options, *, force: bool, reason: str | None, reporter: Reporter | None = None
 ) -> int:
     return _operation(
-        env, opts, lambda d: flow.unlock(d, force=force, reason=reason), reporter=reporter
+        "unlock", env, opts, lambda d: flow.unlock(d, force=force, reason=reason), reporter=reporter
     )
 
 
@@ -225,7 +239,7 @@ def run_status(
         d.reporter.status(flow.status(d))
         return 0
 
-    return _operation(env, opts, body, reporter=reporter, inv_override=inv_override)
+    return _operation("status", env, opts, body, reporter=reporter, inv_override=inv_override)
 
 
 def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
@@ -251,7 +265,7 @@ def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -
         )
         return 0
 
-    return _operation(env, opts, body, reporter=reporter)
+    return _operation("releases", env, opts, body, reporter=reporter)
 
 
 def run_history(
@@ -277,7 +291,7 @@ def run_history(
         )
         return 0
 
-    return _operation(env, opts, body, reporter=reporter)
+    return _operation("history", env, opts, body, reporter=reporter)
 
 
 def _detail(detail: dict[str, object], width: int = 100) -> str:
@@ -331,7 +345,7 @@ def run_trust_host(
         rep.info(f"pinned {key.get_name()} {fingerprint(key)} for {name} in {pin_file}")
         return 0
 
-    return _guard(rep, run)
+    return _guard(rep, run, "trust-host")
 
 
 def fetch_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:

@@ -6,6 +6,8 @@ Every text passes through the redaction filter before it is shown.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -21,9 +23,14 @@ class Reporter(Protocol):
     def warn(self, text: str) -> None: ...
     def command(self, display: str) -> None: ...
     def outcome(self, outcome: Outcome) -> None: ...
-    def error(self, text: str, evidence: tuple[str, ...] = ()) -> None: ...
+    def error(
+        self, text: str, evidence: tuple[str, ...] = (), *, exit_code: int | None = None
+    ) -> None: ...
     def status(self, status: HostStatus) -> None: ...
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None: ...
+    def finish(self, op: str, exit_code: int) -> None:
+        """The command is over; reporters that promise a final record write it if missing."""
+        ...
 
 
 class PlainReporter:
@@ -62,7 +69,9 @@ class PlainReporter:
         if self._verbose:
             self._line(f"  $ {display}")
 
-    def error(self, text: str, evidence: tuple[str, ...] = ()) -> None:
+    def error(
+        self, text: str, evidence: tuple[str, ...] = (), *, exit_code: int | None = None
+    ) -> None:
         print(f"error: {self._redact(text)}", file=sys.stderr, flush=True)
         for line in evidence:
             print(f"  {self._redact(line)}", file=sys.stderr, flush=True)
@@ -75,6 +84,9 @@ class PlainReporter:
     def status(self, status: HostStatus) -> None:
         for line in status_lines(status):
             print(self._redact(line), file=self._out, flush=True)
+
+    def finish(self, op: str, exit_code: int) -> None:
+        pass
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
         widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
@@ -170,6 +182,81 @@ def status_lines(status: HostStatus) -> list[str]:
     return lines
 
 
+class JsonReporter:
+    """One JSON object per line on stdout: events, then one final `outcome` object (also for
+    errors). Field names are stable; docs/json-output.md lists them. CI parses this."""
+
+    def __init__(self, stream: IO[str] | None = None, redact: Redactor | None = None) -> None:
+        self._out = stream or sys.stdout
+        self._redact = redact or Redactor()
+        self._start = time.monotonic()
+        self._ended = False
+        self._error: tuple[str, list[str]] | None = None
+
+    def finish(self, op: str, exit_code: int) -> None:
+        if not self._ended:
+            message, evidence = self._error or ("", [])
+            self._emit(
+                "outcome",
+                op=op,
+                result="ok" if exit_code == 0 else "error",
+                exit_code=exit_code,
+                release=None,
+                live=None,
+                message=message,
+                evidence=evidence,
+            )
+
+    def _emit(self, event: str, **fields: object) -> None:
+        self._ended = self._ended or event == "outcome"
+        record = {"event": event, "t": round(time.monotonic() - self._start, 3), **fields}
+        text = json.dumps(record, default=str, ensure_ascii=False)
+        print(self._redact(text), file=self._out, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        self._emit("stage", name=name, status="started")
+        try:
+            yield
+        except BaseException:
+            self._emit(
+                "stage", name=name, status="failed", seconds=round(time.monotonic() - started, 3)
+            )
+            raise
+        self._emit("stage", name=name, status="done", seconds=round(time.monotonic() - started, 3))
+
+    def info(self, text: str) -> None:
+        self._emit("info", message=text)
+
+    def warn(self, text: str) -> None:
+        self._emit("warning", message=text)
+
+    def command(self, display: str) -> None:
+        self._emit("command", display=display)
+
+    def error(
+        self, text: str, evidence: tuple[str, ...] = (), *, exit_code: int | None = None
+    ) -> None:
+        self._emit("error", message=text, evidence=list(evidence))
+        if exit_code is not None:
+            self._error = (text, list(evidence))
+
+    def outcome(self, outcome: Outcome) -> None:
+        self._emit("outcome", **dataclasses.asdict(outcome))
+
+    def status(self, status: HostStatus) -> None:
+        self._emit("status", **dataclasses.asdict(status))
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        self._emit(
+            "table",
+            title=title,
+            columns=columns,
+            rows=[dict(zip(columns, row, strict=True)) for row in rows],
+        )
+
+
 class RecordingReporter:
     """Keeps everything for assertions in tests."""
 
@@ -178,6 +265,7 @@ class RecordingReporter:
         self.outcomes: list[Outcome] = []
         self.stages: list[str] = []
         self.tables: list[tuple[list[str], list[list[str]]]] = []
+        self.finished: tuple[str, int] | None = None
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -193,7 +281,9 @@ class RecordingReporter:
     def command(self, display: str) -> None:
         self.lines.append(f"$ {display}")
 
-    def error(self, text: str, evidence: tuple[str, ...] = ()) -> None:
+    def error(
+        self, text: str, evidence: tuple[str, ...] = (), *, exit_code: int | None = None
+    ) -> None:
         self.lines.append(f"error: {text}")
         self.lines.extend(evidence)
 
@@ -202,6 +292,9 @@ class RecordingReporter:
 
     def status(self, status: HostStatus) -> None:
         self.lines.extend(status_lines(status))
+
+    def finish(self, op: str, exit_code: int) -> None:
+        self.finished = (op, exit_code)
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
         self.lines.append(title)
