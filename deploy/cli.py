@@ -43,6 +43,11 @@ def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool, json
     ctx.obj = Options(inventories=inventories, plain=plain, verbose=verbose, json=json_out)
 
 
+DRY_RUN = click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show every step and remote command (masked) that would run; change nothing.",
+)
 LOCK_WAIT = click.option(
     "--lock-wait",
     type=click.FloatRange(0, 3600),
@@ -57,12 +62,18 @@ LOCK_WAIT = click.option(
 @click.option("--revision", help="Branch, tag or sha to deploy (default: app.revision).")
 @click.option("--allow-dirty", is_flag=True, help="Ship the commit even if the tree has changes.")
 @LOCK_WAIT
+@DRY_RUN
 @click.pass_obj
 def deploy(
-    opts: Options, env: str, revision: str | None, allow_dirty: bool, lock_wait: float
+    opts: Options,
+    env: str,
+    revision: str | None,
+    allow_dirty: bool,
+    lock_wait: float,
+    dry_run: bool,
 ) -> None:
     """Ship, activate and gate a release of ENV; roll back automatically if the gate fails."""
-    opts = replace(opts, lock_wait=lock_wait)
+    opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run)
     sys.exit(operations.run_deploy(env, opts, revision=revision, allow_dirty=allow_dirty))
 
 
@@ -70,10 +81,12 @@ def deploy(
 @click.argument("env")
 @click.option("--to", "to", metavar="ID", help="Release id to go back to (default: previous good).")
 @LOCK_WAIT
+@DRY_RUN
 @click.pass_obj
-def rollback(opts: Options, env: str, to: str | None, lock_wait: float) -> None:
+def rollback(opts: Options, env: str, to: str | None, lock_wait: float, dry_run: bool) -> None:
     """Activate the previous good release (or --to ID) and gate it like a deploy."""
-    sys.exit(operations.run_rollback(env, replace(opts, lock_wait=lock_wait), to=to))
+    opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run)
+    sys.exit(operations.run_rollback(env, opts, to=to))
 
 
 @main.command()

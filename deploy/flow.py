@@ -33,8 +33,8 @@ from deploy.errors import (
 )
 from deploy.gate import ReadyPolicy, check_identity, probe_http, wait_ready
 from deploy.host import HostOps
-from deploy.journal import HostState
 from deploy.inventory import Inventory
+from deploy.journal import HostState
 from deploy.model import HostStatus, Layout, Outcome, ReleaseState, is_release_id
 from deploy.process import manager_for
 from deploy.remote import Remote
@@ -69,6 +69,7 @@ class Deps:
     http: HttpFactory = default_http
     health_token: str | None = None
     lock_wait: float = 0.0
+    dry_run: bool = False  # the remote is a PlanRemote: reads happen, changes are only shown
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -244,6 +245,20 @@ def _activate_and_gate(
     if op == "deploy":
         _prune(d, host)
     verb = "promoted" if op == "deploy" else "rolled back to"
+    if d.dry_run:
+        outcome = Outcome(
+            op=op,
+            result="planned",
+            exit_code=0,
+            release=rid,
+            live=host.read_state().current,
+            message=(
+                f"dry run: nothing was changed on {host.label}; a real {op} would then "
+                f"{'promote' if op == 'deploy' else 'roll back to'} {rid} if its gate passes"
+            ),
+        )
+        r.outcome(outcome)
+        return outcome
     outcome = Outcome(
         op=op,
         result="promoted" if op == "deploy" else "rolled-back",
@@ -259,6 +274,14 @@ def _activate_and_gate(
 
 def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
     health = d.inventory.health
+    if d.dry_run:
+        d.reporter.info(
+            f"would probe {health.path} on port {d.inventory.health_port} through an SSH tunnel "
+            f"until {health.successes} consecutive 2xx answers within {health.deadline:g}s, then "
+            f"check that every process runs in {host.layout.release(rid)}; whether it passes "
+            f"cannot be known in advance (a failure would roll back)"
+        )
+        return []
     policy = ReadyPolicy(
         deadline=health.deadline,
         interval=health.interval,
@@ -400,7 +423,8 @@ def _prune(d: Deps, host: HostOps) -> None:
             if decided.remove:
                 host.prune(decided.remove)
                 host.record(d.clock.now(), "prune", None, None, removed=list(decided.remove))
-                d.reporter.info(f"removed {', '.join(decided.remove)}")
+                verb = "would remove" if d.dry_run else "removed"
+                d.reporter.info(f"{verb} {', '.join(decided.remove)}")
     except ReleasegateError as exc:
         d.reporter.warn(f"pruning old releases failed (the deploy stands): {exc.message}")
 
@@ -457,6 +481,13 @@ def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
 def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
     """Take the host lock; wait up to d.lock_wait for an automated holder (never for a manual
     lock); break a lock whose owner process is known dead (same machine, pid gone)."""
+    if d.dry_run:
+        held = host.read_state().lock_raw
+        if held:
+            d.reporter.warn(
+                f"the lock is held by {lock.assess(held, d.clock.now()).describe()}: a real "
+                f"{op} would wait (--lock-wait) or stop here with exit 4"
+            )
     deadline = d.clock.monotonic() + d.lock_wait
     tried_to_break: set[str] = set()
     while True:

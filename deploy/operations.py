@@ -27,6 +27,7 @@ from deploy.errors import ConfigError, HostKeyRefused, ReleasegateError
 from deploy.flow import Deps, Signalled
 from deploy.inventory import Inventory
 from deploy.model import Outcome
+from deploy.plan import PlanRemote
 from deploy.redact import Redactor
 from deploy.remote import SshRemote, fingerprint, known_hosts_name
 from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
@@ -42,6 +43,7 @@ class Options:
     verbose: bool = False
     lock_wait: float = 0.0
     json: bool = False
+    dry_run: bool = False
 
 
 def actor() -> str:
@@ -163,13 +165,14 @@ def _operation(
             with tempfile.TemporaryDirectory(prefix="releasegate-") as work:
                 deps = Deps(
                     inventory=inv,
-                    remote=remote,
+                    remote=PlanRemote(remote, rep) if opts.dry_run else remote,
                     reporter=rep,
                     clock=SystemClock(),
                     actor=actor(),
                     workdir=Path(work),
                     health_token=token,
                     lock_wait=opts.lock_wait,
+                    dry_run=opts.dry_run,
                 )
                 result = body(deps)
                 return result if isinstance(result, int) else result.exit_code

@@ -324,3 +324,21 @@ def test_unverified_current_left_by_a_killed_run_is_gated_first(world):
     assert out.exit_code == 0
     assert (killed, "bad") in states(host)  # gated, failed, rolled back — never assumed good
     assert host.current == out.release
+
+
+def test_dry_run_reads_the_host_but_changes_nothing(world):
+    from deploy.plan import PlanRemote
+
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    before = (set(host.releases), host.current, list(host.journal), host.lock, host.running)
+    deps.clock.sleep(2)
+    planner = PlanRemote(remote, deps.reporter)
+    deps.remote = planner
+    deps.dry_run = True
+    out = ship(deps, repo)
+    assert out.exit_code == 0 and out.result == "planned" and out.live == good
+    assert (set(host.releases), host.current, list(host.journal), host.lock, host.running) == before
+    assert any(p.startswith("upload ") for p in planner.planned)
+    assert any("switch current" in p for p in planner.planned)
+    assert any("cannot be known in advance" in line for line in deps.reporter.lines)
