@@ -45,7 +45,7 @@ def world(tmp_path: Path, app_repo: Path):
 
 
 def ship(deps: Deps, repo: Path, fault: str = "") -> flow.Outcome:
-    remote = deps.remote
+    remote = getattr(deps.remote, "_real", deps.remote)
     assert isinstance(remote, FakeRemote)
     remote.next_fault = fault
     (repo / "version.txt").write_text(f"{fault}{len(remote.log)}\n")
