@@ -162,12 +162,16 @@ def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
 # ---------------------------------------------------------------------------- rollback
 
 
-def rollback(d: Deps, to: str | None = None) -> Outcome:
+def check_release_id(to: str | None, env: str) -> None:
     if to is not None and not is_release_id(to):
         raise ConfigError(
             f"--to {to!r} is not a release id: ids look like 20261122143055-1a2b3c4 "
-            f"(see `releasegate status {d.inventory.env}`)"
+            f"(see `releasegate releases {env}`)"
         )
+
+
+def rollback(d: Deps, to: str | None = None) -> Outcome:
+    check_release_id(to, d.inventory.env)
     host = host_ops(d)
     with _locked(d, host, "rollback"):
         state = _resolve_interrupted(d, host, host.read_state())

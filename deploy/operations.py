@@ -152,12 +152,15 @@ def _operation(
     *,
     reporter: Reporter | None = None,
     inv_override: Inventory | None = None,
+    validate: Callable[[Inventory], None] | None = None,
 ) -> int:
     redact = Redactor()
     rep = reporter or make_reporter(opts, redact)
 
     def run() -> int:
         inv = inv_override or inventory.load(env, opts.inventories)
+        if validate is not None:
+            validate(inv)  # bad arguments are refused before any SSH connection
         token = health_token(inv)
         redact.add(token)
         remote = open_remote(inv, redact, rep)
@@ -202,13 +205,29 @@ def run_deploy(
         )
         return flow.deploy(d, source)
 
-    return _operation("deploy", env, opts, body, reporter=reporter, inv_override=inv_override)
+    def validate(inv: Inventory) -> None:
+        if revision is not None and not inventory.REVISION.match(revision):
+            raise ConfigError(
+                f"--revision {revision!r} is not a branch, tag or commit name: use letters, "
+                f"digits and . _ / @ ^ ~ - only, not starting with '-' (e.g. main, v1.4.0, a1b2c3d)"
+            )
+
+    return _operation(
+        "deploy", env, opts, body, reporter=reporter, inv_override=inv_override, validate=validate
+    )
 
 
 def run_rollback(
     env: str, opts: Options, *, to: str | None = None, reporter: Reporter | None = None
 ) -> int:
-    return _operation("rollback", env, opts, lambda d: flow.rollback(d, to), reporter=reporter)
+    return _operation(
+        "rollback",
+        env,
+        opts,
+        lambda d: flow.rollback(d, to),
+        reporter=reporter,
+        validate=lambda inv: flow.check_release_id(to, inv.env),
+    )
 
 
 def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None = None) -> int:
