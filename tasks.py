@@ -142,6 +142,97 @@ def trust_host(
     )
 
 
+@task(
+    iterable=["pack"],
+    positional=["env"],
+    help={
+        "env": "environment (its tunnel or smoke.base_url), or any http(s):// URL",
+        "pack": "pack file or built-in name (repeatable); default: the inventory's",
+        "junit": "write JUnit XML here",
+        "json": "JSON lines",
+    },
+)
+def smoke(
+    c: Context,
+    env: str,
+    pack: list[str] | None = None,
+    junit: str = "",
+    json: bool = False,
+    audit: bool = False,
+    inventories: str = "inventories",
+    plain: bool = False,
+) -> None:
+    """Run the contract smoke pack against an environment or a URL (exit 0/1/2)."""
+    from smoke.commands import run_smoke, run_smoke_env
+
+    junit_path = Path(junit) if junit else None
+    if env.startswith(("http://", "https://")):
+        _finish(
+            run_smoke(
+                base_url=env,
+                packs=pack or [],
+                junit=junit_path,
+                json_out=json,
+                plain=plain,
+                audit=None,
+            )
+        )
+        return
+    opts = _opts(inventories, plain, False)
+    _finish(
+        run_smoke_env(
+            env,
+            lambda e: operations.smoke_target(e, opts),
+            packs=pack or [],
+            audit=True if audit else None,
+            junit=junit_path,
+            json_out=json,
+            plain=plain,
+        )
+    )
+
+
+@task(
+    iterable=["pack"],
+    positional=["env"],
+    help={"env": "environment, or any http(s):// URL", "mode": "informational or blocking"},
+)
+def perf(
+    c: Context,
+    env: str,
+    pack: list[str] | None = None,
+    mode: str = "",
+    json: bool = False,
+    inventories: str = "inventories",
+    plain: bool = False,
+) -> None:
+    """Latency percentiles and error rate of the pack's hot endpoints against thresholds."""
+    from smoke.commands import run_perf, run_perf_env
+
+    if env.startswith(("http://", "https://")):
+        _finish(
+            run_perf(
+                base_url=env,
+                packs=pack or [],
+                mode=mode or "informational",
+                json_out=json,
+                plain=plain,
+            )
+        )
+        return
+    opts = _opts(inventories, plain, False)
+    _finish(
+        run_perf_env(
+            env,
+            lambda e: operations.smoke_target(e, opts),
+            packs=pack or [],
+            mode=mode or None,
+            json_out=json,
+            plain=plain,
+        )
+    )
+
+
 @task
 def demo(c: Context) -> None:
     """Boot the sandbox, deploy a good release, then a bad one that is rolled back."""
@@ -182,5 +273,17 @@ def sandbox_status(c: Context, name: str = "rg-local", index: int = 5) -> None:
 
 sandbox = Collection("sandbox", sandbox_up, sandbox_down, sandbox_status)
 ns = Collection(
-    deploy, rollback, status, releases, history, lock_, unlock, trust_host, demo, test, sandbox
+    deploy,
+    rollback,
+    status,
+    releases,
+    history,
+    lock_,
+    unlock,
+    smoke,
+    perf,
+    trust_host,
+    demo,
+    test,
+    sandbox,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import click
 
 from deploy import operations
 from deploy.operations import Options
+from smoke.cli import attach
+from smoke.commands import Target
 
 EXIT_CODES = """\b
 Exit codes:
@@ -195,6 +198,14 @@ def demo(opts: Options) -> None:
     from deploy import demo as demo_mod
 
     sys.exit(demo_mod.run(opts))
+
+
+def _smoke_target(env: str) -> AbstractContextManager[Target]:
+    opts = click.get_current_context().find_root().obj
+    return operations.smoke_target(env, opts)
+
+
+attach(main, resolve_env=_smoke_target)
 
 
 if __name__ == "__main__":

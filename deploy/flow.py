@@ -25,6 +25,7 @@ from deploy.errors import (
     AbortedBeforeLive,
     ConfigError,
     ConnectionLost,
+    GateFailed,
     HostKeyRefused,
     HumanNeeded,
     Interrupted,
@@ -39,6 +40,8 @@ from deploy.model import HostStatus, Layout, Outcome, ReleaseState, is_release_i
 from deploy.process import manager_for
 from deploy.remote import Remote
 from deploy.report import Reporter
+from smoke.model import Pack
+from smoke.runner import run_packs
 
 
 class Signalled(BaseException):
@@ -70,6 +73,7 @@ class Deps:
     health_token: str | None = None
     lock_wait: float = 0.0
     dry_run: bool = False  # the remote is a PlanRemote: reads happen, changes are only shown
+    smoke_packs: tuple[Pack, ...] = ()  # loaded (and validated) before anything is contacted
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -282,8 +286,9 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
         d.reporter.info(
             f"would probe {health.path} on port {d.inventory.health_port} through an SSH tunnel "
             f"until {health.successes} consecutive 2xx answers within {health.deadline:g}s, then "
-            f"check that every process runs in {host.layout.release(rid)}; whether it passes "
-            f"cannot be known in advance (a failure would roll back)"
+            f"check that every process runs in {host.layout.release(rid)}"
+            + (f", then run {len(d.smoke_packs)} smoke pack(s)" if d.smoke_packs else "")
+            + "; whether it passes cannot be known in advance (a failure would roll back)"
         )
         return []
     policy = ReadyPolicy(
@@ -308,7 +313,43 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
     snap = host.snapshot()
     identity = check_identity(snap, host.process_cwds(snap.pids), host.layout.release(rid))
     d.reporter.info(f"identity: {identity}")
-    return [p.line() for p in history] + [f"identity: {identity}"]
+    evidence = [p.line() for p in history] + [f"identity: {identity}"]
+    if d.smoke_packs:
+        evidence += _smoke_gate(d, host, rid)
+    return evidence
+
+
+def _smoke_gate(d: Deps, host: HostOps, rid: str) -> list[str]:
+    """The contract smoke pack (and the readiness audit) against the new release."""
+    settings = d.inventory.smoke
+    secrets = (d.health_token,) if d.health_token else ()
+    with contextlib.ExitStack() as stack:
+        if settings.base_url:
+            base = settings.base_url
+        else:
+            port = stack.enter_context(host.remote.tunnel(d.inventory.process.port))
+            base = f"http://127.0.0.1:{port}"
+        client = stack.enter_context(d.http(base, d.inventory.health.probe_timeout))
+        result = run_packs(
+            list(d.smoke_packs),
+            base_url=base,
+            client=client,
+            concurrency=settings.concurrency,
+            clock=d.clock,
+            extra_secrets=secrets,
+        )
+    d.reporter.info(result.summary())
+    for check in result.warned:
+        d.reporter.warn(f"smoke (warn only): {check.line()}")
+    host.record(d.clock.now(), "smoke", rid, None, **result.journal_detail())
+    if result.failed_enforced:
+        names = ", ".join(c.name for c in result.failed_enforced)
+        raise GateFailed(
+            "smoke",
+            f"{len(result.failed_enforced)} enforced check(s) failed: {names}",
+            evidence=result.lines(),
+        )
+    return list(result.lines())
 
 
 def _recover(

@@ -31,6 +31,9 @@ from deploy.plan import PlanRemote
 from deploy.redact import Redactor
 from deploy.remote import SshRemote, fingerprint, known_hosts_name
 from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
+from smoke.commands import Target, TargetUnavailable, packs_from_settings, target_from_settings
+from smoke.model import Pack
+from smoke.pack import PackError
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORIES = Path("inventories")
@@ -76,6 +79,44 @@ def health_token(inv: Inventory) -> str | None:
             f"not set here. Export {name} with the readiness token, or remove health.token_env."
         )
     return value
+
+
+def load_smoke_packs(inv: Inventory) -> tuple[Pack, ...]:
+    """The inventory's smoke packs (and audit), checked before anything is contacted."""
+    try:
+        return tuple(packs_from_settings(inv.smoke, base_dir=inv.base_dir))
+    except PackError as exc:
+        raise ConfigError(f"{inv.source}: smoke: {exc}") from None
+
+
+@contextmanager
+def smoke_target(env: str, opts: Options) -> Iterator[Target]:
+    """`smoke ENV` / `perf ENV`: the environment's base URL, or a tunnel to its app port."""
+    try:
+        inv = inventory.load(env, opts.inventories)
+        token = health_token(inv)
+    except ReleasegateError as exc:
+        raise TargetUnavailable(exc.message, exit_code=exc.exit_code) from None
+    secrets = (token,) if token else ()
+    if inv.smoke.base_url:
+        yield target_from_settings(
+            inv.smoke, base_dir=inv.base_dir, base_url=inv.smoke.base_url, secrets=secrets
+        )
+        return
+    try:
+        remote = open_remote(inv, Redactor(secrets))
+    except ReleasegateError as exc:
+        raise TargetUnavailable(exc.message, exit_code=exc.exit_code) from None
+    try:
+        with remote.tunnel(inv.process.port) as port:
+            yield target_from_settings(
+                inv.smoke,
+                base_dir=inv.base_dir,
+                base_url=f"http://127.0.0.1:{port}",
+                secrets=secrets,
+            )
+    finally:
+        remote.close()
 
 
 def open_remote(inv: Inventory, redact: Redactor, reporter: Reporter | None = None) -> SshRemote:
@@ -163,6 +204,9 @@ def _operation(
             validate(inv)  # bad arguments are refused before any SSH connection
         token = health_token(inv)
         redact.add(token)
+        packs = load_smoke_packs(inv) if op in ("deploy", "rollback") else ()
+        for pack in packs:
+            redact.add(*pack.secret_values())
         remote = open_remote(inv, redact, rep)
         try:
             with tempfile.TemporaryDirectory(prefix="releasegate-") as work:
@@ -176,6 +220,7 @@ def _operation(
                     health_token=token,
                     lock_wait=opts.lock_wait,
                     dry_run=opts.dry_run,
+                    smoke_packs=packs,
                 )
                 result = body(deps)
                 return result if isinstance(result, int) else result.exit_code

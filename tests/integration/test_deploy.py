@@ -197,3 +197,21 @@ def test_changed_host_key_is_refused(target: Target, tmp_path: Path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 7, out
     assert "CHANGED" in out
+
+
+def test_wrong_contract_release_is_rolled_back_by_the_smoke_gate(target: Target):
+    pack = Path(__file__).resolve().parents[2] / "examples" / "sampleapp" / "smoke.yml"
+    target.data["smoke"] = {"packs": [str(pack)]}
+    target.write()
+    code, rep = deploy(target)
+    assert code == 0, rep.lines
+    good = released(rep)
+    assert any("smoke sampleapp: 9/9 passed" in line for line in rep.lines)
+    code, rep = deploy(target, "wrong_contract")
+    assert code == 3, rep.lines
+    out = rep.outcomes[-1]
+    assert "smoke gate failed" in out.message and "items-list" in out.message
+    assert any("items-list" in line and "required property" in line for line in out.evidence)
+    assert target.current() == good and target.version()["release"] == good
+    smoke = {e["release"]: e["detail"] for e in target.journal() if e["op"] == "smoke"}
+    assert smoke[out.release]["failed"] and not smoke[good]["failed"]

@@ -248,7 +248,10 @@ def test_promotion_prunes_old_and_bad_releases(world):
 
 def test_lock_wait_waits_for_an_automated_holder(world):
     deps, host, remote, repo = world
-    host.lock = ("f" * 32, json.dumps({"actor": "ci", "op": "deploy", "pid": 1, "host": "elsewhere"}))
+    host.lock = (
+        "f" * 32,
+        json.dumps({"actor": "ci", "op": "deploy", "pid": 1, "host": "elsewhere"}),
+    )
     deps.lock_wait = 10
 
     def release_after_a_while(seconds: float) -> None:

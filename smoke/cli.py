@@ -1,0 +1,200 @@
+"""Click commands `smoke` and `perf`, made to be attached to the `releasegate` group:
+
+    from smoke.cli import attach
+    attach(main, resolve_env=operations.smoke_target)   # resolve_env: ENV -> ContextManager[Target]
+
+Without a resolver only the `--base-url URL` form works. `python -m smoke.cli` runs them on
+their own (no ENV form). The commands are thin: they parse arguments and call smoke.commands.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from smoke import commands
+from smoke.commands import Resolver
+from smoke.config import AuditSettings
+
+ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+SMOKE_EPILOG = """\b
+Exit codes:
+  0  every enforced check passed (warn-mode failures are shown, never block)
+  1  an enforced check failed
+  2  bad pack or arguments; nothing was contacted
+"""
+PERF_EPILOG = """\b
+Exit codes:
+  0  no threshold breached, or --mode informational
+  1  a threshold breached in --mode blocking
+  2  bad pack or arguments; nothing was contacted
+"""
+
+
+def _split(
+    ctx: click.Context, args: tuple[str, ...], base_url: str | None, resolve: Resolver | None
+) -> tuple[str | None, tuple[str, ...]]:
+    """ENV and packs from the positional arguments. With --base-url every argument is a pack;
+    without it the first argument is the environment."""
+    if base_url is not None:
+        return None, args
+    if not args:
+        raise click.UsageError("give an environment (ENV) or --base-url URL", ctx=ctx)
+    if resolve is None:
+        raise click.UsageError(
+            "this command has no environments wired in; use --base-url URL", ctx=ctx
+        )
+    env, *packs = args
+    if not ENV_NAME.match(env):
+        raise click.UsageError(
+            f"{env!r} is not an environment name (inventories/<env>.yml); to run a pack file "
+            f"against a URL use --base-url URL {env}",
+            ctx=ctx,
+        )
+    return env, tuple(packs)
+
+
+def _plain(ctx: click.Context, plain: bool) -> bool:
+    """--plain here, or the root group's --plain (releasegate --plain smoke …)."""
+    return plain or bool(ctx.find_root().params.get("plain"))
+
+
+def _json(ctx: click.Context, json_out: bool) -> bool:
+    """--json here, or the root group's --json (releasegate --json smoke …)."""
+    return json_out or bool(ctx.find_root().params.get("json_out"))
+
+
+def smoke_command(resolve_env: Resolver | None = None) -> click.Command:
+    @click.command("smoke", epilog=SMOKE_EPILOG)
+    @click.argument("args", nargs=-1, metavar="[ENV] [PACK]...")
+    @click.option("--base-url", metavar="URL", help="Run against this URL instead of ENV.")
+    @click.option(
+        "--junit", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here."
+    )
+    @click.option("--json", "json_out", is_flag=True, help="One JSON object per check + summary.")
+    @click.option("--concurrency", type=click.IntRange(1, 64), help="Checks run at once [4].")
+    @click.option(
+        "--audit/--no-audit",
+        default=None,
+        help="Also run the built-in readiness audit (default: the inventory's smoke.audit).",
+    )
+    @click.option("--plain", is_flag=True, help="Plain lines even on a terminal.")
+    @click.pass_context
+    def smoke(
+        ctx: click.Context,
+        args: tuple[str, ...],
+        base_url: str | None,
+        junit: Path | None,
+        json_out: bool,
+        concurrency: int | None,
+        audit: bool | None,
+        plain: bool,
+    ) -> None:
+        """Run contract smoke packs against ENV (its tunnel or base_url) or --base-url URL.
+
+        PACK is a pack file or a built-in pack name; with ENV and no PACK, the inventory's
+        smoke.packs run.
+        """
+        env, packs = _split(ctx, args, base_url, resolve_env)
+        if env is not None:
+            assert resolve_env is not None
+            code = commands.run_smoke_env(
+                env,
+                resolve_env,
+                packs=packs,
+                audit=audit,
+                junit=junit,
+                json_out=_json(ctx, json_out),
+                concurrency=concurrency,
+                plain=_plain(ctx, plain),
+            )
+        else:
+            assert base_url is not None
+            code = commands.run_smoke(
+                base_url=base_url,
+                packs=packs,
+                junit=junit,
+                json_out=_json(ctx, json_out),
+                concurrency=concurrency or 4,
+                audit=AuditSettings(enabled=True) if audit else None,
+                plain=_plain(ctx, plain),
+            )
+        ctx.exit(code)
+
+    return smoke
+
+
+def perf_command(resolve_env: Resolver | None = None) -> click.Command:
+    @click.command("perf", epilog=PERF_EPILOG)
+    @click.argument("args", nargs=-1, metavar="[ENV] [PACK]...")
+    @click.option("--base-url", metavar="URL", help="Measure this URL instead of ENV.")
+    @click.option(
+        "--mode",
+        type=click.Choice(commands.PERF_MODES),
+        help="informational (report, exit 0) or blocking (exit 1 on a breach) "
+        "[inventory smoke.perf.mode, else informational]",
+    )
+    @click.option("--json", "json_out", is_flag=True, help="One JSON object per endpoint.")
+    @click.option("--requests", "-n", type=click.IntRange(1, 100_000), help="Per endpoint.")
+    @click.option("--concurrency", "-c", type=click.IntRange(1, 256), help="Requests at once.")
+    @click.option("--plain", is_flag=True, help="Plain lines even on a terminal.")
+    @click.pass_context
+    def perf(
+        ctx: click.Context,
+        args: tuple[str, ...],
+        base_url: str | None,
+        mode: str | None,
+        json_out: bool,
+        requests: int | None,
+        concurrency: int | None,
+        plain: bool,
+    ) -> None:
+        """Measure the hot endpoints named in the packs' perf: sections: N requests at
+        concurrency C, p50/p95/p99 and error rate against the thresholds."""
+        env, packs = _split(ctx, args, base_url, resolve_env)
+        if env is not None:
+            assert resolve_env is not None
+            code = commands.run_perf_env(
+                env,
+                resolve_env,
+                packs=packs,
+                mode=mode,
+                json_out=_json(ctx, json_out),
+                requests=requests,
+                concurrency=concurrency,
+                plain=_plain(ctx, plain),
+            )
+        else:
+            assert base_url is not None
+            code = commands.run_perf(
+                base_url=base_url,
+                packs=packs,
+                mode=mode or "informational",
+                json_out=_json(ctx, json_out),
+                requests=requests,
+                concurrency=concurrency,
+                plain=_plain(ctx, plain),
+            )
+        ctx.exit(code)
+
+    return perf
+
+
+def attach(group: click.Group, resolve_env: Resolver | None = None) -> None:
+    """Add `smoke` and `perf` to a Click group (the `releasegate` console script)."""
+    group.add_command(smoke_command(resolve_env))
+    group.add_command(perf_command(resolve_env))
+
+
+@click.group()
+def main() -> None:
+    """Contract smoke packs and perf thresholds against any URL (--base-url)."""
+
+
+attach(main)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""The only smoke module that prints: a Rich table on a terminal, plain lines otherwise,
+JSON lines (`--json`), and JUnit XML (`--junit`). Every text passes the redaction filter,
+seeded with the secrets of the packs that ran, on its way out."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET  # only builds XML; never parses untrusted input
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from smoke.model import CheckResult, PackResult
+from smoke.perf import EndpointStats, PerfResult
+from smoke.secrets import Redactor
+
+Style = Literal["rich", "plain", "json"]
+_XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_COLORS = {"PASS": "green", "FAIL": "bold red", "ERROR": "bold red", "WARN": "yellow"}
+
+
+def choose_style(out: IO[str], *, json_out: bool, plain: bool) -> Style:
+    if json_out:
+        return "json"
+    if not plain and _isatty(out):
+        return "rich"
+    return "plain"
+
+
+def _isatty(out: IO[str]) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def error(message: str, err: IO[str], secrets: Iterable[str] = ()) -> None:
+    """A problem that stops the run (bad pack, bad arguments): one paragraph on stderr."""
+    print(f"error: {Redactor(secrets)(message)}", file=err, flush=True)
+
+
+# ------------------------------------------------------------------ smoke results --
+
+
+def smoke_result(result: PackResult, out: IO[str], style: Style) -> None:
+    redact = Redactor(result.secret_values)
+    if style == "json":
+        for line in smoke_json_lines(result):
+            print(line, file=out, flush=True)
+    elif style == "rich":
+        _smoke_table(result, out, redact)
+    else:
+        print(redact(f"smoke against {result.base_url}"), file=out)
+        for check in result.checks:
+            print(redact(check.line()), file=out)
+        print(redact(result.summary()), file=out, flush=True)
+
+
+def _smoke_table(result: PackResult, out: IO[str], redact: Callable[[str], str]) -> None:
+    console = Console(file=out, highlight=False, force_terminal=True)
+    table = Table(title=Text(redact(f"smoke against {result.base_url}")), title_justify="left")
+    for name, kw in (
+        ("result", {"no_wrap": True}),
+        ("check", {"overflow": "fold"}),
+        ("request", {"overflow": "fold"}),
+        ("tries", {"justify": "right"}),
+        ("ms", {"justify": "right"}),
+        ("detail", {"overflow": "fold"}),
+    ):
+        table.add_column(name, **kw)
+    multi = len(result.packs) > 1
+    for c in result.checks:
+        table.add_row(
+            Text(c.verdict, style=_COLORS[c.verdict]),
+            Text(redact(f"{c.pack}/{c.name}" if multi else c.name)),
+            Text(redact(f"{c.method} {c.path}")),
+            str(c.attempts),
+            f"{c.duration_ms:.0f}",
+            Text(redact(c.detail)),
+        )
+    console.print(table)
+    style = "bold red" if result.failed_enforced else "green"
+    console.print(Text(redact(result.summary()), style=style))
+
+
+def check_record(c: CheckResult) -> dict[str, Any]:
+    return {
+        "type": "check",
+        "pack": c.pack,
+        "check": c.name,
+        "mode": c.mode,
+        "outcome": c.outcome,
+        "verdict": c.verdict,
+        "passed": c.passed,
+        "method": c.method,
+        "path": c.path,
+        "status": c.status,
+        "attempts": c.attempts,
+        "duration_ms": round(c.duration_ms, 1),
+        "detail": c.detail,
+    }
+
+
+def summary_record(result: PackResult) -> dict[str, Any]:
+    return {
+        "type": "summary",
+        "packs": list(result.packs),
+        "base_url": result.base_url,
+        "total": len(result.checks),
+        "passed": len(result.passed),
+        "failed": len(result.failed_enforced),
+        "warned": len(result.warned),
+        "failed_checks": [c.name for c in result.failed_enforced],
+        "warned_checks": [c.name for c in result.warned],
+        "duration_ms": round(result.duration_ms, 1),
+        "exit_code": result.exit_code,
+    }
+
+
+def smoke_json_lines(result: PackResult) -> list[str]:
+    """One JSON object per check, then a summary object."""
+    redact = Redactor(result.secret_values)
+    records = [check_record(c) for c in result.checks] + [summary_record(result)]
+    return [redact(json.dumps(r, ensure_ascii=False, sort_keys=False)) for r in records]
+
+
+def junit_xml(result: PackResult, *, timestamp: datetime | None = None) -> str:
+    """JUnit XML: one <testsuite> per pack, one <testcase> per check. A failed enforced check
+    is a <failure> (wrong answer) or an <error> (no answer); a warn-mode check that did not
+    pass is <skipped> with the detail, so CI shows it without turning red."""
+    redact = Redactor(result.secret_values)
+
+    def clean(text: str) -> str:
+        return _XML_BAD.sub("?", redact(text))
+
+    when = (timestamp or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S")
+    root = ET.Element("testsuites", name="releasegate smoke")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for pack in result.packs:
+        checks = [c for c in result.checks if c.pack == pack]
+        counts = {
+            "tests": len(checks),
+            "failures": sum(1 for c in checks if c.verdict == "FAIL"),
+            "errors": sum(1 for c in checks if c.verdict == "ERROR"),
+            "skipped": sum(1 for c in checks if c.verdict == "WARN"),
+        }
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            attrib={
+                "name": clean(pack),
+                **{k: str(v) for k, v in counts.items()},
+                "time": f"{sum(c.duration_ms for c in checks) / 1000:.3f}",
+                "timestamp": when,
+            },
+        )
+        props = ET.SubElement(suite, "properties")
+        ET.SubElement(props, "property", name="base_url", value=clean(result.base_url))
+        for c in checks:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=clean(f"smoke.{pack}"),
+                name=clean(c.name),
+                time=f"{c.duration_ms / 1000:.3f}",
+            )
+            body = clean(
+                f"{c.method} {c.path}: {c.detail} (mode {c.mode}, {c.attempts} attempt(s))"
+            )
+            if c.verdict == "FAIL":
+                ET.SubElement(case, "failure", message=clean(c.detail), type="fail").text = body
+            elif c.verdict == "ERROR":
+                ET.SubElement(case, "error", message=clean(c.detail), type="no-answer").text = body
+            elif c.verdict == "WARN":
+                ET.SubElement(case, "skipped", message=clean(f"warn (not blocking): {c.detail}"))
+            ET.SubElement(case, "system-out").text = body
+        for k, v in counts.items():
+            totals[k] += v
+    for k, v in totals.items():
+        root.set(k, str(v))
+    root.set("time", f"{result.duration_ms / 1000:.3f}")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(result: PackResult, path: Path) -> None:
+    path.write_text(junit_xml(result), encoding="utf-8")
+
+
+# ------------------------------------------------------------------ perf results --
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _limits(e: EndpointStats) -> str:
+    th = e.thresholds
+    parts = [
+        f"{label} {limit:g} ms"
+        for label, limit in (("p50", th.p50_ms), ("p95", th.p95_ms), ("p99", th.p99_ms))
+        if limit is not None
+    ]
+    return ", ".join([*parts, f"errors {th.max_error_rate:.1%}"])
+
+
+def perf_line(e: EndpointStats) -> str:
+    verdict = "OK" if e.ok else "BREACH"
+    line = (
+        f"{verdict:6} {e.endpoint}  {e.method} {e.path}  n={e.requests} c={e.concurrency} "
+        f"errors={e.errors} ({e.error_rate:.1%})  p50 {_ms(e.p50_ms)}  p95 {_ms(e.p95_ms)}  "
+        f"p99 {_ms(e.p99_ms)}  (limits: {_limits(e)})"
+    )
+    if e.breaches:
+        line += "  breach: " + "; ".join(e.breaches)
+    if e.first_error:
+        line += f"  first error: {e.first_error}"
+    return line
+
+
+def perf_summary(result: PerfResult, mode: str) -> str:
+    code = result.exit_code(mode)
+    return (
+        f"perf: {len(result.endpoints)} endpoint(s), {len(result.breached)} breached "
+        f"thresholds in {result.duration_ms / 1000:.1f} s ({mode}: exit {code})"
+    )
+
+
+def perf_record(e: EndpointStats) -> dict[str, Any]:
+    th = e.thresholds
+    return {
+        "type": "perf",
+        "pack": e.pack,
+        "endpoint": e.endpoint,
+        "method": e.method,
+        "path": e.path,
+        "requests": e.requests,
+        "concurrency": e.concurrency,
+        "errors": e.errors,
+        "error_rate": round(e.error_rate, 6),
+        "p50_ms": _round(e.p50_ms),
+        "p95_ms": _round(e.p95_ms),
+        "p99_ms": _round(e.p99_ms),
+        "min_ms": _round(e.min_ms),
+        "max_ms": _round(e.max_ms),
+        "mean_ms": _round(e.mean_ms),
+        "thresholds": {
+            "p50_ms": th.p50_ms,
+            "p95_ms": th.p95_ms,
+            "p99_ms": th.p99_ms,
+            "max_error_rate": th.max_error_rate,
+        },
+        "breaches": list(e.breaches),
+        "first_error": e.first_error or None,
+        "ok": e.ok,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def perf_json_lines(
+    result: PerfResult, mode: str, *, started_at: datetime | None = None
+) -> list[str]:
+    redact = Redactor(result.secret_values)
+    when = (started_at or datetime.now(UTC)).isoformat(timespec="seconds")
+    records: list[dict[str, Any]] = [perf_record(e) for e in result.endpoints]
+    records.append(
+        {
+            "type": "perf-summary",
+            "base_url": result.base_url,
+            "started_at": when,
+            "mode": mode,
+            "endpoints": len(result.endpoints),
+            "breached": [e.endpoint for e in result.breached],
+            "duration_ms": round(result.duration_ms, 1),
+            "exit_code": result.exit_code(mode),
+        }
+    )
+    return [redact(json.dumps(r, ensure_ascii=False)) for r in records]
+
+
+def perf_result(result: PerfResult, mode: str, out: IO[str], style: Style) -> None:
+    redact = Redactor(result.secret_values)
+    if style == "json":
+        for line in perf_json_lines(result, mode):
+            print(line, file=out, flush=True)
+        return
+    if style == "rich":
+        console = Console(file=out, highlight=False, force_terminal=True)
+        table = Table(
+            title=Text(redact(f"perf against {result.base_url} ({mode})")), title_justify="left"
+        )
+        for name in ("result", "endpoint", "n", "c", "errors", "p50", "p95", "p99", "limits"):
+            table.add_column(name)
+        for e in result.endpoints:
+            table.add_row(
+                Text("OK" if e.ok else "BREACH", style="green" if e.ok else "bold red"),
+                Text(redact(f"{e.endpoint} ({e.method} {e.path})")),
+                str(e.requests),
+                str(e.concurrency),
+                f"{e.errors} ({e.error_rate:.1%})",
+                _ms(e.p50_ms),
+                _ms(e.p95_ms),
+                _ms(e.p99_ms),
+                Text(redact(_limits(e))),
+            )
+        console.print(table)
+        for e in result.breached:
+            console.print(Text(redact(f"{e.endpoint}: " + "; ".join(e.breaches)), style="red"))
+        console.print(Text(redact(perf_summary(result, mode))))
+        return
+    print(redact(f"perf against {result.base_url} ({mode})"), file=out)
+    for e in result.endpoints:
+        print(redact(perf_line(e)), file=out)
+    print(redact(perf_summary(result, mode)), file=out, flush=True)
