@@ -33,7 +33,7 @@ ADDRESS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9a
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._@+/-]+$")
-REVISION = re.compile(r"^[A-Za-z0-9._/@^~-]{1,200}$")
+REVISION = re.compile(r"^(?!-)[A-Za-z0-9._/@^~-]{1,200}$")
 
 
 def _abs_posix_path(value: str) -> str:
@@ -134,8 +134,31 @@ class AppConfig(Strict):
         return value
 
 
+class SystemdConfig(Strict):
+    """process.systemd: how the app's unit is installed and driven (docs/systemd.md)."""
+
+    # system: /etc/systemd/system/<app>.service, driven with `sudo -n` limited to an exact
+    # allowlist; user: ~/.config/systemd/user/<app>.service under the deploy user's own
+    # manager (`systemctl --user`, needs linger). Required: the two differ in who needs root.
+    scope: Literal["system", "user"]
+    # system scope only: Group= of the service. User= is always the deploy user (hosts[].user):
+    # the identity gate reads /proc/<MainPID>/cwd, which only the process's own user may read.
+    group: UserName | None = None
+    restart: Literal["always", "on-failure", "on-abnormal", "no"] = "always"
+    restart_sec: float = Field(1, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _scope_keys(self) -> SystemdConfig:
+        if self.scope == "user" and self.group is not None:
+            raise ValueError(
+                "group: only applies to scope: system (a user unit runs as the deploy user "
+                "with its own groups); remove it or use scope: system"
+            )
+        return self
+
+
 class ProcessConfig(Strict):
-    manager: Literal["pm2"] = "pm2"
+    manager: Literal["pm2", "systemd"] = "pm2"
     command: str
     interpreter: str | None = None
     port: int = Field(ge=1, le=65535)
@@ -143,10 +166,13 @@ class ProcessConfig(Strict):
     env: dict[EnvKey, str] = Field(default_factory=dict)
     pm2: str = "pm2"
     kill_timeout_ms: int = Field(5000, ge=100, le=120000)
+    systemd: SystemdConfig | None = None
 
     @field_validator("command")
     @classmethod
     def _command(cls, value: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must be a single line without control characters")
         try:
             argv = shlex.split(value)
         except ValueError as exc:
@@ -159,7 +185,7 @@ class ProcessConfig(Strict):
     @field_validator("pm2", "interpreter")
     @classmethod
     def _executable(cls, value: str | None) -> str | None:
-        if value is not None and not SAFE_PATH.match(value):
+        if value is not None and (not SAFE_PATH.match(value) or value[0] in "-@+"):
             raise ValueError("must be a command name or path such as pm2 or /usr/bin/node")
         return value
 
@@ -167,11 +193,36 @@ class ProcessConfig(Strict):
     @classmethod
     def _env_values(cls, value: dict[str, str]) -> dict[str, str]:
         for key, item in value.items():
-            if "\n" in item or "\x00" in item:
+            if "\n" in item or "\r" in item or "\x00" in item:
                 raise ValueError(f"{key}: values must be single-line strings")
             if key in {"RELEASE_ID", "PORT"}:
                 raise ValueError(f"{key} is set by releasegate; remove it from process.env")
         return value
+
+    @model_validator(mode="after")
+    def _manager_keys(self) -> ProcessConfig:
+        # Keys of the other manager are refused rather than ignored: a setting that silently
+        # does nothing (instances: 4 under systemd) is a production surprise.
+        if self.manager == "systemd":
+            if self.systemd is None:
+                raise ValueError(
+                    "manager: systemd needs a systemd: section choosing the scope, e.g. "
+                    "`systemd: {scope: system}` (sudo allowlist) or `systemd: {scope: user}` "
+                    "(systemctl --user with linger); see docs/systemd.md"
+                )
+            if self.instances != 1:
+                raise ValueError(
+                    f"instances: {self.instances} is PM2 cluster mode; a systemd unit runs one "
+                    "main process. Remove instances (or use manager: pm2)"
+                )
+            if "pm2" in self.model_fields_set:
+                raise ValueError("pm2: only applies to manager: pm2; remove it")
+        elif self.systemd is not None:
+            raise ValueError(
+                "systemd: only applies to manager: systemd; remove the section or set "
+                "manager: systemd"
+            )
+        return self
 
     @property
     def script(self) -> str:

@@ -27,7 +27,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from deploy.process.systemd import sudoers_lines
 
 __all__ = ["SandboxError", "SandboxInfo", "SandboxSpec", "down", "status", "up"]
 
@@ -65,6 +67,10 @@ _TOOLS: dict[str, tuple[str, str]] = {
     "node": ("node", "apt-get install nodejs"),
     "pm2": ("pm2", "npm install -g pm2"),
 }
+# The systemd example (inventories/local-systemd.yml, system scope). The deploy user's sudo is
+# exactly the allowlist docs/systemd.md tells an operator to install for it, nothing more.
+SYSTEMD_EXAMPLE_APP = "sampleapp-sd"
+SYSTEMD_EXAMPLE_ROOT = PurePosixPath("/srv/sampleapp-sd")
 # Needed inside the sandbox's PATH for deploys, optional for booting it.
 _OPTIONAL_SESSION_TOOLS = ("npm",)
 _PAM_SYSTEMD_GLOBS = (
@@ -565,6 +571,7 @@ def _launch(lay: _Layout, links: list[tuple[str, str]]) -> subprocess.Popen[byte
         "RG_MACHINE_ID": uuid.uuid4().hex,
         "RG_SUBMOUNTS": "\n".join(_host_submounts(lay)),
         "RG_TOOL_LINKS": "\n".join(f"{name} {path}" for name, path in links),
+        "RG_SUDOERS": sudoers_text(lay.spec.user),
     }
     with open(lay.boot_log, "wb") as boot_log:
         # New session: the sandbox must not get the caller's Ctrl-C or die with its terminal.
@@ -859,6 +866,16 @@ def _signal(pid: int, sig: int) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def sudoers_text(user: str) -> str:
+    """/etc/sudoers.d/releasegate-sandbox: the systemd example's allowlist for `user`."""
+    lines = sudoers_lines(user=user, app=SYSTEMD_EXAMPLE_APP, root=SYSTEMD_EXAMPLE_ROOT)
+    header = (
+        "# releasegate sandbox: exactly what inventories/local-systemd.yml needs as root "
+        "(docs/systemd.md)"
+    )
+    return "\n".join([header, *lines]) + "\n"
 
 
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -113,7 +113,7 @@ EOF
   echo "SSHD_OPTS=" >"$R/etc/default/ssh"
 
   # The deploy user: key login, bash, lingering user manager (`systemctl --user` without an
-  # open session), sudo for system units, and /srv where deploy roots live.
+  # open session), sudo for the example's system unit, and /srv where deploy roots live.
   if ! chroot "$R" getent passwd "$u" >/dev/null; then
     chroot "$R" useradd --create-home --shell /bin/bash "$u"
   else
@@ -127,9 +127,11 @@ EOF
   chroot "$R" chown "$u:" "$home" "$home/.ssh" "$home/.ssh/authorized_keys"
   mkdir -p "$R/var/lib/systemd/linger"
   touch "$R/var/lib/systemd/linger/$u"
-  printf '%s ALL=(root) NOPASSWD: /usr/bin/systemctl, /usr/bin/journalctl\n' "$u" \
-    >"$R/etc/sudoers.d/releasegate-sandbox"
+  # sudo: exactly the allowlist of the systemd example inventory (rendered by sandbox.py);
+  # a broken sudoers file would disable sudo altogether, so check it before booting.
+  printf '%s' "$RG_SUDOERS" >"$R/etc/sudoers.d/releasegate-sandbox"
   chmod 0440 "$R/etc/sudoers.d/releasegate-sandbox"
+  chroot "$R" visudo -cq -f /etc/sudoers.d/releasegate-sandbox
   mkdir -p "$R/srv"
   chroot "$R" chown "$u:" /srv
 
@@ -173,7 +175,7 @@ api_mounts() {
 
 stage_init() {
   : "${RG_NAME:?}" "${RG_USER:?}" "${RG_ADDRESS:?}" "${RG_MNT:?}" "${RG_STATE_ROOT:?}"
-  : "${RG_HOST_KEY:?}" "${RG_CLIENT_PUBKEY:?}" "${RG_MACHINE_ID:?}"
+  : "${RG_HOST_KEY:?}" "${RG_CLIENT_PUBKEY:?}" "${RG_MACHINE_ID:?}" "${RG_SUDOERS:?}"
   local O=$RG_MNT R=$RG_MNT/root m i=0 go=
   # Wait until sandbox.py has moved our launcher out of this cgroup (see _release_init in
   # sandbox.py); EOF instead of "go" means sandbox.py gave up, so do not boot.

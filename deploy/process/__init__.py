@@ -6,11 +6,13 @@ from deploy.inventory import Inventory
 from deploy.model import Layout
 from deploy.process.base import ProcessManager
 from deploy.process.pm2 import Pm2
+from deploy.process.systemd import Systemd
 
 
 def manager_for(inventory: Inventory, layout: Layout) -> ProcessManager:
-    # One manager today; systemd joins here behind the same protocol.
+    if inventory.process.manager == "systemd":
+        return Systemd(inventory=inventory, layout=layout)
     return Pm2(inventory=inventory, layout=layout)
 
 
-__all__ = ["ProcessManager", "manager_for"]
+__all__ = ["Pm2", "ProcessManager", "Systemd", "manager_for"]

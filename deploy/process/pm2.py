@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from deploy.commands import Cmd, _cmd
+from deploy.commands import Cmd, _cmd, _script
 from deploy.inventory import Inventory
 from deploy.model import Layout, ProcessSnapshot
 from deploy.templates import render
@@ -72,9 +73,38 @@ class Pm2:
     def persist(self) -> Cmd | None:
         return _cmd("pm2.save", [self._bin, "save", "--force"])
 
+    def logs(self, lines: int) -> Cmd:
+        # The log files themselves: `pm2 logs --nostream` splits stdout and stderr across
+        # our two streams and may spawn the daemon. merge_logs (our template) means one
+        # <app>-out.log and one <app>-error.log for all instances.
+        if not 1 <= lines <= 10000:
+            raise ValueError(f"logs: lines must be 1..10000, not {lines}")
+        return _script(
+            "pm2.logs",
+            PM2_LOGS_SCRIPT,
+            [self._app, str(lines)],
+            f"tail -n {lines} the PM2 logs of {self._app}",
+        )
 
-def parse_jlist(stdout: str, app: str) -> ProcessSnapshot:
-    """Aggregate PM2's per-instance entries for one app into a single snapshot."""
+    def describe(self) -> Cmd:
+        # jlist, summarised by parse_describe: `pm2 describe` prints environment variables.
+        return _cmd("pm2.describe", [self._bin, "jlist"])
+
+    def parse_describe(self, stdout: str) -> str:
+        return describe_jlist(stdout, self._app)
+
+
+# $1 app name, $2 lines. PM2_HOME is honoured like pm2 itself does.
+PM2_LOGS_SCRIPT = r"""
+d="${PM2_HOME:-$HOME/.pm2}/logs"
+for f in "$d/$1-out.log" "$d/$1-error.log"; do
+  echo "==> $f <=="
+  if [ -f "$f" ]; then tail -n "$2" -- "$f"; else echo "(no such file)"; fi
+done
+"""
+
+
+def _jlist_entries(stdout: str, app: str) -> list[dict[str, Any]]:
     procs: list[dict[str, Any]] = []
     # PM2 may print "[PM2] Spawning PM2 daemon…" lines first; the list is one JSON line.
     for line in reversed(stdout.splitlines()):
@@ -86,7 +116,12 @@ def parse_jlist(stdout: str, app: str) -> ProcessSnapshot:
             if isinstance(loaded, list):
                 procs = [p for p in loaded if isinstance(p, dict)]
                 break
-    mine = [p for p in procs if p.get("name") == app]
+    return [p for p in procs if p.get("name") == app]
+
+
+def parse_jlist(stdout: str, app: str) -> ProcessSnapshot:
+    """Aggregate PM2's per-instance entries for one app into a single snapshot."""
+    mine = _jlist_entries(stdout, app)
     if not mine:
         return ProcessSnapshot(status="missing", pids=(), restarts=0)
     statuses = [str(p.get("pm2_env", {}).get("status", "unknown")) for p in mine]
@@ -100,3 +135,31 @@ def parse_jlist(stdout: str, app: str) -> ProcessSnapshot:
     pids = tuple(int(p["pid"]) for p in mine if int(p.get("pid") or 0) > 0)
     restarts = sum(int(p.get("pm2_env", {}).get("restart_time", 0) or 0) for p in mine)
     return ProcessSnapshot(status=status, pids=pids, restarts=restarts)
+
+
+def describe_jlist(stdout: str, app: str) -> str:
+    """One line per instance from a few named fields of `pm2 jlist`. Only these fields:
+    PM2 copies the app's environment (secrets from shared/.env included) into pm2_env."""
+    mine = _jlist_entries(stdout, app)
+    if not mine:
+        return f"PM2 has no process named {app}"
+    lines = []
+    for p in mine:
+        raw = p.get("pm2_env")
+        env: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        parts = [f"pid {p.get('pid') or '-'}", f"{env.get('restart_time', '?')} restarts"]
+        if env.get("unstable_restarts"):
+            parts.append(f"{env['unstable_restarts']} unstable")
+        if env.get("exit_code") is not None:
+            parts.append(f"last exit code {env['exit_code']}")
+        parts.append(str(env.get("exec_mode", "?")).removesuffix("_mode") + " mode")
+        uptime = env.get("pm_uptime")
+        if isinstance(uptime, int | float) and uptime > 0:
+            since = datetime.fromtimestamp(uptime / 1000, tz=UTC)
+            parts.append(f"since {since:%Y-%m-%dT%H:%M:%SZ}")
+        if env.get("pm_cwd"):
+            parts.append(f"cwd {env['pm_cwd']}")
+        lines.append(
+            f"{app}[{env.get('pm_id', '?')}] {env.get('status', 'unknown')}: {', '.join(parts)}"
+        )
+    return "\n".join(lines)

@@ -24,7 +24,7 @@ def err(text: str) -> str:
     return exc.value.message
 
 
-@pytest.mark.parametrize("env", ["example", "local"])
+@pytest.mark.parametrize("env", ["example", "local", "local-systemd"])
 def test_shipped_inventories_are_valid(env):
     inv = inventory.load(env, ROOT / "inventories")
     assert inv.env == env and inv.host.root.startswith("/srv/")

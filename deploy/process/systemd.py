@@ -1,0 +1,354 @@
+"""systemd: one unit per app, rendered from templates/systemd/, driven through `current`.
+
+The unit never names a release. `WorkingDirectory=<root>/current` is resolved when the service
+starts, so a restart after the switch runs the new release (the identity gate proves it with
+/proc/<MainPID>/cwd), and the release's own environment — RELEASE_ID, PORT, process.env —
+lives in `<release>/.releasegate.env`, read through `current` at each start. The unit text
+therefore changes only when the inventory's process settings change, and `daemon-reload` runs
+only then: activation compares the release's copy of the unit with the installed one on the
+host, in the same script that restarts the service.
+
+Two scopes (process.systemd.scope):
+- system: /etc/systemd/system/<app>.service. Everything that needs root goes through
+  `sudo -n` with fixed arguments, so an exact sudoers allowlist (`sudoers_lines`) covers it;
+  reading state (`systemctl show`, `systemctl status`) needs no sudo.
+- user: ~/.config/systemd/user/<app>.service under the deploy user's own manager
+  (`systemctl --user`; linger keeps it running without a session). No root at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from deploy.commands import Cmd, _cmd, _p, _release, _script
+from deploy.inventory import Inventory, SystemdConfig
+from deploy.model import Layout, ProcessSnapshot
+from deploy.templates import render
+
+UNIT_NAME = ".releasegate.service"  # the unit as rendered for a release, inside the release
+ENV_NAME = ".releasegate.env"  # the release's environment, read through `current`
+SYSTEM_UNIT_DIR = PurePosixPath("/etc/systemd/system")
+# Absolute paths, because sudoers matches them literally; Debian/Ubuntu (merged /usr) paths.
+SUDO = "sudo"
+SYSTEMCTL = "/usr/bin/systemctl"
+JOURNALCTL = "/usr/bin/journalctl"
+INSTALL = "/usr/bin/install"
+# sudoers can only allow fixed arguments, so system-scope logs always read this many lines
+# from the journal and the host trims them to what was asked for.
+JOURNAL_LINES = 200
+SHOW_PROPERTIES = "LoadState,ActiveState,SubState,MainPID,NRestarts"
+
+# ExecStart words that need no quoting: no whitespace, quotes, backslash, `$` or `%`.
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9._/@+:=,-]+$")
+
+
+@dataclass(frozen=True)
+class Systemd:
+    inventory: Inventory
+    layout: Layout
+    name: str = "systemd"
+
+    # ------------------------------------------------------------------ naming
+
+    @property
+    def settings(self) -> SystemdConfig:
+        settings = self.inventory.process.systemd
+        if settings is None:  # the inventory refuses manager: systemd without the section
+            raise ValueError("process.systemd is missing for manager: systemd")
+        return settings
+
+    @property
+    def system(self) -> bool:
+        return self.settings.scope == "system"
+
+    @property
+    def unit(self) -> str:
+        return unit_name(self.inventory.app.name)
+
+    @property
+    def staged_unit(self) -> PurePosixPath:
+        return staged_unit_path(self.layout, self.inventory.app.name)
+
+    @property
+    def installed_unit(self) -> PurePosixPath:
+        """System scope only; a user unit lives under the deploy user's $HOME."""
+        return SYSTEM_UNIT_DIR / self.unit
+
+    # ------------------------------------------------------------------ rendering
+
+    def render_unit(self) -> str:
+        proc = self.inventory.process
+        settings = self.settings
+        return render(
+            "systemd/app.service.j2",
+            app_name=self.inventory.app.name,
+            scope=settings.scope,
+            root=str(self.layout.root),
+            user=self.inventory.host.user,
+            group=settings.group,
+            working_directory=str(self.layout.current),
+            shared_env=str(self.layout.shared / ".env"),
+            release_env=str(self.layout.current / ENV_NAME),
+            env_file_name=ENV_NAME,
+            exec_start=self.exec_start(),
+            restart=settings.restart,
+            restart_ms=round(settings.restart_sec * 1000),
+            kill_timeout_ms=proc.kill_timeout_ms,
+        )
+
+    def exec_start(self) -> str:
+        """`ExecStart=` value: the interpreter with the command's words, or the command's
+        script itself (an executable in the release, e.g. a Go binary) through `current`."""
+        proc = self.inventory.process
+        if proc.interpreter:
+            words = [proc.interpreter, proc.script, *proc.args]
+        else:
+            words = [str(self.layout.current / proc.script), *proc.args]
+        return " ".join(exec_word(w) for w in words)
+
+    def render_env(self, release_id: str) -> str:
+        proc = self.inventory.process
+        env = {**proc.env, "RELEASE_ID": _release(release_id), "PORT": str(proc.port)}
+        return render(
+            "systemd/release.env.j2",
+            release_id=release_id,
+            app_name=self.inventory.app.name,
+            env={key: env_value(value) for key, value in env.items()},
+        )
+
+    def config_files(self, release_id: str) -> dict[str, str]:
+        return {UNIT_NAME: self.render_unit(), ENV_NAME: self.render_env(release_id)}
+
+    # ------------------------------------------------------------------ commands
+
+    def _ctl(self, *args: str, name: str, privileged: bool) -> Cmd:
+        if not self.system:
+            return _cmd(name, ["systemctl", "--user", *args])
+        if privileged:
+            return _cmd(name, [SUDO, "-n", SYSTEMCTL, *args])
+        return _cmd(name, [SYSTEMCTL, *args])
+
+    def activate(self, release_id: str) -> list[Cmd]:
+        src = self.layout.release(release_id) / UNIT_NAME
+        if self.system:
+            return [
+                _script(
+                    "systemd.activate",
+                    SYSTEM_ACTIVATE_SCRIPT,
+                    [_p(src), _p(self.staged_unit), _p(self.installed_unit), self.unit],
+                    f"install {self.unit} if changed (sudo), restart it",
+                )
+            ]
+        return [
+            _script(
+                "systemd.activate",
+                USER_ACTIVATE_SCRIPT,
+                [_p(src), self.unit],
+                f"install {self.unit} if changed (--user), restart it",
+            )
+        ]
+
+    def snapshot(self) -> Cmd:
+        return self._ctl(
+            "show",
+            f"--property={SHOW_PROPERTIES}",
+            self.unit,
+            name="systemd.show",
+            privileged=False,
+        )
+
+    def parse_snapshot(self, stdout: str) -> ProcessSnapshot:
+        return parse_show(stdout)
+
+    def stop(self) -> Cmd:
+        return self._ctl("stop", self.unit, name="systemd.stop", privileged=True)
+
+    def persist(self) -> Cmd | None:
+        # Start at boot: WantedBy=multi-user.target (system) / default.target (user + linger).
+        return self._ctl("enable", self.unit, name="systemd.enable", privileged=True)
+
+    def logs(self, lines: int) -> Cmd:
+        if not 1 <= lines <= JOURNAL_LINES:
+            raise ValueError(f"logs: lines must be 1..{JOURNAL_LINES}, not {lines}")
+        if self.system:
+            return _script(
+                "systemd.logs",
+                SYSTEM_LOGS_SCRIPT,
+                [self.unit, str(lines)],
+                f"sudo journalctl -u {self.unit} (last {lines} lines)",
+            )
+        return _cmd(
+            "systemd.logs",
+            ["journalctl", "--user", "-u", self.unit, "-n", str(lines), "--no-pager", "-o", "cat"],
+        )
+
+    def describe(self) -> Cmd:
+        # `status` shows the state, result, exit status of the last run and the command line;
+        # never the environment. --lines=0: the log lines come from `logs`.
+        return self._ctl(
+            "status",
+            "--no-pager",
+            "--full",
+            "--lines=0",
+            self.unit,
+            name="systemd.status",
+            privileged=False,
+        )
+
+    def parse_describe(self, stdout: str) -> str:
+        return stdout.strip()
+
+    def sudoers(self) -> list[str]:
+        """The exact sudoers lines this app needs (system scope; none for user scope)."""
+        if not self.system:
+            return []
+        return sudoers_lines(
+            user=self.inventory.host.user, app=self.inventory.app.name, root=self.layout.root
+        )
+
+
+# ---------------------------------------------------------------------- host scripts
+
+# $1 unit in the release, $2 staged copy, $3 installed unit, $4 unit name.
+SYSTEM_ACTIVATE_SCRIPT = r"""
+set -e
+src="$1"; stage="$2"; dest="$3"; unit="$4"
+if [ ! -f "$src" ]; then
+  echo "$src is missing: the release was not shipped for systemd; deploy it again" >&2
+  exit 3
+fi
+if ! sudo -n -l /usr/bin/systemctl restart "$unit" >/dev/null 2>&1; then
+  echo "sudo -n may not run '/usr/bin/systemctl restart $unit' as $(id -un) here: install" \
+    "the sudoers allowlist (docs/systemd.md, or the sudoers lines releasegate prints)" >&2
+  exit 4
+fi
+if ! cmp -s -- "$src" "$dest"; then
+  mkdir -p -- "${stage%/*}"
+  cp -- "$src" "$stage"
+  sudo -n /usr/bin/install -m 0644 "$stage" "$dest"
+  sudo -n /usr/bin/systemctl daemon-reload
+  echo "unit changed: installed $dest, daemon-reload"
+elif [ "$(systemctl show --property=NeedDaemonReload --value "$unit")" = yes ]; then
+  sudo -n /usr/bin/systemctl daemon-reload
+  echo "systemd had not loaded $dest: daemon-reload"
+fi
+sudo -n /usr/bin/systemctl reset-failed "$unit" 2>/dev/null || true
+sudo -n /usr/bin/systemctl restart "$unit"
+"""
+
+# $1 unit in the release, $2 unit name.
+USER_ACTIVATE_SCRIPT = r"""
+set -e
+src="$1"; unit="$2"; dest="$HOME/.config/systemd/user/$unit"
+if [ ! -f "$src" ]; then
+  echo "$src is missing: the release was not shipped for systemd; deploy it again" >&2
+  exit 3
+fi
+if ! cmp -s -- "$src" "$dest"; then
+  mkdir -p -- "${dest%/*}"
+  install -m 0644 -- "$src" "$dest"
+  systemctl --user daemon-reload
+  echo "unit changed: installed $dest, daemon-reload"
+elif [ "$(systemctl --user show --property=NeedDaemonReload --value "$unit")" = yes ]; then
+  systemctl --user daemon-reload
+  echo "systemd had not loaded $dest: daemon-reload"
+fi
+systemctl --user reset-failed "$unit" 2>/dev/null || true
+systemctl --user restart "$unit"
+"""
+
+# $1 unit name, $2 lines wanted (<= JOURNAL_LINES). The sudo line has fixed arguments.
+SYSTEM_LOGS_SCRIPT = r"""
+out=$(sudo -n /usr/bin/journalctl -u "$1" -n 200 --no-pager -o cat) || exit $?
+[ -z "$out" ] || printf '%s\n' "$out" | tail -n "$2"
+"""
+
+
+def unit_name(app: str) -> str:
+    return f"{app}.service"
+
+
+def staged_unit_path(layout: Layout, app: str) -> PurePosixPath:
+    """System scope: where the unit waits for `sudo install` — a fixed path, so that the
+    sudoers line can name it exactly (the release's own path changes every deploy)."""
+    return layout.state / "systemd" / unit_name(app)
+
+
+def sudoers_lines(*, user: str, app: str, root: PurePosixPath) -> list[str]:
+    """The system-scope allowlist: one line per command, with exactly the arguments the
+    scripts above pass. No wildcards: in sudoers they match across words."""
+    unit = unit_name(app)
+    staged = staged_unit_path(Layout(root=root), app)
+    allowed = [
+        f"{INSTALL} -m 0644 {staged} {SYSTEM_UNIT_DIR / unit}",
+        f"{SYSTEMCTL} daemon-reload",
+        f"{SYSTEMCTL} reset-failed {unit}",
+        f"{SYSTEMCTL} restart {unit}",
+        f"{SYSTEMCTL} stop {unit}",
+        f"{SYSTEMCTL} enable {unit}",
+        f"{JOURNALCTL} -u {unit} -n {JOURNAL_LINES} --no-pager -o cat",
+    ]
+    return [f"{user} ALL=(root) NOPASSWD: {command}" for command in allowed]
+
+
+# ---------------------------------------------------------------------- parsing, quoting
+
+# (ActiveState, SubState) -> the statuses the gate knows (PM2's words). A crash loop shows up
+# as activating/auto-restart with NRestarts climbing; the gate fails on the climb.
+_STATES = {
+    ("active", "running"): "online",
+    ("active", "reload"): "online",
+    ("activating", "auto-restart"): "restarting",
+    ("activating", "start"): "launching",
+    ("activating", "start-pre"): "launching",
+    ("activating", "start-post"): "launching",
+    ("deactivating", "stop-sigterm"): "stopping",
+    ("deactivating", "stop-sigkill"): "stopping",
+    ("deactivating", "stop"): "stopping",
+}
+
+
+def parse_show(stdout: str) -> ProcessSnapshot:
+    """`systemctl show -p LoadState,ActiveState,SubState,MainPID,NRestarts` → snapshot."""
+    props: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            props[key.strip()] = value.strip()
+    if "ActiveState" not in props:
+        return ProcessSnapshot(status="unknown", pids=(), restarts=0)
+    pid = _int(props.get("MainPID"))
+    restarts = _int(props.get("NRestarts"))
+    active, sub = props["ActiveState"], props.get("SubState", "")
+    if props.get("LoadState", "loaded") != "loaded":
+        status = "missing"
+    elif active == "failed":
+        status = "errored"
+    elif active == "inactive":
+        status = "stopped"
+    else:
+        status = _STATES.get((active, sub), f"{active}/{sub}" if sub else active)
+    return ProcessSnapshot(status=status, pids=(pid,) if pid > 0 else (), restarts=restarts)
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def exec_word(word: str) -> str:
+    """One word of an `ExecStart=` line, quoted for systemd's own parser (not a shell):
+    `$` and `%` are doubled (variable and specifier expansion), quotes and backslashes escaped."""
+    if _PLAIN_WORD.match(word):
+        return word
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
+def env_value(value: str) -> str:
+    """A double-quoted EnvironmentFile value: systemd unescapes \\\\ and \\" and expands nothing."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
