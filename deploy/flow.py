@@ -13,7 +13,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import httpx
@@ -38,6 +38,7 @@ from deploy.inventory import Inventory
 from deploy.journal import HostState
 from deploy.model import HostStatus, Layout, Outcome, ReleaseState, is_release_id
 from deploy.process import manager_for
+from deploy.redact import Redactor
 from deploy.remote import Remote
 from deploy.report import Reporter
 from smoke.model import Pack
@@ -74,6 +75,7 @@ class Deps:
     lock_wait: float = 0.0
     dry_run: bool = False  # the remote is a PlanRemote: reads happen, changes are only shown
     smoke_packs: tuple[Pack, ...] = ()  # loaded (and validated) before anything is contacted
+    redact: Redactor = field(default_factory=Redactor)  # seeded with every secret value
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -373,10 +375,18 @@ def _recover(
         reason = f"internal error {type(exc).__name__}: {exc}"
     r.warn(f"{op} of {failed} failed: {reason}")
     with _shielded(r):
+        forensics = _forensics(d, host, failed)
+        evidence = tuple(evidence) + forensics.lines
         if fallback is None:
             host.stop_app()
             host.record(
-                d.clock.now(), op, failed, ReleaseState.BAD, reason=reason, evidence=list(evidence)
+                d.clock.now(),
+                op,
+                failed,
+                ReleaseState.BAD,
+                reason=reason,
+                evidence=list(evidence)[-20:],
+                forensics=forensics.journal,
             )
             outcome = Outcome(
                 op=op,
@@ -407,7 +417,14 @@ def _recover(
                 back_evidence = _gate(d, host, fallback)
         except Exception as again:
             with contextlib.suppress(ReleasegateError):
-                host.record(d.clock.now(), op, failed, ReleaseState.BAD, reason=reason)
+                host.record(
+                    d.clock.now(),
+                    op,
+                    failed,
+                    ReleaseState.BAD,
+                    reason=reason,
+                    forensics=forensics.journal,
+                )
                 host.record(
                     d.clock.now(),
                     "rollback",
@@ -438,6 +455,7 @@ def _recover(
             ReleaseState.BAD,
             reason=reason,
             evidence=list(evidence)[-20:],
+            forensics=forensics.journal,
         )
         host.record(
             d.clock.now(), "rollback", fallback, ReleaseState.GOOD, result="restored", after=failed
@@ -472,6 +490,29 @@ def _prune(d: Deps, host: HostOps) -> None:
                 d.reporter.info(f"{verb} {', '.join(decided.remove)}")
     except ReleasegateError as exc:
         d.reporter.warn(f"pruning old releases failed (the deploy stands): {exc.message}")
+
+
+@dataclass(frozen=True)
+class Forensics:
+    lines: tuple[str, ...]  # for the output (evidence)
+    journal: dict[str, object]  # for the bad release's journal entry
+
+
+def _forensics(d: Deps, host: HostOps, failed: str, log_lines: int = 40) -> Forensics:
+    """What the failing release left behind: its last log lines and the process state,
+    captured before the rollback restarts anything. Secrets are masked first."""
+    if d.dry_run:
+        return Forensics((), {})
+    try:
+        logs, state = host.forensics(log_lines)
+    except ReleasegateError as exc:
+        return Forensics((f"forensics unavailable: {exc.message}",), {"error": exc.message})
+    logs, state = d.redact(logs), d.redact(state)
+    shown = [line for line in logs.splitlines() if line.strip()][-15:]
+    return Forensics(
+        (f"process: {state}", *(f"log: {line}" for line in shown)),
+        {"process": state, "logs": logs[-4000:]},
+    )
 
 
 # ---------------------------------------------------------------------------- status

@@ -162,6 +162,17 @@ class HostOps:
                 cwds[int(pid)] = cwd.strip()
         return cwds
 
+    def forensics(self, lines: int = 40) -> tuple[str, str]:
+        """The app's last log lines and its process state, as the manager reports them."""
+        logs = self.remote.run(self.manager.logs(lines), check=False, timeout=30)
+        state = self.remote.run(self.manager.describe(), check=False, timeout=30)
+        if logs.ok:
+            text = logs.stdout.rstrip()
+        else:
+            why = (logs.stderr or logs.stdout).strip()[-300:]
+            text = f"(no logs: exit {logs.exit_code}: {why})"
+        return text, self.manager.parse_describe(state.stdout)
+
     def stop_app(self) -> None:
         self.remote.run(self.manager.stop(), check=False)
 

@@ -221,6 +221,7 @@ def _operation(
                     lock_wait=opts.lock_wait,
                     dry_run=opts.dry_run,
                     smoke_packs=packs,
+                    redact=redact,
                 )
                 result = body(deps)
                 return result if isinstance(result, int) else result.exit_code

@@ -200,6 +200,16 @@ class FakeRemote:
                     h.releases.discard(name)
                     h.partials.discard(name.removesuffix(".partial"))
                 return ok
+            case "pm2.logs":
+                fault = self.host.fault_of_running()
+                return Result(
+                    f"==> app-out.log <==\nsampleapp {h.running} listening\n"
+                    f"==> app-error.log <==\nsampleapp: fault {fault}\n",
+                    "",
+                    0,
+                )
+            case "pm2.describe":
+                return Result("[]", "", 0)
             case "pm2.save" | "upload.remove":
                 return ok
         raise AssertionError(f"fake host does not know {cmd.name}")

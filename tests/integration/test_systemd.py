@@ -275,6 +275,12 @@ def test_forensics_of_a_failing_release_contain_the_apps_last_line(sd: Target):
     logs, state = forensics(sd)
     assert "sampleapp: boot_crash fault: refusing to start" in logs
     assert manager(sd).unit in state and "Active: active (running)" in state  # rolled back
+    # captured by the flow before the rollback: in the output and in the bad release's entry
+    last_words = "sampleapp: boot_crash fault: refusing to start"
+    out = rep.outcomes[-1]
+    assert any(last_words in line for line in out.evidence)
+    bad = [e for e in sd.journal() if e["release"] == out.release and e["state"] == "bad"]
+    assert last_words in bad[-1]["detail"]["forensics"]["logs"]
 
 
 def test_forensics_under_pm2_contain_the_apps_last_line(target: Target):
@@ -290,3 +296,8 @@ def test_forensics_under_pm2_contain_the_apps_last_line(target: Target):
     assert "sampleapp: boot_crash fault: refusing to start" in logs
     assert f"{target.app}[" in state and "online" in state
     assert "HOST" not in state  # no environment in the process state
+    last_words = "sampleapp: boot_crash fault: refusing to start"
+    out = rep.outcomes[-1]
+    assert any(last_words in line for line in out.evidence)
+    bad = [e for e in target.journal() if e["release"] == out.release and e["state"] == "bad"]
+    assert last_words in bad[-1]["detail"]["forensics"]["logs"]

@@ -345,3 +345,16 @@ def test_dry_run_reads_the_host_but_changes_nothing(world):
     assert any(p.startswith("upload ") for p in planner.planned)
     assert any("switch current" in p for p in planner.planned)
     assert any("cannot be known in advance" in line for line in deps.reporter.lines)
+
+
+def test_forensics_of_the_failing_release_are_shown_and_journaled(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    deps.clock.sleep(2)
+    out = ship(deps, repo, fault="ready_503")
+    assert any("log: sampleapp: fault ready_503" in line for line in out.evidence)
+    bad = [json.loads(e) for e in host.journal if '"state":"bad"' in e][-1]
+    assert "fault ready_503" in bad["detail"]["forensics"]["logs"]
+    # captured before the rollback restarted the good release
+    names = remote.names()
+    assert names.index("pm2.logs") < max(i for i, n in enumerate(names) if n == "current.switch")
