@@ -324,3 +324,73 @@ def prune_releases(layout: Layout, names: Sequence[str]) -> Cmd:
         [_p(layout.root), *checked],
         f"remove {len(checked)} old release(s): {' '.join(checked)}",
     )
+
+
+PREFLIGHT_SCRIPT = r"""
+root="$1"; manager="$2"; migration="$3"; shift 3
+existing="$root"
+while [ ! -d "$existing" ]; do existing=$(dirname -- "$existing"); done
+if [ -d "$root" ]; then
+  if [ -w "$root" ]; then echo root=writable; else echo root=not-writable; fi
+elif [ -w "$existing" ]; then echo root=creatable; else echo root=not-creatable; fi
+echo "free_kb=$(df -Pk -- "$existing" 2>/dev/null | awk 'NR==2 {print $4}')"
+if [ -d "$root/.releasegate/lock" ]; then
+  echo "lock=$(tr -d '\n' < "$root/.releasegate/lock/owner.json" 2>/dev/null || echo '{}')"
+fi
+echo "manager=$(command -v "$manager" 2>/dev/null)"
+for item in "$@"; do
+  case "$item" in
+    shared:*) f="${item#shared:}"
+      [ -e "$root/shared/$f" ] && echo "shared.$f=$(stat -L -c %a -- "$root/shared/$f")" ;;
+    runtime:*) r="${item#runtime:}"
+      command -v "$r" >/dev/null 2>&1 && echo "version.$r=$("$r" --version 2>&1 | head -n 1)" ;;
+  esac
+done
+if [ -n "$migration" ]; then
+  cd -- "$root/current" 2>/dev/null || cd -- "$root" 2>/dev/null || cd /
+  out=$(sh -c "$migration" 2>&1); code=$?
+  echo "migration_exit=$code"; echo "migration_tail=$(printf '%s\n' "$out" | tail -n 1)"
+fi
+exit 0
+"""
+
+
+def preflight_probe(
+    layout: Layout,
+    *,
+    manager: str,
+    shared_files: Sequence[str],
+    runtimes: Sequence[str],
+    migration_check: str | None,
+) -> Cmd:
+    """One read-only round trip for every host-side preflight fact (deploy.preflight judges)."""
+    items = [f"shared:{_p(f)}" for f in shared_files]
+    for name in runtimes:
+        if not name.replace("-", "").replace("_", "").isalnum() or name.startswith("-"):
+            raise ValueError(f"not a runtime name: {name!r}")
+        items.append(f"runtime:{name}")
+    return _script(
+        "preflight.probe",
+        PREFLIGHT_SCRIPT,
+        [_p(layout.root), _p(manager), migration_check or "", *items],
+        f"preflight probe of {layout.root}"
+        + (f" (runs the migration check `{migration_check}`)" if migration_check else ""),
+    )
+
+
+INSTALL_ENV_SCRIPT = r"""
+set -e
+chmod 0600 -- "$1"
+mkdir -p -- "$(dirname -- "$2")"
+mv -f -- "$1" "$2"
+"""
+
+
+def install_env_file(upload: PurePosixPath, layout: Layout) -> Cmd:
+    """Move an uploaded env file (in the 0700 uploads dir) to shared/.env, mode 0600."""
+    return _script(
+        "secrets.install",
+        INSTALL_ENV_SCRIPT,
+        [_p(upload), _p(layout.shared / ".env")],
+        f"install {layout.shared}/.env (mode 0600)",
+    )

@@ -49,6 +49,10 @@ class ShipError(AbortedBeforeLive):
     pass
 
 
+class PreflightFailed(AbortedBeforeLive):
+    """One or more preflight checks failed; nothing on the host was changed."""
+
+
 class HumanNeeded(ReleasegateError):
     exit_code = 6
 

@@ -30,6 +30,7 @@ from deploy.errors import (
     HumanNeeded,
     Interrupted,
     LockHeld,
+    PreflightFailed,
     ReleasegateError,
 )
 from deploy.gate import ReadyPolicy, check_identity, probe_http, wait_ready
@@ -37,6 +38,7 @@ from deploy.host import HostOps
 from deploy.inventory import Inventory
 from deploy.journal import HostState
 from deploy.model import HostStatus, Layout, Outcome, ReleaseState, is_release_id
+from deploy.preflight import Check, judge_host
 from deploy.process import manager_for
 from deploy.redact import Redactor
 from deploy.remote import Remote
@@ -76,6 +78,8 @@ class Deps:
     dry_run: bool = False  # the remote is a PlanRemote: reads happen, changes are only shown
     smoke_packs: tuple[Pack, ...] = ()  # loaded (and validated) before anything is contacted
     redact: Redactor = field(default_factory=Redactor)  # seeded with every secret value
+    local_checks: tuple[Check, ...] = ()  # preflight checks made on this machine
+    env_file: str | None = field(default=None, repr=False)  # shared/.env content (secrets)
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -101,6 +105,8 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
             f"{art.size / 1024:.0f} KiB, sha256 {art.sha256[:12]}…"
         )
     host = host_ops(d)
+    with r.stage("preflight"):
+        run_preflight(d, host, art.size)
     with _locked(d, host, "deploy"):
         state = _resolve_interrupted(d, host, host.read_state())
         rid = art.release_id
@@ -123,6 +129,8 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
                     revision=art.revision,
                     sha256=art.sha256,
                 )
+                if d.env_file is not None:
+                    host.install_env_file(d.env_file, d.workdir)
                 host.ship(art, d.clock.now())
                 host.record(d.clock.now(), "deploy", rid, ReleaseState.READY)
         except BaseException as exc:
@@ -163,6 +171,23 @@ def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
             evidence=exc.evidence,
         ) from None
     raise exc
+
+
+def run_preflight(d: Deps, host: HostOps, artifact_size: int) -> list[Check]:
+    """The catalogue (deploy.preflight): local checks made by the caller, then one read-only
+    probe of the host. Any failure stops here: exit 5, nothing on the host changed."""
+    checks = list(d.local_checks)
+    checks += judge_host(d.inventory, host.preflight_facts(), artifact_size, d.clock.now())
+    failed = [c for c in checks if not c.ok]
+    for check in checks:
+        (d.reporter.warn if not check.ok else d.reporter.info)(check.line())
+    if failed:
+        raise PreflightFailed(
+            f"preflight: {len(failed)} of {len(checks)} checks failed on {host.label}; nothing "
+            f"on the host was changed",
+            evidence=tuple(c.line() for c in failed),
+        )
+    return checks
 
 
 # ---------------------------------------------------------------------------- rollback

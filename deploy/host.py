@@ -6,12 +6,13 @@ rollback — deploy.flow does that.
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from deploy import commands, journal, lock
+from deploy import commands, journal, lock, preflight
 from deploy.errors import CommandFailure, RemoteCommandError, ShipError
 from deploy.inventory import Inventory
 from deploy.journal import HostState
@@ -42,6 +43,32 @@ class HostOps:
     def read_state(self) -> HostState:
         out = self.remote.run(commands.read_state(self.layout)).stdout
         return journal.parse_state(out)
+
+    def preflight_facts(self) -> dict[str, str]:
+        inv = self.inventory
+        manager = inv.process.pm2 if inv.process.manager == "pm2" else "systemctl"
+        cmd = commands.preflight_probe(
+            self.layout,
+            manager=manager,
+            shared_files=[*inv.app.shared_files, *([".env"] if inv.secrets.enabled else [])],
+            runtimes=list(inv.preflight.runtimes),
+            migration_check=inv.preflight.migration_check,
+        )
+        return preflight.parse_probe(self.remote.run(cmd, timeout=300).stdout)
+
+    def install_env_file(self, content: str, workdir: Path) -> None:
+        """shared/.env via SFTP into the 0700 uploads dir, then chmod 0600 + rename: the
+        values never appear on a command line."""
+        local = workdir / f"env.{new_token()[:8]}"
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+        upload = self.layout.uploads / local.name
+        try:
+            self.remote.put(local, upload)
+        finally:
+            local.unlink()
+        self.remote.run(commands.install_env_file(upload, self.layout))
 
     def prepare(self) -> None:
         self.remote.run(commands.prepare_layout(self.layout))

@@ -247,6 +247,43 @@ class HealthConfig(Strict):
     max_restarts: int = Field(2, ge=0, le=100)
 
 
+RUNTIME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_CLAUSE = r"(?:>=|<=|==|>|<|\^|~)?v?\d+(?:\.\d+){0,2}"
+CONSTRAINT = re.compile(rf"^{_CLAUSE}(?: +{_CLAUSE})*$")
+
+
+class PreflightConfig(Strict):
+    """Checks run before anything changes (deploy.preflight); any failure is exit 5."""
+
+    min_free_mb: int = Field(500, ge=0, le=10_000_000)
+    runtimes: dict[
+        Annotated[str, _pattern(RUNTIME, "use a command name such as node or python3")],
+        Annotated[
+            str, _pattern(CONSTRAINT, "use a version constraint such as '>=18' or '>=18 <23'")
+        ],
+    ] = Field(default_factory=dict)
+    migration_check: str | None = None  # runs on the host in <root>/current; non-zero blocks
+    required_env: tuple[EnvKey, ...] = ()  # local environment variables that must be set
+
+    @field_validator("migration_check")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\n" in value or "\x00" in value or not value.strip()):
+            raise ValueError("must be a single non-empty command line")
+        return value
+
+
+class SecretsConfig(Strict):
+    """shared/.env, built locally from secret sources and shipped with mode 0600."""
+
+    from_env: tuple[EnvKey, ...] = ()  # local environment variables copied into shared/.env
+    from_file: str | None = None  # a local KEY=VALUE file, relative to the inventory
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.from_env or self.from_file)
+
+
 class Inventory(Strict):
     """One environment. `env` and `source` are filled in by `load`, not by the file."""
 
@@ -258,6 +295,8 @@ class Inventory(Strict):
     process: ProcessConfig
     health: HealthConfig = HealthConfig()
     smoke: SmokeSettings = SmokeSettings()
+    preflight: PreflightConfig = PreflightConfig()
+    secrets: SecretsConfig = SecretsConfig()
 
     @model_validator(mode="after")
     def _one_host(self) -> Inventory:

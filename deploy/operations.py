@@ -20,7 +20,7 @@ from types import FrameType
 
 import paramiko
 
-from deploy import flow, inventory, journal
+from deploy import flow, inventory, journal, secrets
 from deploy.artifact import Source
 from deploy.clock import SystemClock
 from deploy.errors import ConfigError, HostKeyRefused, ReleasegateError
@@ -28,6 +28,7 @@ from deploy.flow import Deps, Signalled
 from deploy.inventory import Inventory
 from deploy.model import Outcome
 from deploy.plan import PlanRemote
+from deploy.preflight import Check
 from deploy.redact import Redactor
 from deploy.remote import SshRemote, fingerprint, known_hosts_name
 from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
@@ -79,6 +80,44 @@ def health_token(inv: Inventory) -> str | None:
             f"not set here. Export {name} with the readiness token, or remove health.token_env."
         )
     return value
+
+
+def local_preflight(inv: Inventory, redact: Redactor) -> tuple[tuple[Check, ...], str | None]:
+    """The checks made on this machine, and shared/.env built from the secret sources
+    (its values go into the redaction filter before anything else happens)."""
+    checks = [Check("inventory", True, f"{inv.source} is valid")]
+    missing = [n for n in inv.preflight.required_env if not os.environ.get(n)]
+    checks.append(
+        Check(
+            "required environment",
+            not missing,
+            f"missing: {', '.join(missing)}"
+            if missing
+            else f"{len(inv.preflight.required_env)} variable(s) set",
+            "export them before deploying (values are never printed)",
+        )
+    )
+    env_file = None
+    if inv.secrets.enabled:
+        from_file = (
+            (inv.base_dir / Path(inv.secrets.from_file).expanduser())
+            if inv.secrets.from_file
+            else None
+        )
+        built, problems = secrets.build(inv.secrets.from_env, from_file, os.environ)
+        redact.add(*built.values())
+        checks.append(
+            Check(
+                "secrets",
+                not problems,
+                "; ".join(problems)
+                if problems
+                else f"{len(built.entries)} value(s) for shared/.env",
+                "set the variables / fix the file named in secrets: (values are never printed)",
+            )
+        )
+        env_file = built.render() if not problems else None
+    return tuple(checks), env_file
 
 
 def load_smoke_packs(inv: Inventory) -> tuple[Pack, ...]:
@@ -207,6 +246,7 @@ def _operation(
         packs = load_smoke_packs(inv) if op in ("deploy", "rollback") else ()
         for pack in packs:
             redact.add(*pack.secret_values())
+        checks, env_file = local_preflight(inv, redact)
         remote = open_remote(inv, redact, rep)
         try:
             with tempfile.TemporaryDirectory(prefix="releasegate-") as work:
@@ -222,6 +262,8 @@ def _operation(
                     dry_run=opts.dry_run,
                     smoke_packs=packs,
                     redact=redact,
+                    local_checks=checks,
+                    env_file=env_file,
                 )
                 result = body(deps)
                 return result if isinstance(result, int) else result.exit_code

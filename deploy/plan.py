@@ -14,7 +14,10 @@ from deploy.commands import Cmd
 from deploy.remote import Remote, Result
 from deploy.report import Reporter
 
-READ_ONLY = frozenset({"state.read", "pm2.jlist", "systemd.show", "process.cwds"})
+# The preflight probe reads; its optional migration check is the user's own read-only command.
+READ_ONLY = frozenset(
+    {"state.read", "pm2.jlist", "systemd.show", "process.cwds", "preflight.probe"}
+)
 
 
 class PlanRemote:

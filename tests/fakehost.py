@@ -71,6 +71,8 @@ class FakeRemote:
         # is dead); later calls return success without effect, so the flow runs on blind.
         self.dies_after: str | None = None
         self.dead = False
+        self.facts = {"root": "writable", "free_kb": "10000000", "manager": "/usr/bin/pm2"}
+        self.env_installs = 0
 
     # Remote protocol -------------------------------------------------------------------------
     def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
@@ -210,6 +212,14 @@ class FakeRemote:
                 )
             case "pm2.describe":
                 return Result("[]", "", 0)
+            case "preflight.probe":
+                facts = dict(self.facts)
+                if h.lock:
+                    facts["lock"] = h.lock[1]
+                return Result("".join(f"{k}={v}\n" for k, v in facts.items()), "", 0)
+            case "secrets.install":
+                self.env_installs += 1
+                return ok
             case "pm2.save" | "upload.remove":
                 return ok
         raise AssertionError(f"fake host does not know {cmd.name}")
