@@ -68,6 +68,32 @@ def rollback(
     _finish(operations.run_rollback(env, opts, to=to or None))
 
 
+@task(help={"env": "environment", "revision": "branch, tag or sha to check"})
+def preflight(
+    c: Context,
+    env: str,
+    revision: str = "",
+    allow_dirty: bool = False,
+    inventories: str = "inventories",
+    plain: bool = False,
+) -> None:
+    """Run every preflight check: ok/fail, detail and fix (exit 5 on a failure)."""
+    _finish(
+        operations.run_preflight(
+            env,
+            _opts(inventories, plain, False),
+            revision=revision or None,
+            allow_dirty=allow_dirty,
+        )
+    )
+
+
+@task(help={"env": "environment"})
+def setup(c: Context, env: str, inventories: str = "inventories") -> None:
+    """Create the deploy root's layout on the host."""
+    _finish(operations.run_setup(env, _opts(inventories, False, False)))
+
+
 @task(help={"env": "environment"})
 def releases(c: Context, env: str, inventories: str = "inventories", plain: bool = False) -> None:
     """Releases on the host with state, revision, actor and markers."""
@@ -276,6 +302,8 @@ ns = Collection(
     deploy,
     rollback,
     status,
+    preflight,
+    setup,
     releases,
     history,
     lock_,

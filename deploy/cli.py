@@ -94,6 +94,24 @@ def rollback(opts: Options, env: str, to: str | None, lock_wait: float, dry_run:
 
 @main.command()
 @click.argument("env")
+@click.option("--revision", help="Branch, tag or sha to check (default: app.revision).")
+@click.option("--allow-dirty", is_flag=True, help="Accept uncommitted changes in the tree.")
+@click.pass_obj
+def preflight(opts: Options, env: str, revision: str | None, allow_dirty: bool) -> None:
+    """Run every preflight check and list ok/fail, detail and fix (exit 5 on a failure)."""
+    sys.exit(operations.run_preflight(env, opts, revision=revision, allow_dirty=allow_dirty))
+
+
+@main.command()
+@click.argument("env")
+@click.pass_obj
+def setup(opts: Options, env: str) -> None:
+    """Create the deploy root's layout on the host (releases/, shared/, .releasegate/)."""
+    sys.exit(operations.run_setup(env, opts))
+
+
+@main.command()
+@click.argument("env")
 @click.pass_obj
 def releases(opts: Options, env: str) -> None:
     """Releases on the host: id, revision, state, created, actor, duration, markers."""

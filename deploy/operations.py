@@ -7,6 +7,7 @@ flow and returns the exit code. Errors a user can cause end here as one clear pa
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import signal
 import socket
@@ -22,13 +23,20 @@ import paramiko
 
 from deploy import flow, inventory, journal, secrets
 from deploy.artifact import Source
+from deploy.artifact import build as artifact_build
 from deploy.clock import SystemClock
-from deploy.errors import ConfigError, HostKeyRefused, ReleasegateError
+from deploy.errors import (
+    AbortedBeforeLive,
+    ConfigError,
+    HostKeyRefused,
+    PreflightFailed,
+    ReleasegateError,
+)
 from deploy.flow import Deps, Signalled
 from deploy.inventory import Inventory
 from deploy.model import Outcome
 from deploy.plan import PlanRemote
-from deploy.preflight import Check
+from deploy.preflight import Check, judge_host
 from deploy.redact import Redactor
 from deploy.remote import SshRemote, fingerprint, known_hosts_name
 from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
@@ -202,9 +210,20 @@ def _signals_as_exceptions() -> Iterator[None]:
 
 
 def _guard(reporter: Reporter, body: Callable[[], int], op: str = "") -> int:
+    _quiet_libraries()
     code = _guarded(reporter, body)
     reporter.finish(op, code)
     return code
+
+
+def _quiet_libraries() -> None:
+    """paramiko logs tracebacks of its transport thread to stderr (through logging's last
+    resort handler); we report those failures ourselves, once, as an error paragraph."""
+    for name in ("paramiko", "invoke", "fabric"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = False
 
 
 def _guarded(reporter: Reporter, body: Callable[[], int]) -> int:
@@ -316,6 +335,103 @@ def run_rollback(
         reporter=reporter,
         validate=lambda inv: flow.check_release_id(to, inv.env),
     )
+
+
+def run_preflight(
+    env: str,
+    opts: Options,
+    *,
+    revision: str | None = None,
+    allow_dirty: bool = False,
+    reporter: Reporter | None = None,
+) -> int:
+    """The whole catalogue, alone: every check listed with ok/fail, detail and fix."""
+    redact = Redactor()
+    rep = reporter or make_reporter(opts, redact)
+
+    def run() -> int:
+        inv = inventory.load(env, opts.inventories)
+        checks, _env_file = local_preflight(inv, redact)
+        results = list(checks)
+        with tempfile.TemporaryDirectory(prefix="releasegate-") as work:
+            app = inv.app
+            source = Source(
+                repo=inv.repo_path(),
+                revision=revision or app.revision,
+                path=app.path,
+                build=app.build,
+                allow_dirty=allow_dirty,
+            )
+            size = 0
+            try:
+                art = artifact_build(source, Path(work), SystemClock().now())
+                size = art.size
+                results.append(
+                    Check("revision", True, f"{art.revision[:12]} from a clean tree ({size} bytes)")
+                )
+            except ReleasegateError as exc:
+                results.append(Check("revision", False, exc.message))
+            try:
+                remote = open_remote(inv, redact, rep)
+            except ReleasegateError as exc:
+                results.append(Check("host", False, exc.message))
+            else:
+                try:
+                    results.append(Check("host", True, f"{remote.host_label}, key verified"))
+                    deps = Deps(
+                        inventory=inv,
+                        remote=remote,
+                        reporter=rep,
+                        clock=SystemClock(),
+                        actor=actor(),
+                        workdir=Path(work),
+                        redact=redact,
+                    )
+                    facts = flow.host_ops(deps).preflight_facts()
+                    results += judge_host(inv, facts, size, SystemClock().now())
+                finally:
+                    remote.close()
+        failed = [c for c in results if not c.ok]
+        rep.table(
+            f"preflight of {env} ({inv.host.label})",
+            ["", "check", "detail", "fix"],
+            [["ok" if c.ok else "FAIL", c.name, c.detail, "" if c.ok else c.fix] for c in results],
+        )
+        if failed:
+            raise PreflightFailed(
+                f"preflight: {len(failed)} of {len(results)} checks failed; nothing was changed",
+                evidence=tuple(c.line() for c in failed),
+            )
+        return 0
+
+    return _guard(rep, run, "preflight")
+
+
+def run_setup(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
+    """Create the deploy root's layout (releases/, shared/, .releasegate/ 0700)."""
+
+    def body(d: Deps) -> Outcome:
+        host = flow.host_ops(d)
+        try:
+            host.prepare()
+        except ReleasegateError as exc:
+            raise AbortedBeforeLive(
+                f"could not create {host.layout.root} as {d.inventory.host.user}: {exc.message}. "
+                f"Create it once as root: `mkdir -p {host.layout.root} && chown "
+                f"{d.inventory.host.user}: {host.layout.root}`, then run setup again."
+            ) from None
+        outcome = Outcome(
+            op="setup",
+            result="ok",
+            exit_code=0,
+            release=None,
+            live=None,
+            message=f"{host.layout.root} has releases/, shared/ and .releasegate/",
+        )
+        d.reporter.outcome(outcome)
+        return outcome
+
+    return _operation("setup", env, opts, body, reporter=reporter)
 
 
 def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None = None) -> int:

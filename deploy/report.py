@@ -192,8 +192,12 @@ class JsonReporter:
         self._start = time.monotonic()
         self._ended = False
         self._error: tuple[str, list[str]] | None = None
+        self._outcome: Outcome | None = None
 
     def finish(self, op: str, exit_code: int) -> None:
+        if self._outcome is not None:
+            self._emit("outcome", **dataclasses.asdict(self._outcome))
+            return
         if not self._ended:
             message, evidence = self._error or ("", [])
             self._emit(
@@ -243,7 +247,9 @@ class JsonReporter:
             self._error = (text, list(evidence))
 
     def outcome(self, outcome: Outcome) -> None:
-        self._emit("outcome", **dataclasses.asdict(outcome))
+        # Held back until finish(): the lock is released after the flow decides, and the
+        # outcome must stay the last line.
+        self._outcome = outcome
 
     def status(self, status: HostStatus) -> None:
         self._emit("status", **dataclasses.asdict(status))

@@ -72,7 +72,7 @@ class Target:
         (self.inv_dir / "test.yml").write_text(yaml.safe_dump(self.data))
 
     def update(self, section: str, **values: Any) -> None:
-        self.data[section].update(values)
+        self.data.setdefault(section, {}).update(values)
         self.write()
 
     def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:

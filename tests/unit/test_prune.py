@@ -17,16 +17,21 @@ def state(entries, dirs, current, partial=(), other=()):
         for r, s in entries
     )
     return journal.HostState(
-        root_exists=True, current=current, release_dirs=frozenset(dirs),
-        partial_dirs=frozenset(partial), other_dirs=frozenset(other), lock_owner=None,
+        root_exists=True,
+        current=current,
+        release_dirs=frozenset(dirs),
+        partial_dirs=frozenset(partial),
+        other_dirs=frozenset(other),
+        lock_owner=None,
         journal=tuple(journal.parse(text)),
     )
 
 
 def test_keeps_n_good_removes_bad_and_partial_first():
     entries = [(rid(i), "good") for i in range(1, 7)] + [(rid(7), "bad"), (rid(8), "bad")]
-    st = state(entries, {rid(i) for i in range(1, 9)}, current=rid(6),
-               partial={f"{rid(9)}.partial"})
+    st = state(
+        entries, {rid(i) for i in range(1, 9)}, current=rid(6), partial={f"{rid(9)}.partial"}
+    )
     p = prune.plan(st, keep_good=3)
     assert p.remove[:3] == (f"{rid(9)}.partial", rid(7), rid(8))
     assert set(p.remove[3:]) == {rid(1), rid(2), rid(3)}

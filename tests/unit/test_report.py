@@ -17,8 +17,17 @@ def test_json_lines_end_with_one_outcome():
     rep = JsonReporter(stream=out, redact=Redactor([CANARY]))
     with rep.stage("ship"):
         rep.info(f"token is {CANARY}")
-    rep.outcome(Outcome(op="deploy", result="promoted", exit_code=0, release="r", live="r",
-                        message="ok", evidence=(f"header {CANARY}",)))
+    rep.outcome(
+        Outcome(
+            op="deploy",
+            result="promoted",
+            exit_code=0,
+            release="r",
+            live="r",
+            message="ok",
+            evidence=(f"header {CANARY}",),
+        )
+    )
     rep.finish("deploy", 0)
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["event"] for r in records] == ["stage", "info", "stage", "outcome"]
@@ -32,8 +41,14 @@ def test_json_error_becomes_the_final_outcome():
     rep.error("lock held", ("by alice",), exit_code=4)
     rep.finish("deploy", 4)
     last = json.loads(out.getvalue().splitlines()[-1])
-    assert last == {**last, "event": "outcome", "op": "deploy", "exit_code": 4,
-                    "message": "lock held", "evidence": ["by alice"]}
+    assert last == {
+        **last,
+        "event": "outcome",
+        "op": "deploy",
+        "exit_code": 4,
+        "message": "lock held",
+        "evidence": ["by alice"],
+    }
 
 
 def test_plain_reporter_redacts(capsys):
