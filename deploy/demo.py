@@ -8,6 +8,7 @@ The sample app is copied into a throwaway git repository so each release is a re
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -54,8 +55,17 @@ def commit_fault(repo: Path, fault: str) -> None:
     _git(repo, "commit", "-q", "-m", f"sample app: {fault}")
 
 
+DEMO_SECRETS = ("HEALTH_TOKEN", "METRICS_TOKEN")
+
+
 def run(opts: Options) -> int:
-    reporter = operations.make_reporter(opts, Redactor())
+    redact = Redactor()
+    for name in DEMO_SECRETS:
+        # Throwaway values for the sandbox only; never printed (they seed the redaction filter).
+        if not os.environ.get(name):
+            os.environ[name] = secrets.token_urlsafe(24)
+        redact.add(os.environ[name])
+    reporter = operations.make_reporter(opts, redact)
     inventories = opts.inventories if opts.inventories.is_dir() else PROJECT / "inventories"
     try:
         base = inventory.load("local", inventories)
