@@ -212,3 +212,21 @@ def test_hostile_arguments_are_refused_before_any_ssh(target: Target, args: list
     )
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_second_signal_during_rollback_is_acknowledged_and_ignored(target: Target):
+    code, rep = deploy(target)
+    assert code == 0
+    good = released(rep)
+    # the rollback's own gate must take a moment, so the second signal lands inside it
+    target.update("health", deadline=60, successes=6, interval=0.5)
+    demo.commit_fault(target.repo, "slow_ready:600")
+    run = Running(target, "deploy", "test")
+    wait_until(lambda: run.saw("gate ") and run.saw("…"), 60, "the gate stage")
+    run.proc.send_signal(signal.SIGINT)
+    wait_until(lambda: run.saw("roll back to"), 60, "the rollback")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() == 130, run.output
+    assert "received while making the host safe" in run.output
+    assert target.current() == good and target.version()["release"] == good
+    assert not target.lock_exists()
