@@ -6,6 +6,7 @@ A thin door onto deploy.operations, the same functions the `releasegate` console
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
@@ -37,16 +38,22 @@ def deploy(
     env: str,
     revision: str = "",
     allow_dirty: bool = False,
+    clean_install: bool = False,
+    dry_run: bool = False,
     lock_wait: float = 0,
     inventories: str = "inventories",
     plain: bool = False,
     verbose: bool = False,
 ) -> None:
     """Ship, activate and gate a release; roll back automatically if the gate fails."""
+    opts = replace(
+        _opts(inventories, plain, verbose, lock_wait), clean_install=clean_install,
+        dry_run=dry_run,
+    )
     _finish(
         operations.run_deploy(
             env,
-            _opts(inventories, plain, verbose, lock_wait),
+            opts,
             revision=revision or None,
             allow_dirty=allow_dirty,
         )

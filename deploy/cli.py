@@ -64,6 +64,11 @@ LOCK_WAIT = click.option(
 @click.argument("env")
 @click.option("--revision", help="Branch, tag or sha to deploy (default: app.revision).")
 @click.option("--allow-dirty", is_flag=True, help="Ship the commit even if the tree has changes.")
+@click.option(
+    "--clean-install",
+    is_flag=True,
+    help="Run the install command even if the lockfile is unchanged (no dependency reuse).",
+)
 @LOCK_WAIT
 @DRY_RUN
 @click.pass_obj
@@ -72,11 +77,12 @@ def deploy(
     env: str,
     revision: str | None,
     allow_dirty: bool,
+    clean_install: bool,
     lock_wait: float,
     dry_run: bool,
 ) -> None:
     """Ship, activate and gate a release of ENV; roll back automatically if the gate fails."""
-    opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run)
+    opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run, clean_install=clean_install)
     sys.exit(operations.run_deploy(env, opts, revision=revision, allow_dirty=allow_dirty))
 
 

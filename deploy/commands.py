@@ -28,12 +28,47 @@ class Cmd:
     argv: tuple[str, ...]
     display: str
     cwd: str | None = None
+    steps: tuple[Cmd, ...] = ()  # a batch: these run in order, in one round trip
 
     def render(self) -> str:
+        if self.steps:
+            # Each step in its own subshell (a `cd` stays local), announced on stderr so a
+            # failure can be pinned to its step; the first failure stops the batch.
+            return " && ".join(
+                f"echo {STEP_MARK}{step.name} >&2 && ( {step.render()} )" for step in self.steps
+            )
         line = shlex.join(self.argv)
         if self.cwd is not None:
             return f"cd {shlex.quote(self.cwd)} && {line}"
         return line
+
+    def failed_step(self, stderr: str) -> Cmd | None:
+        """The step a batch stopped at, from the markers on its stderr."""
+        names = [
+            ln[len(STEP_MARK) :].strip() for ln in stderr.splitlines() if ln.startswith(STEP_MARK)
+        ]
+        if not self.steps or not names:
+            return None
+        index = len(names) - 1
+        return self.steps[index] if index < len(self.steps) else None
+
+
+STEP_MARK = "@@step:"
+
+
+def batch(name: str, steps: Sequence[Cmd], display: str) -> Cmd:
+    """Several commands in one round trip (the steps of one phase)."""
+    flat: list[Cmd] = []
+    for step in steps:
+        flat.extend(step.steps or (step,))
+    for step in flat:
+        if not all(c.isalnum() or c in "._-" for c in step.name):
+            raise ValueError(f"step names must be plain words: {step.name!r}")
+    return Cmd(name=name, argv=(), display=display, steps=tuple(flat))
+
+
+def without_marks(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith(STEP_MARK))
 
 
 def _cmd(name: str, argv: Sequence[str], display: str | None = None, cwd: str | None = None) -> Cmd:
@@ -246,6 +281,43 @@ def run_install(partial: PurePosixPath, install: str) -> Cmd:
         ["sh", "-c", install],
         display=f"(in {partial.name}) {install}",
         cwd=_p(partial),
+    )
+
+
+REUSE_OR_INSTALL_SCRIPT = r"""
+prev="$1"; partial="$2"; lockfile="$3"; dir="$4"; install="$5"
+if [ -n "$prev" ] && [ -d "$prev/$dir" ] && [ -f "$prev/$lockfile" ] \
+   && [ -f "$partial/$lockfile" ] && cmp -s -- "$prev/$lockfile" "$partial/$lockfile"; then
+  rm -rf -- "$partial/$dir"
+  if cp -al -- "$prev/$dir" "$partial/$dir"; then echo "@@deps-reused"; exit 0; fi
+  rm -rf -- "$partial/$dir"
+fi
+cd -- "$partial" && sh -c "$install"
+"""
+DEPS_REUSED = "@@deps-reused"
+
+
+def reuse_or_install(
+    previous: PurePosixPath | None,
+    partial: PurePosixPath,
+    install: str,
+    *,
+    lockfile: str,
+    deps_dir: str,
+) -> Cmd:
+    """Hard-link the previous release's dependencies when its lockfile is byte-identical
+    (no install at all), else run the install command. `previous=None` forces the install."""
+    return _script(
+        "release.install",
+        REUSE_OR_INSTALL_SCRIPT,
+        [_p(previous) if previous else "", _p(partial), _p(lockfile), _p(deps_dir), install],
+        f"(in {partial.name}) "
+        + (
+            f"reuse {deps_dir} of {previous.name} if {lockfile} is unchanged, else: "
+            if previous
+            else ""
+        )
+        + install,
     )
 
 

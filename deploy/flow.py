@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from deploy import artifact as artifacts
-from deploy import lock, prune
+from deploy import commands, lock, prune
 from deploy.clock import Clock
 from deploy.errors import (
     AbortedBeforeLive,
@@ -76,6 +76,7 @@ class Deps:
     health_token: str | None = None
     lock_wait: float = 0.0
     dry_run: bool = False  # the remote is a PlanRemote: reads happen, changes are only shown
+    clean_install: bool = False  # never reuse the previous release's dependencies
     smoke_packs: tuple[Pack, ...] = ()  # loaded (and validated) before anything is contacted
     redact: Redactor = field(default_factory=Redactor)  # seeded with every secret value
     local_checks: tuple[Check, ...] = ()  # preflight checks made on this machine
@@ -108,37 +109,54 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
     with r.stage("preflight"):
         run_preflight(d, host, art.size)
     with _locked(d, host, "deploy"):
-        state = _resolve_interrupted(d, host, host.read_state())
+        state = _resolve_interrupted(d, host, host.state_at_lock or host.read_state())
         rid = art.release_id
         if rid in state.release_dirs:
             raise AbortedBeforeLive(
                 f"release {rid} already exists on {host.label}; retry in a second"
             )
-        if state.partial_dirs:
-            leftovers = ", ".join(sorted(state.partial_dirs))
-            r.info(f"removing leftovers of an interrupted deploy: {leftovers}")
-            host.remove_partials(state.partial_dirs)
         previous_good = state.last_good(exclude=[rid])
         try:
             with r.stage(f"ship {rid}"):
-                host.record(
-                    d.clock.now(),
-                    "deploy",
-                    rid,
-                    ReleaseState.PARTIAL,
-                    revision=art.revision,
-                    sha256=art.sha256,
-                )
-                if d.env_file is not None:
-                    host.install_env_file(d.env_file, d.workdir)
-                host.ship(art, d.clock.now())
-                host.record(d.clock.now(), "deploy", rid, ReleaseState.READY)
+                _ship(d, host, state, art)
         except BaseException as exc:
             _abort(d, host, rid, exc)
             raise AssertionError("unreachable") from exc
 
         # ---------------------------- point of no return: live state changes below ----------
-        return _activate_and_gate(d, host, rid, op="deploy", fallback=previous_good)
+        return _activate_and_gate(d, host, rid, op="deploy", fallback=previous_good, state=state)
+
+
+def _ship(d: Deps, host: HostOps, state: HostState, art: artifacts.Artifact) -> None:
+    """Uploads over SFTP, then every host step of the phase in one round trip."""
+    rid = art.release_id
+    now = d.clock.now()
+    upload = host.upload_artifact(art)
+    steps = [
+        host.journal_cmd(
+            now, "deploy", rid, ReleaseState.PARTIAL, revision=art.revision, sha256=art.sha256
+        )
+    ]
+    if state.partial_dirs:
+        d.reporter.info(
+            f"removing leftovers of an interrupted deploy: {', '.join(sorted(state.partial_dirs))}"
+        )
+        steps.append(commands.prune_releases(host.layout, sorted(state.partial_dirs)))
+    if d.env_file is not None:
+        env_upload = host.upload_env_file(d.env_file, d.workdir)
+        steps.append(commands.install_env_file(env_upload, host.layout))
+    previous = state.current if state.current in state.release_dirs else None
+    if d.clean_install:
+        previous = None
+    steps += host.ship_steps(art, upload, now, previous=previous)
+    steps.append(host.journal_cmd(now, "deploy", rid, ReleaseState.READY))
+    res = host.run_batch("ship", steps, f"ship {rid}")
+    if commands.DEPS_REUSED in res.stdout:
+        app = d.inventory.app
+        d.reporter.info(
+            f"{app.deps_dir} hard-linked from {previous} ({app.deps_lockfile} unchanged): "
+            f"install skipped (--clean-install forces it)"
+        )
 
 
 def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
@@ -205,7 +223,7 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
     check_release_id(to, d.inventory.env)
     host = host_ops(d)
     with _locked(d, host, "rollback"):
-        state = _resolve_interrupted(d, host, host.read_state())
+        state = _resolve_interrupted(d, host, host.state_at_lock or host.read_state())
         current = state.current
         if to is not None:
             if to not in state.release_dirs:
@@ -263,22 +281,26 @@ def _resolve_interrupted(d: Deps, host: HostOps, state: HostState) -> HostState:
 
 
 def _activate_and_gate(
-    d: Deps, host: HostOps, rid: str, *, op: str, fallback: str | None
+    d: Deps,
+    host: HostOps,
+    rid: str,
+    *,
+    op: str,
+    fallback: str | None,
+    state: HostState | None = None,
 ) -> Outcome:
     r = d.reporter
     try:
         with r.stage(f"activate {rid}"):
-            host.record(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED)
-            host.switch(rid)
-            host.reload(rid)
+            steps = [host.journal_cmd(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED)]
+            host.run_batch(
+                "activate", steps + host.activate_steps(rid), f"activate {rid}", timeout=120
+            )
         with r.stage(f"gate {rid}"):
             evidence = _gate(d, host, rid)
     except BaseException as exc:
         return _recover(d, host, rid, op=op, fallback=fallback, exc=exc)
-    host.record(d.clock.now(), op, rid, ReleaseState.GOOD, result="promoted")
-    host.persist()
-    if op == "deploy":
-        _prune(d, host)
+    _promote(d, host, rid, op, state if op == "deploy" else None)
     verb = "promoted" if op == "deploy" else "rolled back to"
     if d.dry_run:
         outcome = Outcome(
@@ -329,7 +351,7 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
         host.remote.tunnel(d.inventory.health_port) as port,
         d.http(f"http://127.0.0.1:{port}", health.probe_timeout) as client,
     ):
-        history = wait_ready(
+        history, snap = wait_ready(
             lambda: probe_http(client, health.path, headers),
             host.snapshot,
             policy,
@@ -337,7 +359,7 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
             on_probe=lambda p: d.reporter.command(p.line()),
         )
     d.reporter.info(f"ready: {history[-1].detail} ({len(history)} probes)")
-    snap = host.snapshot()
+    snap = snap or host.snapshot()
     identity = check_identity(snap, host.process_cwds(snap.pids), host.layout.release(rid))
     d.reporter.info(f"identity: {identity}")
     evidence = [p.line() for p in history] + [f"identity: {identity}"]
@@ -500,21 +522,39 @@ def _recover(
     return outcome
 
 
-def _prune(d: Deps, host: HostOps) -> None:
-    """After a promotion; a failure here is reported but never undoes the promotion."""
+def _promote(d: Deps, host: HostOps, rid: str, op: str, state: HostState | None) -> None:
+    """Record the release good, make the process set survive a reboot and (after a deploy)
+    prune old releases — one round trip. Only the journal line is essential: a failure of
+    the rest is reported, never undoes the promotion."""
+    now = d.clock.now()
+    good = host.journal_cmd(now, op, rid, ReleaseState.GOOD, result="promoted")
+    steps = [good]
+    decided = None
+    if state is not None:
+        decided = prune.plan(state.promoted(rid), d.inventory.app.keep_releases)
+        for warning in decided.warnings:
+            d.reporter.warn(warning)
+        if decided.remove:
+            steps.append(commands.prune_releases(host.layout, decided.remove))
+            steps.append(host.journal_cmd(now, "prune", removed=list(decided.remove)))
+    persist = host.manager.persist()
+    if persist is not None:
+        steps.append(persist)
     try:
-        with d.reporter.stage("prune"):
-            state = host.read_state()
-            decided = prune.plan(state, d.inventory.app.keep_releases)
-            for warning in decided.warnings:
-                d.reporter.warn(warning)
-            if decided.remove:
-                host.prune(decided.remove)
-                host.record(d.clock.now(), "prune", None, None, removed=list(decided.remove))
-                verb = "would remove" if d.dry_run else "removed"
-                d.reporter.info(f"{verb} {', '.join(decided.remove)}")
+        host.run_batch("promote", steps, f"promote {rid}")
     except ReleasegateError as exc:
-        d.reporter.warn(f"pruning old releases failed (the deploy stands): {exc.message}")
+        failure = getattr(exc, "failure", None)
+        if failure is not None and failure.display == good.display:
+            raise HumanNeeded(
+                f"{rid} is live and passed its gate, but recording it as good in "
+                f"{host.layout.journal} failed: {exc.message}. Check the host's disk, then "
+                f"`releasegate rollback {d.inventory.env} --to {rid}` to record it."
+            ) from None
+        d.reporter.warn(f"after promoting {rid}: {exc.message} (the deploy stands)")
+        return
+    if decided is not None and decided.remove:
+        verb = "would remove" if d.dry_run else "removed"
+        d.reporter.info(f"pruned: {verb} {', '.join(decided.remove)}")
 
 
 @dataclass(frozen=True)
@@ -573,7 +613,6 @@ def status(d: Deps) -> HostStatus:
 @contextlib.contextmanager
 def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
     with d.reporter.stage(f"connect {host.label} and lock"):
-        host.prepare()
         take_lock(d, host, op)
     try:
         yield

@@ -45,31 +45,41 @@ def wait_ready(
     policy: ReadyPolicy,
     clock: Clock,
     on_probe: Callable[[Probe], None] | None = None,
-) -> list[Probe]:
+) -> tuple[list[Probe], ProcessSnapshot | None]:
     """Promote after `successes` consecutive ok probes within the deadline.
 
     Fails fast — without waiting out the deadline — when the process manager reports the
-    process errored/stopped/missing or restarting more than `max_restarts` times.
+    process errored/stopped/missing or restarting more than `max_restarts` times. The process
+    is asked at the start, after every probe that was not ok, and once at the end (its final
+    answer is returned for the identity check): a healthy gate costs two round trips.
     """
     start = clock.monotonic()
     history: list[Probe] = []
     baseline: int | None = None
+
+    def look() -> ProcessSnapshot | None:
+        nonlocal baseline
+        if process is None:
+            return None
+        snap = process()
+        if baseline is None:
+            baseline = snap.restarts
+        restarts = snap.restarts - baseline
+        if snap.status in {"errored", "stopped", "missing"} or restarts > policy.max_restarts:
+            why = (
+                f"the process is {snap.status}"
+                if snap.status in {"errored", "stopped", "missing"}
+                else f"the process restarted {restarts} times during the gate"
+            )
+            history.append(
+                Probe(at=clock.monotonic() - start, outcome="error", detail=f"process: {why}")
+            )
+            raise GateFailed("ready", f"{why} (fail fast)", evidence=_lines(history))
+        return snap
+
+    look()
     streak = 0
     while True:
-        elapsed = clock.monotonic() - start
-        if process is not None:
-            snap = process()
-            if baseline is None:
-                baseline = snap.restarts
-            restarts = snap.restarts - baseline
-            if snap.status in {"errored", "stopped", "missing"} or restarts > policy.max_restarts:
-                why = (
-                    f"the process is {snap.status}"
-                    if snap.status in {"errored", "stopped", "missing"}
-                    else f"the process restarted {restarts} times during the gate"
-                )
-                history.append(Probe(at=elapsed, outcome="error", detail=f"process: {why}"))
-                raise GateFailed("ready", f"{why} (fail fast)", evidence=_lines(history))
         outcome, detail = probe()
         item = Probe(at=clock.monotonic() - start, outcome=outcome, detail=detail)
         history.append(item)
@@ -77,7 +87,9 @@ def wait_ready(
             on_probe(item)
         streak = streak + 1 if outcome == "ok" else 0
         if streak >= policy.successes:
-            return history
+            return history, look()
+        if outcome != "ok":
+            look()
         if clock.monotonic() - start + policy.interval > policy.deadline:
             fails = sum(1 for p in history if p.outcome == "fail")
             errors = sum(1 for p in history if p.outcome == "error")

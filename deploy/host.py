@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from deploy import commands, journal, lock, preflight
+from deploy.commands import Cmd
 from deploy.errors import CommandFailure, RemoteCommandError, ShipError
 from deploy.inventory import Inventory
 from deploy.journal import HostState
@@ -33,6 +34,7 @@ class HostOps:
     layout: Layout
     actor: str
     lock_token: str | None = field(default=None)
+    state_at_lock: HostState | None = field(default=None)
 
     @property
     def label(self) -> str:
@@ -56,9 +58,9 @@ class HostOps:
         )
         return preflight.parse_probe(self.remote.run(cmd, timeout=300).stdout)
 
-    def install_env_file(self, content: str, workdir: Path) -> None:
-        """shared/.env via SFTP into the 0700 uploads dir, then chmod 0600 + rename: the
-        values never appear on a command line."""
+    def upload_env_file(self, content: str, workdir: Path) -> PurePosixPath:
+        """shared/.env content via SFTP into the 0700 uploads dir (commands.install_env_file
+        then moves it into place with mode 0600): values never appear on a command line."""
         local = workdir / f"env.{new_token()[:8]}"
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -68,7 +70,7 @@ class HostOps:
             self.remote.put(local, upload)
         finally:
             local.unlink()
-        self.remote.run(commands.install_env_file(upload, self.layout))
+        return upload
 
     def prepare(self) -> None:
         self.remote.run(commands.prepare_layout(self.layout))
@@ -77,15 +79,25 @@ class HostOps:
         """Take the lock: None when taken, else the holder's owner.json as on the host."""
         token = new_token()
         owner = lock.owner_record(token=token, actor=self.actor, op=op, now=now, message=message)
-        res = self.remote.run(commands.acquire_lock(self.layout, token, owner), check=False)
-        if res.exit_code == commands.LOCK_HELD:
+        # One round trip: make the layout, take the lock, and read what the flow decides from.
+        steps = [
+            commands.prepare_layout(self.layout),
+            commands.acquire_lock(self.layout, token, owner),
+            commands.read_state(self.layout),
+        ]
+        res = self.remote.run(
+            commands.batch("lock", steps, f"prepare and lock {self.layout.root}"), check=False
+        )
+        if res.step == "lock.acquire" and res.exit_code == commands.LOCK_HELD:
             return res.stdout.strip()
         if not res.ok:
             raise RemoteCommandError(
-                commands_failure(self.remote, "lock.acquire", res),
+                commands_failure(self.remote, res.step or "lock", res),
                 what=f"taking the lock {self.layout.lock}",
             )
         self.lock_token = token
+        # (a dry run only shows the batch: then the state is read on its own)
+        self.state_at_lock = journal.parse_state(res.stdout) if "@@current" in res.stdout else None
         return None
 
     def break_lock(self, holder_raw: str) -> bool:
@@ -123,31 +135,41 @@ class HostOps:
         for name in sorted(names):
             self.remote.run(commands.remove_partial(self.layout.releases / name))
 
-    def ship(self, artifact: Artifact, now: datetime) -> PurePosixPath:
-        """Upload, verify, extract, link shared, write manifest + process config, install,
-        and rename into place. Returns the release directory."""
+    def upload_artifact(self, artifact: Artifact) -> PurePosixPath:
+        upload = self.layout.uploads / f"{artifact.release_id}.tar.gz.{new_token()[:8]}"
+        self.remote.put(Path(artifact.path), upload)
+        return upload
+
+    def ship_steps(
+        self,
+        artifact: Artifact,
+        upload: PurePosixPath,
+        now: datetime,
+        *,
+        previous: str | None,
+    ) -> list[Cmd]:
+        """Verify, extract, link shared, write the process config, install (or reuse the
+        previous release's dependencies), write the manifest, rename into place."""
         rid = artifact.release_id
         partial = self.layout.partial(rid)
-        final = self.layout.release(rid)
-        upload = self.layout.uploads / f"{rid}.tar.gz.{new_token()[:8]}"
-        self.remote.put(Path(artifact.path), upload)
-        res = self.remote.run(
-            commands.verify_and_extract(upload, artifact.sha256, partial), check=False
-        )
-        if res.exit_code == commands.CHECKSUM_MISMATCH:
-            raise ShipError(
-                f"the artifact for {rid} arrived corrupted on {self.label} "
-                f"({res.stdout.strip()}); nothing was extracted. Retry the deploy."
-            )
-        if not res.ok:
-            raise RemoteCommandError(
-                commands_failure(self.remote, "release.extract", res),
-                what=f"extracting {rid} into {partial}",
-            )
         app = self.inventory.app
+        steps = [commands.verify_and_extract(upload, artifact.sha256, partial)]
         if app.shared_files or app.shared_dirs:
-            self.remote.run(
+            steps.append(
                 commands.link_shared(self.layout, partial, app.shared_files, app.shared_dirs)
+            )
+        for rel, content in self.manager.config_files(rid).items():
+            steps.append(commands.write_file(partial / rel, content, label=f"{rid}/{rel}"))
+        if app.install:
+            prev_dir = self.layout.release(previous) if previous and app.reuse_deps else None
+            steps.append(
+                commands.reuse_or_install(
+                    prev_dir,
+                    partial,
+                    app.install,
+                    lockfile=app.deps_lockfile,
+                    deps_dir=app.deps_dir,
+                )
             )
         manifest = Manifest(
             id=rid,
@@ -156,19 +178,57 @@ class HostOps:
             created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             actor=self.actor,
         )
-        for rel, content in self.manager.config_files(rid).items():
-            self.remote.run(commands.write_file(partial / rel, content, label=f"{rid}/{rel}"))
-        if app.install:
-            self.remote.run(commands.run_install(partial, app.install))
         # The manifest is written last: its presence is what makes a release complete.
-        self.remote.run(commands.write_manifest(partial, manifest))
-        self.remote.run(commands.finalize_release(partial, final))
-        return final
+        steps.append(commands.write_manifest(partial, manifest))
+        steps.append(commands.finalize_release(partial, self.layout.release(rid)))
+        return steps
+
+    def run_batch(
+        self, name: str, steps: list[Cmd], display: str, timeout: float | None = None
+    ) -> Result:
+        """One round trip for the steps of a phase. Failures name the step that failed."""
+        res = self.remote.run(commands.batch(name, steps, display), check=False, timeout=timeout)
+        if res.ok:
+            return res
+        if res.step == "release.extract" and res.exit_code == commands.CHECKSUM_MISMATCH:
+            raise ShipError(
+                f"the artifact arrived corrupted on {self.label} ({res.stdout.strip()}); "
+                f"nothing was extracted. Retry the deploy."
+            )
+        step = next((s for s in steps if s.name == res.step), None)
+        raise RemoteCommandError(
+            CommandFailure(
+                display=(step or commands.batch(name, steps, display)).display,
+                exit_code=res.exit_code,
+                stderr_tail="\n".join((res.stderr or res.stdout).strip().splitlines()[-6:]),
+                host=self.remote.host_label,
+            ),
+            what=display,
+        )
+
+    def journal_cmd(
+        self,
+        now: datetime,
+        op: str,
+        release: str | None = None,
+        state: ReleaseState | None = None,
+        **detail: object,
+    ) -> Cmd:
+        item = journal.entry(
+            now=now, op=op, actor=self.actor, release=release, state=state, **detail
+        )
+        return commands.append_journal(self.layout, [item])
 
     # ------------------------------------------------------------ activate
 
     def switch(self, release_id: str) -> None:
         self.remote.run(commands.switch_current(self.layout, release_id, new_token()))
+
+    def activate_steps(self, release_id: str) -> list[Cmd]:
+        return [
+            commands.switch_current(self.layout, release_id, new_token()),
+            *self.manager.activate(release_id),
+        ]
 
     def reload(self, release_id: str) -> None:
         for cmd in self.manager.activate(release_id):

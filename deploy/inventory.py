@@ -122,6 +122,11 @@ class AppConfig(Strict):
     shared_files: tuple[RelPath, ...] = ()
     shared_dirs: tuple[RelPath, ...] = ()
     keep_releases: int = Field(5, ge=2, le=100)
+    # Dependencies are hard-linked from the previous release when this lockfile is unchanged
+    # (then the install command is skipped); `deploy --clean-install` forces a fresh install.
+    reuse_deps: bool = True
+    deps_lockfile: RelPath = "package-lock.json"
+    deps_dir: RelPath = "node_modules"
 
     @field_validator("build", "install")
     @classmethod
@@ -284,6 +289,37 @@ class SecretsConfig(Strict):
         return bool(self.from_env or self.from_file)
 
 
+NOTIFY_EVENTS = ("promoted", "rolled-back", "rollback-failed", "aborted")
+NotifyEvent = Literal["promoted", "rolled-back", "rollback-failed", "aborted"]
+
+
+class WebhookConfig(Strict):
+    """notify.webhooks[]: where an outcome of deploy/rollback is POSTed (deploy.notify)."""
+
+    # The URL is a secret (a Slack webhook URL is a credential): it is read from this local
+    # environment variable when the operation starts and joins the redaction filter.
+    url_env: EnvKey
+    format: Literal["json", "slack"] = "json"
+    events: tuple[NotifyEvent, ...] = NOTIFY_EVENTS
+    timeout: float = Field(5, gt=0, le=30)
+
+    @field_validator("events")
+    @classmethod
+    def _some_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(
+                "is empty, so this webhook would never be called; list events "
+                f"({', '.join(NOTIFY_EVENTS)}) or remove the webhook"
+            )
+        return value
+
+
+class NotifyConfig(Strict):
+    """Notifications of deploy/rollback outcomes; a failed notification never fails a deploy."""
+
+    webhooks: tuple[WebhookConfig, ...] = ()
+
+
 class Inventory(Strict):
     """One environment. `env` and `source` are filled in by `load`, not by the file."""
 
@@ -297,6 +333,7 @@ class Inventory(Strict):
     smoke: SmokeSettings = SmokeSettings()
     preflight: PreflightConfig = PreflightConfig()
     secrets: SecretsConfig = SecretsConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @model_validator(mode="after")
     def _one_host(self) -> Inventory:

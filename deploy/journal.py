@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from deploy.model import JournalEntry, ReleaseState, is_release_id
@@ -71,6 +71,19 @@ class HostState:
     lock_owner: dict[str, object] | None
     journal: Sequence[JournalEntry] = field(default_factory=tuple)
     lock_raw: str | None = None  # owner.json exactly as on the host
+
+    def promoted(self, release_id: str) -> HostState:
+        """This state after `release_id` was promoted (partials removed by the same ship)."""
+        good = JournalEntry(
+            ts="", op="deploy", release=release_id, state=ReleaseState.GOOD, actor=""
+        )
+        return replace(
+            self,
+            current=release_id,
+            release_dirs=self.release_dirs | {release_id},
+            partial_dirs=frozenset(),
+            journal=(*self.journal, good),
+        )
 
     def state_of(self, release_id: str) -> str | None:
         for item in reversed(self.journal):

@@ -56,6 +56,7 @@ class Options:
     lock_wait: float = 0.0
     json: bool = False
     dry_run: bool = False
+    clean_install: bool = False
 
 
 def actor() -> str:
@@ -279,6 +280,7 @@ def _operation(
                     health_token=token,
                     lock_wait=opts.lock_wait,
                     dry_run=opts.dry_run,
+                    clean_install=opts.clean_install,
                     smoke_packs=packs,
                     redact=redact,
                     local_checks=checks,

@@ -30,8 +30,9 @@ class PlanRemote:
     def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
         if cmd.name in READ_ONLY:
             return self._real.run(cmd, check=check, timeout=timeout)
-        self.planned.append(cmd.display)
-        self._reporter.info(f"would run: {cmd.display}")
+        for step in cmd.steps or (cmd,):
+            self.planned.append(step.display)
+            self._reporter.info(f"would run: {step.display}")
         return Result(stdout="", stderr="", exit_code=0)
 
     def put(self, local: Path, remote: PurePosixPath) -> None:

@@ -23,7 +23,7 @@ import paramiko
 from fabric import Connection
 from invoke.exceptions import CommandTimedOut
 
-from deploy.commands import Cmd
+from deploy.commands import Cmd, without_marks
 from deploy.errors import (
     CommandFailure,
     ConnectionLost,
@@ -40,6 +40,7 @@ class Result:
     stdout: str
     stderr: str
     exit_code: int
+    step: str | None = None  # for a failed batch: the name of the step it stopped at
 
     @property
     def ok(self) -> bool:
@@ -184,11 +185,17 @@ class SshRemote:
                 f"`{self._redact(cmd.display)}`: "
                 f"{self._redact(type(exc).__name__ + ': ' + str(exc))}"
             ) from None
-        result = Result(stdout=res.stdout, stderr=res.stderr, exit_code=res.exited)
+        failed = cmd.failed_step(res.stderr) if res.exited != 0 else None
+        result = Result(
+            stdout=res.stdout,
+            stderr=without_marks(res.stderr),
+            exit_code=res.exited,
+            step=failed.name if failed else None,
+        )
         if check and not result.ok:
             raise RemoteCommandError(
                 CommandFailure(
-                    display=self._redact(cmd.display),
+                    display=self._redact((failed or cmd).display),
                     exit_code=result.exit_code,
                     stderr_tail=self._redact(_tail(result.stderr or result.stdout)),
                     host=self.host_label,

@@ -73,9 +73,37 @@ class FakeRemote:
         self.dead = False
         self.facts = {"root": "writable", "free_kb": "10000000", "manager": "/usr/bin/pm2"}
         self.env_installs = 0
+        self.round_trips = 0
 
     # Remote protocol -------------------------------------------------------------------------
     def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
+        self.round_trips += 1
+        failed: Cmd | None = None
+        if cmd.steps:
+            out: list[str] = []
+            res = Result("", "", 0)
+            for step in cmd.steps:
+                res = self._one(step)
+                out.append(res.stdout)
+                if not res.ok:
+                    failed = step
+                    break
+            res = Result("".join(out), res.stderr, res.exit_code,
+                         step=failed.name if failed else None)
+        else:
+            res = self._one(cmd)
+        if check and not res.ok:
+            raise RemoteCommandError(
+                CommandFailure(
+                    display=(failed or cmd).display,
+                    exit_code=res.exit_code,
+                    stderr_tail=res.stderr,
+                    host=self.host_label,
+                )
+            )
+        return res
+
+    def _one(self, cmd: Cmd) -> Result:
         self.log.append(cmd)
         if self.dead:
             return Result("[]" if cmd.name == "pm2.jlist" else "", "", 0)
@@ -84,19 +112,8 @@ class FakeRemote:
         if cmd.name in self.interrupt_on:
             raise self.interrupt_on.pop(cmd.name)()
         if cmd.name in self.fail:
-            res = Result("", f"{cmd.name} failed", self.fail[cmd.name])
-        else:
-            res = self._apply(cmd)
-        if check and not res.ok:
-            raise RemoteCommandError(
-                CommandFailure(
-                    display=cmd.display,
-                    exit_code=res.exit_code,
-                    stderr_tail=res.stderr,
-                    host=self.host_label,
-                )
-            )
-        return res
+            return Result("", f"{cmd.name} failed", self.fail[cmd.name])
+        return self._apply(cmd)
 
     def put(self, local: Path, remote: PurePosixPath) -> None:
         self.uploads.append(remote)

@@ -358,3 +358,14 @@ def test_forensics_of_the_failing_release_are_shown_and_journaled(world):
     # captured before the rollback restarted the good release
     names = remote.names()
     assert names.index("pm2.logs") < max(i for i, n in enumerate(names) if n == "current.switch")
+
+
+def test_a_deploy_costs_at_most_twelve_round_trips(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    deps.clock.sleep(2)
+    before_runs, before_puts = remote.round_trips, len(remote.uploads)
+    out = ship(deps, repo)
+    assert out.exit_code == 0
+    trips = (remote.round_trips - before_runs) + (len(remote.uploads) - before_puts)
+    assert trips <= 12, [c.name for c in remote.log[-30:]]

@@ -36,7 +36,7 @@ def answers(*codes):
 
 def test_promotes_after_consecutive_successes():
     c = client(answers(503, 200, 503, 200, 200, 200))
-    history = wait_ready(lambda: probe_http(c, "/health/ready", {}), None, POLICY, FakeClock())
+    history, _ = wait_ready(lambda: probe_http(c, "/health/ready", {}), None, POLICY, FakeClock())
     assert [p.outcome for p in history] == ["fail", "ok", "fail", "ok", "ok", "ok"]
 
 
