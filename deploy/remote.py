@@ -1,8 +1,8 @@
 """The Remote seam: run a Cmd, upload a file, open a tunnel — over one SSH connection.
 
 `SshRemote` is Fabric underneath, with one change that matters: host keys are verified.
-Fabric's Connection trusts any key (paramiko's auto-add policy); we load known_hosts and use RejectPolicy,
-so an unknown or changed key stops the operation (exit 7) before any command runs.
+Fabric's Connection trusts any key (paramiko's auto-add policy); we load known_hosts and use
+RejectPolicy, so an unknown or changed key stops the operation (exit 7) before any command runs.
 Tests use a fake Remote (tests/fakehost.py); nothing patches this module.
 """
 
