@@ -47,7 +47,8 @@ def deploy(
 ) -> None:
     """Ship, activate and gate a release; roll back automatically if the gate fails."""
     opts = replace(
-        _opts(inventories, plain, verbose, lock_wait), clean_install=clean_install,
+        _opts(inventories, plain, verbose, lock_wait),
+        clean_install=clean_install,
         dry_run=dry_run,
     )
     _finish(
@@ -304,7 +305,45 @@ def sandbox_status(c: Context, name: str = "rg-local", index: int = 5) -> None:
     _finish(sandbox_cli.status(name, index))
 
 
+@task(
+    name="github",
+    help={
+        "env": "environment to deploy (inventories/<env>.yml)",
+        "smoke_env": "environment the post-deploy smoke job tests (default: env)",
+        "dir": "where to write the workflows",
+        "force": "overwrite existing workflow files",
+        "branch": "deploy on pushes to this branch",
+        "install": "pip requirement for releasegate on the runner",
+    },
+)
+def ci_github(
+    c: Context,
+    env: str = "prod",
+    smoke_env: str = "",
+    dir: str = ".github/workflows",
+    force: bool = False,
+    branch: str = "main",
+    install: str = "",
+    inventories: str = "inventories",
+) -> None:
+    """Write GitHub Actions workflows: deploy + post-deploy smoke, and a manual rollback."""
+    from deploy import ci as ci_mod
+
+    _finish(
+        ci_mod.run_github(
+            _opts(inventories, False, False),
+            env=env,
+            smoke_env=smoke_env or None,
+            directory=Path(dir),
+            force=force,
+            branch=branch,
+            install=install or None,
+        )
+    )
+
+
 sandbox = Collection("sandbox", sandbox_up, sandbox_down, sandbox_status)
+ci = Collection("ci", ci_github)
 ns = Collection(
     deploy,
     rollback,
@@ -321,4 +360,5 @@ ns = Collection(
     demo,
     test,
     sandbox,
+    ci,
 )

@@ -181,6 +181,52 @@ def trust_host(opts: Options, env: str, yes: bool, replace: bool) -> None:
 
 
 @main.group()
+def ci() -> None:
+    """CI integration: workflows that deploy, smoke test and roll back (docs/ci.md)."""
+
+
+@ci.command("github")
+@click.option("--env", "env", default="prod", show_default=True, help="Environment to deploy.")
+@click.option("--smoke-env", metavar="ENV", help="Environment the post-deploy smoke job tests.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".github/workflows"),
+    show_default=True,
+    help="Where to write the workflows.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing workflow files.")
+@click.option("--branch", default="main", show_default=True, help="Deploy on pushes to it.")
+@click.option("--install", metavar="SPEC", help="pip requirement for releasegate on the runner.")
+@click.pass_obj
+def ci_github(
+    opts: Options,
+    env: str,
+    smoke_env: str | None,
+    directory: Path,
+    force: bool,
+    branch: str,
+    install: str | None,
+) -> None:
+    """Write GitHub Actions workflows for ENV into .github/workflows: deploy (one at a time)
+    then a post-deploy smoke job with JUnit, and a manual rollback."""
+    from deploy import ci as ci_mod
+
+    sys.exit(
+        ci_mod.run_github(
+            opts,
+            env=env,
+            smoke_env=smoke_env,
+            directory=directory,
+            force=force,
+            branch=branch,
+            install=install,
+        )
+    )
+
+
+@main.group()
 def sandbox() -> None:
     """A throwaway local VPS (real systemd, sshd, PM2) in Linux namespaces; needs root."""
 

@@ -289,8 +289,8 @@ class SecretsConfig(Strict):
         return bool(self.from_env or self.from_file)
 
 
-NOTIFY_EVENTS = ("promoted", "rolled-back", "rollback-failed", "aborted")
 NotifyEvent = Literal["promoted", "rolled-back", "rollback-failed", "aborted"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("promoted", "rolled-back", "rollback-failed", "aborted")
 
 
 class WebhookConfig(Strict):

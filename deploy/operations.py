@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from types import FrameType
 
 import paramiko
 
-from deploy import flow, inventory, journal, secrets
+from deploy import flow, github, inventory, journal, notify, secrets
 from deploy.artifact import Source
 from deploy.artifact import build as artifact_build
 from deploy.clock import SystemClock
@@ -70,12 +70,25 @@ def actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def make_reporter(opts: Options, redact: Redactor) -> Reporter:
+def make_reporter(
+    opts: Options, redact: Redactor, *, env: str = "", environ: Mapping[str, str] | None = None
+) -> Reporter:
+    """JSON lines, Rich or plain; under GitHub Actions (GITHUB_ACTIONS=true) wrapped so the
+    outcome also lands in the step summary and failures become `::error` annotations."""
+    environ = os.environ if environ is None else environ
+    inner: Reporter
     if opts.json:
-        return JsonReporter(redact=redact)
-    if not opts.plain and sys.stdout.isatty():
-        return RichReporter(redact=redact, verbose=opts.verbose)
-    return PlainReporter(redact=redact, verbose=opts.verbose)
+        inner = JsonReporter(redact=redact)
+    elif not opts.plain and sys.stdout.isatty():
+        inner = RichReporter(redact=redact, verbose=opts.verbose)
+    else:
+        inner = PlainReporter(redact=redact, verbose=opts.verbose)
+    if not github.under_actions(environ):
+        return inner
+    summary = environ.get("GITHUB_STEP_SUMMARY")
+    return github.ActionsReporter(
+        inner, redact=redact, summary_path=Path(summary) if summary else None, env=env
+    )
 
 
 def health_token(inv: Inventory) -> str | None:
@@ -255,12 +268,31 @@ def _operation(
     validate: Callable[[Inventory], None] | None = None,
 ) -> int:
     redact = Redactor()
-    rep = reporter or make_reporter(opts, redact)
+    rep = reporter or make_reporter(opts, redact, env=env)
 
     def run() -> int:
         inv = inv_override or inventory.load(env, opts.inventories)
         if validate is not None:
             validate(inv)  # bad arguments are refused before any SSH connection
+        hooks = _webhooks(op, inv, opts, redact)
+        if not hooks:
+            result = execute(inv)
+            return result if isinstance(result, int) else result.exit_code
+        try:
+            result = execute(inv)
+        except ReleasegateError as exc:
+            _notify(hooks, _ended(op, exc.exit_code, exc.message, exc.evidence), inv, rep, redact)
+            raise
+        except (KeyboardInterrupt, Signalled) as exc:
+            code = 128 + exc.signum if isinstance(exc, Signalled) else 130
+            _notify(hooks, _ended(op, code, "interrupted", ()), inv, rep, redact)
+            raise
+        if isinstance(result, int):
+            return result
+        _notify(hooks, result, inv, rep, redact)
+        return result.exit_code
+
+    def execute(inv: Inventory) -> Outcome | int:
         token = health_token(inv)
         redact.add(token)
         packs = load_smoke_packs(inv) if op in ("deploy", "rollback") else ()
@@ -286,12 +318,63 @@ def _operation(
                     local_checks=checks,
                     env_file=env_file,
                 )
-                result = body(deps)
-                return result if isinstance(result, int) else result.exit_code
+                return body(deps)
         finally:
             remote.close()
 
     return _guard(rep, run, op)
+
+
+def _webhooks(op: str, inv: Inventory, opts: Options, redact: Redactor) -> tuple[notify.Hook, ...]:
+    """The webhooks a deploy or rollback announces its outcome to (none for a dry run).
+    Their URLs are secrets and join the redaction filter before anything is printed."""
+    if op not in ("deploy", "rollback") or opts.dry_run:
+        return ()
+    hooks = notify.resolve(inv.notify, os.environ)
+    for hook in hooks:
+        redact.add(*hook.secret_values())
+    return hooks
+
+
+def _ended(op: str, exit_code: int, message: str, evidence: tuple[str, ...]) -> Outcome:
+    """An operation that ended with an error, as an outcome to announce."""
+    return Outcome(
+        op=op,
+        result="error",
+        exit_code=exit_code,
+        release=None,
+        live=None,
+        message=message,
+        evidence=evidence,
+    )
+
+
+def _notify(
+    hooks: tuple[notify.Hook, ...],
+    outcome: Outcome,
+    inv: Inventory,
+    rep: Reporter,
+    redact: Redactor,
+) -> None:
+    """Announce the outcome; a webhook's failure is a warning, never a different exit code."""
+    event = notify.event_for(outcome)
+    if event is None:
+        return
+    context = notify.Context(
+        env=inv.env,
+        app=inv.app.name,
+        host=inv.host.label,
+        actor=actor(),
+        at=SystemClock().now().isoformat(timespec="seconds"),
+        run_url=github.run_url(os.environ),
+    )
+    notice = notify.Notice(event=event, outcome=outcome, context=context)
+    try:
+        notify.announce(hooks, notice, reporter=rep, redact=redact)
+    except (KeyboardInterrupt, Signalled):  # the operation is over; its exit code stands
+        rep.warn("notifications interrupted by a signal; the result above stands")
+    except Exception as exc:  # a bug in a notification must not turn a promotion red
+        rep.warn(redact(f"notifications failed: {type(exc).__name__}: {exc}"))
 
 
 def run_deploy(

@@ -26,7 +26,7 @@ from smoke import report
 from smoke.audit import audit_pack
 from smoke.clock import Clock
 from smoke.config import AuditSettings, PerfSettings, SmokeSettings
-from smoke.model import Pack
+from smoke.model import Pack, PackResult
 from smoke.pack import PackError, load_pack, resolve_ref
 from smoke.perf import perf_packs
 from smoke.perf import run_perf as measure
@@ -173,7 +173,22 @@ def run_smoke(
         except OSError as exc:
             report.error(f"could not write the JUnit report {junit}: {exc}", err, secrets)
             return 2
+    _under_actions(result, err, os.environ if environ is None else environ)
     return result.exit_code
+
+
+def _under_actions(result: PackResult, err: IO[str], environ: Mapping[str, str]) -> None:
+    """Under GitHub Actions: `::error` annotations for failed checks and a step summary.
+    A summary that cannot be written is reported; it never changes the exit code."""
+    if environ.get("GITHUB_ACTIONS") != "true":
+        return
+    summary = environ.get("GITHUB_STEP_SUMMARY") or None
+    try:
+        report.actions_smoke(result, err, Path(summary) if summary else None)
+    except OSError as exc:
+        report.error(
+            f"could not append to the step summary {summary}: {exc}", err, result.secret_values
+        )
 
 
 def _check_junit(junit: Path | None) -> None:

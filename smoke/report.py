@@ -193,6 +193,86 @@ def write_junit(result: PackResult, path: Path) -> None:
     path.write_text(junit_xml(result), encoding="utf-8")
 
 
+# ------------------------------------------------------------------ GitHub Actions --
+# Workflow commands (`::error title=…::message`) become annotations on the run; the runner
+# reads them from stdout and stderr alike, so they go to stderr and `--json` stdout stays
+# pure JSON. A command must start its line; data and properties are escaped per the spec.
+
+ACTIONS_MAX_ANNOTATIONS = 10  # GitHub shows at most 10 error annotations per step
+
+
+def actions_escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def actions_escape_property(text: str) -> str:
+    return actions_escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def actions_error(title: str, message: str) -> str:
+    """One `::error` workflow command line (an annotation titled `title`)."""
+    return f"::error title={actions_escape_property(title)}::{actions_escape_data(message)}"
+
+
+def smoke_annotations(result: PackResult) -> list[str]:
+    """One `::error` per failed enforced check (at most 10, then one that counts the rest)."""
+    redact = Redactor(result.secret_values)
+    failed = result.failed_enforced
+    lines = [
+        actions_error(
+            redact(f"smoke check failed: {c.pack}/{c.name}"),
+            redact(f"{c.method} {c.path}: {c.detail}"),
+        )
+        for c in failed[:ACTIONS_MAX_ANNOTATIONS]
+    ]
+    if len(failed) > ACTIONS_MAX_ANNOTATIONS:
+        lines[-1] = actions_error(
+            "smoke checks failed",
+            redact(
+                f"{len(failed) - ACTIONS_MAX_ANNOTATIONS + 1} more failed checks: "
+                + ", ".join(c.name for c in failed[ACTIONS_MAX_ANNOTATIONS - 1 :])
+            ),
+        )
+    return lines
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def smoke_step_summary(result: PackResult) -> str:
+    """Markdown for the step summary: verdict, then one table row per check."""
+    redact = Redactor(result.secret_values)
+    mark = "❌" if result.failed_enforced else "✅"
+    rows = [
+        f"| {c.verdict} | {_md_cell(redact(c.name))} "
+        f"| `{_md_cell(redact(f'{c.method} {c.path}'))}` "
+        f"| {c.attempts} | {c.duration_ms:.0f} | {_md_cell(redact(c.detail))} |"
+        for c in result.checks
+    ]
+    return "\n".join(
+        [
+            f"### {mark} {_md_cell(redact(result.summary()))}",
+            "",
+            "| result | check | request | tries | ms | detail |",
+            "|---|---|---|---:|---:|---|",
+            *rows,
+            "",
+            "",
+        ]
+    )
+
+
+def actions_smoke(result: PackResult, err: IO[str], summary: Path | None) -> None:
+    """Under GitHub Actions: annotations for failed checks on stderr, and the Markdown table
+    appended to the step summary file."""
+    for line in smoke_annotations(result):
+        print(line, file=err, flush=True)
+    if summary is not None:
+        with summary.open("a", encoding="utf-8") as out:
+            out.write(smoke_step_summary(result))
+
+
 # ------------------------------------------------------------------ perf results --
 
 
