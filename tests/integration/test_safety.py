@@ -57,7 +57,7 @@ def test_signal_during_ship_removes_partial_and_lock(target: Target, signum: int
     assert code == 0
     good = released(rep)
     # an install step that takes long enough to be interrupted
-    target.update("app", install="sleep 30")
+    target.update("app", install="sleep 30", reuse_deps=False)
     demo.commit_fault(target.repo, "")
     run = Running(target, "deploy", "test")
     wait_until(lambda: run.saw("ship ") and run.saw("…"), 60, "the ship stage")
