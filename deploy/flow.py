@@ -303,30 +303,32 @@ def _activate_and_gate(
     _promote(d, host, rid, op, state if op == "deploy" else None)
     verb = "promoted" if op == "deploy" else "rolled back to"
     if d.dry_run:
-        outcome = Outcome(
-            op=op,
-            result="planned",
-            exit_code=0,
-            release=rid,
-            live=host.read_state().current,
-            message=(
-                f"dry run: nothing was changed on {host.label}; a real {op} would then "
-                f"{'promote' if op == 'deploy' else 'roll back to'} {rid} if its gate passes"
+        return _report(
+            d,
+            Outcome(
+                op=op,
+                result="planned",
+                exit_code=0,
+                release=rid,
+                live=host.read_state().current,
+                message=(
+                    f"dry run: nothing was changed on {host.label}; a real {op} would then "
+                    f"{'promote' if op == 'deploy' else 'roll back to'} {rid} if its gate passes"
+                ),
             ),
         )
-        r.outcome(outcome)
-        return outcome
-    outcome = Outcome(
-        op=op,
-        result="promoted" if op == "deploy" else "rolled-back",
-        exit_code=0,
-        release=rid,
-        live=rid,
-        message=f"{verb} {rid} on {host.label}",
-        evidence=tuple(evidence),
+    return _report(
+        d,
+        Outcome(
+            op=op,
+            result="promoted" if op == "deploy" else "rolled-back",
+            exit_code=0,
+            release=rid,
+            live=rid,
+            message=f"{verb} {rid} on {host.label}",
+            evidence=tuple(evidence),
+        ),
     )
-    r.outcome(outcome)
-    return outcome
 
 
 def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
@@ -435,21 +437,22 @@ def _recover(
                 evidence=list(evidence)[-20:],
                 forensics=forensics.journal,
             )
-            outcome = Outcome(
-                op=op,
-                result="rollback-impossible",
-                exit_code=6,
-                release=failed,
-                live=None,
-                message=(
-                    f"{failed} failed ({reason}) and there is no known-good release to go back "
-                    f"to (first deploy?). The app was stopped; `current` still points to "
-                    f"{failed}, marked bad. Fix the release and deploy again."
+            return _report(
+                d,
+                Outcome(
+                    op=op,
+                    result="rollback-impossible",
+                    exit_code=6,
+                    release=failed,
+                    live=None,
+                    message=(
+                        f"{failed} failed ({reason}) and there is no known-good release to go back "
+                        f"to (first deploy?). The app was stopped; `current` still points to "
+                        f"{failed}, marked bad. Fix the release and deploy again."
+                    ),
+                    evidence=evidence,
                 ),
-                evidence=evidence,
             )
-            r.outcome(outcome)
-            return outcome
         try:
             with r.stage(f"roll back to {fallback}"):
                 host.record(
@@ -480,21 +483,23 @@ def _recover(
                     result="failed",
                     reason=_reason(again),
                 )
-            outcome = Outcome(
-                op=op,
-                result="rollback-failed",
-                exit_code=6,
-                release=failed,
-                live=fallback,
-                message=(
-                    f"{failed} failed ({reason}) and the rollback to {fallback} failed too "
-                    f"({_reason(again)}). `current` points to {fallback} but it is not verified "
-                    f"healthy: a human is needed. Check `releasegate status {d.inventory.env}`."
+            return _report(
+                d,
+                Outcome(
+                    op=op,
+                    result="rollback-failed",
+                    exit_code=6,
+                    release=failed,
+                    live=fallback,
+                    message=(
+                        f"{failed} failed ({reason}) and the rollback to {fallback} failed too "
+                        f"({_reason(again)}). `current` points to {fallback} but it is not "
+                        f"verified healthy: a human is needed. Check "
+                        f"`releasegate status {d.inventory.env}`."
+                    ),
+                    evidence=evidence + (getattr(again, "evidence", ()) or ()),
                 ),
-                evidence=evidence + (getattr(again, "evidence", ()) or ()),
             )
-            r.outcome(outcome)
-            return outcome
         host.record(
             d.clock.now(),
             op,
@@ -509,17 +514,20 @@ def _recover(
         )
         host.persist()
     code = 128 + signum if signum else 3
-    outcome = Outcome(
-        op=op,
-        result="rolled-back",
-        exit_code=code,
-        release=failed,
-        live=fallback,
-        message=f"{failed} failed ({reason}); rolled back, {fallback} serves again and is verified",
-        evidence=tuple(evidence) + tuple(f"rollback: {line}" for line in back_evidence[-3:]),
+    return _report(
+        d,
+        Outcome(
+            op=op,
+            result="rolled-back",
+            exit_code=code,
+            release=failed,
+            live=fallback,
+            message=(
+                f"{failed} failed ({reason}); rolled back, {fallback} serves again and is verified"
+            ),
+            evidence=tuple(evidence) + tuple(f"rollback: {line}" for line in back_evidence[-3:]),
+        ),
     )
-    r.outcome(outcome)
-    return outcome
 
 
 def _promote(d: Deps, host: HostOps, rid: str, op: str, state: HostState | None) -> None:
@@ -610,6 +618,12 @@ def status(d: Deps) -> HostStatus:
 # ---------------------------------------------------------------------------- helpers
 
 
+def _report(d: Deps, outcome: Outcome) -> Outcome:
+    """Every operation ends here: the reporter shows the outcome, the caller returns it."""
+    d.reporter.outcome(outcome)
+    return outcome
+
+
 @contextlib.contextmanager
 def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
     with d.reporter.stage(f"connect {host.label} and lock"):
@@ -682,32 +696,34 @@ def lock_manually(d: Deps, message: str) -> Outcome:
     take_lock(d, host, lock.MANUAL, message)
     host.record(d.clock.now(), "lock", None, None, message=message)
     host.lock_token = None  # stays held after we exit: that is the point
-    outcome = Outcome(
-        op="lock",
-        result="locked",
-        exit_code=0,
-        release=None,
-        live=None,
-        message=f"deploys to {host.label} are blocked: {message!r}",
+    return _report(
+        d,
+        Outcome(
+            op="lock",
+            result="locked",
+            exit_code=0,
+            release=None,
+            live=None,
+            message=f"deploys to {host.label} are blocked: {message!r}",
+        ),
     )
-    d.reporter.outcome(outcome)
-    return outcome
 
 
 def unlock(d: Deps, *, force: bool, reason: str | None) -> Outcome:
     host = host_ops(d)
     state = host.read_state()
     if state.lock_raw is None:
-        outcome = Outcome(
-            op="unlock",
-            result="not-locked",
-            exit_code=0,
-            release=None,
-            live=state.current,
-            message=f"{host.layout.lock} is not held",
+        return _report(
+            d,
+            Outcome(
+                op="unlock",
+                result="not-locked",
+                exit_code=0,
+                release=None,
+                live=state.current,
+                message=f"{host.layout.lock} is not held",
+            ),
         )
-        d.reporter.outcome(outcome)
-        return outcome
     holder = lock.assess(state.lock_raw, d.clock.now())
     own_manual = holder.manual and holder.owner.get("actor") == d.actor
     if not own_manual and not force:
@@ -729,16 +745,17 @@ def unlock(d: Deps, *, force: bool, reason: str | None) -> Outcome:
         forced=force and not own_manual,
         reason=reason or "",
     )
-    outcome = Outcome(
-        op="unlock",
-        result="unlocked",
-        exit_code=0,
-        release=None,
-        live=state.current,
-        message=f"released the lock of {holder.describe()}",
+    return _report(
+        d,
+        Outcome(
+            op="unlock",
+            result="unlocked",
+            exit_code=0,
+            release=None,
+            live=state.current,
+            message=f"released the lock of {holder.describe()}",
+        ),
     )
-    d.reporter.outcome(outcome)
-    return outcome
 
 
 @contextlib.contextmanager
