@@ -77,6 +77,9 @@ class Deps:
     lock_wait: float = 0.0
     dry_run: bool = False  # the remote is a PlanRemote: reads happen, changes are only shown
     clean_install: bool = False  # never reuse the previous release's dependencies
+    # Signals the CLI's handler saw. Python drops an exception raised by a signal handler that
+    # happens to run inside a weakref callback or finalizer, so long waits also look here.
+    signals: list[int] = field(default_factory=list)
     smoke_packs: tuple[Pack, ...] = ()  # loaded (and validated) before anything is contacted
     redact: Redactor = field(default_factory=Redactor)  # seeded with every secret value
     local_checks: tuple[Check, ...] = ()  # preflight checks made on this machine
@@ -161,6 +164,7 @@ def _ship(d: Deps, host: HostOps, state: HostState, art: artifacts.Artifact) -> 
 
 def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
     """Before the point of no return: remove the partial release; nothing live changed."""
+    d.signals.clear()
     with _shielded(d.reporter):
         if not isinstance(exc, ConnectionLost):
             with contextlib.suppress(ReleasegateError):
@@ -353,8 +357,13 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
         host.remote.tunnel(d.inventory.health_port) as port,
         d.http(f"http://127.0.0.1:{port}", health.probe_timeout) as client,
     ):
+
+        def probe() -> tuple[str, str]:
+            _raise_pending_signal(d)
+            return probe_http(client, health.path, headers)
+
         history, snap = wait_ready(
-            lambda: probe_http(client, health.path, headers),
+            probe,
             host.snapshot,
             policy,
             d.clock,
@@ -423,6 +432,7 @@ def _recover(
         # A bug of ours must not leave the host on an unverified release: roll back anyway.
         reason = f"internal error {type(exc).__name__}: {exc}"
     r.warn(f"{op} of {failed} failed: {reason}")
+    d.signals.clear()  # this signal is being handled: it must not interrupt the rollback
     with _shielded(r):
         forensics = _forensics(d, host, failed)
         evidence = tuple(evidence) + forensics.lines
@@ -778,6 +788,11 @@ def _shielded(reporter: Reporter) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+
+
+def _raise_pending_signal(d: Deps) -> None:
+    if d.signals:
+        raise Signalled(d.signals.pop())
 
 
 def _signum(exc: BaseException) -> int:

@@ -210,10 +210,12 @@ def open_remote(inv: Inventory, redact: Redactor, reporter: Reporter | None = No
 
 
 @contextmanager
-def _signals_as_exceptions() -> Iterator[None]:
+def _signals_as_exceptions(seen: list[int] | None = None) -> Iterator[None]:
     """SIGTERM (a cancelled CI job, systemctl stop) takes the same safe path as Ctrl-C."""
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
+        if seen is not None:
+            seen.append(signum)  # in case Python drops the exception (see flow.Deps.signals)
         raise Signalled(signum)
 
     old = signal.signal(signal.SIGTERM, on_term)
@@ -223,9 +225,11 @@ def _signals_as_exceptions() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _guard(reporter: Reporter, body: Callable[[], int], op: str = "") -> int:
+def _guard(
+    reporter: Reporter, body: Callable[[], int], op: str = "", seen: list[int] | None = None
+) -> int:
     _quiet_libraries()
-    code = _guarded(reporter, body)
+    code = _guarded(reporter, body, seen)
     reporter.finish(op, code)
     return code
 
@@ -240,9 +244,9 @@ def _quiet_libraries() -> None:
         logger.propagate = False
 
 
-def _guarded(reporter: Reporter, body: Callable[[], int]) -> int:
+def _guarded(reporter: Reporter, body: Callable[[], int], seen: list[int] | None = None) -> int:
     try:
-        with _signals_as_exceptions():
+        with _signals_as_exceptions(seen):
             return body()
     except ReleasegateError as exc:
         reporter.error(exc.message, exc.evidence, exit_code=exc.exit_code)
@@ -269,6 +273,8 @@ def _operation(
 ) -> int:
     redact = Redactor()
     rep = reporter or make_reporter(opts, redact, env=env)
+
+    seen: list[int] = []  # signals the handler saw (flow.Deps.signals)
 
     def run() -> int:
         inv = inv_override or inventory.load(env, opts.inventories)
@@ -313,6 +319,7 @@ def _operation(
                     lock_wait=opts.lock_wait,
                     dry_run=opts.dry_run,
                     clean_install=opts.clean_install,
+                    signals=seen,
                     smoke_packs=packs,
                     redact=redact,
                     local_checks=checks,
@@ -322,7 +329,7 @@ def _operation(
         finally:
             remote.close()
 
-    return _guard(rep, run, op)
+    return _guard(rep, run, op, seen)
 
 
 def _webhooks(op: str, inv: Inventory, opts: Options, redact: Redactor) -> tuple[notify.Hook, ...]:
