@@ -320,6 +320,74 @@ class NotifyConfig(Strict):
     webhooks: tuple[WebhookConfig, ...] = ()
 
 
+class SlotsConfig(Strict):
+    """strategy.slots: the two loopback ports a blue/green app alternates between."""
+
+    blue: int = Field(ge=1, le=65535)
+    green: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> SlotsConfig:
+        if self.blue == self.green:
+            raise ValueError(
+                f"blue and green are both {self.blue}: each slot needs its own port, e.g. "
+                "{blue: 3001, green: 3002}"
+            )
+        return self
+
+
+class BakeConfig(Strict):
+    """strategy.bake: how long the new release serves with the old one kept as backup."""
+
+    seconds: float = Field(30, ge=0, le=3600)
+
+
+StrategyKind = Literal["in-place", "blue-green"]
+# The blue/green deploy itself lands with issue 10's strategy; until then the front-door
+# pieces exist (deploy/proxy.py, docs/blue-green.md) but a deploy could only run in place,
+# and a setting that silently does nothing is refused.
+BLUE_GREEN_DEPLOYS = False
+_BLUE_GREEN_KEYS = ("slots", "public_port", "bake", "retire", "on_failure")
+
+
+class StrategyConfig(Strict):
+    """How a release starts, takes traffic and is reverted (docs/blue-green.md)."""
+
+    # in-place: switch `current`, reload the process manager (the default).
+    # blue-green: start the release in the idle slot on its own port, gate it there, switch
+    # the nginx upstream, bake with the previous slot as backup, then retire or keep it warm.
+    kind: StrategyKind = "in-place"
+    slots: SlotsConfig | None = None
+    public_port: int = Field(80, ge=1, le=65535)
+    bake: BakeConfig = BakeConfig()
+    retire: Literal["after-bake", "keep-warm"] = "after-bake"
+    on_failure: Literal["rollback", "pause"] = "rollback"
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> StrategyConfig:
+        if self.kind == "in-place":
+            # Refused rather than ignored, as process.systemd under pm2 is.
+            extra = [k for k in _BLUE_GREEN_KEYS if k in self.model_fields_set]
+            if extra:
+                verb = "applies" if len(extra) == 1 else "apply"
+                raise ValueError(
+                    f"{', '.join(extra)} only {verb} to kind: blue-green; remove "
+                    f"{'it' if len(extra) == 1 else 'them'} or set kind: blue-green"
+                )
+            return self
+        if self.slots is None:
+            raise ValueError(
+                "kind: blue-green needs slots: the two loopback ports the app alternates "
+                "between, e.g. `slots: {blue: 3001, green: 3002}`"
+            )
+        if self.public_port in (self.slots.blue, self.slots.green):
+            raise ValueError(
+                f"public_port {self.public_port} is also a slot port: nginx listens on the "
+                "public port and passes requests to the slots, so they must differ"
+            )
+        return self
+
+
 class Inventory(Strict):
     """One environment. `env` and `source` are filled in by `load`, not by the file."""
 
@@ -334,6 +402,7 @@ class Inventory(Strict):
     preflight: PreflightConfig = PreflightConfig()
     secrets: SecretsConfig = SecretsConfig()
     notify: NotifyConfig = NotifyConfig()
+    strategy: StrategyConfig = StrategyConfig()
 
     @model_validator(mode="after")
     def _one_host(self) -> Inventory:
@@ -343,6 +412,16 @@ class Inventory(Strict):
             raise ValueError(
                 "hosts: lists more than one host; rolling deploys across several hosts are "
                 "not supported yet — keep one host per inventory for now"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _strategy_available(self) -> Inventory:
+        if self.strategy.kind == "blue-green" and not BLUE_GREEN_DEPLOYS:
+            raise ValueError(
+                "strategy.kind: blue-green is not available in this version yet: the nginx "
+                "front door is (docs/blue-green.md), the blue/green deploy is not. Use "
+                "kind: in-place (or remove the strategy section)"
             )
         return self
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from deploy import proxy
 from deploy.process.systemd import sudoers_lines
 
 __all__ = ["SandboxError", "SandboxInfo", "SandboxSpec", "down", "status", "up"]
@@ -869,13 +870,15 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def sudoers_text(user: str) -> str:
-    """/etc/sudoers.d/releasegate-sandbox: the systemd example's allowlist for `user`."""
+    """/etc/sudoers.d/releasegate-sandbox: the systemd example's allowlist for `user`, and
+    the nginx allowlist of blue/green deploys."""
     lines = sudoers_lines(user=user, app=SYSTEMD_EXAMPLE_APP, root=SYSTEMD_EXAMPLE_ROOT)
     header = (
         "# releasegate sandbox: exactly what inventories/local-systemd.yml needs as root "
         "(docs/systemd.md)"
     )
-    return "\n".join([header, *lines]) + "\n"
+    nginx = "# and what blue/green deploys need for nginx (docs/blue-green.md)"
+    return "\n".join([header, *lines, nginx, *proxy.sudoers_lines(user)]) + "\n"
 
 
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

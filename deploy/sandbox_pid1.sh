@@ -31,7 +31,7 @@ stage_launch() {
 # Enablement links from the host are dropped anyway (see customise); masking also stops units
 # that are pulled in statically or by generators.
 MASK_UNITS=(
-  nginx.service apache2.service postgresql.service mysql.service mariadb.service
+  apache2.service postgresql.service mysql.service mariadb.service
   redis-server.service docker.service containerd.service cron.service anacron.service
   atd.service unattended-upgrades.service e2scrub_reap.service systemd-pstore.service
   systemd-timesyncd.service systemd-networkd.service systemd-networkd-wait-online.service
@@ -49,7 +49,7 @@ MASK_UNITS=(
 )
 
 customise() {
-  local R=$1 u=$RG_USER sd=$1/etc/systemd home d unit name path
+  local R=$1 u=$RG_USER sd=$1/etc/systemd home d unit name path nginx_user=
 
   # Identity. A fresh machine-id matters: with the host's id journald would append to the
   # host's own journal files and copy them (possibly hundreds of MB) into the tmpfs.
@@ -78,6 +78,16 @@ customise() {
   ln -sfn /lib/systemd/system/ssh.service "$sd/system/multi-user.target.wants/ssh.service"
   ln -sfn /lib/systemd/system/ssh.service "$sd/system/sshd.service"
   ln -sfn /lib/systemd/system/multi-user.target "$sd/system/default.target"
+  # nginx, when this machine has it (scripts/setup.sh installs it; it never runs on the host
+  # itself): the front door of blue/green deploys, started at boot like on a VPS prepared as
+  # docs/blue-green.md says - vendor unit, Debian's placeholder site removed (it would take
+  # port 80 as default_server), the deploy user in `adm` to read the access logs.
+  if [ -x "$R/usr/sbin/nginx" ] && [ -e "$R/lib/systemd/system/nginx.service" ]; then
+    rm -rf "$sd/system/nginx.service" "$sd/system/nginx.service.d"
+    ln -sfn /lib/systemd/system/nginx.service "$sd/system/multi-user.target.wants/nginx.service"
+    rm -f "$R/etc/nginx/sites-enabled/default"
+    nginx_user=1
+  fi
   # Persistent journal (in the tmpfs) so journald splits per-user files and `journalctl --user`
   # works for the deploy user; volatile storage would keep a single root-only file.
   mkdir -p "$sd/journald.conf.d"
@@ -125,9 +135,11 @@ EOF
   install -m 0600 "$RG_CLIENT_PUBKEY" "$R/root/.ssh/authorized_keys"
   chmod 0700 "$R$home/.ssh" "$R/root/.ssh"
   chroot "$R" chown "$u:" "$home" "$home/.ssh" "$home/.ssh/authorized_keys"
+  if [ -n "${nginx_user:-}" ]; then chroot "$R" usermod -aG adm "$u"; fi
   mkdir -p "$R/var/lib/systemd/linger"
   touch "$R/var/lib/systemd/linger/$u"
-  # sudo: exactly the allowlist of the systemd example inventory (rendered by sandbox.py);
+  # sudo: exactly the allowlists of the systemd example inventory and of nginx (rendered by
+  # sandbox.py);
   # a broken sudoers file would disable sudo altogether, so check it before booting.
   printf '%s' "$RG_SUDOERS" >"$R/etc/sudoers.d/releasegate-sandbox"
   chmod 0440 "$R/etc/sudoers.d/releasegate-sandbox"

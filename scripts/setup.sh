@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up releasegate on a fresh Debian 12 machine, as root: the host tools the sandbox VPS
-# needs (sshd, systemd, iproute2, Node, PM2), then releasegate itself in .venv.
+# needs (sshd, systemd, iproute2, Node, PM2, nginx), then releasegate itself in .venv.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,13 +27,31 @@ want pgrep procps
 want tar tar
 want gzip gzip
 want curl curl
+# nginx is the blue/green front door (docs/blue-green.md). The sandbox VPS boots this machine's
+# OS files and runs it under its own systemd; on this machine itself it must not run.
+want /usr/sbin/nginx nginx
 if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then packages+=(python3-venv python3-pip); fi
 if [ ${#packages[@]} -gt 0 ]; then
   mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u)
   echo "setup: apt-get install ${packages[*]}"
+  # No service may start during the install (this machine's PID 1 is not systemd, and an
+  # nginx started here would take port 80): policy-rc.d says "no" to every invoke-rc.d start.
+  # A policy already in place (container images ship one) is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# releasegate scripts/setup.sh: no service starts during this install\nexit 101\n' \
+      >"$policy"
+    chmod 0755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  nginx_before=$(pgrep -x nginx || true)
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  if [ -z "$nginx_before" ] && pgrep -x nginx >/dev/null; then
+    echo "setup: stopping the nginx the package started on this machine"
+    /usr/sbin/nginx -s quit || echo "setup: warning: nginx runs on this machine; stop it" >&2
+  fi
 fi
 
 if ! command -v pm2 >/dev/null 2>&1; then

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy import inventory
 from deploy.errors import ConfigError
@@ -116,3 +118,82 @@ def test_bad_yaml_and_missing_file(tmp_path):
         inventory.load("prod", tmp_path)
     with pytest.raises(ConfigError, match="not valid"):
         inventory.load("../etc/passwd", tmp_path)
+
+
+# ---------------------------------------------------------------- strategy (docs/blue-green.md)
+
+BLUE_GREEN = {
+    "kind": "blue-green",
+    "slots": {"blue": 3001, "green": 3002},
+    "public_port": 8080,
+    "bake": {"seconds": 45},
+    "retire": "keep-warm",
+    "on_failure": "pause",
+}
+
+
+def test_the_default_strategy_is_in_place():
+    inv = inventory.parse(GOOD, source=Path("inventories/prod.yml"), env="prod")
+    assert inv.strategy.kind == "in-place" and inv.strategy.slots is None
+
+
+def test_blue_green_settings_validate_and_default():
+    full = inventory.StrategyConfig.model_validate(BLUE_GREEN)
+    assert (full.slots.blue, full.slots.green) == (3001, 3002)  # type: ignore[union-attr]
+    assert (full.public_port, full.bake.seconds, full.retire, full.on_failure) == (
+        8080,
+        45,
+        "keep-warm",
+        "pause",
+    )
+    least = inventory.StrategyConfig.model_validate(
+        {"kind": "blue-green", "slots": {"blue": 3001, "green": 3002}}
+    )
+    assert (least.public_port, least.bake.seconds, least.retire, least.on_failure) == (
+        80,
+        30,
+        "after-bake",
+        "rollback",
+    )
+
+
+@pytest.mark.parametrize(
+    "strategy, words",
+    [
+        ("{kind: blue-green}", "needs slots"),
+        ("{kind: blue-green, slots: {blue: 3001, green: 3001}}", "each slot needs its own port"),
+        ("{kind: blue-green, slots: {blue: 80, green: 3002}}", "public_port 80 is also a slot"),
+        ("{public_port: 8080}", "public_port only applies to kind: blue-green"),
+        ("{retire: keep-warm, on_failure: pause}", "retire, on_failure only apply"),
+        ("{kind: blue-green, slots: {blue: 1, green: 2}, retire: never}", "retire"),
+        ("{kind: blue-green, slots: {blue: 1, green: 2}, bake: {secs: 3}}", "bake.secs: unknown"),
+        ("{kind: canary}", "strategy.kind"),
+    ],
+)
+def test_strategy_errors_name_the_key_and_the_fix(strategy, words):
+    assert words in err(GOOD + f"strategy: {strategy}\n")
+
+
+def test_blue_green_is_refused_until_the_strategy_exists():
+    # a setting that would silently deploy in place is refused, with what to do instead
+    msg = err(GOOD + "strategy: {kind: blue-green, slots: {blue: 3001, green: 3002}}\n")
+    assert "not available in this version yet" in msg and "kind: in-place" in msg
+
+
+def test_example_documents_every_blue_green_key():
+    # the commented blue-green keys of example.yml, uncommented, are a valid strategy
+    text = (ROOT / "inventories" / "example.yml").read_text()
+    block = text[text.index("\nstrategy:") : text.index("\nnotify:")]
+    lines = []
+    for line in block.splitlines():
+        m = re.match(r"^  # (\s*[a-z_]+:.*)$", line)
+        code = "  " + m.group(1) if m else line
+        code = re.sub(r"\s+#.*$", "", code).rstrip()
+        if code.strip():
+            lines.append(code)
+    data = yaml.safe_load("\n".join(lines))["strategy"]
+    assert data["kind"] == "in-place"
+    parsed = inventory.StrategyConfig.model_validate({**data, "kind": "blue-green"})
+    assert set(data) == set(inventory.StrategyConfig.model_fields)
+    assert set(data["bake"]) == set(inventory.BakeConfig.model_fields)
+    assert parsed.slots == inventory.SlotsConfig(blue=3001, green=3002)

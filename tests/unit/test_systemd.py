@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from deploy import inventory, sandbox
+from deploy import inventory, proxy, sandbox
 from deploy.commands import Cmd
 from deploy.errors import ConfigError
 from deploy.inventory import Inventory
@@ -272,7 +272,11 @@ def test_sandbox_sudoers_is_exactly_the_example_inventorys_allowlist():
     m = manager_for(inv_, Layout(PurePosixPath(inv_.host.root)))
     assert isinstance(m, Systemd)
     text = sandbox.sudoers_text(inv_.host.user)
-    assert [line for line in text.splitlines() if not line.startswith("#")] == m.sudoers()
+    # the systemd example's allowlist, then nginx's for blue/green (docs/blue-green.md)
+    assert [line for line in text.splitlines() if not line.startswith("#")] == [
+        *m.sudoers(),
+        *proxy.sudoers_lines(inv_.host.user),
+    ]
 
 
 def test_docs_print_the_allowlist_the_code_uses():
