@@ -337,7 +337,7 @@ def box(tmp_path: Path) -> Iterator[Box]:
     access_log = prefix / "releasegate-shop.access.log"
     public_port = free_port()
     site = proxy.site_config(paths, public_port=public_port)
-    site = site.replace(str(paths.access_log), str(access_log))
+    site = site.replace(f"{proxy.LOG_DIR}/", f"{prefix}/")  # nothing of the machine's own
     site = site.replace(f"listen {public_port} ", f"listen 127.0.0.1:{public_port} ")
     (prefix / "conf" / "conf.d" / "releasegate-shop.conf").write_text(site)
     conf = prefix / "conf" / "nginx.conf"
@@ -668,3 +668,12 @@ def test_the_probe_runs_for_real_and_finds_every_fact(box: Box, slots: dict[str,
     broken = proxy.parse_facts(box.run(cmd).stdout)
     assert broken.config == "failed" and "listen" in broken.config_error
     assert broken.sudo_test and not broken.sudo_reload
+
+
+def test_docs_show_the_site_config_upstream_and_allowlist_the_code_renders():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "blue-green.md").read_text()
+    shop = proxy.proxy_paths(Layout(PurePosixPath("/srv/shop-api")), "shop-api")
+    assert f"```nginx\n{proxy.site_config(shop, public_port=80)}```" in docs
+    assert f"```nginx\n{proxy.upstream_text(shop, proxy.Upstream(3002, 3001))}```" in docs
+    for line in proxy.sudoers_lines("deploy"):
+        assert f"\n  {line}\n" in docs
