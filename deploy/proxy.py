@@ -194,7 +194,7 @@ if out=$(sudo -n /usr/sbin/nginx -s reload 2>&1); then
   while :; do
     pending=
     for w in $old; do
-      t=$(tr '\0' ' ' <"/proc/$w/cmdline" 2>/dev/null) || continue
+      t=$(tr '\0' ' ' 2>/dev/null <"/proc/$w/cmdline") || continue
       case "$t" in *"shutting down"* | "") ;; *) pending=$w; break ;; esac
     done
     if [ -z "$pending" ]; then applied=1; break; fi
@@ -714,14 +714,20 @@ def judge(
             else "nginx opens it when it loads the site: install the site, then reload nginx",
         )
     )
+    public = facts.public_port
     checks.append(
         Check(
             "public port",
-            facts.public_port.state != "free",
-            f":{public_port} is listening"
-            if facts.public_port.state != "free"
-            else f"nothing listens on :{public_port}",
-            f"the site listens on :{public_port} once nginx has loaded it (reload nginx)",
+            public.state == "other",
+            f":{public_port} is listening (not as {user}: nginx's master runs as root)"
+            if public.state == "other"
+            else f"nothing listens on :{public_port}"
+            if public.state == "free"
+            else f":{public_port} is {public.describe()}, not nginx",
+            f"the site listens on :{public_port} once nginx has loaded it (reload nginx)"
+            if public.state == "free"
+            else f"stop what {user} runs on :{public_port} (pid {public.pid}); nginx must own "
+            "the public port",
         )
     )
     holder = facts.ports.get(idle_port, PortHolder("free"))

@@ -634,6 +634,7 @@ def test_preflight_all_good():
         ({"access_log": "unreadable"}, "access log", "usermod -aG adm deploy"),
         ({"access_log": "missing"}, "access log", "reload nginx"),
         ({"public_port": "free"}, "public port", "reload nginx"),
+        ({"public_port": "own:91:/srv/shop/current"}, "public port", "nginx must own"),
         ({"port.3002": "other"}, "idle slot port", "strategy.slots"),
     ],
 )
