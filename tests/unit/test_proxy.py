@@ -33,8 +33,10 @@ from deploy.model import Layout
 from tests.conftest import wait_until
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin") or proxy.NGINX
+# Skipped only on a developer machine without nginx; in CI (scripts/setup.sh installs it) a
+# missing nginx fails these tests instead of hiding them.
 needs_nginx = pytest.mark.skipif(
-    not os.access(proxy.NGINX, os.X_OK),
+    not os.access(proxy.NGINX, os.X_OK) and not os.environ.get("CI"),
     reason="nginx is not installed (scripts/setup.sh installs it)",
 )
 PATHS = proxy.proxy_paths(Layout(PurePosixPath("/srv/shop")), "shop")
