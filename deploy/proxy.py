@@ -5,13 +5,16 @@ releasegate owns exactly one small file, the *upstream file* under the deploy ro
 (`<root>/.releasegate/nginx/upstream.conf`): `server 127.0.0.1:<port>;` for the live slot and,
 while a new release bakes, the previous slot as `backup`. The site config (rendered here from
 templates/nginx/, installed once by root) includes that file inside its `upstream` block, so
-the deploy user can only ever change which loopback ports receive traffic.
+whatever is written there can only be upstream directives (docs/blue-green.md says what the
+allowlist grants).
 
 A switch is one host script in one round trip (`switch`): write the new upstream beside the
-live one, rename it over, `sudo -n nginx -t`, graceful reload; on any failure the previous
-file is renamed back, nginx is not reloaded (or reloaded back), and the script exits with a
-code of its own (`SWITCH_*`). `parse_switch` turns the result into a `SwitchReport`; the
-strategy decides what a failure means (before or after the point of no return).
+live one, rename it over, `sudo -n nginx -t`, graceful reload, then wait until nginx's old
+workers stop accepting (so "switched" means every new connection gets the new upstream); on
+any failure the previous file is renamed back, nginx is not reloaded (or reloaded back), and
+the script exits with a code of its own (`SWITCH_*`). `parse_switch` turns the result into a
+`SwitchReport`; the strategy decides what a failure means (before or after the point of no
+return).
 
 The bake window reads this app's JSON access log from a byte offset (`read_access_log`) and
 `parse_access_log` counts requests, 5xx answers and attempts no upstream answered. The
