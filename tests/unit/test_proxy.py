@@ -10,6 +10,7 @@ needs the machine's own nginx config, port 80 or root.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -17,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -374,9 +376,22 @@ def box(tmp_path: Path) -> Iterator[Box]:
     try:
         yield b
     finally:
-        pid = prefix / "nginx.pid"
-        if pid.exists():
-            b.nginx("-s", "stop")
+        # By pid, not `nginx -s stop`: that parses the config, which a test may have broken.
+        pid_file = prefix / "nginx.pid"
+        text = pid_file.read_text().strip() if pid_file.exists() else ""
+        if text:  # (`nginx -t` leaves an empty pid file)
+            pid = int(text)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: gone(pid), 10, f"the test's nginx master {pid} to stop")
+
+
+def gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def write_upstream(box: Box, upstream: proxy.Upstream) -> None:
