@@ -59,6 +59,9 @@ class Settings:
             "interval": 0.25,
             "successes": 3,
             "probe_timeout": 2.0,
+            # the stability window (no restart, every instance up) adds to every gated deploy
+            # and rollback; stated here so the figures say which window they were measured with
+            "stable_for": 2.0,
         }
 
     def as_dict(self) -> dict[str, Any]:

@@ -91,7 +91,17 @@ def build(source: Source, out_dir: Path, now: datetime) -> Artifact:
         revision=sha,
         release_id=release_id,
         members=members,
+        tags=tags_of(source.repo, sha),
     )
+
+
+def tags_of(repo: Path, sha: str) -> tuple[str, ...]:
+    """The tags that point at the commit: the manifest records them, so a release's version
+    identity may be its tag (health.version.expect: tag), on rollbacks too."""
+    res = _git(repo, "tag", "--points-at", sha)
+    if res.returncode != 0:
+        return ()
+    return tuple(sorted(t for t in res.stdout.decode(errors="replace").split() if t))
 
 
 def _run_build(tar_bytes: bytes, command: str) -> bytes:

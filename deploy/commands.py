@@ -362,18 +362,27 @@ def switch_current(layout: Layout, release_id: str, nonce: str) -> Cmd:
     )
 
 
-CWDS_SCRIPT = r"""
+# $1 release directory, then pids. The directory is resolved on the host (`pwd -P`), so a
+# deploy root reached through a symlink (/srv/app -> /data/srv/app) compares equal to what
+# /proc/<pid>/cwd shows; the manifest says which revision (and tags) the release was built from.
+IDENTITY_SCRIPT = r"""
+dir="$1"; shift
+echo "@@release $(cd -P -- "$dir" 2>/dev/null && pwd -P || echo -)"
 for p in "$@"; do printf '%s %s\n' "$p" "$(readlink "/proc/$p/cwd" 2>/dev/null || echo -)"; done
+echo "@@manifest"
+cat -- "$dir/.release.json" 2>/dev/null || true
 """
 
 
-def proc_cwds(pids: Sequence[int]) -> Cmd:
+def process_identity(release_dir: PurePosixPath, pids: Sequence[int]) -> Cmd:
+    """One read for the identity check: the release directory as the host resolves it, the
+    cwd of every pid, and the release's manifest."""
     args = [str(int(p)) for p in pids]
     return _script(
-        "process.cwds",
-        CWDS_SCRIPT,
-        args,
-        f"read cwd of pids {' '.join(args)}",
+        "process.identity",
+        IDENTITY_SCRIPT,
+        [_p(release_dir), *args],
+        f"read cwd of pids {' '.join(args) or '(none)'} and the manifest of {release_dir.name}",
     )
 
 

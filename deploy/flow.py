@@ -33,7 +33,17 @@ from deploy.errors import (
     PreflightFailed,
     ReleasegateError,
 )
-from deploy.gate import ReadyPolicy, check_identity, probe_http, wait_ready
+from deploy.gate import (
+    MIN_READ_TIMEOUT,
+    Expected,
+    ReadyPolicy,
+    check_identity,
+    check_version,
+    probe_http,
+    reported_version,
+    stability,
+    wait_ready,
+)
 from deploy.host import HostOps
 from deploy.inventory import Inventory
 from deploy.journal import HostState
@@ -336,12 +346,23 @@ def _activate_and_gate(
 
 
 def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
+    """Readiness and the stability window (together), identity by cwd and — when
+    health.version is set — by the version the app reports, then the smoke pack. Everything
+    up to the smoke pack runs inside health.deadline: each process-manager read gets the time
+    left as its timeout."""
     health = d.inventory.health
+    version = health.version
     if d.dry_run:
         d.reporter.info(
             f"would probe {health.path} on port {d.inventory.health_port} through an SSH tunnel "
-            f"until {health.successes} consecutive 2xx answers within {health.deadline:g}s, then "
+            f"until {health.successes} consecutive 2xx answers and {health.window:g}s "
+            f"without a restart (every instance online) within {health.deadline:g}s, then "
             f"check that every process runs in {host.layout.release(rid)}"
+            + (
+                f" and that {version.path} reports its {version.expect.replace('_', ' ')}"
+                if version
+                else ""
+            )
             + (f", then run {len(d.smoke_packs)} smoke pack(s)" if d.smoke_packs else "")
             + "; whether it passes cannot be known in advance (a failure would roll back)"
         )
@@ -351,7 +372,14 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
         interval=health.interval,
         successes=health.successes,
         max_restarts=health.max_restarts,
+        stable_for=health.window,
+        instances=d.inventory.expected_instances,
     )
+    started = d.clock.monotonic()
+
+    def time_left() -> float:
+        return max(policy.deadline - (d.clock.monotonic() - started), MIN_READ_TIMEOUT)
+
     headers = {health.token_header: d.health_token} if d.health_token else {}
     with (
         host.remote.tunnel(d.inventory.health_port) as port,
@@ -364,16 +392,27 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
 
         history, snap = wait_ready(
             probe,
-            host.snapshot,
+            lambda timeout: host.snapshot(timeout=timeout),
             policy,
             d.clock,
             on_probe=lambda p: d.reporter.command(p.line()),
         )
-    d.reporter.info(f"ready: {history[-1].detail} ({len(history)} probes)")
-    snap = snap or host.snapshot()
-    identity = check_identity(snap, host.process_cwds(snap.pids), host.layout.release(rid))
-    d.reporter.info(f"identity: {identity}")
-    evidence = [p.line() for p in history] + [f"identity: {identity}"]
+        probes = sum(1 for p in history if p.outcome != "info")
+        d.reporter.info(f"ready: {history[-1].detail} ({probes} probes)")
+        stable = stability(snap, policy)
+        d.reporter.info(f"stable: {stable}")
+        snap = snap or host.snapshot(timeout=time_left())
+        facts = host.identity_facts(rid, snap.pids, timeout=time_left())
+        identity = check_identity(snap, facts, host.layout.release(rid))
+        d.reporter.info(f"identity: {identity}")
+        evidence = [p.line() for p in history] + [f"stable: {stable}", f"identity: {identity}"]
+        if version is not None:
+            # Through the readiness client: same tunnel, same connection, no new round trip.
+            reported = reported_version(client, version, headers)
+            expected = Expected(release_id=rid, revision=facts.revision, tags=facts.tags)
+            said = check_version(reported, version.expect, expected, version.source)
+            d.reporter.info(f"version: {said}")
+            evidence.append(f"version: {said}")
     if d.smoke_packs:
         evidence += _smoke_gate(d, host, rid)
     return evidence

@@ -3,6 +3,7 @@ so they know nothing about SSH or PM2, and a fake clock runs them without waitin
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +12,9 @@ from pathlib import PurePosixPath
 import httpx
 
 from deploy.clock import Clock
-from deploy.errors import GateFailed
-from deploy.model import Probe, ProcessSnapshot
+from deploy.errors import GateFailed, RemoteCommandError
+from deploy.inventory import VersionConfig
+from deploy.model import IdentityFacts, Probe, ProcessSnapshot
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,13 @@ class ReadyPolicy:
     interval: float
     successes: int
     max_restarts: int
+    stable_for: float = 0.0  # seconds with no restart and no pid change, every instance up
+    instances: int = 1  # how many instances must be online at the end of the window
+
+
+# A process-manager read gets the time left before the gate's deadline, but at least this
+# much: a read started just before the deadline still gets a fair chance to answer.
+MIN_READ_TIMEOUT = 1.0
 
 
 def probe_http(client: httpx.Client, path: str, headers: dict[str, str]) -> tuple[str, str]:
@@ -39,32 +48,73 @@ def probe_http(client: httpx.Client, path: str, headers: dict[str, str]) -> tupl
     return "fail", f"{response.status_code} in {ms:.0f} ms {body}".rstrip()
 
 
+@dataclass
+class _Window:
+    """The stability window: opened by a snapshot with every instance up, it holds while later
+    snapshots show the same pids and restart counts."""
+
+    opened_at: float
+    snapshot: ProcessSnapshot
+
+
 def wait_ready(
     probe: Callable[[], tuple[str, str]],
-    process: Callable[[], ProcessSnapshot] | None,
+    process: Callable[[float], ProcessSnapshot] | None,
     policy: ReadyPolicy,
     clock: Clock,
     on_probe: Callable[[Probe], None] | None = None,
 ) -> tuple[list[Probe], ProcessSnapshot | None]:
-    """Promote after `successes` consecutive ok probes within the deadline.
+    """Promote after `successes` consecutive ok probes AND a stability window of `stable_for`
+    seconds, both within the deadline. The two run together, not one after the other.
 
-    Fails fast — without waiting out the deadline — when the process manager reports the
-    process errored/stopped/missing or restarting more than `max_restarts` times. The process
-    is asked at the start, after every probe that was not ok, and once at the end (its final
-    answer is returned for the identity check): a healthy gate costs two round trips.
+    The window opens on a process snapshot in which every expected instance is online with a
+    pid, and holds while no instance restarts and no pid changes; it is judged by reading the
+    process state when it opens and when it has lasted `stable_for` (and after every probe
+    that was not ok), so a healthy gate reads the process manager twice. A change reopens the
+    window; an instance not up (stopping, launching, waiting restart, pid 0) closes it until
+    one is seen up again.
+
+    Fails fast — without waiting out the deadline — when the process manager reports the app
+    errored/stopped/missing or more than `max_restarts` restarts since the gate started.
+    `process(timeout)` is given the time left before the deadline (at least
+    MIN_READ_TIMEOUT); a read that overruns it fails the gate.
     """
     start = clock.monotonic()
     history: list[Probe] = []
-    baseline: int | None = None
+    baseline: ProcessSnapshot | None = None
+    window: _Window | None = None
+    unsettled = "the process state was never read"
+
+    def elapsed() -> float:
+        return clock.monotonic() - start
+
+    def note(detail: str) -> None:
+        item = Probe(at=elapsed(), outcome="info", detail=detail)
+        history.append(item)
+        if on_probe is not None:
+            on_probe(item)
+
+    def read() -> ProcessSnapshot:
+        assert process is not None
+        timeout = max(policy.deadline - elapsed(), MIN_READ_TIMEOUT)
+        try:
+            return process(timeout)
+        except RemoteCommandError as exc:
+            history.append(Probe(at=elapsed(), outcome="error", detail=f"process: {exc.message}"))
+            raise GateFailed(
+                "ready",
+                f"the process manager did not answer: {exc.message}",
+                evidence=_lines(history),
+            ) from None
 
     def look() -> ProcessSnapshot | None:
-        nonlocal baseline
+        nonlocal baseline, window, unsettled
         if process is None:
             return None
-        snap = process()
+        snap = read()
         if baseline is None:
-            baseline = snap.restarts
-        restarts = snap.restarts - baseline
+            baseline = snap
+        restarts = snap.restarts_since(baseline)
         if snap.status in {"errored", "stopped", "missing"} or restarts > policy.max_restarts:
             why = (
                 f"the process is {snap.status}"
@@ -72,50 +122,200 @@ def wait_ready(
                 else f"the process restarted {restarts} times during the gate"
             )
             history.append(
-                Probe(at=clock.monotonic() - start, outcome="error", detail=f"process: {why}")
+                Probe(at=elapsed(), outcome="error", detail=f"process: {why}: {snap.describe()}")
             )
             raise GateFailed("ready", f"{why} (fail fast)", evidence=_lines(history))
+        if window is not None and snap.fingerprint() != window.snapshot.fingerprint():
+            unsettled = (
+                f"instances changed during the stability window: "
+                f"{window.snapshot.describe()} -> {snap.describe()}"
+            )
+            note(f"process: {unsettled}")
+            window = None
+        if not snap.all_up(policy.instances):
+            unsettled = (
+                f"not every instance is online ({len(snap.instances)} of "
+                f"{policy.instances} expected): {snap.describe()}"
+            )
+            if window is not None:
+                note(f"process: {unsettled}")
+            window = None
+        elif window is None:
+            window = _Window(opened_at=elapsed(), snapshot=snap)
         return snap
 
     look()
     streak = 0
     while True:
         outcome, detail = probe()
-        item = Probe(at=clock.monotonic() - start, outcome=outcome, detail=detail)
+        item = Probe(at=elapsed(), outcome=outcome, detail=detail)
         history.append(item)
         if on_probe is not None:
             on_probe(item)
         streak = streak + 1 if outcome == "ok" else 0
-        if streak >= policy.successes:
-            return history, look()
         if outcome != "ok":
             look()
-        if clock.monotonic() - start + policy.interval > policy.deadline:
-            fails = sum(1 for p in history if p.outcome == "fail")
-            errors = sum(1 for p in history if p.outcome == "error")
+        elif streak >= policy.successes:
+            if process is None:
+                return history, None
+            if window is None:
+                look()  # instances were not all up: see whether they are now (opens the window)
+            elif elapsed() - window.opened_at >= policy.stable_for:
+                held = window
+                snap = look()
+                if window is held:
+                    return history, snap
+        if elapsed() + policy.interval > policy.deadline:
+            if streak >= policy.successes:
+                why = (
+                    f"the window opened at +{window.opened_at:.1f}s, too late ({unsettled})"
+                    if window is not None
+                    else unsettled
+                )
+                raise GateFailed(
+                    "ready",
+                    f"ready, but not stable for {policy.stable_for:g}s within "
+                    f"{policy.deadline:g}s: {why}",
+                    evidence=_lines(history),
+                )
+            probes = [p for p in history if p.outcome != "info"]
+            fails = sum(1 for p in probes if p.outcome == "fail")
+            errors = sum(1 for p in probes if p.outcome == "error")
             raise GateFailed(
                 "ready",
                 f"no {policy.successes} consecutive successes within {policy.deadline:g}s "
-                f"({len(history)} probes: {fails} fail, {errors} error; last: {detail})",
+                f"({len(probes)} probes: {fails} fail, {errors} error; last: {detail})",
                 evidence=_lines(history),
             )
         clock.sleep(policy.interval)
 
 
-def check_identity(snapshot: ProcessSnapshot, cwds: dict[int, str], expected: PurePosixPath) -> str:
-    """The running processes really run `expected` (catches PM2 keeping the old code)."""
+def stability(snapshot: ProcessSnapshot | None, policy: ReadyPolicy) -> str:
+    if snapshot is None:
+        return "process state not read"
+    return (
+        f"{len(snapshot.instances)} instance(s) online, no restart and no pid change for "
+        f"{policy.stable_for:g}s ({snapshot.describe()})"
+    )
+
+
+def check_identity(snapshot: ProcessSnapshot, facts: IdentityFacts, expected: PurePosixPath) -> str:
+    """The running processes really run `expected` (catches PM2 keeping the old code). The
+    release directory is compared as the host resolves it, so a deploy root reached through a
+    symlink is the same directory as the cwds /proc shows."""
     if not snapshot.pids:
         raise GateFailed("identity", f"no running process (status {snapshot.status})")
-    wrong = {pid: cwd for pid, cwd in cwds.items() if cwd != str(expected)}
+    want = {str(expected)}
+    if facts.release_dir:
+        want.add(facts.release_dir)
+    cwds = facts.cwds
+    wrong = {pid: cwd for pid, cwd in cwds.items() if cwd not in want}
     missing = [pid for pid in snapshot.pids if pid not in cwds]
     if wrong or missing:
         shown = ", ".join(f"pid {pid} runs in {cwd}" for pid, cwd in sorted(wrong.items()))
+        resolved = (
+            f" (= {facts.release_dir} on the host)"
+            if facts.release_dir and facts.release_dir != str(expected)
+            else ""
+        )
         raise GateFailed(
             "identity",
-            f"expected every process to run in {expected}, but {shown or 'cwd unreadable'}"
-            + (f"; no cwd for pids {missing}" if missing else ""),
+            f"expected every process to run in {expected}{resolved}, but "
+            f"{shown or 'cwd unreadable'}" + (f"; no cwd for pids {missing}" if missing else ""),
         )
     return f"{len(snapshot.pids)} process(es) run in {expected}"
+
+
+# ---------------------------------------------------------------------------- version identity
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a release must report: its id, the revision it was built from, its commit's tags."""
+
+    release_id: str
+    revision: str | None
+    tags: tuple[str, ...] = ()
+
+
+def reported_version(
+    client: httpx.Client, settings: VersionConfig, headers: dict[str, str]
+) -> str | None:
+    """The value the app reports as its version (a JSON field or a header of `path`); None
+    when the field is null (the app does not know its version)."""
+    where = f"GET {settings.path}"
+    try:
+        response = client.get(settings.path, headers=headers)
+    except httpx.HTTPError as exc:
+        raise GateFailed(
+            "identity", f"{where} got no answer: {type(exc).__name__} {str(exc)[:120]}"
+        ) from None
+    if not 200 <= response.status_code < 300:
+        raise GateFailed("identity", f"{where} answered {response.status_code}, not 2xx")
+    if settings.header:
+        value = response.headers.get(settings.header)
+        if value is None:
+            raise GateFailed("identity", f"{where} has no {settings.header} header")
+        return value.strip()
+    try:
+        node: object = response.json()
+    except ValueError:
+        raise GateFailed("identity", f"{where} did not answer JSON") from None
+    assert settings.field is not None
+    for key in settings.field.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise GateFailed("identity", f"{where} has no field {settings.field!r} in its JSON")
+        node = node[key]
+    if node is None:
+        return None
+    if not isinstance(node, str | int | float) or isinstance(node, bool):
+        raise GateFailed(
+            "identity", f"{where} field {settings.field!r} is {type(node).__name__}, not a string"
+        )
+    return str(node).strip()
+
+
+def check_version(reported: str | None, expect: str, expected: Expected, source: str) -> str:
+    """The reported version equals the release's id, revision (full or >= 7-char short sha)
+    or one of its tags. A mismatch fails the identity gate with both values in the evidence."""
+    if reported is None:
+        shown, reported = "(null)", ""
+    else:
+        shown = reported if len(reported) <= 80 else reported[:79] + "…"
+    if expect == "release_id":
+        wanted = expected.release_id
+        ok = reported == wanted
+    elif expect == "revision":
+        if not expected.revision:
+            raise GateFailed(
+                "identity",
+                f"the revision of {expected.release_id} is unknown (its manifest has none), so "
+                f"the version its {source} reports cannot be checked",
+            )
+        wanted = expected.revision
+        short = reported.lower()
+        ok = len(short) >= 7 and _HEX.match(short) is not None and wanted.startswith(short)
+    else:
+        if not expected.tags:
+            raise GateFailed(
+                "identity",
+                f"{expected.release_id} was built from a commit without a tag, but "
+                f"health.version.expect is tag; tag the commit, or expect release_id or revision",
+                evidence=(f"reported: {shown}", "expected: a tag of the commit (it has none)"),
+            )
+        wanted = " or ".join(expected.tags)
+        ok = reported in expected.tags
+    if not ok:
+        raise GateFailed(
+            "identity",
+            f"the app reports version {shown!r} ({source}), but {expected.release_id} has "
+            f"{expect.replace('_', ' ')} {wanted!r}: other code answers",
+            evidence=(f"reported: {shown}", f"expected: {wanted}"),
+        )
+    return f"{source} reports {shown} = the {expect.replace('_', ' ')} of {expected.release_id}"
+
+
+_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 def _lines(history: list[Probe], first: int = 5, last: int = 15) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ rollback — deploy.flow does that.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -17,9 +18,19 @@ from deploy.commands import Cmd
 from deploy.errors import CommandFailure, RemoteCommandError, ShipError
 from deploy.inventory import Inventory
 from deploy.journal import HostState
-from deploy.model import Artifact, Layout, Manifest, ProcessSnapshot, ReleaseState
+from deploy.model import (
+    Artifact,
+    IdentityFacts,
+    Layout,
+    Manifest,
+    ProcessSnapshot,
+    ReleaseState,
+)
 from deploy.process import ProcessManager
 from deploy.remote import Remote, Result
+
+# What a command that ran out of time exits with (SshRemote on its timeout, coreutils timeout).
+TIMED_OUT = 124
 
 
 def new_token() -> str:
@@ -177,6 +188,7 @@ class HostOps:
             sha256=artifact.sha256,
             created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             actor=self.actor,
+            tags=artifact.tags,
         )
         # The manifest is written last: its presence is what makes a release complete.
         steps.append(commands.write_manifest(partial, manifest))
@@ -234,20 +246,29 @@ class HostOps:
         for cmd in self.manager.activate(release_id):
             self.remote.run(cmd, timeout=120)
 
-    def snapshot(self) -> ProcessSnapshot:
-        res = self.remote.run(self.manager.snapshot(), check=False)
+    def snapshot(self, timeout: float | None = None) -> ProcessSnapshot:
+        """The process manager's view. With `timeout`, a manager that does not answer in time
+        (a hung `pm2 jlist`) is an error, never a wait without end."""
+        cmd = self.manager.snapshot()
+        res = self.remote.run(cmd, check=False, timeout=timeout)
+        if timeout is not None and res.exit_code == TIMED_OUT:
+            raise RemoteCommandError(
+                CommandFailure(
+                    display=cmd.display,
+                    exit_code=res.exit_code,
+                    stderr_tail=f"no answer within {timeout:.1f}s (bounded by the gate's deadline)",
+                    host=self.remote.host_label,
+                ),
+                what="reading the process state",
+            )
         return self.manager.parse_snapshot(res.stdout)
 
-    def process_cwds(self, pids: tuple[int, ...]) -> dict[int, str]:
-        if not pids:
-            return {}
-        out = self.remote.run(commands.proc_cwds(pids)).stdout
-        cwds: dict[int, str] = {}
-        for line in out.splitlines():
-            pid, _, cwd = line.partition(" ")
-            if pid.isdigit():
-                cwds[int(pid)] = cwd.strip()
-        return cwds
+    def identity_facts(
+        self, release_id: str, pids: tuple[int, ...], timeout: float | None = None
+    ) -> IdentityFacts:
+        """cwd of every pid, the release directory resolved on the host, and its manifest."""
+        cmd = commands.process_identity(self.layout.release(release_id), pids)
+        return parse_identity(self.remote.run(cmd, timeout=timeout).stdout)
 
     def forensics(self, lines: int = 40) -> tuple[str, str]:
         """The app's last log lines and its process state, as the manager reports them."""
@@ -275,4 +296,33 @@ def commands_failure(remote: Remote, name: str, res: Result) -> CommandFailure:
         exit_code=res.exit_code,
         stderr_tail="\n".join((res.stderr or res.stdout).strip().splitlines()[-6:]),
         host=remote.host_label,
+    )
+
+
+def parse_identity(stdout: str) -> IdentityFacts:
+    """Parse the output of commands.IDENTITY_SCRIPT."""
+    release_dir: str | None = None
+    cwds: dict[int, str] = {}
+    manifest_lines: list[str] = []
+    in_manifest = False
+    for line in stdout.splitlines():
+        if in_manifest:
+            manifest_lines.append(line)
+        elif line.startswith("@@release "):
+            value = line[len("@@release ") :].strip()
+            release_dir = value if value.startswith("/") else None
+        elif line.startswith("@@manifest"):
+            in_manifest = True
+        else:
+            pid, _, cwd = line.partition(" ")
+            if pid.isdigit():
+                cwds[int(pid)] = cwd.strip()
+    try:
+        loaded = json.loads("\n".join(manifest_lines)) if manifest_lines else {}
+    except json.JSONDecodeError:
+        loaded = {}
+    return IdentityFacts(
+        release_dir=release_dir,
+        cwds=cwds,
+        manifest=loaded if isinstance(loaded, dict) else {},
     )

@@ -238,10 +238,46 @@ class ProcessConfig(Strict):
         return tuple(shlex.split(self.command)[1:])
 
 
+UrlPath = Annotated[
+    str, _pattern(re.compile(r"^/[A-Za-z0-9._~/-]*$"), "use a URL path such as /health/ready")
+]
+JSON_FIELD = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+class VersionConfig(Strict):
+    """health.version: prove *which code* answers, not only that something does. The value the
+    app reports (a JSON field of `path`, or a response header) must equal the release's id,
+    its revision (full or short sha) or one of its commit's tags."""
+
+    path: UrlPath = "/version"
+    field: (
+        Annotated[
+            str, _pattern(JSON_FIELD, "use a JSON field name, dotted for nesting, e.g. build.sha")
+        ]
+        | None
+    ) = None
+    header: HeaderName | None = None
+    expect: Literal["release_id", "revision", "tag"] = "release_id"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VersionConfig:
+        if (self.field is None) == (self.header is None):
+            raise ValueError(
+                "name exactly one of field: (a JSON field of the answer, e.g. release) or "
+                "header: (a response header, e.g. X-Release-Id)"
+            )
+        return self
+
+    @property
+    def source(self) -> str:
+        return f"header {self.header}" if self.header else f"field {self.field!r}"
+
+
+DEFAULT_STABLE_FOR = 5.0
+
+
 class HealthConfig(Strict):
-    path: Annotated[
-        str, _pattern(re.compile(r"^/[A-Za-z0-9._~/-]*$"), "use a URL path such as /health/ready")
-    ] = "/health/ready"
+    path: UrlPath = "/health/ready"
     port: int | None = Field(None, ge=1, le=65535)
     token_env: EnvKey | None = None
     token_header: HeaderName = "X-Health-Token"  # noqa: S105 (a header name, not a secret)
@@ -250,6 +286,28 @@ class HealthConfig(Strict):
     probe_timeout: float = Field(2, gt=0, le=60)
     successes: int = Field(3, ge=1, le=100)
     max_restarts: int = Field(2, ge=0, le=100)
+    # Seconds during which no instance may restart or change pid, at whose end every expected
+    # instance is online; runs together with the consecutive successes, inside the deadline.
+    # Unset: DEFAULT_STABLE_FOR, shortened to fit a shorter deadline (see `window`).
+    stable_for: float | None = Field(None, ge=0, le=600)
+    version: VersionConfig | None = None
+
+    @property
+    def window(self) -> float:
+        """The stability window in seconds, as the gate runs it."""
+        if self.stable_for is not None:
+            return self.stable_for
+        return max(0.0, min(DEFAULT_STABLE_FOR, self.deadline - self.interval))
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> HealthConfig:
+        if self.stable_for is not None and self.stable_for + self.interval > self.deadline:
+            raise ValueError(
+                f"stable_for ({self.stable_for:g}s) plus one interval ({self.interval:g}s) must "
+                f"fit in deadline ({self.deadline:g}s): the stability window runs inside the "
+                f"gate's deadline. Raise deadline or lower stable_for"
+            )
+        return self
 
 
 RUNTIME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -428,6 +486,11 @@ class Inventory(Strict):
     @property
     def host(self) -> HostConfig:
         return self.hosts[0]
+
+    @property
+    def expected_instances(self) -> int:
+        """How many processes must be online for the gate: PM2's instances, systemd's one."""
+        return 1 if self.process.manager == "systemd" else self.process.instances
 
     @property
     def health_port(self) -> int:

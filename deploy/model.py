@@ -84,6 +84,7 @@ class Artifact:
     revision: str
     release_id: str
     members: int
+    tags: tuple[str, ...] = ()  # git tags pointing at the revision (for the version identity)
 
 
 @dataclass(frozen=True)
@@ -93,15 +94,19 @@ class Manifest:
     sha256: str
     created_at: str
     actor: str
+    tags: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, str]:
-        return {
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "id": self.id,
             "revision": self.revision,
             "sha256": self.sha256,
             "created_at": self.created_at,
             "actor": self.actor,
         }
+        if self.tags:
+            out["tags"] = list(self.tags)
+        return out
 
 
 @dataclass(frozen=True)
@@ -115,16 +120,89 @@ class JournalEntry:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """One process of the app as its manager reports it (a PM2 instance, the systemd unit)."""
+
+    id: int  # PM2's pm_id; 0 for the systemd unit
+    status: str  # online, errored, stopped, stopping, launching, waiting restart, …
+    pid: int  # 0 when there is no process
+    restarts: int  # as the manager counts them since it started the app
+
+    @property
+    def up(self) -> bool:
+        """Serving: `stopping`, `launching`, `waiting restart` or pid 0 are not."""
+        return self.status == "online" and self.pid > 0
+
+    def line(self) -> str:
+        return f"#{self.id} {self.status} pid {self.pid or '-'} ↺{self.restarts}"
+
+
+@dataclass(frozen=True)
 class ProcessSnapshot:
-    """What the process manager says about the app right now."""
+    """What the process manager says about the app right now: the aggregate (status, pids,
+    restarts) and each instance. A snapshot built from the aggregate alone gets one instance
+    per pid (or none), so older callers keep working."""
 
     status: str  # online, errored, stopped, launching, missing, …
     pids: tuple[int, ...]
     restarts: int
+    instances: tuple[Instance, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.instances and self.pids:
+            derived = tuple(
+                Instance(id=i, status=self.status, pid=pid, restarts=self.restarts if i == 0 else 0)
+                for i, pid in enumerate(self.pids)
+            )
+            object.__setattr__(self, "instances", derived)
+
+    @classmethod
+    def of(cls, instances: tuple[Instance, ...], status: str) -> ProcessSnapshot:
+        return cls(
+            status=status,
+            pids=tuple(i.pid for i in instances if i.pid > 0),
+            restarts=sum(i.restarts for i in instances),
+            instances=instances,
+        )
 
     @property
     def running(self) -> bool:
         return self.status == "online" and bool(self.pids)
+
+    def all_up(self, expected: int) -> bool:
+        """At least `expected` instances, and every one of them online with a pid."""
+        return len(self.instances) >= expected and all(i.up for i in self.instances)
+
+    def fingerprint(self) -> tuple[tuple[int, int, int], ...]:
+        """What must not change during the stability window: each instance's pid and restarts."""
+        return tuple(sorted((i.id, i.pid, i.restarts) for i in self.instances))
+
+    def restarts_since(self, baseline: ProcessSnapshot) -> int:
+        """Restarts counted as deltas per instance from `baseline` (the start of the gate)."""
+        before = {i.id: i.restarts for i in baseline.instances}
+        return sum(max(0, i.restarts - before.get(i.id, 0)) for i in self.instances)
+
+    def describe(self) -> str:
+        return ", ".join(i.line() for i in self.instances) or f"no process ({self.status})"
+
+
+@dataclass(frozen=True)
+class IdentityFacts:
+    """What the host says about a release's processes (one read, commands.process_identity)."""
+
+    release_dir: str | None  # the release directory as the host resolves it; None if missing
+    cwds: dict[int, str]  # pid -> /proc/<pid>/cwd ("-" when unreadable)
+    manifest: dict[str, object]  # the release's .release.json ({} when unreadable)
+
+    @property
+    def revision(self) -> str | None:
+        value = self.manifest.get("revision")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        value = self.manifest.get("tags")
+        return tuple(t for t in value if isinstance(t, str)) if isinstance(value, list) else ()
 
 
 @dataclass(frozen=True)
@@ -132,7 +210,7 @@ class Probe:
     """One readiness probe: ok, fail (a bad answer) or error (no answer)."""
 
     at: float  # seconds since the gate started
-    outcome: str  # "ok" | "fail" | "error"
+    outcome: str  # "ok" | "fail" | "error" | "info" (a process-state note, not a probe)
     detail: str
 
     def line(self) -> str:

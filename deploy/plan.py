@@ -16,7 +16,7 @@ from deploy.report import Reporter
 
 # The preflight probe reads; its optional migration check is the user's own read-only command.
 READ_ONLY = frozenset(
-    {"state.read", "pm2.jlist", "systemd.show", "process.cwds", "preflight.probe"}
+    {"state.read", "pm2.jlist", "systemd.show", "process.identity", "preflight.probe"}
 )
 
 

@@ -50,9 +50,18 @@ class FakeHost:
     extracted_faults: dict[str, str] = field(default_factory=dict)
     next_pid: int = 100
     stale_cwd: bool = False  # simulate PM2 keeping the old code after a reload
+    # The deploy root is a symlink to this directory: /proc/<pid>/cwd shows paths under it.
+    real_root: str | None = None
+    manifests: dict[str, dict[str, object]] = field(default_factory=dict)  # id -> .release.json
+    activated_at: float = 0.0  # fake-clock time of the last (re)start of the app
 
     def fault_of_running(self) -> str:
         return self.faults.get(self.running or "", "")
+
+
+class Hung(BaseException):
+    """A command that never answers was run without a timeout: a real run would wait forever.
+    A BaseException, so nothing in the flow can swallow it (as nothing could end a real hang)."""
 
 
 class FakeRemote:
@@ -74,10 +83,31 @@ class FakeRemote:
         self.facts = {"root": "writable", "free_kb": "10000000", "manager": "/usr/bin/pm2"}
         self.env_installs = 0
         self.round_trips = 0
+        # command name -> how many more times it hangs (never answers): a timeout ends it like
+        # SshRemote does (exit 124 / RemoteCommandError) after advancing the clock by it.
+        self.hang: dict[str, int] = {}
+        self.timeouts: list[tuple[str, float | None]] = []  # (command, timeout) of every run
 
     # Remote protocol -------------------------------------------------------------------------
     def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
         self.round_trips += 1
+        self.timeouts.append((cmd.name, timeout))
+        if self.hang.get(cmd.name, 0) > 0:
+            self.hang[cmd.name] -= 1
+            self.log.append(cmd)
+            if timeout is None:
+                raise Hung(f"{cmd.name} never answers and was run without a timeout")
+            self.clock.sleep(timeout)
+            if check:
+                raise RemoteCommandError(
+                    CommandFailure(
+                        display=cmd.display,
+                        exit_code=124,
+                        stderr_tail=f"no result after {timeout:g}s; the command was abandoned",
+                        host=self.host_label,
+                    )
+                )
+            return Result("", f"timed out after {timeout}s", 124)
         failed: Cmd | None = None
         if cmd.steps:
             out: list[str] = []
@@ -134,7 +164,13 @@ class FakeRemote:
         args = cmd.argv[4:] if cmd.argv[:2] == ("sh", "-c") else cmd.argv
         ok = Result("", "", 0)
         match cmd.name:
-            case "layout.prepare" | "release.link_shared" | "file.write" | "release.install":
+            case "layout.prepare" | "release.link_shared" | "release.install":
+                return ok
+            case "file.write":
+                path = PurePosixPath(args[0])
+                if path.name == ".release.json":
+                    rid = path.parent.name.removesuffix(".partial")
+                    h.manifests[rid] = json.loads(args[1])
                 return ok
             case "state.read":
                 lines = ["@@current"]
@@ -192,24 +228,42 @@ class FakeRemote:
                     h.running = h.current
                 h.next_pid += 10
                 h.pids = (h.next_pid, h.next_pid + 1)
+                h.activated_at = self.clock.t
                 return ok
             case "pm2.jlist":
                 if h.running is None:
                     return Result("[]", "", 0)
-                crash = self.host.fault_of_running() == "boot_crash"
+                fault = self.host.fault_of_running()
+                crash = fault == "boot_crash"
                 status = "errored" if crash else "online"
+                # crash_after:N — every instance exits N s after it starts and PM2 restarts it
+                # at once: a new pid and one more restart each time.
+                crashes = 0
+                if fault.startswith("crash_after:"):
+                    crashes = int((self.clock.t - h.activated_at) // float(fault.split(":")[1]))
                 procs = [
                     {
                         "name": "app",
-                        "pid": 0 if crash else pid,
-                        "pm2_env": {"status": status, "restart_time": h.restarts},
+                        "pm_id": index,
+                        "pid": 0 if crash else pid + 1000 * crashes,
+                        "pm2_env": {
+                            "status": status,
+                            "restart_time": h.restarts + crashes,
+                            "pm_id": index,
+                        },
                     }
-                    for pid in h.pids
+                    for index, pid in enumerate(h.pids)
                 ]
                 return Result(json.dumps(procs), "", 0)
-            case "process.cwds":
-                out = "".join(f"{p} {h.root}/releases/{h.running}\n" for p in args)
-                return Result(out, "", 0)
+            case "process.identity":
+                root = h.real_root or h.root
+                rid = PurePosixPath(args[0]).name
+                lines = [f"@@release {root}/releases/{rid}" if rid in h.releases else "@@release -"]
+                lines += [f"{p} {root}/releases/{h.running}" for p in args[1:]]
+                lines.append("@@manifest")
+                if rid in h.manifests:
+                    lines.append(json.dumps(h.manifests[rid], indent=2))
+                return Result("\n".join(lines) + "\n", "", 0)
             case "pm2.delete":
                 h.running = None
                 h.pids = ()
@@ -250,10 +304,21 @@ def app_handler(remote: FakeRemote) -> httpx.MockTransport:
         fault = h.fault_of_running()
         if h.running is None or fault == "boot_crash":
             raise httpx.ConnectError("connection refused", request=request)
+        manifest = h.manifests.get(h.running, {})
+        release, revision = h.running, str(manifest.get("revision", ""))
+        tags = manifest.get("tags")
+        tag = tags[0] if isinstance(tags, list) and tags else None
+        if fault == "wrong_version":  # a stale build answers: it reports another version
+            release, revision, tag = "19700101000000-0000000", "0" * 40, "v0.0.0-stale"
+        stamp = {"X-Release-Id": release, "X-Revision": revision}
         if request.url.path == "/health/ready":
             if fault == "ready_503":
-                return httpx.Response(503, json={"status": "not-ready"})
-            return httpx.Response(200, json={"status": "ready", "release": h.running})
+                return httpx.Response(503, json={"status": "not-ready"}, headers=stamp)
+            return httpx.Response(200, json={"status": "ready", "release": release}, headers=stamp)
+        if request.url.path == "/version":
+            return httpx.Response(
+                200, json={"release": release, "revision": revision, "tag": tag}, headers=stamp
+            )
         return httpx.Response(404)
 
     return httpx.MockTransport(handle)

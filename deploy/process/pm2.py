@@ -9,7 +9,7 @@ from typing import Any
 
 from deploy.commands import Cmd, _cmd, _script
 from deploy.inventory import Inventory
-from deploy.model import Layout, ProcessSnapshot
+from deploy.model import Instance, Layout, ProcessSnapshot
 from deploy.templates import render
 
 CONFIG_NAME = ".releasegate-pm2.config.js"
@@ -120,11 +120,12 @@ def _jlist_entries(stdout: str, app: str) -> list[dict[str, Any]]:
 
 
 def parse_jlist(stdout: str, app: str) -> ProcessSnapshot:
-    """Aggregate PM2's per-instance entries for one app into a single snapshot."""
+    """PM2's per-instance entries for one app: each instance, and their aggregate status."""
     mine = _jlist_entries(stdout, app)
     if not mine:
         return ProcessSnapshot(status="missing", pids=(), restarts=0)
-    statuses = [str(p.get("pm2_env", {}).get("status", "unknown")) for p in mine]
+    instances = tuple(_instance(p, index) for index, p in enumerate(mine))
+    statuses = [i.status for i in instances]
     failed = [s for s in statuses if s in FAILED]
     if failed:
         status = failed[0]
@@ -132,9 +133,29 @@ def parse_jlist(stdout: str, app: str) -> ProcessSnapshot:
         status = "online"
     else:
         status = next(s for s in statuses if s != "online")
-    pids = tuple(int(p["pid"]) for p in mine if int(p.get("pid") or 0) > 0)
-    restarts = sum(int(p.get("pm2_env", {}).get("restart_time", 0) or 0) for p in mine)
-    return ProcessSnapshot(status=status, pids=pids, restarts=restarts)
+    return ProcessSnapshot.of(instances, status)
+
+
+def _instance(entry: dict[str, Any], index: int) -> Instance:
+    raw = entry.get("pm2_env")
+    env: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    pm_id = entry.get("pm_id", env.get("pm_id", index))
+    return Instance(
+        id=_int(pm_id, index),
+        status=str(env.get("status", "unknown")),
+        pid=max(0, _int(entry.get("pid"), 0)),
+        restarts=max(0, _int(env.get("restart_time"), 0)),
+    )
+
+
+def _int(value: object, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return default
 
 
 def describe_jlist(stdout: str, app: str) -> str:

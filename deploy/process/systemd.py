@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 
 from deploy.commands import Cmd, _cmd, _p, _release, _script
 from deploy.inventory import Inventory, SystemdConfig
-from deploy.model import Layout, ProcessSnapshot
+from deploy.model import Instance, Layout, ProcessSnapshot
 from deploy.templates import render
 
 UNIT_NAME = ".releasegate.service"  # the unit as rendered for a release, inside the release
@@ -330,7 +330,8 @@ def parse_show(stdout: str) -> ProcessSnapshot:
         status = "stopped"
     else:
         status = _STATES.get((active, sub), f"{active}/{sub}" if sub else active)
-    return ProcessSnapshot(status=status, pids=(pid,) if pid > 0 else (), restarts=restarts)
+    # One main process: a single instance, so "every instance up" means MainPID is running.
+    return ProcessSnapshot.of((Instance(id=0, status=status, pid=pid, restarts=restarts),), status)
 
 
 def _int(text: str | None) -> int:

@@ -21,7 +21,9 @@ const PORT = env.PORT === undefined || env.PORT === '' ? 3000 : Number(env.PORT)
 if (!Number.isInteger(PORT) || PORT < 0 || PORT > 65535) fail('PORT must be an integer 0-65535');
 const HOST = env.HOST || '127.0.0.1';
 const RELEASE_ID = env.RELEASE_ID || 'dev';
-const APP_REVISION = env.APP_REVISION || null;
+// releasegate gives the app RELEASE_ID and REVISION (the commit sha); APP_REVISION is the
+// older name, still read when REVISION is unset.
+const REVISION = env.REVISION || env.APP_REVISION || null;
 const HEALTH_TOKEN = env.HEALTH_TOKEN || '';
 const METRICS_TOKEN = env.METRICS_TOKEN || '';
 const CORS_ORIGINS = new Set((env.CORS_ORIGINS || '').split(',').map((s) => s.trim()).filter(Boolean));
@@ -51,7 +53,7 @@ function parseFault(raw) {
   const colon = raw.indexOf(':');
   const name = (colon === -1 ? raw : raw.slice(0, colon)).trim();
   const arg = colon === -1 ? '' : raw.slice(colon + 1).trim();
-  if (['ready_503', 'boot_crash', 'wrong_contract'].includes(name) && !arg) return { name, raw };
+  if (['ready_503', 'boot_crash', 'wrong_contract', 'wrong_version'].includes(name) && !arg) return { name, raw };
   if (name === 'slow_ready' || name === 'crash_after') {
     const delayMs = parseDuration(arg);
     if (delayMs !== null) return { name, raw, delayMs };
@@ -63,6 +65,13 @@ function parseFault(raw) {
 const FAULT = parseFault((env.FAULT || '').trim() || readFaultFile());
 
 if (FAULT && FAULT.name === 'boot_crash') fail('boot_crash fault: refusing to start');
+
+// The version this process reports (/version, /health/ready, X-Release-Id, X-Revision,
+// /metrics). wrong_version: a stale build answers — it reports a version it was not given.
+const STALE = FAULT && FAULT.name === 'wrong_version';
+const REPORTED_RELEASE = STALE ? '19700101000000-0000000' : RELEASE_ID;
+const REPORTED_REVISION = STALE ? '0000000000000000000000000000000000000000' : REVISION;
+const HEADER_SAFE = /^[\x21-\x7e]{1,200}$/; // a value setHeader accepts as is
 
 // ----------------------------------------------------------------- state --
 const items = new Map(
@@ -168,7 +177,7 @@ function renderMetrics() {
     `sampleapp_ready ${isReady() ? 1 : 0}`,
     '# HELP sampleapp_info Release information.',
     '# TYPE sampleapp_info gauge',
-    `sampleapp_info{release="${escapeLabel(RELEASE_ID)}",revision="${escapeLabel(APP_REVISION || '')}"} 1`
+    `sampleapp_info{release="${escapeLabel(REPORTED_RELEASE)}",revision="${escapeLabel(REPORTED_REVISION || '')}"} 1`
   );
   return lines.join('\n') + '\n';
 }
@@ -183,14 +192,14 @@ const routes = [
         return send(res, 401, { error: 'unauthorized' });
       }
       if (!isReady()) return send(res, 503, { status: 'not-ready' });
-      send(res, 200, { status: 'ready', release: RELEASE_ID });
+      send(res, 200, { status: 'ready', release: REPORTED_RELEASE });
     },
   }],
   ['/version', {
     GET: (req, res) => send(res, 200, {
       name: 'sampleapp',
-      release: RELEASE_ID,
-      revision: APP_REVISION,
+      release: REPORTED_RELEASE,
+      revision: REPORTED_REVISION,
       pid: process.pid,
       uptime: ms(Date.now() - START, { long: true }),
     }),
@@ -260,6 +269,9 @@ function handle(req, res) {
   res.setHeader('X-Content-Type-Options', 'nosniff');
   res.setHeader('X-Frame-Options', 'DENY');
   res.setHeader('Referrer-Policy', 'no-referrer');
+  // Which code answers, on every response: releasegate's health.version can check either.
+  if (HEADER_SAFE.test(REPORTED_RELEASE)) res.setHeader('X-Release-Id', REPORTED_RELEASE);
+  if (HEADER_SAFE.test(REPORTED_REVISION || '')) res.setHeader('X-Revision', REPORTED_REVISION);
   if (CORS_ORIGINS.size) {
     res.setHeader('Vary', 'Origin');
     const origin = req.headers.origin;

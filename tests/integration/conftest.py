@@ -153,7 +153,9 @@ def target(vps: sandbox.SandboxInfo, tmp_path: Path) -> Iterator[Target]:
             "instances": 2,
             "env": {"HOST": "0.0.0.0"},
         },
-        "health": {"deadline": 8, "interval": 0.3, "successes": 3},
+        # a short stability window keeps the suite fast; test_gate.py widens it where a
+        # test needs to catch a crash after start
+        "health": {"deadline": 8, "interval": 0.3, "successes": 3, "stable_for": 1},
     }
     t = Target(vps=vps, data=data, dir=tmp_path, repo=repo)
     t.write()

@@ -35,6 +35,7 @@ APP_ENV_VARS = (
     "HOST",
     "RELEASE_ID",
     "APP_REVISION",
+    "REVISION",
     "HEALTH_TOKEN",
     "METRICS_TOKEN",
     "CORS_ORIGINS",
@@ -219,6 +220,19 @@ def test_version(start_app: Callable[..., App]) -> None:
     assert body["pid"] == app.proc.pid
     assert isinstance(body["uptime"], str) and re.search(r"\d", body["uptime"])
     assert set(body) == {"name", "release", "revision", "pid", "uptime"}
+
+
+def test_version_reports_release_id_and_revision_in_body_and_headers(
+    start_app: Callable[..., App],
+) -> None:
+    sha = "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b"
+    app = start_app(env={"RELEASE_ID": "20261122143055-1a2b3c4", "REVISION": sha})
+    r = app.get("/version")
+    assert (r.json()["release"], r.json()["revision"]) == ("20261122143055-1a2b3c4", sha)
+    assert r.headers["x-release-id"] == "20261122143055-1a2b3c4"
+    assert r.headers["x-revision"] == sha
+    # on every response, so any endpoint can carry the identity
+    assert app.get("/health/live").headers["x-release-id"] == "20261122143055-1a2b3c4"
 
 
 def test_version_defaults(start_app: Callable[..., App]) -> None:
@@ -442,6 +456,17 @@ def test_fault_wrong_contract(start_app: Callable[..., App]) -> None:
     version = app.get("/version").json()
     assert (version["name"], version["release"]) == ("sampleapp", "bad-rel")
     assert app.get("/health/ready").status_code == 200
+
+
+def test_fault_wrong_version(start_app: Callable[..., App]) -> None:
+    """A stale build: healthy and ready, but it reports a version it was not given."""
+    app = start_app(env={"FAULT": "wrong_version", "RELEASE_ID": "new-rel", "REVISION": "f" * 40})
+    r = app.get("/version")
+    assert r.json()["release"] != "new-rel" and r.json()["revision"] != "f" * 40
+    assert r.headers["x-release-id"] == r.json()["release"]
+    assert r.headers["x-revision"] == r.json()["revision"]
+    ready = app.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["release"] != "new-rel"
 
 
 def test_fault_env_overrides_file(start_app: Callable[..., App], app_dir: Path) -> None:

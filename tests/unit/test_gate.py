@@ -7,9 +7,18 @@ from pathlib import PurePosixPath
 import httpx
 import pytest
 
-from deploy.errors import GateFailed
-from deploy.gate import ReadyPolicy, check_identity, probe_http, wait_ready
-from deploy.model import ProcessSnapshot
+from deploy.errors import CommandFailure, GateFailed, RemoteCommandError
+from deploy.gate import (
+    Expected,
+    ReadyPolicy,
+    check_identity,
+    check_version,
+    probe_http,
+    reported_version,
+    wait_ready,
+)
+from deploy.inventory import VersionConfig
+from deploy.model import IdentityFacts, Instance, ProcessSnapshot
 from tests.fakehost import FakeClock
 
 POLICY = ReadyPolicy(deadline=10, interval=0.5, successes=3, max_restarts=2)
@@ -66,7 +75,7 @@ def test_fail_fast_on_errored_process():
     snaps = iter([ONLINE, ProcessSnapshot("errored", (), 3)])
     c = client(answers(503))
     with pytest.raises(GateFailed, match="errored"):
-        wait_ready(lambda: probe_http(c, "/r", {}), lambda: next(snaps), POLICY, clock)
+        wait_ready(lambda: probe_http(c, "/r", {}), lambda _t: next(snaps), POLICY, clock)
     assert clock.t - start < 1
 
 
@@ -74,7 +83,7 @@ def test_fail_fast_on_restart_loop():
     snaps = iter(ProcessSnapshot("online", (1,), n) for n in (5, 6, 7, 8, 9))
     c = client(answers("down"))
     with pytest.raises(GateFailed, match="restarted 3 times"):
-        wait_ready(lambda: probe_http(c, "/r", {}), lambda: next(snaps), POLICY, FakeClock())
+        wait_ready(lambda: probe_http(c, "/r", {}), lambda _t: next(snaps), POLICY, FakeClock())
 
 
 def test_token_header_is_sent():
@@ -90,9 +99,232 @@ def test_token_header_is_sent():
 
 def test_identity():
     rel = PurePosixPath("/srv/app/releases/20261122120000-abcdef1")
-    ok = check_identity(ONLINE, {10: str(rel), 11: str(rel)}, rel)
+    ok = check_identity(ONLINE, facts({10: str(rel), 11: str(rel)}), rel)
     assert "2 process(es)" in ok
     with pytest.raises(GateFailed, match="pid 11 runs in /srv/app/releases/old"):
-        check_identity(ONLINE, {10: str(rel), 11: "/srv/app/releases/old"}, rel)
+        check_identity(ONLINE, facts({10: str(rel), 11: "/srv/app/releases/old"}), rel)
     with pytest.raises(GateFailed, match="no running process"):
-        check_identity(ProcessSnapshot("errored", (), 0), {}, rel)
+        check_identity(ProcessSnapshot("errored", (), 0), facts({}), rel)
+
+
+def facts(cwds: dict[int, str], release_dir: str | None = None, **manifest) -> IdentityFacts:
+    return IdentityFacts(release_dir=release_dir, cwds=cwds, manifest=manifest)
+
+
+def test_identity_compares_against_the_root_resolved_on_the_host():
+    """/srv/app -> /data/srv/app: /proc/<pid>/cwd shows the physical path."""
+    rel = PurePosixPath("/srv/app/releases/20261122120000-abcdef1")
+    real = "/data/srv/app/releases/20261122120000-abcdef1"
+    assert "2 process(es)" in check_identity(ONLINE, facts({10: real, 11: real}, real), rel)
+    # a process in another release under the same physical root is still caught
+    with pytest.raises(GateFailed, match=r"pid 11 runs in /data/srv/app/releases/old"):
+        check_identity(ONLINE, facts({10: real, 11: "/data/srv/app/releases/old"}, real), rel)
+
+
+# ------------------------------------------------------------------ the stability window
+
+
+def inst(*states: tuple[str, int, int]) -> ProcessSnapshot:
+    """A PM2-like snapshot: (status, pid, restarts) per instance, ids 0.."""
+    instances = tuple(Instance(i, st, pid, r) for i, (st, pid, r) in enumerate(states))
+    return ProcessSnapshot.of(instances, "online")
+
+
+class Reads:
+    """The process manager as the gate sees it: snapshots by fake time, every read recorded."""
+
+    def __init__(self, clock: FakeClock, timeline):
+        self.clock, self.start, self.timeline = clock, clock.t, timeline
+        self.timeouts: list[float] = []
+
+    def __call__(self, timeout: float) -> ProcessSnapshot:
+        self.timeouts.append(timeout)
+        return self.timeline(self.clock.t - self.start)
+
+
+STABLE = ReadyPolicy(
+    deadline=10, interval=0.5, successes=3, max_restarts=2, stable_for=3, instances=2
+)
+UP = inst(("online", 10, 1), ("online", 11, 1))
+
+
+def test_healthy_gate_waits_out_the_window_with_two_process_reads():
+    clock = FakeClock()
+    reads = Reads(clock, lambda t: UP)
+    c = client(answers(200))
+    history, snap = wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock)
+    # 3 successes come at +1.0 s, but the window needs 3 s: both run together, not in series
+    assert clock.t - reads.start == pytest.approx(3.0)
+    assert len(reads.timeouts) == 2  # when the window opens and when it has lasted
+    assert snap == UP
+
+
+def test_crash_shortly_after_start_is_not_promoted():
+    """Ready at once, every instance exits ~2 s after start and PM2 restarts it: 3 ok probes in
+    1 s used to promote it; the window sees the restarts and the gate fails fast."""
+    clock = FakeClock()
+
+    def crash_every_2s(t: float) -> ProcessSnapshot:
+        n = int(t // 2)
+        return inst(("online", 10 + 100 * n, 1 + n), ("online", 11 + 100 * n, 1 + n))
+
+    c = client(answers(200))
+    with pytest.raises(GateFailed) as err:
+        wait_ready(lambda: probe_http(c, "/r", {}), Reads(clock, crash_every_2s), STABLE, clock)
+    assert "restarted" in err.value.message
+    assert any("changed during the stability window" in line for line in err.value.evidence)
+
+
+def test_a_restart_within_max_restarts_reopens_the_window():
+    clock = FakeClock()
+    # one restart of instance 1 at +0.2 s (a new pid), then steady
+    reads = Reads(clock, lambda t: UP if t < 0.2 else inst(("online", 10, 1), ("online", 55, 2)))
+    c = client(answers(200))
+    history, snap = wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock)
+    assert snap is not None and snap.pids == (10, 55)
+    # the first window (opened at +0) was spoiled at +3.0; the second one lasted 3 s more
+    assert clock.t - reads.start == pytest.approx(6.0)
+    assert any("changed during the stability window" in p.detail for p in history)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [("stopping", 11, 1), ("launching", 11, 1), ("waiting restart", 0, 2), ("online", 0, 1)],
+)
+def test_every_expected_instance_must_be_online_with_a_pid(other):
+    clock = FakeClock()
+    reads = Reads(clock, lambda t: inst(("online", 10, 1), other))
+    c = client(answers(200))
+    with pytest.raises(GateFailed, match="not every instance is online"):
+        wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock)
+
+
+def test_fewer_instances_than_expected_is_not_ready():
+    clock = FakeClock()
+    c = client(answers(200))
+    with pytest.raises(GateFailed, match=r"1 of 2 expected"):
+        wait_ready(
+            lambda: probe_http(c, "/r", {}),
+            Reads(clock, lambda t: inst(("online", 10, 0))),
+            STABLE,
+            clock,
+        )
+
+
+def test_an_instance_that_comes_up_late_opens_the_window_then():
+    clock = FakeClock()
+    reads = Reads(clock, lambda t: inst(("online", 10, 1), ("launching", 0, 1)) if t < 1 else UP)
+    c = client(answers(200))
+    wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock)
+    assert clock.t - reads.start >= 1 + STABLE.stable_for
+
+
+def test_restarts_are_counted_from_the_start_of_the_gate():
+    """A reload counted restarts before the gate; only the ones during it count."""
+    clock = FakeClock()
+    reads = Reads(clock, lambda t: inst(("online", 10, 40), ("online", 11, 40)))
+    c = client(answers(200))
+    wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock)
+
+
+def test_every_process_read_is_bounded_by_the_time_left():
+    clock = FakeClock()
+    reads = Reads(clock, lambda t: UP)
+    c = client(answers(503, 503, 200))
+    wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock)
+    assert reads.timeouts[0] == pytest.approx(STABLE.deadline)
+    assert reads.timeouts == sorted(reads.timeouts, reverse=True)
+    assert all(0 < t <= STABLE.deadline for t in reads.timeouts)
+
+
+def test_a_process_manager_that_does_not_answer_fails_the_gate():
+    clock = FakeClock()
+
+    def hung(timeout: float) -> ProcessSnapshot:
+        clock.sleep(timeout)
+        raise RemoteCommandError(CommandFailure("pm2 jlist", 124, "no answer", "h"))
+
+    c = client(answers(200))
+    start = clock.t
+    with pytest.raises(GateFailed, match="process manager did not answer"):
+        wait_ready(lambda: probe_http(c, "/r", {}), hung, STABLE, clock)
+    assert clock.t - start <= STABLE.deadline
+
+
+# ------------------------------------------------------------------ version identity
+
+RID = "20261122120000-abcdef1"
+SHA = "abcdef1234567890abcdef1234567890abcdef12"
+EXPECTED = Expected(release_id=RID, revision=SHA, tags=("v1.4.0",))
+
+
+@pytest.mark.parametrize(
+    ("expect", "reported"),
+    [("release_id", RID), ("revision", SHA), ("revision", SHA[:7]), ("tag", "v1.4.0")],
+)
+def test_version_matches(expect, reported):
+    assert RID in check_version(reported, expect, EXPECTED, "field 'release'")
+
+
+@pytest.mark.parametrize(
+    ("expect", "reported"),
+    [
+        ("release_id", "19700101000000-0000000"),
+        ("revision", "0" * 40),
+        ("revision", SHA[:6]),  # too short to name a commit
+        ("revision", SHA.upper()[:7] + "Z"),
+        ("tag", "v1.3.9"),
+    ],
+)
+def test_version_mismatch_fails_identity_with_both_values(expect, reported):
+    with pytest.raises(GateFailed) as err:
+        check_version(reported, expect, EXPECTED, "header X-Release-Id")
+    assert err.value.gate == "identity"
+    assert f"reported: {reported}" in err.value.evidence
+    assert any(line.startswith("expected: ") for line in err.value.evidence)
+    assert reported in err.value.message
+
+
+def test_a_null_version_is_a_mismatch():
+    c = version_client(body={"release": None})
+    reported = reported_version(c, VersionConfig(field="release"), {})
+    with pytest.raises(GateFailed) as err:
+        check_version(reported, "release_id", EXPECTED, "field 'release'")
+    assert "reported: (null)" in err.value.evidence
+
+
+def test_tag_expected_but_the_commit_has_none():
+    with pytest.raises(GateFailed, match="without a tag"):
+        check_version("v1", "tag", Expected(RID, SHA), "field 'tag'")
+
+
+def version_client(status: int = 200, body=None, headers=None) -> httpx.Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/version"
+        return httpx.Response(status, json=body, headers=headers or {})
+
+    return client(handler)
+
+
+def test_reported_version_from_a_json_field_or_a_header():
+    nested = VersionConfig(field="build.release")
+    c = version_client(body={"build": {"release": RID}})
+    assert reported_version(c, nested, {}) == RID
+    by_header = VersionConfig(header="X-Release-Id")
+    c = version_client(body={}, headers={"X-Release-Id": RID})
+    assert reported_version(c, by_header, {}) == RID
+
+
+@pytest.mark.parametrize(
+    ("settings", "status", "body", "words"),
+    [
+        (VersionConfig(field="release"), 404, {}, "answered 404"),
+        (VersionConfig(field="release"), 200, {"name": "x"}, "no field 'release'"),
+        (VersionConfig(field="release"), 200, {"release": {"id": 1}}, "not a string"),
+        (VersionConfig(header="X-Release-Id"), 200, {}, "no X-Release-Id header"),
+    ],
+)
+def test_unreadable_version_fails_identity(settings, status, body, words):
+    with pytest.raises(GateFailed, match=words) as err:
+        reported_version(version_client(status, body), settings, {})
+    assert err.value.gate == "identity"
