@@ -134,7 +134,7 @@ class Instance:
         return self.status == "online" and self.pid > 0
 
     def line(self) -> str:
-        return f"#{self.id} {self.status} pid {self.pid or '-'} ↺{self.restarts}"
+        return f"#{self.id} {self.status} pid {self.pid or '-'} restarts {self.restarts}"
 
 
 @dataclass(frozen=True)
