@@ -196,6 +196,19 @@ def test_bad_release_is_rolled_back(sd: Target, fault: str):
     assert rep.outcomes[-1].evidence  # the probe history (or the process state) explains why
 
 
+@pytest.mark.parametrize("sd", ["system"], indirect=True)
+def test_under_systemd_a_release_that_exits_after_start_is_rolled_back(sd: Target):
+    """The same crash under systemd: Restart=always brings it back with a new MainPID."""
+    sd.update("health", stable_for=4, deadline=15)
+    code, rep = deploy(sd)
+    assert code == 0, rep.lines
+    good = released(rep)
+    code, rep = deploy(sd, "crash_after:2")
+    assert code == 3, rep.lines
+    assert sd.state_of(released(rep)) == "bad"
+    assert_runs(sd, good)
+
+
 def test_first_deploy_failing_stops_the_unit_exit_6(sd: Target):
     code, rep = deploy(sd, "boot_crash")
     assert code == 6, rep.lines
