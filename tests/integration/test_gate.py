@@ -72,7 +72,7 @@ def test_header_identity_checks_the_rollback_target_too(target: Target):
     code, rep = deploy(target)
     assert code == 0, rep.lines
     good = str(outcome(rep).release)
-    code, rep = deploy(target, "ready_503")
+    code, rep = deploy(target, "boot_crash")
     assert code == 3, rep.lines
     # the fallback was gated again, version included, against ITS own id
     assert any(
