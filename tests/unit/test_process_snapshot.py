@@ -92,6 +92,19 @@ def test_systemd_unit_is_one_instance(show, up):
 # ---------------------------------------------------------------- identity read, run for real
 
 
+def test_identity_read_is_one_command_with_values_as_parameters():
+    rid = "20261122120000-abcdef1"
+    cmd = commands.process_identity(PurePosixPath(f"/srv/app/releases/{rid}"), [11, 12])
+    assert cmd.name == "process.identity"
+    assert cmd.argv[:2] == ("sh", "-c") and cmd.argv[3:] == (
+        "releasegate",
+        f"/srv/app/releases/{rid}",
+        "11",
+        "12",
+    )
+    assert cmd.display == f"read cwd of pids 11 12 and the manifest of {rid}"
+
+
 def test_identity_script_resolves_a_symlinked_root_on_the_host(tmp_path: Path):
     """/srv/app -> /data/srv/app: the cwd /proc shows is the physical path; the script reads
     it together with the release directory resolved the same way, and the manifest."""
