@@ -690,13 +690,14 @@ def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
         if raw is None:
             return
         holder = lock.assess(raw, d.clock.now(), d.machine)
-        if (holder.dead or holder.expired) and holder.raw not in tried_to_break:
-            tried_to_break.add(holder.raw)
+        if (holder.dead or holder.expired) and holder.key not in tried_to_break:
+            tried_to_break.add(holder.key)
             if host.break_lock(holder, force=holder.dead):
+                lease = holder.lease
                 reason = (
                     "owner process is gone"
-                    if holder.dead
-                    else f"lease expired: {holder.lease_text()}"
+                    if holder.dead or lease is None
+                    else f"lease expired: no renewal for {lease.age_s}s (lease {lease.ttl_s}s)"
                 )
                 host.record(
                     d.clock.now(), "lock-broken", None, None, holder=holder.owner, reason=reason

@@ -122,10 +122,13 @@ class HostOps:
     def break_lock(self, holder: Holder, *, force: bool) -> bool:
         """Remove that holder's lock — once its lease has ended, or with `force` — in one
         atomic step on the host; False if it was not removed (gone, renewed, changed hands)."""
-        legacy = "" if holder.instance else holder.raw.splitlines()[0] if holder.raw else ""
         res = self.remote.run(
             commands.break_lock(
-                self.layout, holder.instance, new_token(), force=force, legacy_owner=legacy
+                self.layout,
+                holder.instance,
+                new_token(),
+                force=force,
+                legacy_owner="" if holder.instance else holder.key,
             ),
             check=False,
         )

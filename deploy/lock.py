@@ -98,6 +98,11 @@ class Holder:
         return self.lease.instance if self.lease else None
 
     @property
+    def key(self) -> str:
+        """Which lock this is: its instance (or, for an older releasegate's, its owner line)."""
+        return self.instance or (self.raw.splitlines()[0] if self.raw else "")
+
+    @property
     def expired(self) -> bool:
         """Its lease ended: the holder stopped renewing it, so anyone may break the lock."""
         return self.lease is not None and self.lease.ended and not self.manual

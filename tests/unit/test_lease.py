@@ -189,3 +189,13 @@ def test_journal_records_are_masked_and_sent_on_stdin(world):
     appends = [c for c in remote.log if c.name == "journal.append"]
     assert appends and all('"op"' not in c.render() for c in appends)
     assert all(canary not in text for text in remote.stdin_seen)
+
+
+def test_a_break_that_fails_is_tried_once_then_reported(world):
+    deps, host, remote, repo = world
+    host.hold(TOKEN, ELSEWHERE, lease=10, now=deps.clock.t - 100)
+    remote.fail["lock.break"] = 1  # e.g. the lock directory is not ours to rename
+    with pytest.raises(LockHeld, match="lease ended"):
+        ship(deps, repo)
+    assert remote.names().count("lock.break") == 1
+    assert host.lock is not None and lock_entries(host) == []
