@@ -8,10 +8,11 @@ Each builder has a `name` (what tests and the fake host key on) and a masked `di
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from deploy.model import RELEASE_ID, TOKEN, Layout, Manifest
@@ -20,6 +21,14 @@ from deploy.model import RELEASE_ID, TOKEN, Layout, Manifest
 LOCK_HELD = 75
 # Exit code for "checksum mismatch" from the extract script.
 CHECKSUM_MISMATCH = 76
+# Seconds between the host's TERM and its KILL for a step bounded with `bounded` (timeout -k).
+KILL_AFTER = 5
+# Exit codes of coreutils `timeout` when it stopped the command (TERM, then KILL).
+TIMED_OUT = (124, 137)
+# Seconds past the end of a lease before anyone may break the lock. The holder renews only a
+# lease that has not ended, so between the last possible renewal and the first possible break
+# there are always these seconds: a break never races a renewal (see LOCK_RENEW_SCRIPT).
+LEASE_GRACE = 2
 
 
 @dataclass(frozen=True)
@@ -29,13 +38,21 @@ class Cmd:
     display: str
     cwd: str | None = None
     steps: tuple[Cmd, ...] = ()  # a batch: these run in order, in one round trip
+    # What the command reads on stdin (journal records): data that must not be visible in
+    # `ps` on the host travels here, never in argv. A batch reads its steps' stdin in order.
+    stdin: str | None = field(default=None, repr=False)
+    # Seconds the host lets this step run (it runs under coreutils `timeout`, see `bounded`).
+    limit: float | None = None
 
     def render(self) -> str:
         if self.steps:
             # Each step in its own subshell (a `cd` stays local), announced on stderr so a
-            # failure can be pinned to its step; the first failure stops the batch.
+            # failure can be pinned to its step; the first failure stops the batch. A step
+            # that reads no stdin gets /dev/null, so it cannot swallow a later step's input.
             return " && ".join(
-                f"echo {STEP_MARK}{step.name} >&2 && ( {step.render()} )" for step in self.steps
+                f"echo {STEP_MARK}{step.name} >&2 && ( {step.render()} )"
+                + ("" if step.stdin is not None else " </dev/null")
+                for step in self.steps
             )
         line = shlex.join(self.argv)
         if self.cwd is not None:
@@ -64,7 +81,37 @@ def batch(name: str, steps: Sequence[Cmd], display: str) -> Cmd:
     for step in flat:
         if not all(c.isalnum() or c in "._-" for c in step.name):
             raise ValueError(f"step names must be plain words: {step.name!r}")
-    return Cmd(name=name, argv=(), display=display, steps=tuple(flat))
+    stdin = "".join(step.stdin for step in flat if step.stdin is not None)
+    return Cmd(
+        name=name,
+        argv=(),
+        display=display,
+        steps=tuple(flat),
+        stdin=stdin if any(step.stdin is not None for step in flat) else None,
+    )
+
+
+def bounded(cmd: Cmd, seconds: float) -> Cmd:
+    """`cmd` under the host's coreutils `timeout`: TERM to its whole process group after
+    `seconds`, KILL KILL_AFTER seconds later. The client waits a little longer than that
+    (`client_deadline`), so a step the client gave up on — deadline, signal, lost link —
+    cannot run on on the host: the host stops it by itself."""
+    if cmd.steps:
+        raise ValueError("bound the steps of a batch, not the batch")
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"a host-side limit must be 0 < seconds <= 86400, not {seconds}")
+    return replace(
+        cmd,
+        argv=("timeout", "-k", str(KILL_AFTER), f"{seconds:g}", *cmd.argv),
+        limit=seconds,
+    )
+
+
+def client_deadline(cmd: Cmd, short: float) -> float:
+    """How long the client waits for `cmd`: `short` for the round trip and its quick steps,
+    plus each bounded step's host-side limit and kill grace — so the host's `timeout` fires
+    (and names the step) before the client gives up."""
+    return short + sum(s.limit + KILL_AFTER for s in (cmd.steps or (cmd,)) if s.limit is not None)
 
 
 def without_marks(text: str) -> str:
@@ -106,13 +153,38 @@ def prepare_layout(layout: Layout) -> Cmd:
     )
 
 
-STATE_SCRIPT = r"""
+# The holder of a lock as one owner.json line and one `lease <instance> <age> <ttl>` line (age
+# since the last renewal by the host's own clock, so two machines' clocks never disagree).
+# `lease <instance> - -`: no lease (a manual lock). A lock made by an older releasegate
+# (lock/owner.json, no instance) prints its owner line only.
+LOCK_VIEW = r"""
+lock_view() {
+  for d in "$1"/*/; do
+    [ -f "${d}owner.json" ] || continue
+    id=${d%/}; id=${id##*/}
+    tr -d '\n' < "${d}owner.json"; echo
+    if [ -f "${d}lease" ]; then
+      echo "lease $id $(( $(date +%s) - $(stat -c %Y -- "${d}lease") )) $(cat -- "${d}lease")"
+    else
+      echo "lease $id - -"
+    fi
+    return 0
+  done
+  if [ -f "$1/owner.json" ]; then tr -d '\n' < "$1/owner.json"; echo; fi
+  return 0
+}
+"""
+
+STATE_SCRIPT = (
+    LOCK_VIEW
+    + r"""
 cd -- "$1" 2>/dev/null || { echo "@@missing-root"; exit 0; }
 echo "@@current"; readlink current 2>/dev/null || true
 echo "@@releases"; ls -1 releases 2>/dev/null || true
-echo "@@lock"; cat .releasegate/lock/owner.json 2>/dev/null || true
+echo "@@lock"; lock_view .releasegate/lock
 echo "@@journal"; cat .releasegate/journal.jsonl 2>/dev/null || true
 """
+)
 
 
 def read_state(layout: Layout) -> Cmd:
@@ -120,72 +192,203 @@ def read_state(layout: Layout) -> Cmd:
     return _script("state.read", STATE_SCRIPT, [_p(layout.root)], f"read state of {layout.root}")
 
 
-LOCK_SCRIPT = r"""
-if mkdir -- "$1" 2>/dev/null; then
-  printf '%s\n' "$2" > "$1/token" && printf '%s\n' "$3" > "$1/owner.json" && exit 0
-  rm -rf -- "$1"; exit 1
+# The lock is `.releasegate/lock/<instance>/` (token, owner.json, lease). The instance name
+# is what makes every change of the lock a single rename(2) that can only ever touch one
+# holder: acquiring renames a complete staging directory onto `lock`, which the kernel allows
+# only while `lock` is absent or empty; releasing and breaking rename `lock/<instance>` away,
+# which fails if that holder is already gone — a newer holder lives under another name.
+# Nothing is ever checked and then removed by a fixed name.
+
+LOCK_SCRIPT = (
+    LOCK_VIEW
+    + r"""
+lock="$1"; id="$2"; stage="$1.new-$2"
+rm -rf -- "$stage"
+if ! { mkdir -p -- "$stage/$id" && printf '%s\n' "$3" > "$stage/$id/token" \
+       && printf '%s\n' "$4" > "$stage/$id/owner.json" \
+       && { [ "$5" = 0 ] || printf '%s\n' "$5" > "$stage/$id/lease"; }; }; then
+  rm -rf -- "$stage"; echo "could not prepare $stage"; exit 1
 fi
-cat -- "$1/owner.json" 2>/dev/null; exit 75
+for attempt in 1 2 3; do
+  if mv -T -- "$stage" "$lock" 2>/dev/null; then exit 0; fi
+  [ -d "$lock" ] && break
+done
+rm -rf -- "$stage"
+lock_view "$lock"
+exit 75
 """
+)
 
 
-def acquire_lock(layout: Layout, token: str, owner: dict[str, object]) -> Cmd:
+def lock_instance(token: str) -> str:
+    """The lock's directory name for a token: public (breaking needs it), while the token that
+    releases the lock stays secret."""
     if not TOKEN.match(token):
         raise ValueError("lock token must be 32 hex digits")
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def _instance(instance: str) -> str:
+    if len(instance) != 16 or any(c not in "0123456789abcdef" for c in instance):
+        raise ValueError(f"not a lock instance: {instance!r}")
+    return instance
+
+
+def acquire_lock(layout: Layout, token: str, owner: dict[str, object], lease_s: int = 0) -> Cmd:
+    """Take the lock with a lease of `lease_s` seconds (0: none — a manual lock, held until
+    unlocked). On contention: exit LOCK_HELD and the holder's `lock_view` on stdout."""
+    if not 0 <= lease_s <= 86400:
+        raise ValueError(f"lease must be 0..86400 seconds, not {lease_s}")
     return _script(
         "lock.acquire",
         LOCK_SCRIPT,
-        [_p(layout.lock), token, json.dumps(owner, sort_keys=True)],
+        [
+            _p(layout.lock),
+            lock_instance(token),
+            token,
+            json.dumps(owner, sort_keys=True),
+            str(int(lease_s)),
+        ],
         f"acquire lock {layout.lock}",
     )
 
 
 RELEASE_LOCK_SCRIPT = r"""
-[ -d "$1" ] || exit 0
-[ "$(cat -- "$1/token" 2>/dev/null)" = "$2" ] || { echo "lock is held by another owner"; exit 75; }
-rm -rf -- "$1"
+lock="$1"; id="$2"; grave="$1.released-$4"
+[ "$(cat -- "$lock/$id/token" 2>/dev/null)" = "$3" ] || { echo "@@gone"; exit 0; }
+mv -T -- "$lock/$id" "$grave" 2>/dev/null || { echo "@@gone"; exit 0; }
+rmdir -- "$lock" 2>/dev/null
+rm -rf -- "$grave"
+echo "@@released"
 """
+LOCK_GONE = "@@gone"
 
 
-def release_lock(layout: Layout, token: str) -> Cmd:
-    """Only the owner (who knows the token) removes the lock."""
-    if not TOKEN.match(token):
-        raise ValueError("lock token must be 32 hex digits")
+def release_lock(layout: Layout, token: str, nonce: str) -> Cmd:
+    """Only the owner (who knows the token) removes its own lock instance; prints LOCK_GONE
+    when it was no longer there (broken after the lease lapsed)."""
+    if not TOKEN.match(nonce):
+        raise ValueError("nonce must be 32 hex digits")
     return _script(
-        "lock.release", RELEASE_LOCK_SCRIPT, [_p(layout.lock), token], f"release lock {layout.lock}"
+        "lock.release",
+        RELEASE_LOCK_SCRIPT,
+        [_p(layout.lock), lock_instance(token), token, nonce],
+        f"release lock {layout.lock}",
     )
 
 
 BREAK_LOCK_SCRIPT = r"""
-[ -d "$1" ] || exit 0
-[ "$(cat -- "$1/owner.json" 2>/dev/null)" = "$2" ] || { echo "the lock changed hands"; exit 75; }
-mv -T -- "$1" "$1.broken-$3" && rm -rf -- "$1.broken-$3"
+lock="$1"; id="$2"; mode="$3"; grave="$1.broken-$4"; grace="$5"
+if [ -z "$id" ]; then
+  # A lock made by an older releasegate (no instance, no lease): by force only, and only if
+  # it still has the owner record the caller judged.
+  [ "$mode" = any ] || { echo "no lease: held until unlocked"; exit 75; }
+  [ "$(tr -d '\n' < "$lock/owner.json" 2>/dev/null)" = "$6" ] \
+    || { echo "the lock changed hands"; exit 75; }
+  mv -T -- "$lock" "$grave" || exit 75
+  rm -rf -- "$grave"; echo "@@broken"; exit 0
+fi
+[ -d "$lock/$id" ] || { echo "@@gone"; exit 0; }
+if [ "$mode" = expired ]; then
+  [ -f "$lock/$id/lease" ] || { echo "no lease: held until unlocked"; exit 75; }
+  ttl=$(cat -- "$lock/$id/lease") || exit 75
+  age=$(( $(date +%s) - $(stat -c %Y -- "$lock/$id/lease") ))
+  [ "$age" -gt $(( ttl + grace )) ] \
+    || { echo "the lease is live for $(( ttl + grace - age ))s more"; exit 75; }
+fi
+mv -T -- "$lock/$id" "$grave" 2>/dev/null || { echo "@@gone"; exit 0; }
+rmdir -- "$lock" 2>/dev/null
+rm -rf -- "$grave"
+echo "@@broken"
 """
+LOCK_BROKEN = "@@broken"
 
 
-def break_lock(layout: Layout, expected_owner: str, nonce: str) -> Cmd:
-    """Remove a lock whose holder we judged (stale, or --force): only if it is still that
-    holder's — the rename is atomic, so a new owner's lock is never removed."""
+def break_lock(
+    layout: Layout, instance: str | None, nonce: str, *, force: bool, legacy_owner: str = ""
+) -> Cmd:
+    """Remove one holder's lock instance in one rename: only once its lease has ended (by the
+    host's clock, LEASE_GRACE included), or with `force` (its process is known dead, or an
+    operator said so). Prints LOCK_BROKEN when it removed it; a newer holder is never touched.
+    `instance=None`: a lock made by an older releasegate, matched by its owner record."""
     if not TOKEN.match(nonce):
         raise ValueError("nonce must be 32 hex digits")
     return _script(
         "lock.break",
         BREAK_LOCK_SCRIPT,
-        [_p(layout.lock), expected_owner, nonce],
-        f"break lock {layout.lock}",
+        [
+            _p(layout.lock),
+            _instance(instance) if instance is not None else "",
+            "any" if force else "expired",
+            nonce,
+            str(LEASE_GRACE),
+            legacy_owner,
+        ],
+        f"break lock {layout.lock}" + ("" if force else " (if its lease has ended)"),
     )
 
 
+LOCK_RENEW_SCRIPT = r"""
+f="$1/$2/lease"
+ttl=$(cat -- "$f" 2>/dev/null) \
+  || { echo "the lock is no longer ours (released or broken)"; exit 75; }
+age=$(( $(date +%s) - $(stat -c %Y -- "$f") ))
+# An ended lease is never revived: once anyone may break it, it stays breakable.
+[ "$age" -le "$ttl" ] \
+  || { echo "the lease ended ${age}s after its last renewal (${ttl}s)"; exit 75; }
+touch -c -- "$f"
+"""
+
+
+def renew_lease(layout: Layout, token: str) -> Cmd:
+    """Extend the lease by touching it (its mtime, by the host's clock, is the last renewal);
+    fails (LOCK_HELD) when the lock is no longer ours or its lease already ended."""
+    return _script(
+        "lock.renew",
+        LOCK_RENEW_SCRIPT,
+        [_p(layout.lock), lock_instance(token)],
+        f"renew the lease of {layout.lock}",
+    )
+
+
+JOURNAL_APPEND_SCRIPT = r"""
+j="$1"; n="$2"; records=""
+while [ "$n" -gt 0 ]; do
+  IFS= read -r line || { echo "expected $2 journal record(s) on stdin"; exit 3; }
+  records="$records$line
+"
+  n=$((n - 1))
+done
+# A writer killed mid-line leaves a torn last line: start on a fresh line, so only the torn
+# record is lost and this one stays whole.
+if [ -s "$j" ] && [ -n "$(tail -c 1 -- "$j")" ]; then records="
+$records"; fi
+[ -e "$j" ] || new=1
+printf '%s' "$records" >> "$j" || exit 1
+# Durable before anything that depends on it (the switch of `current`) runs.
+sync -- "$j" || exit 1
+if [ -n "$new" ]; then sync -- "$(dirname -- "$j")"; fi
+"""
+
+
 def append_journal(layout: Layout, entries: Iterable[dict[str, object]]) -> Cmd:
+    """Append records; they travel on stdin (never in argv, which `ps` shows on the host)."""
     lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries]
     for line in lines:
-        if "\n" in line:
+        if "\n" in line or "\r" in line:
             raise ValueError("journal lines must not contain newlines")
-    return _script(
-        "journal.append",
-        'j="$1"; shift; printf \'%s\\n\' "$@" >> "$j"',
-        [_p(layout.journal), *lines],
-        f"append {len(lines)} entr{'y' if len(lines) == 1 else 'ies'} to {layout.journal}",
+    return Cmd(
+        name="journal.append",
+        argv=(
+            "sh",
+            "-c",
+            JOURNAL_APPEND_SCRIPT,
+            "releasegate",
+            _p(layout.journal),
+            str(len(lines)),
+        ),
+        display=f"append {len(lines)} entr{'y' if len(lines) == 1 else 'ies'} to {layout.journal}",
+        stdin="".join(line + "\n" for line in lines),
     )
 
 
@@ -407,8 +610,10 @@ def prune_releases(layout: Layout, names: Sequence[str]) -> Cmd:
     )
 
 
-PREFLIGHT_SCRIPT = r"""
-root="$1"; manager="$2"; migration="$3"; shift 3
+PREFLIGHT_SCRIPT = (
+    LOCK_VIEW
+    + r"""
+root="$1"; manager="$2"; migration="$3"; limit="$4"; shift 4
 existing="$root"
 while [ ! -d "$existing" ]; do existing=$(dirname -- "$existing"); done
 if [ -d "$root" ]; then
@@ -416,7 +621,7 @@ if [ -d "$root" ]; then
 elif [ -w "$existing" ]; then echo root=creatable; else echo root=not-creatable; fi
 echo "free_kb=$(df -Pk -- "$existing" 2>/dev/null | awk 'NR==2 {print $4}')"
 if [ -d "$root/.releasegate/lock" ]; then
-  echo "lock=$(tr -d '\n' < "$root/.releasegate/lock/owner.json" 2>/dev/null || echo '{}')"
+  lock_view "$root/.releasegate/lock" | sed -e '1s/^/lock=/' -e '2s/^lease /lock_lease=/'
 fi
 echo "manager=$(command -v "$manager" 2>/dev/null)"
 for item in "$@"; do
@@ -429,11 +634,13 @@ for item in "$@"; do
 done
 if [ -n "$migration" ]; then
   cd -- "$root/current" 2>/dev/null || cd -- "$root" 2>/dev/null || cd /
-  out=$(sh -c "$migration" 2>&1); code=$?
+  # Bounded on the host: a hung check is stopped (with everything it started), not left behind.
+  out=$(timeout -k 5 "$limit" sh -c "$migration" 2>&1 </dev/null); code=$?
   echo "migration_exit=$code"; echo "migration_tail=$(printf '%s\n' "$out" | tail -n 1)"
 fi
 exit 0
 """
+)
 
 
 def preflight_probe(
@@ -443,20 +650,25 @@ def preflight_probe(
     shared_files: Sequence[str],
     runtimes: Sequence[str],
     migration_check: str | None,
+    migration_timeout: float = 120,
 ) -> Cmd:
-    """One read-only round trip for every host-side preflight fact (deploy.preflight judges)."""
+    """One read-only round trip for every host-side preflight fact (deploy.preflight judges).
+    The migration check runs under the host's `timeout` (exit 124 when it took too long)."""
     items = [f"shared:{_p(f)}" for f in shared_files]
     for name in runtimes:
         if not name.replace("-", "").replace("_", "").isalnum() or name.startswith("-"):
             raise ValueError(f"not a runtime name: {name!r}")
         items.append(f"runtime:{name}")
-    return _script(
+    if not 0 < migration_timeout <= 86400:
+        raise ValueError(f"migration timeout must be 0 < seconds <= 86400: {migration_timeout}")
+    cmd = _script(
         "preflight.probe",
         PREFLIGHT_SCRIPT,
-        [_p(layout.root), _p(manager), migration_check or "", *items],
+        [_p(layout.root), _p(manager), migration_check or "", f"{migration_timeout:g}", *items],
         f"preflight probe of {layout.root}"
         + (f" (runs the migration check `{migration_check}`)" if migration_check else ""),
     )
+    return replace(cmd, limit=migration_timeout) if migration_check else cmd
 
 
 INSTALL_ENV_SCRIPT = r"""

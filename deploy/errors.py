@@ -3,6 +3,7 @@
     ReleasegateError
     ├── ConfigError            2  invalid input or config; nothing contacted
     ├── LockHeld               4  another operation holds the host's lock
+    │   └── LockLost              our lock's lease lapsed and it was broken; we stop
     ├── AbortedBeforeLive      5  failed before the point of no return; nothing live changed
     │   ├── ShipError
     │   └── RemoteCommandError (when raised before the switch; the flow re-raises as abort)
@@ -39,6 +40,10 @@ class RolledBack(ReleasegateError):
 
 class LockHeld(ReleasegateError):
     exit_code = 4
+
+
+class LockLost(LockHeld):
+    """Our lock was broken while we ran (its lease lapsed): nothing more is changed."""
 
 
 class AbortedBeforeLive(ReleasegateError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from deploy.errors import (
     HumanNeeded,
     Interrupted,
     LockHeld,
+    LockLost,
     PreflightFailed,
     ReleasegateError,
 )
@@ -94,6 +96,7 @@ class Deps:
     redact: Redactor = field(default_factory=Redactor)  # seeded with every secret value
     local_checks: tuple[Check, ...] = ()  # preflight checks made on this machine
     env_file: str | None = field(default=None, repr=False)  # shared/.env content (secrets)
+    machine: str = field(default_factory=socket.gethostname)  # this machine, in lock records
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -104,6 +107,8 @@ def host_ops(d: Deps) -> HostOps:
         manager=manager_for(d.inventory, layout),
         layout=layout,
         actor=d.actor,
+        redact=d.redact,
+        machine=d.machine,
     )
 
 
@@ -306,12 +311,16 @@ def _activate_and_gate(
     r = d.reporter
     try:
         with r.stage(f"activate {rid}"):
-            steps = [host.journal_cmd(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED)]
-            host.run_batch(
-                "activate", steps + host.activate_steps(rid), f"activate {rid}", timeout=120
-            )
+            # the lease guard first: a run whose lock was broken changes nothing live
+            steps = [
+                *host.lease_guard(),
+                host.journal_cmd(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED),
+            ]
+            host.run_batch("activate", steps + host.activate_steps(rid), f"activate {rid}")
         with r.stage(f"gate {rid}"):
             evidence = _gate(d, host, rid)
+    except LockLost:
+        raise
     except BaseException as exc:
         return _recover(d, host, rid, op=op, fallback=fallback, exc=exc)
     _promote(d, host, rid, op, state if op == "deploy" else None)
@@ -677,12 +686,22 @@ def _report(d: Deps, outcome: Outcome) -> Outcome:
 def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
     with d.reporter.stage(f"connect {host.label} and lock"):
         take_lock(d, host, op)
+    # The lease is renewed in the background while the operation runs (lock.LeaseKeeper).
+    keeper = None if d.dry_run else host.keep_lease()
     try:
         yield
     finally:
         with _shielded(d.reporter):
+            if keeper is not None:
+                keeper.stop()
             try:
-                host.release_lock()
+                if not host.release_lock():
+                    d.reporter.warn(
+                        f"the lock {host.layout.lock} on {host.label} was no longer ours when "
+                        f"this run ended: our lease lapsed"
+                        + (f" ({keeper.lost})" if keeper is not None and keeper.lost else "")
+                        + " and another run broke it"
+                    )
             except ReleasegateError as exc:
                 d.reporter.error(
                     f"could not release the lock {host.layout.lock} on {host.label}: "
@@ -693,13 +712,15 @@ def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
 
 def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
     """Take the host lock; wait up to d.lock_wait for an automated holder (never for a manual
-    lock); break a lock whose owner process is known dead (same machine, pid gone)."""
+    lock). Break a holder's lock — journaled — once its lease has ended (it stopped renewing:
+    killed, or its machine is gone), or at once when its process is known dead (same machine,
+    pid gone). A live lease is never broken."""
     if d.dry_run:
         held = host.read_state().lock_raw
         if held:
             d.reporter.warn(
-                f"the lock is held by {lock.assess(held, d.clock.now()).describe()}: a real "
-                f"{op} would wait (--lock-wait) or stop here with exit 4"
+                f"the lock is held by {lock.assess(held, d.clock.now(), d.machine).describe()}: "
+                f"a real {op} would wait (--lock-wait) or stop here with exit 4"
             )
     deadline = d.clock.monotonic() + d.lock_wait
     tried_to_break: set[str] = set()
@@ -707,17 +728,18 @@ def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
         raw = host.try_lock(op, d.clock.now(), message)
         if raw is None:
             return
-        holder = lock.assess(raw, d.clock.now())
-        if holder.dead and holder.raw not in tried_to_break:
-            tried_to_break.add(holder.raw)
-            if host.break_lock(holder.raw):
+        holder = lock.assess(raw, d.clock.now(), d.machine)
+        if (holder.dead or holder.expired) and holder.key not in tried_to_break:
+            tried_to_break.add(holder.key)
+            if host.break_lock(holder, force=holder.dead):
+                lease = holder.lease
+                reason = (
+                    "owner process is gone"
+                    if holder.dead or lease is None
+                    else f"lease expired: no renewal for {lease.age_s}s (lease {lease.ttl_s}s)"
+                )
                 host.record(
-                    d.clock.now(),
-                    "lock-broken",
-                    None,
-                    None,
-                    holder=holder.owner,
-                    reason="owner process is gone",
+                    d.clock.now(), "lock-broken", None, None, holder=holder.owner, reason=reason
                 )
                 d.reporter.warn(f"broke a stale lock: {holder.describe()}")
             continue
@@ -727,7 +749,8 @@ def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
                 "It is a manual lock: ask its holder, or `releasegate unlock "
                 f"{d.inventory.env}` (its holder) / `--force --reason …`."
                 if holder.manual
-                else "Wait for it (--lock-wait SECONDS), or if it died elsewhere, "
+                else "Wait for it (--lock-wait SECONDS): a holder that stopped renewing its "
+                "lease loses the lock when the lease ends. If you are sure it is gone, "
                 f"`releasegate unlock {d.inventory.env} --force --reason …` after checking "
                 f"`releasegate status {d.inventory.env}`."
             )
@@ -736,7 +759,10 @@ def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
                 f"was changed. {hint}"
             )
         d.reporter.info(f"waiting for the lock held by {holder.describe()}")
-        d.clock.sleep(min(2.0, remaining))
+        left = holder.lease.left_s if holder.lease else None
+        # wake up right after the lease ends rather than up to 2 s later
+        pause = min(2.0, remaining, max(0.2, left + 0.2) if left is not None else 2.0)
+        d.clock.sleep(pause)
 
 
 def lock_manually(d: Deps, message: str) -> Outcome:
@@ -773,7 +799,7 @@ def unlock(d: Deps, *, force: bool, reason: str | None) -> Outcome:
                 message=f"{host.layout.lock} is not held",
             ),
         )
-    holder = lock.assess(state.lock_raw, d.clock.now())
+    holder = lock.assess(state.lock_raw, d.clock.now(), d.machine)
     own_manual = holder.manual and holder.owner.get("actor") == d.actor
     if not own_manual and not force:
         raise LockHeld(
@@ -783,7 +809,7 @@ def unlock(d: Deps, *, force: bool, reason: str | None) -> Outcome:
         )
     if force and not own_manual and not reason:
         raise ConfigError('--force needs --reason "…": it is recorded in the journal')
-    if not host.break_lock(holder.raw):
+    if not host.break_lock(holder, force=True):
         raise LockHeld(f"{host.layout.lock} changed hands while unlocking; look again")
     host.record(
         d.clock.now(),

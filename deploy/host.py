@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,9 +16,10 @@ from pathlib import Path, PurePosixPath
 
 from deploy import commands, journal, lock, preflight
 from deploy.commands import Cmd
-from deploy.errors import CommandFailure, RemoteCommandError, ShipError
+from deploy.errors import CommandFailure, LockLost, RemoteCommandError, ShipError
 from deploy.inventory import Inventory
 from deploy.journal import HostState
+from deploy.lock import Holder, LeaseKeeper
 from deploy.model import (
     Artifact,
     IdentityFacts,
@@ -27,10 +29,8 @@ from deploy.model import (
     ReleaseState,
 )
 from deploy.process import ProcessManager
+from deploy.redact import Redactor
 from deploy.remote import Remote, Result
-
-# What a command that ran out of time exits with (SshRemote on its timeout, coreutils timeout).
-TIMED_OUT = 124
 
 
 def new_token() -> str:
@@ -46,6 +46,11 @@ class HostOps:
     actor: str
     lock_token: str | None = field(default=None)
     state_at_lock: HostState | None = field(default=None)
+    # Every journal record passes through it (gate evidence carries response bodies and
+    # stderr tails, forensics carry log lines).
+    redact: Redactor = field(default_factory=Redactor)
+    machine: str = field(default_factory=socket.gethostname)  # in the lock's owner record
+    lease_s: int = field(default=0)  # the lease of the lock we hold (0: none, a manual lock)
 
     @property
     def label(self) -> str:
@@ -66,8 +71,9 @@ class HostOps:
             shared_files=[*inv.app.shared_files, *([".env"] if inv.secrets.enabled else [])],
             runtimes=list(inv.preflight.runtimes),
             migration_check=inv.preflight.migration_check,
+            migration_timeout=inv.preflight.migration_timeout,
         )
-        return preflight.parse_probe(self.remote.run(cmd, timeout=300).stdout)
+        return preflight.parse_probe(self.remote.run(cmd).stdout)
 
     def upload_env_file(self, content: str, workdir: Path) -> PurePosixPath:
         """shared/.env content via SFTP into the 0700 uploads dir (commands.install_env_file
@@ -87,13 +93,22 @@ class HostOps:
         self.remote.run(commands.prepare_layout(self.layout))
 
     def try_lock(self, op: str, now: datetime, message: str = "") -> str | None:
-        """Take the lock: None when taken, else the holder's owner.json as on the host."""
+        """Take the lock: None when taken, else the holder's lock view as on the host."""
         token = new_token()
-        owner = lock.owner_record(token=token, actor=self.actor, op=op, now=now, message=message)
+        lease_s = 0 if op == lock.MANUAL else self.inventory.lock.lease
+        owner = lock.owner_record(
+            token=token,
+            actor=self.actor,
+            op=op,
+            now=now,
+            message=message,
+            machine=self.machine,
+            lease_s=lease_s,
+        )
         # One round trip: make the layout, take the lock, and read what the flow decides from.
         steps = [
             commands.prepare_layout(self.layout),
-            commands.acquire_lock(self.layout, token, owner),
+            commands.acquire_lock(self.layout, token, owner, lease_s),
             commands.read_state(self.layout),
         ]
         res = self.remote.run(
@@ -107,22 +122,73 @@ class HostOps:
                 what=f"taking the lock {self.layout.lock}",
             )
         self.lock_token = token
+        self.lease_s = lease_s
         # (a dry run only shows the batch: then the state is read on its own)
         self.state_at_lock = journal.parse_state(res.stdout) if "@@current" in res.stdout else None
         return None
 
-    def break_lock(self, holder_raw: str) -> bool:
-        """Remove the lock if it still belongs to that holder; False if it changed hands."""
+    def break_lock(self, holder: Holder, *, force: bool) -> bool:
+        """Remove that holder's lock — once its lease has ended, or with `force` — in one
+        atomic step on the host; False if it was not removed (gone, renewed, changed hands)."""
         res = self.remote.run(
-            commands.break_lock(self.layout, holder_raw, new_token()), check=False
+            commands.break_lock(
+                self.layout,
+                holder.instance,
+                new_token(),
+                force=force,
+                legacy_owner="" if holder.instance else holder.key,
+            ),
+            check=False,
         )
-        return res.ok
+        return res.ok and commands.LOCK_BROKEN in res.stdout
 
-    def release_lock(self) -> None:
+    def release_lock(self) -> bool:
+        """Release our lock; False when it was no longer ours (broken after our lease lapsed)."""
         if self.lock_token is None:
-            return
-        self.remote.run(commands.release_lock(self.layout, self.lock_token))
+            return True
+        res = self.remote.run(commands.release_lock(self.layout, self.lock_token, new_token()))
         self.lock_token = None
+        return commands.LOCK_GONE not in res.stdout
+
+    def renew_lease(self) -> str | None:
+        """Renew our lease: None when renewed, else why the lock is no longer ours."""
+        token = self.lock_token
+        if token is None:
+            return "the lock was released"
+        timeout = max(1.0, self.lease_s / 3)
+        renew = commands.renew_lease(self.layout, token)
+        res = self.remote.run(renew, check=False, timeout=timeout)
+        if res.ok:
+            return None
+        if res.exit_code == commands.LOCK_HELD:
+            return res.stdout.strip() or "the lock is no longer ours"
+        raise RemoteCommandError(commands_failure(self.remote, "lock.renew", res))
+
+    def keep_lease(self) -> LeaseKeeper | None:
+        """Start renewing our lease in the background (every lease/3 seconds)."""
+        if self.lock_token is None or not self.lease_s:
+            return None
+        return LeaseKeeper(self.renew_lease, interval=max(1.0, self.lease_s / 3)).start()
+
+    def lease_guard(self) -> list[Cmd]:
+        """A first step for a batch that changes live state: it renews our lease and stops
+        the batch (LockLost) if the lock is no longer ours, before anything else runs."""
+        if self.lock_token is None or not self.lease_s:
+            return []
+        return [commands.renew_lease(self.layout, self.lock_token)]
+
+    def _entry(
+        self,
+        now: datetime,
+        op: str,
+        release: str | None,
+        state: ReleaseState | None,
+        detail: dict[str, object],
+    ) -> dict[str, object]:
+        item = journal.entry(
+            now=now, op=op, actor=self.actor, release=release, state=state, **detail
+        )
+        return {key: self.redact.deep(value) for key, value in item.items()}
 
     def record(
         self,
@@ -132,9 +198,7 @@ class HostOps:
         state: ReleaseState | None = None,
         **detail: object,
     ) -> None:
-        item = journal.entry(
-            now=now, op=op, actor=self.actor, release=release, state=state, **detail
-        )
+        item = self._entry(now, op, release, state, detail)
         self.remote.run(commands.append_journal(self.layout, [item]))
 
     # ------------------------------------------------------------ ship
@@ -173,15 +237,14 @@ class HostOps:
             steps.append(commands.write_file(partial / rel, content, label=f"{rid}/{rel}"))
         if app.install:
             prev_dir = self.layout.release(previous) if previous and app.reuse_deps else None
-            steps.append(
-                commands.reuse_or_install(
-                    prev_dir,
-                    partial,
-                    app.install,
-                    lockfile=app.deps_lockfile,
-                    deps_dir=app.deps_dir,
-                )
+            install = commands.reuse_or_install(
+                prev_dir,
+                partial,
+                app.install,
+                lockfile=app.deps_lockfile,
+                deps_dir=app.deps_dir,
             )
+            steps.append(commands.bounded(install, app.install_timeout))
         manifest = Manifest(
             id=rid,
             revision=artifact.revision,
@@ -207,12 +270,28 @@ class HostOps:
                 f"the artifact arrived corrupted on {self.label} ({res.stdout.strip()}); "
                 f"nothing was extracted. Retry the deploy."
             )
+        if res.step == "lock.renew":
+            raise LockLost(
+                f"{display} did not start: the lock {self.layout.lock} on {self.label} is no "
+                f"longer ours ({(res.stdout or res.stderr).strip()}). Our lease lapsed — the "
+                f"link to the host stalled for longer than lock.lease ({self.lease_s}s) — and "
+                f"another run may hold the lock now. Nothing more was changed by this run; "
+                f"check `releasegate status {self.inventory.env}`."
+            )
         step = next((s for s in steps if s.name == res.step), None)
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])
+        if step is not None and step.limit is not None and res.exit_code in commands.TIMED_OUT:
+            tail = (
+                f"timed out: the host stopped it (and everything it started) after its "
+                f"deadline of {step.limit:g}s; raise app.install_timeout / "
+                f"process.activate_timeout in the inventory if it needs longer"
+                + (f"\n{tail}" if tail else "")
+            )
         raise RemoteCommandError(
             CommandFailure(
                 display=(step or commands.batch(name, steps, display)).display,
                 exit_code=res.exit_code,
-                stderr_tail="\n".join((res.stderr or res.stdout).strip().splitlines()[-6:]),
+                stderr_tail=tail,
                 host=self.remote.host_label,
             ),
             what=display,
@@ -226,10 +305,7 @@ class HostOps:
         state: ReleaseState | None = None,
         **detail: object,
     ) -> Cmd:
-        item = journal.entry(
-            now=now, op=op, actor=self.actor, release=release, state=state, **detail
-        )
-        return commands.append_journal(self.layout, [item])
+        return commands.append_journal(self.layout, [self._entry(now, op, release, state, detail)])
 
     # ------------------------------------------------------------ activate
 
@@ -239,19 +315,24 @@ class HostOps:
     def activate_steps(self, release_id: str) -> list[Cmd]:
         return [
             commands.switch_current(self.layout, release_id, new_token()),
-            *self.manager.activate(release_id),
+            *self._activation(release_id),
         ]
 
+    def _activation(self, release_id: str) -> list[Cmd]:
+        # Bounded on the host: a reload that hangs is stopped there, not left running.
+        limit = self.inventory.process.activate_timeout
+        return [commands.bounded(cmd, limit) for cmd in self.manager.activate(release_id)]
+
     def reload(self, release_id: str) -> None:
-        for cmd in self.manager.activate(release_id):
-            self.remote.run(cmd, timeout=120)
+        for cmd in self._activation(release_id):
+            self.remote.run(cmd)
 
     def snapshot(self, timeout: float | None = None) -> ProcessSnapshot:
         """The process manager's view. With `timeout`, a manager that does not answer in time
         (a hung `pm2 jlist`) is an error, never a wait without end."""
         cmd = self.manager.snapshot()
         res = self.remote.run(cmd, check=False, timeout=timeout)
-        if timeout is not None and res.exit_code == TIMED_OUT:
+        if timeout is not None and res.exit_code in commands.TIMED_OUT:
             raise RemoteCommandError(
                 CommandFailure(
                     display=cmd.display,

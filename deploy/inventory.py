@@ -106,6 +106,13 @@ class HostConfig(Strict):
 class SshConfig(Strict):
     known_hosts: str | None = None
     connect_timeout: float = Field(10, gt=0, le=300)
+    # Every remote call has a deadline: a short command (and the quick steps of one batch)
+    # gets command_timeout; install, activation and the migration check have their own,
+    # enforced on the host with `timeout`; an SFTP upload gets upload_timeout.
+    command_timeout: float = Field(60, gt=0, le=3600)
+    upload_timeout: float = Field(600, gt=0, le=86400)
+    # SSH keepalive interval; a link that stops answering is dropped after ~3 of these.
+    keepalive: float = Field(15, ge=1, le=300)
     # Opt-in only: pins an unknown key on first contact (TOFU). Changed keys are always refused.
     accept_unknown_hosts: bool = False
 
@@ -127,6 +134,9 @@ class AppConfig(Strict):
     reuse_deps: bool = True
     deps_lockfile: RelPath = "package-lock.json"
     deps_dir: RelPath = "node_modules"
+    # The install step (or dependency reuse) runs under the host's `timeout`: past this, it is
+    # stopped with everything it started and the deploy aborts (exit 5).
+    install_timeout: float = Field(900, gt=0, le=86400)
 
     @field_validator("build", "install")
     @classmethod
@@ -171,6 +181,8 @@ class ProcessConfig(Strict):
     env: dict[EnvKey, str] = Field(default_factory=dict)
     pm2: str = "pm2"
     kill_timeout_ms: int = Field(5000, ge=100, le=120000)
+    # switch + reload/restart, run under the host's `timeout`
+    activate_timeout: float = Field(120, gt=0, le=3600)
     systemd: SystemdConfig | None = None
 
     @field_validator("command")
@@ -326,6 +338,7 @@ class PreflightConfig(Strict):
         ],
     ] = Field(default_factory=dict)
     migration_check: str | None = None  # runs on the host in <root>/current; non-zero blocks
+    migration_timeout: float = Field(120, gt=0, le=86400)  # host-side `timeout` for it
     required_env: tuple[EnvKey, ...] = ()  # local environment variables that must be set
 
     @field_validator("migration_check")
@@ -345,6 +358,14 @@ class SecretsConfig(Strict):
     @property
     def enabled(self) -> bool:
         return bool(self.from_env or self.from_file)
+
+
+class LockConfig(Strict):
+    """The host lock of deploy/rollback: a lease its holder renews every lease/3 seconds while
+    it runs. A holder that stops renewing (killed CI runner, lost machine) loses the lock
+    `lease` seconds later: the next run breaks it (journaled). Manual locks never expire."""
+
+    lease: int = Field(60, ge=3, le=86400)
 
 
 NotifyEvent = Literal["promoted", "rolled-back", "rollback-failed", "aborted"]
@@ -461,6 +482,7 @@ class Inventory(Strict):
     secrets: SecretsConfig = SecretsConfig()
     notify: NotifyConfig = NotifyConfig()
     strategy: StrategyConfig = StrategyConfig()
+    lock: LockConfig = LockConfig()
 
     @model_validator(mode="after")
     def _one_host(self) -> Inventory:

@@ -70,7 +70,7 @@ class HostState:
     other_dirs: frozenset[str]  # names in releases/ we do not recognise
     lock_owner: dict[str, object] | None
     journal: Sequence[JournalEntry] = field(default_factory=tuple)
-    lock_raw: str | None = None  # owner.json exactly as on the host
+    lock_raw: str | None = None  # the lock view as the host printed it (lock.assess reads it)
 
     def promoted(self, release_id: str) -> HostState:
         """This state after `release_id` was promoted (partials removed by the same ship)."""
@@ -136,9 +136,11 @@ def parse_state(stdout: str) -> HostState:
             partial.add(item)
         else:
             other.add(item)
-    owner_text = "\n".join(sections.get("lock", [])).strip()
+    # commands.LOCK_VIEW: the holder's owner.json line, then its `lease …` line
+    lock_text = "\n".join(sections.get("lock", [])).strip()
+    owner_text = next((ln for ln in lock_text.splitlines() if not ln.startswith("lease ")), "")
     owner: dict[str, object] | None = None
-    if owner_text:
+    if lock_text:
         try:
             loaded = json.loads(owner_text)
             owner = loaded if isinstance(loaded, dict) else {"raw": owner_text[:200]}
@@ -152,7 +154,7 @@ def parse_state(stdout: str) -> HostState:
         other_dirs=frozenset(other),
         lock_owner=owner,
         journal=tuple(parse("\n".join(sections.get("journal", [])))),
-        lock_raw=owner_text or None,
+        lock_raw=lock_text or None,
     )
 
 

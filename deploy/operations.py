@@ -59,6 +59,12 @@ class Options:
     clean_install: bool = False
 
 
+def machine() -> str:
+    """This machine's name in lock records: RELEASEGATE_MACHINE when set (containers that share
+    a hostname; tests that play a second machine), else the hostname."""
+    return os.environ.get("RELEASEGATE_MACHINE") or socket.gethostname()
+
+
 def actor() -> str:
     who = os.environ.get("RELEASEGATE_ACTOR")
     if who:
@@ -200,6 +206,9 @@ def open_remote(inv: Inventory, redact: Redactor, reporter: Reporter | None = No
         known_hosts=inv.known_hosts_files(),
         identity_file=inv.identity_path(),
         connect_timeout=inv.ssh.connect_timeout,
+        command_timeout=inv.ssh.command_timeout,
+        upload_timeout=inv.ssh.upload_timeout,
+        keepalive=inv.ssh.keepalive,
         redact=redact,
         env_name=inv.env,
         on_command=(lambda cmd: reporter.command(cmd.display)) if reporter else None,
@@ -314,6 +323,7 @@ def _operation(
                     reporter=rep,
                     clock=SystemClock(),
                     actor=actor(),
+                    machine=machine(),
                     workdir=Path(work),
                     health_token=token,
                     lock_wait=opts.lock_wait,

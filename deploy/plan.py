@@ -27,9 +27,16 @@ class PlanRemote:
         self.host_label = real.host_label
         self.planned: list[str] = []
 
-    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
+    def run(
+        self,
+        cmd: Cmd,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: str | None = None,
+    ) -> Result:
         if cmd.name in READ_ONLY:
-            return self._real.run(cmd, check=check, timeout=timeout)
+            return self._real.run(cmd, check=check, timeout=timeout, stdin=stdin)
         for step in cmd.steps or (cmd,):
             self.planned.append(step.display)
             self._reporter.info(f"would run: {step.display}")

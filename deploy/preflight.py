@@ -169,6 +169,8 @@ def judge_host(
     )
 
     raw = facts.get("lock", "")
+    if raw and facts.get("lock_lease"):
+        raw += f"\nlease {facts['lock_lease']}"
     holder = lock.assess(raw, now) if raw else None
     # Informational: a held lock is decided by the lock step itself (wait, break, or exit 4).
     checks.append(
@@ -178,7 +180,7 @@ def judge_host(
             "free"
             if holder is None
             else f"held by {holder.describe()} (it will be broken)"
-            if holder.dead
+            if holder.dead or holder.expired
             else f"held by {holder.describe()}: a deploy waits (--lock-wait) or stops (exit 4)",
         )
     )
@@ -186,11 +188,18 @@ def judge_host(
     if inv.preflight.migration_check:
         code = facts.get("migration_exit", "")
         tail = facts.get("migration_tail", "")
+        timed_out = code in ("124", "137")
         checks.append(
             Check(
                 "migration safety",
                 code == "0",
-                f"`{inv.preflight.migration_check}` exited {code or '?'}"
+                (
+                    f"`{inv.preflight.migration_check}` did not finish within "
+                    f"{inv.preflight.migration_timeout:g}s (preflight.migration_timeout); the "
+                    f"host stopped it"
+                    if timed_out
+                    else f"`{inv.preflight.migration_check}` exited {code or '?'}"
+                )
                 + (f": {tail}" if tail and code != "0" else ""),
                 "make the migration safe to run before the new code (or fix the check)",
             )

@@ -24,3 +24,15 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+    def deep(self, value: object) -> object:
+        """`value` with every string in it (dict keys included) masked: for structured
+        records such as journal entries, masked before they are serialised, so a secret
+        is found whatever JSON escaping would have done to it."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self.deep(k): self.deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.deep(item) for item in value]
+        return value

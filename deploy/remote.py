@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import select
 import socket
+import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,7 +25,7 @@ import paramiko
 from fabric import Connection
 from invoke.exceptions import CommandTimedOut
 
-from deploy.commands import Cmd, without_marks
+from deploy.commands import Cmd, client_deadline, without_marks
 from deploy.errors import (
     CommandFailure,
     ConnectionLost,
@@ -48,9 +50,20 @@ class Result:
 
 
 class Remote(Protocol):
+    """One host. `run` waits at most `timeout` seconds (default: the command's own deadline,
+    commands.client_deadline); `stdin` (default: cmd.stdin) is written to the command's
+    standard input and closed — data that must not show in `ps` on the host goes there."""
+
     host_label: str
 
-    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result: ...
+    def run(
+        self,
+        cmd: Cmd,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: str | None = None,
+    ) -> Result: ...
     def put(self, local: Path, remote: PurePosixPath) -> None: ...
     def tunnel(self, port: int) -> contextlib.AbstractContextManager[int]: ...
     def close(self) -> None: ...
@@ -77,6 +90,9 @@ class SshRemote:
         known_hosts: tuple[Path, ...],
         identity_file: Path | None = None,
         connect_timeout: float = 10,
+        command_timeout: float = 60,
+        upload_timeout: float = 600,
+        keepalive: float = 15,
         redact: Redactor | None = None,
         env_name: str = "<env>",
         on_command: Callable[[Cmd], None] | None = None,
@@ -87,6 +103,10 @@ class SshRemote:
         self._port = port
         self._known_hosts = known_hosts[0]
         self._env_name = env_name
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._upload_timeout = upload_timeout
+        self._keepalive = keepalive
         self._redact = redact or Redactor()
         self._on_command = on_command
         connect_kwargs: dict[str, object] = {}
@@ -141,9 +161,23 @@ class SshRemote:
                 f"that the address and port in the inventory are right."
             ) from None
         self._opened = True
+        transport = self.transport
         # Small request/response exchanges (probes, short commands) must not wait on Nagle.
         with contextlib.suppress(OSError, AttributeError):
-            self.transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A dead link must be noticed, not waited on: SSH keepalives put data on the wire
+        # every `keepalive` seconds, and TCP gives up on data unacknowledged for three of
+        # those, which closes the transport — every waiting call then ends with ConnectionLost.
+        transport.set_keepalive(max(1, round(self._keepalive)))
+        # Opening a channel (a command, SFTP, a tunnel connection) is quick on a live link;
+        # paramiko would otherwise wait an hour for the answer.
+        transport.channel_timeout = self._connect_timeout
+        with contextlib.suppress(OSError, AttributeError):
+            user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+            if user_timeout is not None:
+                transport.sock.setsockopt(
+                    socket.IPPROTO_TCP, user_timeout, int(self._keepalive * 3 * 1000)
+                )
 
     def _unreachable(self, message: str) -> ReleasegateError:
         if self._opened:
@@ -157,24 +191,37 @@ class SshRemote:
             raise ConnectionLost(f"the SSH connection to {self.host_label} is closed")
         return transport
 
-    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
+    def run(
+        self,
+        cmd: Cmd,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: str | None = None,
+    ) -> Result:
         if not self._conn.is_connected:
             self.open()
         if self._on_command is not None:
             self._on_command(cmd)
         self.commands_run += 1
+        deadline = timeout if timeout is not None else client_deadline(cmd, self._command_timeout)
+        feed = stdin if stdin is not None else cmd.stdin
         try:
             res = self._conn.run(
-                cmd.render(), hide=True, warn=True, in_stream=False, timeout=timeout
+                cmd.render(),
+                hide=True,
+                warn=True,
+                in_stream=_Feed(feed) if feed is not None else False,
+                timeout=deadline,
             )
         except CommandTimedOut:
             if not check:
-                return Result(stdout="", stderr=f"timed out after {timeout}s", exit_code=124)
+                return Result(stdout="", stderr=f"timed out after {deadline:g}s", exit_code=124)
             raise RemoteCommandError(
                 CommandFailure(
                     display=self._redact(cmd.display),
                     exit_code=124,
-                    stderr_tail=f"no result after {timeout:g}s; the command was abandoned",
+                    stderr_tail=f"no result after {deadline:g}s; the command was abandoned",
                     host=self.host_label,
                 )
             ) from None
@@ -185,6 +232,12 @@ class SshRemote:
                 f"`{self._redact(cmd.display)}`: "
                 f"{self._redact(type(exc).__name__ + ': ' + str(exc))}"
             ) from None
+        if res.exited == -1 and not self._alive():
+            # The channel closed without an exit status: the link died under the command.
+            raise ConnectionLost(
+                f"lost the SSH connection to {self.host_label} while running "
+                f"`{self._redact(cmd.display)}` (no exit status: the link was dropped)"
+            )
         failed = cmd.failed_step(res.stderr) if res.exited != 0 else None
         result = Result(
             stdout=res.stdout,
@@ -203,12 +256,37 @@ class SshRemote:
             )
         return result
 
+    def _alive(self) -> bool:
+        transport = self._conn.client.get_transport()
+        return transport is not None and transport.is_active()
+
     def put(self, local: Path, remote: PurePosixPath) -> None:
+        """SFTP upload with a deadline: no single reply may take longer than command_timeout
+        (a stalled link), and the whole upload no longer than upload_timeout."""
         if not self._conn.is_connected:
             self.open()
+        deadline = time.monotonic() + self._upload_timeout
+
+        def progress(_done: int, _total: int) -> None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not finished after {self._upload_timeout:g}s")
+
         try:
-            self._conn.put(str(local), str(remote))
-        except (OSError, paramiko.SSHException) as exc:
+            sftp = self._conn.sftp()
+            sftp.get_channel().settimeout(self._command_timeout)
+            sftp.put(str(local), str(remote), callback=progress)
+            # like Fabric's put: the remote copy keeps the local mode (0600 for the env file)
+            sftp.chmod(str(remote), stat.S_IMODE(local.stat().st_mode))
+        except TimeoutError as exc:
+            raise RemoteCommandError(
+                CommandFailure(
+                    display=f"upload {local.name} to {remote}",
+                    exit_code=124,
+                    stderr_tail=f"{exc} (ssh.upload_timeout); the upload was abandoned",
+                    host=self.host_label,
+                )
+            ) from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             raise ConnectionLost(
                 f"uploading {local.name} to {self.host_label}:{remote} failed: {exc}"
             ) from None
@@ -218,7 +296,7 @@ class SshRemote:
         """Forward a local ephemeral port to 127.0.0.1:<port> on the host, over this connection."""
         if not self._conn.is_connected:
             self.open()
-        forward = _Forwarder(self.transport, port)
+        forward = _Forwarder(self.transport, port, open_timeout=self._connect_timeout)
         try:
             yield forward.local_port
         finally:
@@ -241,6 +319,18 @@ class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):
         self._pin(hostname, key)
 
 
+class _Feed:
+    """A command's stdin for invoke. Invoke reads a stream that is not a terminal one byte
+    per 10 ms; this hands over everything at the first read, then EOF (stdin is closed)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def read(self, _size: int = -1) -> str:
+        text, self._text = self._text, ""
+        return text
+
+
 def _tail(text: str, lines: int = 6) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -252,9 +342,12 @@ class _Forwarder:
     operations never collide.
     """
 
-    def __init__(self, transport: paramiko.Transport, remote_port: int) -> None:
+    def __init__(
+        self, transport: paramiko.Transport, remote_port: int, open_timeout: float = 10
+    ) -> None:
         self._transport = transport
         self._remote_port = remote_port
+        self._open_timeout = open_timeout
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
@@ -281,7 +374,7 @@ class _Forwarder:
     def _pump(self, client: socket.socket, peer: tuple[str, int]) -> None:
         try:
             channel = self._transport.open_channel(
-                "direct-tcpip", ("127.0.0.1", self._remote_port), peer, timeout=10
+                "direct-tcpip", ("127.0.0.1", self._remote_port), peer, timeout=self._open_timeout
             )
         except Exception:
             # Nothing listens on the host port (or the link dropped): the client sees a

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
-from deploy.commands import CHECKSUM_MISMATCH, LOCK_HELD, Cmd
+from deploy.commands import CHECKSUM_MISMATCH, LEASE_GRACE, LOCK_HELD, Cmd, lock_instance
 from deploy.errors import CommandFailure, RemoteCommandError
 from deploy.remote import Result
 
@@ -42,6 +42,8 @@ class FakeHost:
     partials: set[str] = field(default_factory=set)
     current: str | None = None
     lock: tuple[str, str] | None = None  # (token, owner json)
+    lease: int | None = None  # seconds; None: no lease (a manual lock, held until unlocked)
+    lease_renewed: float = 0.0  # fake clock time of the last renewal
     journal: list[str] = field(default_factory=list)
     running: str | None = None  # release the app processes run
     pids: tuple[int, ...] = ()
@@ -57,6 +59,11 @@ class FakeHost:
 
     def fault_of_running(self) -> str:
         return self.faults.get(self.running or "", "")
+
+    def hold(self, token: str, owner: dict[str, object], lease: int | None, now: float) -> None:
+        """Plant a lock as another run would have taken it."""
+        self.lock = (token, json.dumps(owner))
+        self.lease, self.lease_renewed = lease, now
 
 
 class Hung(BaseException):
@@ -87,9 +94,18 @@ class FakeRemote:
         # SshRemote does (exit 124 / RemoteCommandError) after advancing the clock by it.
         self.hang: dict[str, int] = {}
         self.timeouts: list[tuple[str, float | None]] = []  # (command, timeout) of every run
+        self.stdin_seen: list[str] = []  # every stdin the host was sent, as sent
+        self._stdin: list[str] = []  # lines of the running command's stdin not yet read
 
     # Remote protocol -------------------------------------------------------------------------
-    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None) -> Result:
+    def run(
+        self,
+        cmd: Cmd,
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        stdin: str | None = None,
+    ) -> Result:
         self.round_trips += 1
         self.timeouts.append((cmd.name, timeout))
         if self.hang.get(cmd.name, 0) > 0:
@@ -108,6 +124,10 @@ class FakeRemote:
                     )
                 )
             return Result("", f"timed out after {timeout}s", 124)
+        feed = stdin if stdin is not None else cmd.stdin
+        if feed is not None:
+            self.stdin_seen.append(feed)
+        self._stdin = (feed or "").splitlines()
         failed: Cmd | None = None
         if cmd.steps:
             out: list[str] = []
@@ -118,8 +138,9 @@ class FakeRemote:
                 if not res.ok:
                     failed = step
                     break
-            res = Result("".join(out), res.stderr, res.exit_code,
-                         step=failed.name if failed else None)
+            res = Result(
+                "".join(out), res.stderr, res.exit_code, step=failed.name if failed else None
+            )
         else:
             res = self._one(cmd)
         if check and not res.ok:
@@ -179,30 +200,44 @@ class FakeRemote:
                 lines.append("@@releases")
                 lines += sorted(h.releases) + sorted(f"{p}.partial" for p in h.partials)
                 lines.append("@@lock")
-                if h.lock:
-                    lines.append(h.lock[1])
+                lines += self._lock_view()
                 lines.append("@@journal")
                 lines += h.journal
                 return Result("\n".join(lines) + "\n", "", 0)
             case "lock.acquire":
                 if h.lock:
-                    return Result(h.lock[1] + "\n", "", LOCK_HELD)
-                h.lock = (args[1], args[2])
+                    return Result("\n".join(self._lock_view()) + "\n", "", LOCK_HELD)
+                assert args[1] == lock_instance(args[2])
+                h.hold(args[2], json.loads(args[3]), int(args[4]) or None, self.clock.t)
                 return ok
             case "lock.break":
-                if h.lock is None:
-                    return ok
-                if h.lock[1] != args[1]:
-                    return Result("the lock changed hands", "", LOCK_HELD)
+                instance, mode = args[1], args[2]
+                if h.lock is None or lock_instance(h.lock[0]) != instance:
+                    return Result("@@gone\n", "", 0)
+                if mode == "expired":
+                    age = int(self.clock.t - h.lease_renewed)
+                    if h.lease is None or age <= h.lease + LEASE_GRACE:
+                        return Result("the lease is live\n", "", LOCK_HELD)
                 h.lock = None
-                return ok
+                return Result("@@broken\n", "", 0)
             case "lock.release":
-                if h.lock and h.lock[0] != args[1]:
-                    return Result("lock is held by another owner", "", LOCK_HELD)
+                if h.lock is None or h.lock[0] != args[2]:
+                    return Result("@@gone\n", "", 0)
                 h.lock = None
+                return Result("@@released\n", "", 0)
+            case "lock.renew":
+                held = h.lock is not None and lock_instance(h.lock[0]) == args[1]
+                if not held or h.lease is None:
+                    return Result("the lock is no longer ours\n", "", LOCK_HELD)
+                if int(self.clock.t - h.lease_renewed) > h.lease:
+                    return Result("the lease ended\n", "", LOCK_HELD)
+                h.lease_renewed = self.clock.t
                 return ok
             case "journal.append":
-                h.journal.extend(args[1:])
+                count = int(args[1])
+                assert len(self._stdin) >= count, "journal records must arrive on stdin"
+                h.journal.extend(self._stdin[:count])
+                del self._stdin[:count]
                 return ok
             case "release.extract":
                 if self.corrupt:
@@ -285,8 +320,10 @@ class FakeRemote:
                 return Result("[]", "", 0)
             case "preflight.probe":
                 facts = dict(self.facts)
-                if h.lock:
-                    facts["lock"] = h.lock[1]
+                view = self._lock_view()
+                if view:
+                    facts["lock"] = view[0]
+                    facts["lock_lease"] = view[1].removeprefix("lease ")
                 return Result("".join(f"{k}={v}\n" for k, v in facts.items()), "", 0)
             case "secrets.install":
                 self.env_installs += 1
@@ -294,6 +331,17 @@ class FakeRemote:
             case "pm2.save" | "upload.remove":
                 return ok
         raise AssertionError(f"fake host does not know {cmd.name}")
+
+    def _lock_view(self) -> list[str]:
+        """Like commands.LOCK_VIEW: the owner line and `lease <instance> <age> <ttl>`."""
+        h = self.host
+        if h.lock is None:
+            return []
+        token, owner = h.lock
+        instance = lock_instance(token) if len(token) == 32 else "0" * 16
+        if h.lease is None:
+            return [owner, f"lease {instance} - -"]
+        return [owner, f"lease {instance} {int(self.clock.t - h.lease_renewed)} {h.lease}"]
 
 
 def app_handler(remote: FakeRemote) -> httpx.MockTransport:

@@ -71,7 +71,11 @@ class Pm2:
         return _cmd("pm2.delete", [self._bin, "delete", self._app])
 
     def persist(self) -> Cmd | None:
-        return _cmd("pm2.save", [self._bin, "save", "--force"])
+        # dump.pm2 holds every process's environment, secrets from shared/.env included:
+        # owner-only, whatever the umask (pm2 keeps an existing file's mode, so chmod too).
+        return _script(
+            "pm2.save", PM2_SAVE_SCRIPT, [self._bin], f"{self._bin} save --force (dump mode 0600)"
+        )
 
     def logs(self, lines: int) -> Cmd:
         # The log files themselves: `pm2 logs --nostream` splits stdout and stderr across
@@ -93,6 +97,15 @@ class Pm2:
     def parse_describe(self, stdout: str) -> str:
         return describe_jlist(stdout, self._app)
 
+
+# $1 the pm2 executable. PM2_HOME is honoured like pm2 itself does.
+PM2_SAVE_SCRIPT = r"""
+umask 077
+"$1" save --force || exit $?
+d="${PM2_HOME:-$HOME/.pm2}"
+chmod 0600 -- "$d/dump.pm2" || exit 1
+if [ -f "$d/dump.pm2.bak" ]; then chmod 0600 -- "$d/dump.pm2.bak"; fi
+"""
 
 # $1 app name, $2 lines. PM2_HOME is honoured like pm2 itself does.
 PM2_LOGS_SCRIPT = r"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -39,12 +40,13 @@ def released(rep: RecordingReporter) -> str:
     return rid
 
 
-def cli(t: Target, *args: str) -> subprocess.Popen[str]:
+def cli(t: Target, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "--plain", "--inventories", str(t.inv_dir), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **env} if env else None,
     )
 
 

@@ -127,12 +127,27 @@ def test_secrets_reach_the_app_but_no_output_surface(target: Target, tmp_path: P
     probe = f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{target.port}/health/ready"
     assert target.ssh(probe).stdout == "401"
 
-    # a failing release: rollback, forensics, evidence — still no canary anywhere
+    # PM2 keeps every process's environment (the secret too) in its dump: owner-only
+    dump = target.ssh('stat -c %a "${PM2_HOME:-$HOME/.pm2}/dump.pm2"').stdout.strip()
+    assert dump == "600"
+
+    # a failing release whose error page echoes its configuration: the canary is in the
+    # readiness response body, so in the gate's evidence — rollback, forensics, evidence,
+    # journal: still no canary anywhere
+    server = target.repo / "server.js"
+    leaky = server.read_text().replace(
+        "send(res, 503, { status: 'not-ready' })",
+        "send(res, 503, { status: 'not-ready', config: { HEALTH_TOKEN } })",
+    )
+    assert leaky != server.read_text()
+    server.write_text(leaky)
     demo.commit_fault(target.repo, "ready_503")
     res = run_cli(target, "-v", "--json", "deploy", "test", env=env)
     assert res.returncode == 3, res.stdout + res.stderr
     surfaces += [res.stdout, res.stderr]
     assert json.loads(res.stdout.splitlines()[-1])["live"] == good
+    journal = target.ssh(f"cat {target.root}/.releasegate/journal.jsonl").stdout
+    assert '\\"config\\":{\\"HEALTH_TOKEN\\":\\"********\\"}' in journal  # evidence, masked
     junit = tmp_path / "smoke.xml"
     res = run_cli(target, "smoke", "test", "--junit", str(junit), env=env)
     surfaces += [res.stdout, res.stderr, junit.read_text()]

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.integration
 class Running:
     """A `releasegate` CLI process whose output is collected as it comes."""
 
-    def __init__(self, t: Target, *args: str) -> None:
-        self.proc = cli(t, *args)
+    def __init__(self, t: Target, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = cli(t, *args, env=env)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -118,27 +118,21 @@ def test_sigkill_after_switch_is_resolved_by_the_next_run(target: Target):
 def test_two_deploys_racing_exactly_one_wins(target: Target):
     code, _ = deploy(target)
     assert code == 0
-    demo.commit_fault(target.repo, "")
-    first, second = Running(target, "deploy", "test"), Running(target, "deploy", "test")
-    codes = {}
-    loser = None
-    # whoever loses exits 4 at once, while the winner still holds the lock
-    wait_until(
-        lambda: first.proc.poll() is not None or second.proc.poll() is not None,
-        60,
-        "one deploy to finish",
-    )
-    for run in (first, second):
-        if run.proc.poll() is not None:
-            loser = run
-    assert loser is not None
-    assert loser.wait() == 4, loser.output
-    assert "is held by" in loser.output
-    winner = second if loser is first else first
-    if winner.proc.poll() is None:
-        assert target.lock_exists()  # the loser left the winner's lock alone
-    codes["winner"] = winner.wait()
-    assert codes["winner"] == 0, winner.output
+    # each would hold the lock for a few seconds (a slow readiness), so the two really contend
+    demo.commit_fault(target.repo, "slow_ready:4")
+    runs = [Running(target, "deploy", "test"), Running(target, "deploy", "test")]
+    codes = sorted(run.wait() for run in runs)
+    outputs = "\n---\n".join(run.output for run in runs)
+    # whichever ended first: exactly one promoted, the other was refused by the held lock
+    assert codes == [0, 4], outputs
+    winner = next(run for run in runs if run.proc.returncode == 0)
+    loser = next(run for run in runs if run.proc.returncode == 4)
+    assert "is held by" in loser.output and "lease expires in" in loser.output
+    promoted = [e["release"] for e in target.journal() if e["detail"].get("result") == "promoted"]
+    assert target.current() == promoted[-1] and promoted[-1] in winner.output
+    # the loser left the winner's lock alone: never broken, released by its owner
+    assert "lock-broken" not in [e["op"] for e in target.journal()]
+    assert "no longer ours" not in winner.output
     assert not target.lock_exists()
 
 
@@ -230,3 +224,78 @@ def test_second_signal_during_rollback_is_acknowledged_and_ignored(target: Targe
     assert "received while making the host safe" in run.output
     assert target.current() == good and target.version()["release"] == good
     assert not target.lock_exists()
+
+
+ELSEWHERE = {"RELEASEGATE_MACHINE": "ci-runner-elsewhere"}  # a second machine's lock records
+
+
+def lock_times(t: Target) -> tuple[int, int] | None:
+    """(acquired, last renewal) of the lock on the host, by the host's clock."""
+    out = t.ssh(
+        f"cd {t.root}/.releasegate/lock 2>/dev/null && for d in */; do "
+        f"stat -c %Y $d/owner.json $d/lease; done",
+        check=False,
+    ).stdout.split()
+    return (int(out[0]), int(out[1])) if len(out) == 2 else None
+
+
+def test_a_runner_killed_elsewhere_loses_the_lock_when_its_lease_ends(target: Target):
+    code, rep = deploy(target)
+    assert code == 0
+    good = released(rep)
+    target.update("lock", lease=12)
+    target.update("health", deadline=60)
+    demo.commit_fault(target.repo, "slow_ready:600")
+    run = Running(target, "deploy", "test", env=ELSEWHERE)
+    wait_until(lambda: run.saw("gate ") and run.saw("…"), 60, "the gate stage")
+    run.proc.kill()  # a cancelled CI job: SIGKILL, no cleanup
+    run.wait()
+    killed = target.current()
+    assert killed != good and target.state_of(killed) == "active-unverified"
+
+    # Its process is on another machine, so only the lease can free the lock: while the lease
+    # lives, the next run is refused and told when it ends.
+    target.update("health", deadline=6)
+    demo.commit_fault(target.repo, "")
+    early = Running(target, "deploy", "test")
+    assert early.wait() == 4, early.output
+    assert "ci-runner-elsewhere" in early.output and "lease expires in" in early.output
+    assert target.current() == killed and target.lock_exists()
+
+    # Once it ends, the next run breaks it (journaled) and gates the unverified release first.
+    later = Running(target, "deploy", "test", "--lock-wait", "60")
+    assert later.wait() == 0, later.output
+    journal = target.journal()
+    ops = [e["op"] for e in journal]
+    broken = journal[ops.index("lock-broken")]
+    assert broken["detail"]["holder"]["host"] == "ci-runner-elsewhere"
+    assert "lease expired" in broken["detail"]["reason"]
+    bad_at = next(
+        i for i, e in enumerate(journal) if e["release"] == killed and e["state"] == "bad"
+    )
+    assert ops.index("lock-broken") < bad_at  # gated (and failed) after the break, never assumed
+    newest = target.current()
+    assert newest not in (good, killed) and target.state_of(newest) == "good"
+    assert target.version()["release"] == newest
+    assert not target.lock_exists()
+
+
+def test_a_long_install_does_not_let_the_lease_lapse(target: Target):
+    lease = 3
+    target.update("lock", lease=lease)
+    install = target.data["app"]["install"]
+    target.update("app", install=f"sleep 10.25 && {install}", reuse_deps=False)
+    run = Running(target, "deploy", "test")
+
+    def renewed_past_the_first_lease() -> bool:
+        times = lock_times(target)
+        return times is not None and times[1] > times[0] + lease + 2
+
+    # one command (the install) runs all along, and the lease is renewed meanwhile
+    wait_until(renewed_past_the_first_lease, 60, "a renewal past the first lease", every=0.5)
+    assert target.ssh("pgrep -f 'sleep 10[.]25'", check=False).returncode == 0
+    contender = Running(target, "deploy", "test")
+    assert contender.wait() == 4, contender.output
+    assert "lease expires in" in contender.output
+    assert run.wait() == 0, run.output
+    assert "lock-broken" not in [e["op"] for e in target.journal()]

@@ -33,21 +33,31 @@ def test_install_runs_users_line_as_one_quoted_argument():
     assert cmd.render() == (f"cd /srv/app/releases/{RID}.partial && sh -c 'npm ci --omit=dev'")
 
 
-def test_journal_line_with_hostile_text_stays_one_argument():
+def test_journal_records_travel_on_stdin_never_in_argv():
     entry = {"detail": "x'; rm -rf / #$(reboot)`id`\\"}
-    cmd = commands.append_journal(L, [entry])
+    cmd = commands.append_journal(L, [entry, {"op": "deploy"}])
     argv = shlex.split(cmd.render())
-    assert argv[-1] == '{"detail":"x\'; rm -rf / #$(reboot)`id`\\\\"}'
-    assert argv[3:5] == ["releasegate", "/srv/app/.releasegate/journal.jsonl"]
+    assert argv[3:] == ["releasegate", "/srv/app/.releasegate/journal.jsonl", "2"]
+    assert "reboot" not in cmd.render()
+    assert cmd.stdin == '{"detail":"x\'; rm -rf / #$(reboot)`id`\\\\"}\n{"op":"deploy"}\n'
 
 
 def test_lock_acquire_and_release_carry_the_token():
-    acquire = shlex.split(commands.acquire_lock(L, TOKEN, {"actor": "a"}).render())
-    assert acquire[3:] == ["releasegate", "/srv/app/.releasegate/lock", TOKEN, '{"actor": "a"}']
-    release = shlex.split(commands.release_lock(L, TOKEN).render())
-    assert release[3:] == ["releasegate", "/srv/app/.releasegate/lock", TOKEN]
+    instance = commands.lock_instance(TOKEN)
+    acquire = shlex.split(commands.acquire_lock(L, TOKEN, {"actor": "a"}, 60).render())
+    assert acquire[3:] == [
+        "releasegate",
+        "/srv/app/.releasegate/lock",
+        instance,
+        TOKEN,
+        '{"actor": "a"}',
+        "60",
+    ]
+    release = shlex.split(commands.release_lock(L, TOKEN, "e" * 32).render())
+    assert release[3:] == ["releasegate", "/srv/app/.releasegate/lock", instance, TOKEN, "e" * 32]
+    assert TOKEN not in instance and len(instance) == 16  # public name, secret token
     with pytest.raises(ValueError):
-        commands.release_lock(L, "not-a-token")
+        commands.release_lock(L, "not-a-token", "e" * 32)
 
 
 def test_extract_verifies_sha_before_tar():

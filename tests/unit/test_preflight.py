@@ -55,6 +55,7 @@ def test_all_good():
             "migration safety",
             "pending destructive migration",
         ),
+        ({"migration_exit": "124"}, "migration safety", "did not finish within 120s"),
     ],
 )
 def test_each_failure_names_the_fix(change, name, words):
@@ -74,6 +75,14 @@ def test_held_lock_is_reported_not_failed():
     facts = {**GOOD_FACTS, "lock": '{"actor": "ci", "op": "deploy", "host": "x", "pid": 5}'}
     check = judge(facts)["lock"]
     assert check.ok and "held by ci" in check.detail
+
+
+def test_held_lock_says_when_its_lease_ends():
+    owner = '{"actor": "ci", "op": "deploy", "host": "x", "pid": 5}'
+    live = judge({**GOOD_FACTS, "lock": owner, "lock_lease": "0123456789abcdef 10 60"})["lock"]
+    assert "its lease expires in 52s" in live.detail and "waits" in live.detail
+    ended = judge({**GOOD_FACTS, "lock": owner, "lock_lease": "0123456789abcdef 90 60"})["lock"]
+    assert "lease ended 28s ago" in ended.detail and "it will be broken" in ended.detail
 
 
 @pytest.mark.parametrize(
