@@ -20,8 +20,9 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from deploy import artifact as artifacts
-from deploy import commands, lock, prune
+from deploy import commands, lock, prune, verdict
 from deploy.clock import Clock
+from deploy.commands import Cmd
 from deploy.errors import (
     AbortedBeforeLive,
     ConfigError,
@@ -48,8 +49,8 @@ from deploy.gate import (
 )
 from deploy.host import HostOps
 from deploy.inventory import Inventory
-from deploy.journal import HostState
-from deploy.model import HostStatus, Layout, Outcome, ReleaseState, is_release_id
+from deploy.journal import NEEDS_HUMAN, RESOLVE, HostState
+from deploy.model import HostStatus, Layout, NeedsHuman, Outcome, ReleaseState, is_release_id
 from deploy.preflight import Check, judge_host
 from deploy.process import manager_for
 from deploy.redact import Redactor
@@ -127,7 +128,11 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
     with r.stage("preflight"):
         run_preflight(d, host, art.size)
     with _locked(d, host, "deploy"):
-        state = _resolve_interrupted(d, host, host.state_at_lock or host.read_state())
+        state = host.state_at_lock or host.read_state()
+        mark = state.needs_human()
+        if mark is not None:
+            return _refuse(d, host, "deploy", mark)
+        state, _verified = _resolve_interrupted(d, host, state)
         rid = art.release_id
         if rid in state.release_dirs:
             raise AbortedBeforeLive(
@@ -230,10 +235,10 @@ def run_preflight(d: Deps, host: HostOps, artifact_size: int) -> list[Check]:
 # ---------------------------------------------------------------------------- rollback
 
 
-def check_release_id(to: str | None, env: str) -> None:
+def check_release_id(to: str | None, env: str, option: str = "--to") -> None:
     if to is not None and not is_release_id(to):
         raise ConfigError(
-            f"--to {to!r} is not a release id: ids look like 20261122143055-1a2b3c4 "
+            f"{option} {to!r} is not a release id: ids look like 20261122143055-1a2b3c4 "
             f"(see `releasegate releases {env}`)"
         )
 
@@ -242,50 +247,159 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
     check_release_id(to, d.inventory.env)
     host = host_ops(d)
     with _locked(d, host, "rollback"):
-        state = _resolve_interrupted(d, host, host.state_at_lock or host.read_state())
+        state = host.state_at_lock or host.read_state()
+        mark = state.needs_human()
+        if mark is not None and to is None:
+            return _refuse(d, host, "rollback", mark)
+        if mark is None:
+            state, verified = _resolve_interrupted(d, host, state)
+            if verified is not None and verified.exit_code == 3 and to is None:
+                # The unverified current failed and the host is back on the last good
+                # release: that is the one step back this rollback asked for.
+                return _report(
+                    d,
+                    Outcome(
+                        op="rollback",
+                        result="rolled-back",
+                        exit_code=0,
+                        release=verified.live,
+                        live=verified.live,
+                        message=(
+                            f"{verified.release} (left unverified by an interrupted run) failed "
+                            f"its gate and {verified.live} serves again, verified; no further "
+                            f"rollback was made"
+                        ),
+                        evidence=verified.evidence,
+                    ),
+                )
         current = state.current
         if to is not None:
-            if to not in state.release_dirs:
-                known = ", ".join(state.good_releases()) or "none"
-                raise ConfigError(
-                    f"release {to} does not exist on {host.label}; good releases there: {known}"
-                )
-            if state.state_of(to) != ReleaseState.GOOD:
-                raise ConfigError(
-                    f"release {to} is {state.state_of(to) or 'unknown to the journal'}, not good; "
-                    f"rollback only goes to good releases "
-                    f"({', '.join(state.good_releases()) or 'none'})"
-                )
-            target = to
+            target = _explicit_target(d, host, state, to, mark)
         else:
             found = state.last_good(exclude=[current] if current else [])
             if found is None:
+                left = state.rolled_back_releases()
                 raise HumanNeeded(
                     f"no good release other than the current one ({current or 'none'}) exists on "
                     f"{host.label}; nothing was changed"
+                    + (
+                        f". {', '.join(left)} {'was' if len(left) == 1 else 'were'} left by a "
+                        f"manual rollback and a plain rollback never returns there: "
+                        f"`releasegate rollback {d.inventory.env} --to {left[0]}` does"
+                        if left
+                        else ""
+                    )
                 )
             target = found
         if target == current:
             d.reporter.info(f"{target} is already current; activating and gating it again")
         fallback = current if current and state.state_of(current) == ReleaseState.GOOD else None
-        if fallback == target:
+        if fallback == target or mark is not None:
             fallback = None
+
+        def verdicts() -> list[Cmd]:
+            """After the target passed: the release left behind is `rolled-back` (a plain
+            rollback never returns to it), and an explicit rollback clears the mark."""
+            now = d.clock.now()
+            steps = []
+            if (
+                current
+                and current != target
+                and state.state_of(current)
+                in (
+                    ReleaseState.GOOD,
+                    ReleaseState.ACTIVE_UNVERIFIED,
+                )
+            ):
+                steps.append(
+                    host.journal_cmd(now, "rollback", current, ReleaseState.ROLLED_BACK, to=target)
+                )
+            if mark is not None:
+                steps.append(
+                    host.journal_cmd(
+                        now,
+                        RESOLVE,
+                        target,
+                        None,
+                        via=f"rollback --to {target}",
+                        cleared=mark.since,
+                        reason=f"{target} passed its gate",
+                    )
+                )
+            return steps
+
         # ---------------------------- point of no return ----------------------------------
-        return _activate_and_gate(d, host, target, op="rollback", fallback=fallback)
+        return _activate_and_gate(
+            d,
+            host,
+            target,
+            op="rollback",
+            fallback=fallback,
+            hold=(
+                "an operator's rollback while the host needs a human (no automatic step is "
+                "taken then)"
+                if mark is not None
+                else None
+            ),
+            on_success=verdicts,
+        )
 
 
-def _resolve_interrupted(d: Deps, host: HostOps, state: HostState) -> HostState:
+def _explicit_target(
+    d: Deps, host: HostOps, state: HostState, to: str, mark: NeedsHuman | None
+) -> str:
+    """`rollback --to`: a good release, one a manual rollback left, or — while the host
+    needs a human — the live release itself (gated again once the cause is fixed)."""
+    targets = [*state.good_releases(), *state.rolled_back_releases()]
+    known = ", ".join(targets) or "none"
+    if to not in state.release_dirs:
+        raise ConfigError(
+            f"release {to} does not exist on {host.label}; releases rollback can go to: {known}"
+        )
+    allowed = state.state_of(to) in (ReleaseState.GOOD, ReleaseState.ROLLED_BACK)
+    if mark is not None and to == state.current:
+        allowed = True
+    if not allowed:
+        hint = (
+            f"; if you know it is good, `releasegate resolve {d.inventory.env} --mark-good {to}`"
+            if mark is not None
+            else ""
+        )
+        raise ConfigError(
+            f"release {to} is {state.state_of(to) or 'unknown to the journal'}, not good; "
+            f"rollback only goes to good or rolled-back releases ({known}){hint}"
+        )
+    return to
+
+
+def _resolve_interrupted(
+    d: Deps, host: HostOps, state: HostState
+) -> tuple[HostState, Outcome | None]:
     """A run killed after its switch (SIGKILL, lost machine) leaves `current` active but
-    unverified. It is never assumed good: gate it now, and roll back if it fails."""
+    unverified. It is never assumed good: gate it now, and roll back if it fails — unless it
+    was itself the automatic rollback of a failed run: then it is the one step back already,
+    and a failure stops here for a human instead of walking further back."""
     current = state.current
     if current is None or state.state_of(current) != ReleaseState.ACTIVE_UNVERIFIED:
-        return state
+        return state, None
+    hold = state.automatic_fallback(current)
     d.reporter.warn(
         f"{current} is active but was never verified (an earlier run was interrupted after "
         f"its switch); gating it before going on"
+        + (
+            " — it was the automatic rollback of a failed run, so if it fails, releasegate "
+            "stops for a human instead of going further back"
+            if hold
+            else ""
+        )
     )
     outcome = _activate_and_gate(
-        d, host, current, op="verify", fallback=state.last_good(exclude=[current])
+        d,
+        host,
+        current,
+        op="verify",
+        fallback=None if hold else state.last_good(exclude=[current]),
+        hold="the automatic rollback of a failed run (one step back already)" if hold else None,
     )
     if outcome.exit_code not in (0, 3):
         raise HumanNeeded(
@@ -293,7 +407,93 @@ def _resolve_interrupted(d: Deps, host: HostOps, state: HostState) -> HostState:
             f"safe: {outcome.message}",
             evidence=outcome.evidence,
         )
-    return host.read_state()
+    return host.read_state(), outcome
+
+
+def _refuse(d: Deps, host: HostOps, op: str, mark: NeedsHuman) -> Outcome:
+    """While the needs-human mark stands: refuse, change nothing, say what to run."""
+    commands = mark.commands or verdict.mark_commands(d.inventory.env, live=mark.live, others=[])
+    what = "this deploy" if op == "deploy" else "a plain rollback"
+    return _report(
+        d,
+        Outcome(
+            op=op,
+            result="needs-human",
+            exit_code=6,
+            release=None,
+            live=mark.live,
+            message=verdict.refusal(mark, what=what, host=host.label),
+            evidence=tuple(f"run: {c}" for c in commands),
+        ),
+    )
+
+
+def resolve(d: Deps, *, mark_good: str | None = None, reason: str | None = None) -> Outcome:
+    """`releasegate resolve`: an operator clears the needs-human mark, optionally giving the
+    verdict the tool could not (`--mark-good ID`). Journaled with the actor and reason."""
+    check_release_id(mark_good, d.inventory.env, option="--mark-good")
+    host = host_ops(d)
+    with _locked(d, host, "resolve"):
+        state = host.state_at_lock or host.read_state()
+        mark = state.needs_human()
+        if mark_good is not None and mark_good not in state.release_dirs:
+            known = ", ".join(sorted(state.release_dirs, reverse=True)) or "none"
+            raise ConfigError(
+                f"release {mark_good} does not exist on {host.label}; releases there: {known}"
+            )
+        if mark is None and mark_good is None:
+            return _report(
+                d,
+                Outcome(
+                    op="resolve",
+                    result="not-needed",
+                    exit_code=0,
+                    release=None,
+                    live=state.current,
+                    message=f"{host.label} has no needs-human mark; nothing was changed",
+                ),
+            )
+        if mark_good is not None and state.state_of(mark_good) == ReleaseState.BAD:
+            d.reporter.warn(f"{mark_good} was recorded bad; recording it good on your word")
+        host.record(
+            d.clock.now(),
+            RESOLVE,
+            mark_good,
+            ReleaseState.GOOD if mark_good else None,
+            reason=reason or "",
+            cleared=mark.since if mark else None,
+            live=state.current,
+        )
+        current = state.current
+        now_state = ReleaseState.GOOD if current and current == mark_good else None
+        current_state = now_state or (state.state_of(current) if current else None)
+        if current is None:
+            after = "nothing is live"
+        elif current_state == ReleaseState.ACTIVE_UNVERIFIED:
+            after = (
+                f"{current} is live but unverified: the next deploy or rollback gates it first"
+                + (
+                    " and, if it fails, marks the host again (it never walks further back)"
+                    if state.automatic_fallback(current)
+                    else " and rolls back to the last good release if it fails"
+                )
+            )
+        else:
+            after = f"{current} is live ({current_state or 'unknown to the journal'})"
+        done = [f"cleared the needs-human mark of {mark.since}"] if mark else []
+        if mark_good:
+            done.append(f"recorded {mark_good} good")
+        return _report(
+            d,
+            Outcome(
+                op="resolve",
+                result="resolved",
+                exit_code=0,
+                release=mark_good,
+                live=current,
+                message=f"{' and '.join(done)} on {host.label}; {after}",
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------- activation
@@ -307,7 +507,11 @@ def _activate_and_gate(
     op: str,
     fallback: str | None,
     state: HostState | None = None,
+    hold: str | None = None,
+    on_success: Callable[[], list[Cmd]] | None = None,
 ) -> Outcome:
+    """Activate `rid` and gate it. On failure: roll back to `fallback` — or, when `hold` says
+    why this activation must not be followed by an automatic step, stop for a human."""
     r = d.reporter
     try:
         with r.stage(f"activate {rid}"):
@@ -322,8 +526,10 @@ def _activate_and_gate(
     except LockLost:
         raise
     except BaseException as exc:
-        return _recover(d, host, rid, op=op, fallback=fallback, exc=exc)
-    _promote(d, host, rid, op, state if op == "deploy" else None)
+        return _recover(d, host, rid, op=op, fallback=fallback, exc=exc, hold=hold)
+    _promote(
+        d, host, rid, op, state if op == "deploy" else None, on_success() if on_success else []
+    )
     verb = "promoted" if op == "deploy" else "rolled back to"
     if d.dry_run:
         return _report(
@@ -461,9 +667,17 @@ def _smoke_gate(d: Deps, host: HostOps, rid: str) -> list[str]:
 
 
 def _recover(
-    d: Deps, host: HostOps, failed: str, *, op: str, fallback: str | None, exc: BaseException
+    d: Deps,
+    host: HostOps,
+    failed: str,
+    *,
+    op: str,
+    fallback: str | None,
+    exc: BaseException,
+    hold: str | None = None,
 ) -> Outcome:
-    """After the point of no return: put the last good release back and prove it healthy."""
+    """After the point of no return: put the last good release back and prove it healthy —
+    one step back, never more. A failed rollback marks the host needs-human."""
     r = d.reporter
     reason = _reason(exc)
     evidence = exc.evidence if isinstance(exc, ReleasegateError) else ()
@@ -484,6 +698,17 @@ def _recover(
     with _shielded(r):
         forensics = _forensics(d, host, failed)
         evidence = tuple(evidence) + forensics.lines
+        if hold is not None:
+            return _hold(
+                d,
+                host,
+                failed,
+                op=op,
+                why=hold,
+                reason=reason,
+                evidence=evidence,
+                forensics=forensics,
+            )
         if fallback is None:
             host.stop_app()
             host.record(
@@ -519,11 +744,15 @@ def _recover(
                     fallback,
                     ReleaseState.ACTIVE_UNVERIFIED,
                     reason=f"{op} of {failed} failed",
+                    automatic=True,
+                    after=failed,
                 )
                 host.switch(fallback)
                 host.reload(fallback)
                 back_evidence = _gate(d, host, fallback)
         except Exception as again:
+            shared = verdict.same_cause(exc, again)
+            again_reason = _reason(again)
             with contextlib.suppress(ReleasegateError):
                 host.record(
                     d.clock.now(),
@@ -539,8 +768,27 @@ def _recover(
                     fallback,
                     None,
                     result="failed",
-                    reason=_reason(again),
+                    reason=again_reason,
+                    same_cause=shared,
                 )
+            plain = verdict.shared_cause_sentence(failed, fallback, shared) if shared else ""
+            commands = _mark(
+                d,
+                host,
+                live=fallback,
+                failed=failed,
+                reason=(
+                    f"{failed} failed its gate ({reason}) and the automatic rollback to "
+                    f"{fallback} failed too ({again_reason})."
+                    + (
+                        f" Both failed the same way ({shared}): probably a shared cause."
+                        if shared
+                        else ""
+                    )
+                ),
+            )
+            if plain:
+                r.warn(plain)
             return _report(
                 d,
                 Outcome(
@@ -551,11 +799,16 @@ def _recover(
                     live=fallback,
                     message=(
                         f"{failed} failed ({reason}) and the rollback to {fallback} failed too "
-                        f"({_reason(again)}). `current` points to {fallback} but it is not "
-                        f"verified healthy: a human is needed. Check "
-                        f"`releasegate status {d.inventory.env}`."
+                        f"({again_reason}). "
+                        + (f"{plain} " if plain else "")
+                        + f"`current` points to {fallback} but it is not verified healthy: a "
+                        f"human is needed. The host is marked needs-human: deploys, automatic "
+                        f"rollbacks and a plain rollback are refused until you run one of the "
+                        f"commands below."
                     ),
-                    evidence=evidence + (getattr(again, "evidence", ()) or ()),
+                    evidence=evidence
+                    + (getattr(again, "evidence", ()) or ())
+                    + tuple(f"run: {c}" for c in commands),
                 ),
             )
         host.record(
@@ -588,13 +841,103 @@ def _recover(
     )
 
 
-def _promote(d: Deps, host: HostOps, rid: str, op: str, state: HostState | None) -> None:
-    """Record the release good, make the process set survive a reboot and (after a deploy)
-    prune old releases — one round trip. Only the journal line is essential: a failure of
-    the rest is reported, never undoes the promotion."""
+def _hold(
+    d: Deps,
+    host: HostOps,
+    failed: str,
+    *,
+    op: str,
+    why: str,
+    reason: str,
+    evidence: tuple[str, ...],
+    forensics: Forensics,
+) -> Outcome:
+    """A release that is already the one step back failed its gate: no further automatic
+    step. It stays live, its verdict is left to a human (not bad: the cause may well be
+    shared), and the host is marked needs-human."""
+    with contextlib.suppress(ReleasegateError):
+        host.record(
+            d.clock.now(),
+            op,
+            failed,
+            None,
+            result="gate-failed",
+            reason=reason,
+            evidence=list(evidence)[-20:],
+            forensics=forensics.journal,
+        )
+    commands = _mark(
+        d,
+        host,
+        live=failed,
+        failed=failed,
+        reason=f"{failed} failed its gate ({reason}); it was {why}.",
+    )
+    return _report(
+        d,
+        Outcome(
+            op=op,
+            result="needs-human",
+            exit_code=6,
+            release=failed,
+            live=failed,
+            message=(
+                f"{failed} failed its gate ({reason}). It was {why}, so releasegate does not "
+                f"roll back any further: older releases would most likely fail the same way if "
+                f"the cause is shared (a database, the disk, a file under shared/). {failed} "
+                f"stays live, unverified and not marked bad. The host is marked needs-human: "
+                f"deploys, automatic rollbacks and a plain rollback are refused until you run "
+                f"one of the commands below."
+            ),
+            evidence=evidence + tuple(f"run: {c}" for c in commands),
+        ),
+    )
+
+
+def _mark(
+    d: Deps, host: HostOps, *, live: str | None, failed: str | None, reason: str
+) -> tuple[str, ...]:
+    """Record the sticky needs-human mark with the exact commands to run; returns them.
+    (If the journal cannot be written, the commands are still shown.)"""
+    others: list[str] = []
+    with contextlib.suppress(ReleasegateError):
+        state = host.read_state()
+        others = [r for r in state.good_releases() if r not in (live, failed)]
+    commands = verdict.mark_commands(d.inventory.env, live=live, others=others)
+    try:
+        host.record(
+            d.clock.now(),
+            NEEDS_HUMAN,
+            live,
+            None,
+            reason=reason,
+            live=live,
+            failed=failed,
+            commands=list(commands),
+        )
+    except ReleasegateError as exc:
+        d.reporter.error(
+            f"could not record the needs-human mark in {host.layout.journal} on {host.label}: "
+            f"{exc.message}. Do not deploy before you have checked the host."
+        )
+    return commands
+
+
+def _promote(
+    d: Deps,
+    host: HostOps,
+    rid: str,
+    op: str,
+    state: HostState | None,
+    verdicts: list[Cmd] | None = None,
+) -> None:
+    """Record the release good (and the verdicts that follow from it), make the process set
+    survive a reboot and (after a deploy) prune old releases — one round trip. Only the
+    journal lines are essential: a failure of the rest is reported, never undoes the
+    promotion."""
     now = d.clock.now()
     good = host.journal_cmd(now, op, rid, ReleaseState.GOOD, result="promoted")
-    steps = [good]
+    steps = [good, *(verdicts or [])]
     decided = None
     if state is not None:
         decided = prune.plan(state.promoted(rid), d.inventory.app.keep_releases)
@@ -660,6 +1003,7 @@ def status(d: Deps) -> HostStatus:
         host=host.label,
         current=state.current,
         last_good=state.last_good(),
+        needs_human=state.needs_human(),
         process=snap,
         lock_holder=state.lock_owner,
         releases=tuple(

@@ -11,7 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from deploy.model import JournalEntry, ReleaseState, is_release_id
+from deploy.model import JournalEntry, NeedsHuman, ReleaseState, is_release_id
+
+# The sticky needs-human mark: set by a line with op NEEDS_HUMAN, cleared by a later RESOLVE.
+NEEDS_HUMAN = "needs-human"
+RESOLVE = "resolve"
 
 
 def parse(text: str) -> list[JournalEntry]:
@@ -107,6 +111,54 @@ class HostState:
     def last_good(self, *, exclude: Iterable[str] = ()) -> str | None:
         skip = set(exclude)
         return next((rid for rid in self.good_releases() if rid not in skip), None)
+
+    def rolled_back_releases(self) -> list[str]:
+        """Releases a manual rollback left (latest state rolled-back) that still exist,
+        most recently left first."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for item in reversed(self.journal):
+            rid = item.release
+            if rid is None or rid in seen or item.state is None:
+                continue
+            seen.add(rid)
+            if item.state == ReleaseState.ROLLED_BACK and rid in self.release_dirs:
+                out.append(rid)
+        return out
+
+    def needs_human(self) -> NeedsHuman | None:
+        """The standing needs-human mark, if the newest mark was not resolved since."""
+        for item in reversed(self.journal):
+            if item.op == RESOLVE:
+                return None
+            if item.op == NEEDS_HUMAN:
+                d = item.detail
+                commands = d.get("commands")
+                return NeedsHuman(
+                    since=item.ts,
+                    actor=item.actor,
+                    reason=str(d.get("reason", "")),
+                    live=_release_or_none(d.get("live")),
+                    failed=_release_or_none(d.get("failed")),
+                    commands=tuple(str(c) for c in commands) if isinstance(commands, list) else (),
+                )
+        return None
+
+    def automatic_fallback(self, release_id: str) -> bool:
+        """Whether `release_id` was last activated by an automatic rollback (the one step
+        back after a failed deploy): if it fails its gate, nothing may walk further back."""
+        for item in reversed(self.journal):
+            if item.release == release_id and item.state == ReleaseState.ACTIVE_UNVERIFIED:
+                # (older journals carry only the reason "<op> of <id> failed")
+                return item.op == "rollback" and (
+                    item.detail.get("automatic") is True
+                    or str(item.detail.get("reason", "")).endswith(" failed")
+                )
+        return False
+
+
+def _release_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and is_release_id(value) else None
 
 
 def parse_state(stdout: str) -> HostState:

@@ -18,6 +18,9 @@ class ReleaseState(StrEnum):
     ACTIVE_UNVERIFIED = "active-unverified"
     GOOD = "good"
     BAD = "bad"
+    # Left by a manual rollback: healthy when last seen, but someone chose to leave it, so a
+    # plain `rollback` never goes back to it (`rollback --to` still may).
+    ROLLED_BACK = "rolled-back"
 
 
 def is_release_id(value: str) -> bool:
@@ -218,6 +221,19 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class NeedsHuman:
+    """The host's sticky needs-human mark (docs/design.md): set when a rollback failed; while
+    it stands no automatic step is taken, until `resolve` or a successful `rollback --to`."""
+
+    since: str  # journal timestamp of the mark
+    actor: str
+    reason: str
+    live: str | None  # the release `current` pointed to when the mark was set
+    failed: str | None  # the release whose failure started it
+    commands: tuple[str, ...]  # what to run, exactly, as written into the journal
+
+
+@dataclass(frozen=True)
 class HostStatus:
     host: str
     current: str | None
@@ -225,6 +241,7 @@ class HostStatus:
     process: ProcessSnapshot | None
     lock_holder: dict[str, object] | None
     releases: tuple[tuple[str, str], ...]  # (id, state), newest first
+    needs_human: NeedsHuman | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +249,7 @@ class Outcome:
     """How an operation ended; the reporter shows it and the CLI exits with `exit_code`."""
 
     op: str
-    result: str  # promoted | rolled-back | rollback-failed | aborted | no-op
+    result: str  # promoted | rolled-back | rollback-failed | needs-human | resolved | …
     exit_code: int
     release: str | None
     live: str | None

@@ -169,8 +169,17 @@ def status_lines(status: HostStatus) -> list[str]:
             if lock
             else "free"
         ),
-        "releases",
     ]
+    mark = status.needs_human
+    if mark is not None:
+        lines.append(
+            f"NEEDS HUMAN since {mark.since} ({mark.actor}): {mark.reason} Deploys and "
+            f"automatic rollbacks are refused until it is cleared; run:"
+        )
+        lines += [f"  {command}" for command in mark.commands]
+    else:
+        lines.append("needs human no")
+    lines.append("releases")
     for rid, state in status.releases:
         marks = []
         if rid == status.current:

@@ -193,9 +193,12 @@ def test_manual_rollback_to_previous_good(world):
     out = flow.rollback(deps)
     assert out.exit_code == 0 and out.live == first == host.current == host.running
     # the newest good entry is now `first`: an automatic rollback would go there
-    assert states(host)[-1] == (first, "good")
-    # rolling back again goes forward to `second`, the other good release
-    assert flow.rollback(deps).live == second
+    assert (first, "good") in states(host)[-2:]
+    # the release left is rolled-back: rolling back again never returns there (only --to)
+    assert states(host)[-1] == (second, "rolled-back")
+    with pytest.raises(HumanNeeded, match=f"--to {second}"):
+        flow.rollback(deps)
+    assert flow.rollback(deps, to=second).live == second
 
 
 def test_manual_rollback_refuses_bad_and_unknown(world):

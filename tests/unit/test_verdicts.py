@@ -1,0 +1,269 @@
+"""Verdicts against the fake host: a failed rollback is final (the sticky needs-human mark),
+automatic rollback goes back one step and never more, and a release left by a manual
+rollback is `rolled-back` (never the target of a plain rollback)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploy import flow, journal
+from deploy.errors import ConfigError, HumanNeeded
+from deploy.model import Outcome
+from deploy.report import status_lines
+from tests.fakehost import FakeHost, FakeRemote
+from tests.unit.test_flow import ship, states, world  # noqa: F401 (the fixture)
+
+
+def entries(host: FakeHost) -> list[dict]:
+    return [json.loads(line) for line in host.journal]
+
+
+def outage(host: FakeHost) -> None:
+    """A shared dependency is down: every release's readiness answers 503."""
+    for rid in host.releases | host.partials:
+        host.faults[rid] = "ready_503"
+
+
+def recovered(host: FakeHost) -> None:
+    host.faults.clear()
+
+
+def snapshot(host: FakeHost) -> tuple[object, ...]:
+    return (host.current, host.running, set(host.releases), list(host.journal), host.lock)
+
+
+def switched_to(remote: FakeRemote) -> list[str]:
+    """Releases `current` was switched to, in order."""
+    return [c.argv[5] for c in remote.log if c.name == "current.switch"]
+
+
+def die_on(remote: FakeRemote, name: str, nth: int) -> None:
+    """SIGKILL stand-in: nothing reaches the host after the nth command called `name`."""
+    seen = 0
+    one = remote._one
+
+    def counting(cmd):  # type: ignore[no-untyped-def]
+        nonlocal seen
+        if cmd.name == name and not remote.dead:
+            seen += 1
+            if seen == nth:
+                remote.dies_after = name
+        return one(cmd)
+
+    remote._one = counting  # type: ignore[method-assign]
+
+
+def two_good_then_outage(deps, host, repo) -> tuple[str, str, Outcome]:
+    older = ship(deps, repo).release
+    deps.clock.sleep(2)
+    live = ship(deps, repo).release
+    deps.clock.sleep(2)
+    outage(host)
+    out = ship(deps, repo, fault="ready_503")
+    return older, live, out
+
+
+# ---------------------------------------------------------------------------- item 5
+
+
+def test_a_failed_rollback_marks_the_host_and_says_the_cause_is_shared(world):
+    deps, host, remote, repo = world
+    older, live, out = two_good_then_outage(deps, host, repo)
+    assert out.exit_code == 6 and out.result == "rollback-failed"
+    assert host.current == live and out.live == live
+    # the fallback failed exactly like the new release: said plainly
+    assert f"{live} failed its gate the same way {out.release} did" in out.message
+    assert "readiness answered HTTP 503" in out.message
+    assert "shared dependency" in out.message
+    mark = [e for e in entries(host) if e["op"] == "needs-human"]
+    assert len(mark) == 1
+    assert mark[0]["detail"]["live"] == live and mark[0]["detail"]["failed"] == out.release
+    commands = mark[0]["detail"]["commands"]
+    assert any(c.startswith(f"releasegate rollback prod --to {live}") for c in commands)
+    assert any(c.startswith(f"releasegate resolve prod --mark-good {live}") for c in commands)
+    assert any(c.startswith(f"releasegate rollback prod --to {older}") for c in commands)
+    assert any(f"run: {c}" == line for c in commands for line in out.evidence)
+    # only the new release is bad; the fallback and the older release keep their verdicts
+    state = journal.parse_state(
+        remote.run(flow.commands.read_state(flow.host_ops(deps).layout)).stdout
+    )
+    assert state.state_of(out.release) == "bad"
+    assert state.state_of(older) == "good"
+    assert state.state_of(live) == "active-unverified"
+    assert host.lock is None
+
+
+def test_different_failures_are_not_called_the_same_cause(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    deps.clock.sleep(2)
+    live = ship(deps, repo).release
+    deps.clock.sleep(2)
+    host.faults[live] = "ready_503"
+    out = ship(deps, repo, fault="boot_crash")
+    assert out.exit_code == 6
+    assert "same way" not in out.message
+
+
+def test_while_marked_deploy_and_plain_rollback_refuse_and_change_nothing(world):
+    deps, host, remote, repo = world
+    older, live, _ = two_good_then_outage(deps, host, repo)
+    before = snapshot(host)
+    switches = len(switched_to(remote))
+
+    out = ship(deps, repo)
+    assert out.exit_code == 6 and out.result == "needs-human" and out.op == "deploy"
+    assert "needs a human" in out.message and "nothing on the host was changed" in out.message
+    assert f"run: releasegate resolve prod --mark-good {live}" in " ".join(out.evidence)
+
+    out = flow.rollback(deps)
+    assert out.exit_code == 6 and out.result == "needs-human" and out.op == "rollback"
+
+    assert snapshot(host) == before
+    assert len(switched_to(remote)) == switches
+    assert host.partials == set()
+
+
+def test_resolve_with_a_verdict_clears_the_mark_and_deploys_work_again(world):
+    deps, host, remote, repo = world
+    older, live, _ = two_good_then_outage(deps, host, repo)
+    recovered(host)
+    out = flow.resolve(deps, mark_good=live, reason="database restarted")
+    assert out.exit_code == 0 and out.result == "resolved"
+    last = entries(host)[-1]
+    assert last["op"] == "resolve" and last["release"] == live and last["state"] == "good"
+    assert last["actor"] == "tester" and last["detail"]["reason"] == "database restarted"
+    assert flow.status(deps).needs_human is None
+    deps.clock.sleep(2)
+    out = ship(deps, repo)
+    assert out.exit_code == 0 and host.current == out.release
+
+
+def test_resolve_without_a_mark_changes_nothing(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    before = list(host.journal)
+    out = flow.resolve(deps)
+    assert out.result == "not-needed" and out.exit_code == 0
+    assert host.journal == before
+    with pytest.raises(ConfigError, match="--mark-good"):
+        flow.resolve(deps, mark_good="../etc")
+    with pytest.raises(ConfigError, match="does not exist"):
+        flow.resolve(deps, mark_good="20200101000000-0000000")
+
+
+def test_an_explicit_rollback_to_the_live_release_clears_the_mark_once_it_passes(world):
+    deps, host, remote, repo = world
+    older, live, _ = two_good_then_outage(deps, host, repo)
+    recovered(host)
+    out = flow.rollback(deps, to=live)
+    assert out.exit_code == 0 and host.current == live
+    assert flow.status(deps).needs_human is None
+    assert states(host)[-1] == (live, "good")
+    assert any(
+        e["op"] == "resolve" and e["detail"]["via"] == f"rollback --to {live}"
+        for e in entries(host)
+    )
+
+
+def test_an_explicit_rollback_that_fails_while_marked_takes_no_further_step(world):
+    deps, host, remote, repo = world
+    older, live, _ = two_good_then_outage(deps, host, repo)
+    switches = len(switched_to(remote))
+    out = flow.rollback(deps, to=older)  # the database is still down
+    assert out.exit_code == 6 and out.result == "needs-human"
+    # one switch (to the release asked for), none back: the human decides what is next
+    assert switched_to(remote)[switches:] == [older]
+    assert host.current == older
+    # the outage does not turn a good release bad
+    assert (older, "bad") not in states(host)
+    mark = flow.status(deps).needs_human
+    assert mark is not None and mark.live == older
+
+
+def test_the_unverified_automatic_fallback_is_never_walked_past(world):
+    """A run whose automatic rollback was killed mid-gate leaves the fallback unverified; the
+    next run gates it, and when it fails (the outage again) it stops for a human instead of
+    marking it bad and going one release further back."""
+    deps, host, remote, repo = world
+    older = ship(deps, repo).release
+    deps.clock.sleep(2)
+    live = ship(deps, repo).release
+    deps.clock.sleep(2)
+    outage(host)
+    die_on(remote, "pm2.activate", nth=2)  # the new release's activation, then the fallback's
+    ship(deps, repo, fault="ready_503")
+    assert host.current == live and states(host)[-1] == (live, "active-unverified")
+    host.lock = None  # the killed run's lock (breaking stale locks is tested elsewhere)
+    remote.dead, remote.dies_after = False, None
+    deps.clock.sleep(2)
+    switches = len(switched_to(remote))
+
+    with pytest.raises(HumanNeeded):
+        ship(deps, repo)
+    assert host.current == live
+    assert switched_to(remote)[switches:] == [live]  # re-gated in place, never further back
+    assert (live, "bad") not in states(host) and (older, "bad") not in states(host)
+    assert flow.status(deps).needs_human is not None
+    # and from then on, every run refuses
+    assert flow.rollback(deps).result == "needs-human"
+
+
+def test_a_plain_rollback_after_a_killed_deploy_goes_back_one_step_only(world):
+    deps, host, remote, repo = world
+    older = ship(deps, repo).release
+    deps.clock.sleep(2)
+    live = ship(deps, repo).release
+    deps.clock.sleep(2)
+    remote.dies_after = "pm2.activate"
+    ship(deps, repo, fault="ready_503")
+    killed = host.current
+    host.lock = None
+    remote.dead, remote.dies_after = False, None
+    out = flow.rollback(deps)
+    assert out.exit_code == 0 and out.live == live == host.current
+    assert (killed, "bad") in states(host)
+    assert states(host)[-1] != (older, "good")
+
+
+def test_a_failed_first_deploy_does_not_mark_the_host(world):
+    deps, host, remote, repo = world
+    out = ship(deps, repo, fault="ready_503")
+    assert out.result == "rollback-impossible" and out.exit_code == 6
+    assert flow.status(deps).needs_human is None
+    deps.clock.sleep(2)
+    assert ship(deps, repo).exit_code == 0  # fix and deploy again
+
+
+def test_status_shows_the_mark_and_what_to_run(world):
+    deps, host, remote, repo = world
+    older, live, _ = two_good_then_outage(deps, host, repo)
+    status = flow.status(deps)
+    assert status.needs_human is not None and status.needs_human.live == live
+    text = "\n".join(status_lines(status))
+    assert "NEEDS HUMAN since" in text and f"releasegate resolve prod --mark-good {live}" in text
+
+
+# ---------------------------------------------------------------------------- item 6
+
+
+def test_rolling_back_twice_never_returns_to_where_you_started(world):
+    deps, host, remote, repo = world
+    first = ship(deps, repo).release
+    deps.clock.sleep(2)
+    second = ship(deps, repo).release
+    deps.clock.sleep(2)
+    third = ship(deps, repo).release
+    assert flow.rollback(deps).live == second
+    assert (third, "rolled-back") in states(host)
+    out = flow.rollback(deps)
+    assert out.live == first == host.current  # further back, not forward to `third`
+    assert (second, "rolled-back") in states(host)
+    with pytest.raises(HumanNeeded, match=f"--to {second}"):
+        flow.rollback(deps)
+    # an explicit --to still goes there
+    out = flow.rollback(deps, to=third)
+    assert out.exit_code == 0 and host.current == third
+    assert states(host)[-1] == (first, "rolled-back")
