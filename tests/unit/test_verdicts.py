@@ -13,7 +13,8 @@ from deploy.errors import ConfigError, HumanNeeded
 from deploy.model import Outcome
 from deploy.report import status_lines
 from tests.fakehost import FakeHost, FakeRemote
-from tests.unit.test_flow import ship, states, world  # noqa: F401 (the fixture)
+from tests.unit.test_flow import ship, states
+from tests.unit.test_flow import world as world  # the fixture, re-exported
 
 
 def entries(host: FakeHost) -> list[dict]:
