@@ -76,6 +76,32 @@ def rollback(
     _finish(operations.run_rollback(env, opts, to=to or None))
 
 
+@task(
+    help={
+        "env": "environment",
+        "mark_good": "record this release id good (your verdict) while clearing the mark",
+        "reason": "why it is safe to go on (recorded in the journal)",
+    }
+)
+def resolve(
+    c: Context,
+    env: str,
+    mark_good: str = "",
+    reason: str = "",
+    inventories: str = "inventories",
+    plain: bool = False,
+) -> None:
+    """Clear the needs-human mark a failed rollback left, after you fixed the cause."""
+    _finish(
+        operations.run_resolve(
+            env,
+            _opts(inventories, plain, False),
+            mark_good=mark_good or None,
+            reason=reason or None,
+        )
+    )
+
+
 @task(help={"env": "environment", "revision": "branch, tag or sha to check"})
 def preflight(
     c: Context,
@@ -347,6 +373,7 @@ ci = Collection("ci", ci_github)
 ns = Collection(
     deploy,
     rollback,
+    resolve,
     status,
     preflight,
     setup,

@@ -22,7 +22,7 @@ Exit codes:
   3  deploy failed after activation; rolled back, the previous release serves
   4  lock held by someone else
   5  failed before activation (preflight, ship); nothing live changed
-  6  rollback failed or unsafe; a human is needed
+  6  rollback failed or unsafe; a human is needed (then `resolve`)
   7  host key unknown or changed; refused
   130/143  interrupted by SIGINT/SIGTERM after the safe cleanup for that phase
 """
@@ -96,6 +96,21 @@ def rollback(opts: Options, env: str, to: str | None, lock_wait: float, dry_run:
     """Activate the previous good release (or --to ID) and gate it like a deploy."""
     opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run)
     sys.exit(operations.run_rollback(env, opts, to=to))
+
+
+@main.command()
+@click.argument("env")
+@click.option(
+    "--mark-good",
+    "mark_good",
+    metavar="ID",
+    help="Record this release good (your verdict, journaled) while clearing the mark.",
+)
+@click.option("--reason", help="Why it is safe to go on (recorded in the journal).")
+@click.pass_obj
+def resolve(opts: Options, env: str, mark_good: str | None, reason: str | None) -> None:
+    """Clear ENV's needs-human mark left by a failed rollback, after you fixed the cause."""
+    sys.exit(operations.run_resolve(env, opts, mark_good=mark_good, reason=reason))
 
 
 @main.command()

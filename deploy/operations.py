@@ -439,6 +439,26 @@ def run_rollback(
     )
 
 
+def run_resolve(
+    env: str,
+    opts: Options,
+    *,
+    mark_good: str | None = None,
+    reason: str | None = None,
+    reporter: Reporter | None = None,
+) -> int:
+    """Clear the host's needs-human mark (optionally recording a release good), journaled
+    with the actor and the reason."""
+    return _operation(
+        "resolve",
+        env,
+        opts,
+        lambda d: flow.resolve(d, mark_good=mark_good, reason=reason),
+        reporter=reporter,
+        validate=lambda inv: flow.check_release_id(mark_good, inv.env, option="--mark-good"),
+    )
+
+
 def run_preflight(
     env: str,
     opts: Options,

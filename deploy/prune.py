@@ -16,24 +16,26 @@ class PrunePlan:
 
 
 def plan(state: HostState, keep_good: int) -> PrunePlan:
-    """Keep `keep_good` good releases (newest good first), `current` and the last good one;
-    remove bad and partial releases first, then older good ones; never touch what we don't
-    recognise (unknown names, or release dirs whose state the journal does not say)."""
+    """Keep `keep_good` releases that can be gone back to — good ones (newest good first),
+    then ones a manual rollback left (`rolled-back`, most recently left first) — plus
+    `current` and the last good one; remove bad and partial releases first, then the older
+    ones beyond that count; never touch what we don't recognise (unknown names, or release
+    dirs whose state the journal does not say)."""
     protected = {r for r in (state.current, state.last_good()) if r}
     bad: list[str] = []
-    old_good: list[str] = []
+    old: list[str] = []
     keep: list[str] = []
     warnings: list[str] = []
-    good = state.good_releases()
-    kept_good = [r for r in good if r in protected]
-    for rid in good:
+    returnable = [*state.good_releases(), *state.rolled_back_releases()]
+    kept = [r for r in returnable if r in protected]
+    for rid in returnable:
         if rid in protected:
             continue
-        if len(kept_good) < keep_good:
-            kept_good.append(rid)
+        if len(kept) < keep_good:
+            kept.append(rid)
         else:
-            old_good.append(rid)
-    for rid in sorted(state.release_dirs - set(good)):
+            old.append(rid)
+    for rid in sorted(state.release_dirs - set(returnable)):
         if rid in protected:
             keep.append(rid)
         elif state.state_of(rid) == ReleaseState.BAD:
@@ -43,8 +45,8 @@ def plan(state: HostState, keep_good: int) -> PrunePlan:
             warnings.append(
                 f"releases/{rid} is {state.state_of(rid) or 'not in the journal'}; left in place"
             )
-    remove = [*sorted(state.partial_dirs), *bad, *old_good]
+    remove = [*sorted(state.partial_dirs), *bad, *old]
     for name in sorted(state.other_dirs):
         warnings.append(f"releases/{name} is not a release releasegate made; left in place")
-    keep.extend(kept_good)
+    keep.extend(kept)
     return PrunePlan(remove=tuple(remove), keep=tuple(sorted(set(keep))), warnings=tuple(warnings))

@@ -26,6 +26,8 @@ const RELEASE_ID = env.RELEASE_ID || 'dev';
 const REVISION = env.REVISION || env.APP_REVISION || null;
 const HEALTH_TOKEN = env.HEALTH_TOKEN || '';
 const METRICS_TOKEN = env.METRICS_TOKEN || '';
+// A stand-in for a shared dependency (a database): readiness fails while this file is missing.
+const READY_REQUIRES = env.READY_REQUIRES || '';
 const CORS_ORIGINS = new Set((env.CORS_ORIGINS || '').split(',').map((s) => s.trim()).filter(Boolean));
 const MAX_BODY_BYTES = 16 * 1024;
 const MAX_ITEMS = 10000;
@@ -88,6 +90,7 @@ const requestCounts = new Map(); // "method\0route\0status" -> count
 
 function isReady() {
   if (!listening || shuttingDown) return false;
+  if (READY_REQUIRES && !fs.existsSync(READY_REQUIRES)) return false;
   if (!FAULT) return true;
   if (FAULT.name === 'ready_503') return false;
   if (FAULT.name === 'slow_ready') return Date.now() - START >= FAULT.delayMs;

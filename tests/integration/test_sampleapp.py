@@ -39,6 +39,7 @@ APP_ENV_VARS = (
     "HEALTH_TOKEN",
     "METRICS_TOKEN",
     "CORS_ORIGINS",
+    "READY_REQUIRES",
     "FAULT",
 )
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -439,6 +440,20 @@ def test_fault_slow_ready(start_app: Callable[..., App]) -> None:
     )
     assert time.monotonic() - started > 1.0
     assert app.get("/health/ready").json() == {"status": "ready", "release": "r-test"}
+
+
+def test_ready_requires_a_shared_file(start_app: Callable[..., App], tmp_path: Path) -> None:
+    needed = tmp_path / "shared" / "db-up"
+    app = start_app(env={"READY_REQUIRES": str(needed)})
+    assert (app.get("/health/ready").status_code, app.get("/health/live").status_code) == (
+        503,
+        200,
+    )
+    needed.parent.mkdir()
+    needed.write_text("")
+    assert app.get("/health/ready").status_code == 200  # checked on every request
+    needed.unlink()
+    assert app.get("/health/ready").json() == {"status": "not-ready"}
 
 
 def test_fault_crash_after(start_app: Callable[..., App]) -> None:

@@ -63,3 +63,17 @@ def test_current_is_never_removed_even_when_bad():
     st = state([(rid(1), "good"), (rid(2), "bad")], {rid(1), rid(2)}, current=rid(2))
     p = prune.plan(st, keep_good=2)
     assert rid(2) not in p.remove and rid(1) not in p.remove
+
+
+def test_releases_left_by_a_manual_rollback_are_kept_after_good_ones_then_pruned():
+    # 1..4 good; 5 and 6 were left by manual rollbacks (6 most recently); current is 4
+    entries = [(rid(i), "good") for i in range(1, 7)]
+    entries += [(rid(5), "rolled-back"), (rid(6), "rolled-back")]
+    st = state(entries, {rid(i) for i in range(1, 7)}, current=rid(4))
+    assert st.rolled_back_releases() == [rid(6), rid(5)]
+    p = prune.plan(st, keep_good=5)
+    assert p.remove == (rid(5),) and p.warnings == ()
+    assert set(p.keep) == {rid(i) for i in (1, 2, 3, 4, 6)}
+    p = prune.plan(st, keep_good=2)
+    assert set(p.keep) == {rid(4), rid(3)}
+    assert set(p.remove) == {rid(1), rid(2), rid(5), rid(6)}
