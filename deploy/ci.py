@@ -74,6 +74,8 @@ class Settings:
     inventories: str  # relative to the repository root
     known_hosts: str  # the deploy environment's pinned host keys, relative to the root
     smoke_known_hosts: str
+    pin_name: str  # the host's name in known_hosts: `address`, or `[address]:port`
+    smoke_pin_name: str
     deploy_vars: tuple[str, ...]  # environment variables the deploy/rollback reads (secrets)
     smoke_vars: tuple[str, ...]
     smoke_ssh: bool  # the smoke job tunnels over SSH (no smoke.base_url)
@@ -149,7 +151,8 @@ def _environment_notes(inv: Inventory, root: Path) -> list[str]:
     notes = []
     if not _pinned(inv.pin_file(), inv):
         notes.append(
-            f"{inv.pin_file()} pins no key for {inv.host.address}: run `releasegate trust-host "
+            f"{inv.pin_file()} pins no key for "
+            f"{known_hosts_name(inv.host.address, inv.host.port)}: run `releasegate trust-host "
             f"{inv.env}` and commit the file, or the workflow stops before connecting"
         )
     if inv.host.identity_file:
@@ -237,6 +240,8 @@ def plan(
         inventories=rel_inventories,
         known_hosts=known_hosts,
         smoke_known_hosts=smoke_known_hosts,
+        pin_name=known_hosts_name(inv.host.address, inv.host.port),
+        smoke_pin_name=known_hosts_name(smoke_inv.host.address, smoke_inv.host.port),
         deploy_vars=deploy_vars,
         smoke_vars=smoke_vars,
         smoke_ssh=smoke_ssh,

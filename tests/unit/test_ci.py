@@ -124,14 +124,20 @@ def test_deploy_workflow_has_the_jobs_triggers_and_concurrency(repo: Path):
         assert run["env"][name] == "${{ secrets." + name + " }}"
     assert "env" not in deploy and doc["env"]["RELEASEGATE_ENV"] == "prod"
 
+    pin = step(deploy, "Check the pinned host key of prod")
+    assert pin["env"] == {
+        "KNOWN_HOSTS": "inventories/known_hosts",
+        "PIN_NAME": "10.0.0.5",
+        "PINNED_FOR": "prod",
+    }
     agent = step(deploy, "Load the deploy key")
     assert agent["env"] == {
         "SSH_PRIVATE_KEY": "${{ secrets.RELEASEGATE_SSH_KEY }}",
-        "KNOWN_HOSTS": "inventories/known_hosts",
         "KEY_SECRET": "RELEASEGATE_SSH_KEY",
-        "PINNED_FOR": "prod",
     }
     assert "ssh-add -" in agent["run"]
+    names = [s.get("name", "") for s in deploy["steps"]]
+    assert names.index(pin["name"]) < names.index(agent["name"]) < names.index(run["name"])
 
     smoke_run = step(smoke, "Smoke pack against prod")
     assert 'smoke "$SMOKE_ENV" --junit reports/smoke.xml' in smoke_run["run"]
@@ -288,17 +294,79 @@ def test_deploy_step_keeps_releasegates_exit_code_through_tee(repo: Path, tmp_pa
     assert json.loads(res.stdout)["exit_code"] == 3
 
 
-def test_agent_step_refuses_without_a_key_or_a_pinned_host(repo: Path, tmp_path: Path):
+def test_agent_step_refuses_without_a_key(repo: Path, tmp_path: Path):
     assert generate(repo)[0] == 0
     doc = load(repo / ".github/workflows/releasegate-prod.yml")
     agent = step(doc["jobs"]["deploy"], "Load the deploy key")
     base = {**agent["env"], "RUNNER_TEMP": str(tmp_path), "GITHUB_ENV": str(tmp_path / "env")}
     res = bash(agent["run"], {**base, "SSH_PRIVATE_KEY": ""}, repo)
     assert res.returncode == 1 and "RELEASEGATE_SSH_KEY" in res.stdout
-    (repo / "inventories" / "known_hosts").write_text("# nothing pinned yet\n")
-    res = bash(agent["run"], {**base, "SSH_PRIVATE_KEY": "key"}, repo)
-    assert res.returncode == 1
-    assert "pins no host key: run 'releasegate trust-host prod'" in res.stdout
+
+
+def pinned_line(name: str, key: paramiko.PKey | None = None) -> str:
+    key = key or paramiko.ECDSAKey.generate()
+    return f"{name} {key.get_name()} {key.get_base64()}"
+
+
+def hashed(name: str) -> str:
+    """`name` as `ssh-keygen -H` writes it: |1|salt|HMAC-SHA1(salt, name)."""
+    import base64
+    import hashlib
+    import hmac
+
+    salt = os.urandom(20)
+    mac = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(mac).decode()}"
+
+
+@pytest.mark.parametrize(
+    "port, known_hosts, pinned",
+    [
+        (22, None, False),  # no file at all
+        (22, "# nothing pinned yet\n", False),
+        (22, pinned_line("10.0.0.50") + "\n", False),  # another host's key: not this one
+        (22, pinned_line("[10.0.0.5]:2222") + "\n", False),  # this address, another port
+        (22, pinned_line("10.0.0.*") + "\n", False),  # a pattern (releasegate ignores those)
+        (22, "@revoked " + pinned_line("10.0.0.5") + "\n", False),
+        (22, "@cert-authority " + pinned_line("10.0.0.5") + "\n", False),
+        (22, pinned_line("10.0.0.5") + "\n", True),
+        (22, pinned_line("web1,10.0.0.5") + "\n", True),
+        (22, pinned_line(hashed("10.0.0.5")) + "\n", True),
+        (2222, pinned_line("10.0.0.5") + "\n", False),  # pinned for port 22 only
+        (2222, pinned_line("[10.0.0.5]:2222") + "\n", True),
+    ],
+)
+def test_the_workflow_stops_before_connecting_unless_this_host_is_pinned(
+    repo: Path, tmp_path: Path, port: int, known_hosts: str | None, pinned: bool
+):
+    """No trust on first use in CI: the pin check runs before any SSH step and passes only
+    when the committed known_hosts pins a key for this very host, as releasegate reads it."""
+    inventory = repo / "inventories" / "prod.yml"
+    inventory.write_text(
+        inventory.read_text().replace("root: /srv/shop}", f"root: /srv/shop, port: {port}}}")
+    )
+    pins = repo / "inventories" / "known_hosts"
+    pins.unlink()
+    assert generate(repo)[0] == 0
+    if known_hosts is not None:
+        pins.write_text(known_hosts)
+    for name in ("releasegate-prod.yml", "releasegate-rollback-prod.yml"):
+        doc = load(repo / ".github/workflows" / name)
+        job = doc["jobs"]["deploy" if "rollback" not in name else "rollback"]
+        check = step(job, "Check the pinned host key of prod")
+        res = bash(check["run"], check["env"], repo)
+        assert (res.returncode == 0) is pinned, res.stdout + res.stderr
+        if not pinned:
+            want = "10.0.0.5" if port == 22 else "[10.0.0.5]:2222"
+            assert f"pins no key for {want} (the host of prod)" in res.stdout
+            assert "releasegate trust-host prod" in res.stdout
+    # and releasegate itself (paramiko, RejectPolicy) accepts exactly these pins (paramiko
+    # cannot read @-marker lines at all)
+    if known_hosts is not None and not known_hosts.startswith("@"):
+        keys = paramiko.HostKeys()
+        keys.load(str(pins))
+        want = "10.0.0.5" if port == 22 else "[10.0.0.5]:2222"
+        assert (keys.lookup(want) is not None) is pinned
 
 
 # ---------------------------------------------------------------------------- the command
