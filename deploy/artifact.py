@@ -13,6 +13,7 @@ import io
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,8 @@ class Source:
     path: str | None = None  # subdirectory of the repo that is the app
     build: str | None = None
     allow_dirty: bool = False
+    # app.shared_files/shared_dirs: paths the host replaces with links into shared/
+    replaced_on_host: tuple[str, ...] = ()
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -77,7 +80,7 @@ def build(source: Source, out_dir: Path, now: datetime) -> Artifact:
     tar_bytes = res.stdout
     if source.build:
         tar_bytes = _run_build(tar_bytes, source.build)
-    members = check_members(tar_bytes)
+    members = check_members(tar_bytes, source.replaced_on_host)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{release_id}.tar.gz"
     # mtime=0 keeps the gzip bytes a function of the content only.
@@ -124,13 +127,19 @@ def _run_build(tar_bytes: bytes, command: str) -> bytes:
         return buf.getvalue()
 
 
-def check_members(tar_bytes: bytes) -> int:
-    """Refuse archives whose members could land outside the release directory."""
+def check_members(tar_bytes: bytes, replaced_on_host: Iterable[str] = ()) -> int:
+    """Refuse archives whose members could land outside the release directory, or whose
+    links resolve outside it once extracted. `replaced_on_host` are the paths the host links
+    in from shared/ after extraction: what lies beyond them is not judged from the archive."""
+    tree = ReleaseTree()
     count = 0
     with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
         for member in tar.getmembers():
             count += 1
             _check_member(member)
+            tree.add(member)
+    tree.replace_on_host(replaced_on_host)
+    tree.check_links()
     return count
 
 
@@ -140,23 +149,184 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise ShipError(f"archive member {member.name!r} would escape the release directory")
     if member.isdev() or member.isfifo():
         raise ShipError(f"archive member {member.name!r} is a device or fifo; refusing it")
-    if member.issym() or member.islnk():
-        target = PurePosixPath(member.linkname)
-        resolved = target if member.islnk() else name.parent / target
-        if target.is_absolute() or _escapes(resolved):
+    if (member.issym() or member.islnk()) and member.linkname.startswith("/"):
+        raise ShipError(
+            f"archive member {member.name!r} links to {member.linkname!r}, outside the "
+            f"release directory; remove the link from the repository"
+        )
+
+
+# ---------------------------------------------------------------------------- links
+
+MAX_LINK_HOPS = 40  # Linux follows at most 40 symlinks in one lookup, then fails (ELOOP)
+
+Where = tuple[str, ...]  # a path inside the release directory, as its components
+
+
+class _Outside(Exception):
+    def __init__(self, why: str, chain: list[str], *, certain: bool = True) -> None:
+        super().__init__(why)
+        self.why = why
+        self.chain = chain
+        self.certain = certain  # False: where it leads cannot be known from the archive
+
+
+class _Loop(Exception):
+    def __init__(self, chain: list[str]) -> None:
+        super().__init__("loop")
+        self.chain = chain
+
+
+@dataclass
+class _Node:
+    kind: str  # dir | file | link | opaque (not judged: replaced on the host)
+    member: str = ""  # the archive member that made it
+    target: str = ""  # a link's target, as written
+
+
+class ReleaseTree:
+    """The release directory as extracting the archive builds it, member after member:
+    enough of a filesystem to resolve a path the way the kernel will — links followed where
+    they appear (chains, links through linked directories), `..` taken from the directory a
+    link really leads to, at most MAX_LINK_HOPS links per lookup."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[Where, _Node] = {(): _Node("dir")}
+
+    def add(self, member: tarfile.TarInfo) -> None:
+        parts = tuple(p for p in PurePosixPath(member.name).parts if p != ".")
+        if not parts:
+            return
+        try:
+            parent = self.resolve((), "/".join(parts[:-1]), follow_last=True, create=True)
+        except (_Outside, _Loop) as exc:
+            raise _refusal(member.name, "is written through a link that", exc) from None
+        where = (*parent, parts[-1])
+        existing = self.nodes.get(where)
+        if member.isdir() and (existing is None or existing.kind == "dir"):
+            self.nodes[where] = _Node("dir", member.name)
+            return
+        if existing is not None:
+            # What tar does then depends on its version and options (replace, follow, fail
+            # on a non-empty directory); an archive made from git never holds a path twice.
             raise ShipError(
-                f"archive member {member.name!r} links to {member.linkname!r}, outside the "
-                f"release directory; remove the link from the repository"
+                f"archive member {member.name!r} would replace "
+                f"{existing.member or '/'.join(where)!r} ({existing.kind}) at the same path; "
+                f"an archive must hold each path once"
             )
+        if member.issym():
+            self.nodes[where] = _Node("link", member.name, member.linkname)
+            self.check_link(where)
+            return
+        if member.islnk():
+            # A hard link names an archive path; link(2) does not follow its last component,
+            # so a hard link to a symlink is that symlink again, read from its new place.
+            try:
+                source = self.resolve((), member.linkname, follow_last=False)
+            except (_Outside, _Loop) as exc:
+                raise _refusal(
+                    member.name, f"is a hard link to {member.linkname!r} that", exc
+                ) from None
+            node = self.nodes.get(source, _Node("file"))
+            if node.kind == "dir":
+                raise ShipError(
+                    f"archive member {member.name!r} is a hard link to the directory "
+                    f"{member.linkname!r}; refusing it"
+                )
+            self.nodes[where] = _Node(node.kind, member.name, node.target)
+            if node.kind == "link":
+                self.check_link(where, f"is a hard link to the symlink {member.linkname!r}")
+            return
+        self.nodes[where] = _Node("file", member.name)
+
+    def replace_on_host(self, paths: Iterable[str]) -> None:
+        """The host links these in from shared/ after extraction (`rm -rf`, then a link):
+        from then on they are opaque, and so is everything that was below them."""
+        for path in paths:
+            parts = tuple(p for p in PurePosixPath(path).parts if p not in ("", "."))
+            if not parts:
+                continue
+            try:
+                parent = self.resolve((), "/".join(parts[:-1]), follow_last=True, create=True)
+            except (_Outside, _Loop) as exc:
+                raise _refusal(
+                    path, "(linked in from shared/) is reached through a link that", exc
+                ) from None
+            where = (*parent, parts[-1])
+            for below in [p for p in self.nodes if p[: len(where)] == where]:
+                del self.nodes[below]
+            self.nodes[where] = _Node("opaque", path)
+
+    def check_links(self) -> None:
+        """Every link, against the tree as extraction leaves it (a later member can change
+        what an earlier link leads through)."""
+        for where, node in sorted(self.nodes.items()):
+            if node.kind == "link":
+                self.check_link(where)
+
+    def check_link(self, where: Where, what: str = "") -> None:
+        node = self.nodes[where]
+        try:
+            self.resolve(where[:-1], node.target, follow_last=True)
+        except (_Outside, _Loop) as exc:
+            lead = f"{what}, so it links to" if what else "links to"
+            raise _refusal(node.member, f"{lead} {node.target!r}, which", exc) from None
+
+    def resolve(self, start: Where, path: str, *, follow_last: bool, create: bool = False) -> Where:
+        """Where `path`, looked up from the directory `start`, leads inside the release.
+        Raises _Outside when it leaves the release (or when `..` follows a component whose
+        nature the archive does not fix), _Loop after MAX_LINK_HOPS links. With `create`,
+        missing directories are made, as tar makes a member's parents."""
+        if path.startswith("/"):
+            raise _Outside(f"is absolute ({path})", [])
+        current = list(start)
+        todo = path.split("/")
+        chain: list[str] = []
+        unknown: str | None = None  # the first component the archive does not make a dir
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if unknown is not None:
+                    raise _Outside(
+                        f"goes `..` out of {unknown!r}, which the archive does not make a "
+                        f"directory (it may not exist, or be a file or a link on the host)",
+                        chain,
+                        certain=False,
+                    )
+                if not current:
+                    raise _Outside("resolves above the release directory", chain)
+                current.pop()
+                continue
+            here = (*current, part)
+            node = self.nodes.get(here) if unknown is None else None
+            if node is not None and node.kind == "link" and (todo or follow_last):
+                chain.append(f"{node.member} -> {node.target}")
+                if len(chain) > MAX_LINK_HOPS:
+                    raise _Loop(chain)
+                if node.target.startswith("/"):
+                    raise _Outside(f"reaches the absolute path {node.target}", chain)
+                todo = node.target.split("/") + todo
+                continue
+            if node is None and create and unknown is None:
+                self.nodes[here] = _Node("dir")
+            elif (node is None or node.kind != "dir") and todo and unknown is None:
+                unknown = "/".join(here)
+            current.append(part)
+        return tuple(current)
 
 
-def _escapes(path: PurePosixPath) -> bool:
-    depth = 0
-    for part in path.parts:
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part not in ("", "."):
-            depth += 1
-    return False
+def _refusal(member: str, what: str, exc: _Outside | _Loop) -> ShipError:
+    links = list(dict.fromkeys(exc.chain))  # a loop shows each link once
+    via = f" (via {'; '.join(links)})" if links else ""
+    if isinstance(exc, _Loop):
+        return ShipError(
+            f"archive member {member!r} {what} never resolves: a symlink loop{via}; "
+            f"remove the link from the repository"
+        )
+    lead = "would" if exc.certain else "could"
+    return ShipError(
+        f"archive member {member!r} {what} {exc.why}{via}: it {lead} lead outside the release "
+        f"directory once extracted; remove the link from the repository"
+    )

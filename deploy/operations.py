@@ -411,6 +411,7 @@ def run_deploy(
             path=app.path,
             build=app.build,
             allow_dirty=allow_dirty,
+            replaced_on_host=(*app.shared_files, *app.shared_dirs),
         )
         return flow.deploy(d, source)
 
@@ -483,6 +484,7 @@ def run_preflight(
                 path=app.path,
                 build=app.build,
                 allow_dirty=allow_dirty,
+                replaced_on_host=(*app.shared_files, *app.shared_dirs),
             )
             size = 0
             try:

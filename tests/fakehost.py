@@ -138,8 +138,9 @@ class FakeRemote:
                 if not res.ok:
                     failed = step
                     break
-            res = Result("".join(out), res.stderr, res.exit_code,
-                         step=failed.name if failed else None)
+            res = Result(
+                "".join(out), res.stderr, res.exit_code, step=failed.name if failed else None
+            )
         else:
             res = self._one(cmd)
         if check and not res.ok:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
+import random
+import subprocess
 import tarfile
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
+from deploy import commands
 from deploy.artifact import Source, build, check_members
 from deploy.errors import ShipError
+from deploy.model import Layout
 from tests.conftest import git
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -95,3 +100,194 @@ def test_inner_links_allowed():
     m.type = tarfile.SYMTYPE
     m.linkname = "../other"
     assert check_members(_tar(m)) == 1
+
+
+# ---------------------------------------------------------------------------- link chains
+
+
+def _sym(name: str, target: str) -> tarfile.TarInfo:
+    m = tarfile.TarInfo(name)
+    m.type = tarfile.SYMTYPE
+    m.linkname = target
+    return m
+
+
+def _hard(name: str, target: str) -> tarfile.TarInfo:
+    m = tarfile.TarInfo(name)
+    m.type = tarfile.LNKTYPE
+    m.linkname = target
+    return m
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    m = tarfile.TarInfo(name)
+    m.type = tarfile.DIRTYPE
+    m.mode = 0o755
+    return m
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    m = tarfile.TarInfo(name)
+    m.mode = 0o644
+    return m
+
+
+@pytest.mark.parametrize(
+    "members, named",
+    [
+        # the issue's chain: each link looks inside on its own, together they reach /
+        ([_sym("a/b/c/up", "../.."), _sym("x", "a/b/c/up/../../../..")], ["'x'", "a/b/c/up"]),
+        # `..` is taken from where a link really leads, not from the link's name
+        ([_dir("a/b"), _sym("s1", "a/b"), _sym("s2", "s1/../.."), _sym("s3", "s2/..")], ["'s3'"]),
+        # a link through a linked directory
+        ([_dir("a/b"), _sym("d", "a/b"), _sym("y", "d/../../..")], ["'y'", "d -> a/b"]),
+        # a hard link to a symlink is that symlink again, read from its new place
+        ([_sym("a/b/c/s", "../../.."), _hard("h", "a/b/c/s")], ["'h'"]),
+        # a hard link through a link that leads outside
+        ([_dir("a/b"), _sym("a/b/up", "../.."), _hard("h", "a/b/up/../etc/passwd")], ["'h'"]),
+        # loops never resolve
+        ([_sym("p", "q"), _sym("q", "p"), _sym("z", "p/x")], ["loop"]),
+        ([_sym("r", "r/r")], ["loop"]),
+        # `..` out of something the archive does not make a directory (a file, nothing)
+        ([_file("f"), _sym("z", "f/../..")], ["'z'", "'f'"]),
+        ([_sym("z", "node_modules/../..")], ["'z'", "'node_modules'"]),
+        # one path twice: what tar then does depends on its version and options
+        ([_dir("p/q"), _sym("p", "s")], ["'p'", "at the same path"]),
+    ],
+)
+def test_link_chains_that_leave_the_release_are_refused(members, named):
+    with pytest.raises(ShipError) as err:
+        check_members(_tar(*members))
+    for text in named:
+        assert text in err.value.message
+    assert any(w in err.value.message for w in ("outside the release", "loop", "same path"))
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [_dir("a/b"), _sym("s1", "a/b"), _sym("s2", "s1/../.."), _file("f"), _sym("g", "s2/f")],
+        [_dir("pkg/bin"), _file("pkg/bin/x"), _sym("node_modules/.bin/x", "../../pkg/bin/x")],
+        [_dir("a"), _sym("l1", "l2"), _sym("l2", "a"), _file("l1/written-through")],
+        [_sym("dangling", "not/there/yet"), _sym("self-dir", ".")],
+        [_file("f"), _hard("h", "f"), _sym("a/b/c/up", "../.."), _sym("x", "a/b/c/up/..")],
+    ],
+)
+def test_links_that_stay_inside_are_accepted(members):
+    assert check_members(_tar(*members)) == len(members)
+
+
+def test_links_through_a_path_the_host_links_in_from_shared_are_judged_opaque():
+    members = [_dir("sub/uploads"), _sym("x", "sub/uploads/../..")]
+    assert check_members(_tar(*members)) == 2  # inside, as far as the archive goes
+    # but sub/uploads becomes a link into shared/: `..` out of it reaches shared/
+    with pytest.raises(ShipError, match=r"'x'.*sub/uploads"):
+        check_members(_tar(*members), replaced_on_host=["sub/uploads"])
+
+
+# ------------------------------------------------- real extraction, as the host does it
+
+NAMES = ("a", "b", "up", "x")
+
+
+def _random_members(rng: random.Random) -> list[tarfile.TarInfo]:
+    members: list[tarfile.TarInfo] = []
+    used: list[str] = []
+    for _ in range(rng.randint(1, 7)):
+        name = "/".join(rng.choice(NAMES) for _ in range(rng.randint(1, 3)))
+        if name in used:
+            continue
+        kind = rng.choice(["dir", "file", "sym", "sym", "sym", "hard"])
+        if kind == "sym":
+            parts = rng.choices((*NAMES, "..", "..", "."), k=rng.randint(1, 5))
+            members.append(_sym(name, "/".join(parts)))
+        elif kind == "hard" and used:
+            members.append(_hard(name, rng.choice(used)))
+        elif kind == "dir":
+            members.append(_dir(name))
+        else:
+            members.append(_file(name))
+        used.append(name)
+    return members
+
+
+def _everything(top: Path) -> set[str]:
+    out = set()
+    for base, dirs, files in os.walk(top):
+        out.update(os.path.join(base, n) for n in (*dirs, *files))
+    return out
+
+
+def _host(box: Path) -> Layout:
+    layout = Layout(root=PurePosixPath(box / "root"))
+    cmd = commands.prepare_layout(layout)
+    subprocess.run(["sh", "-c", cmd.render()], check=True, capture_output=True)
+    return layout
+
+
+def _ship_for_real(layout: Layout, members: list[tarfile.TarInfo], shared: tuple[str, ...]) -> Path:
+    """Extract (and link shared paths) with the host's own scripts, run by sh; returns the
+    release directory."""
+    partial = layout.partial("20261122120000-abcdef1")
+    upload = layout.uploads / "a.tar.gz"
+    data = gzip.compress(_tar(*members))
+    Path(str(upload)).write_bytes(data)
+    steps = [commands.verify_and_extract(upload, hashlib.sha256(data).hexdigest(), partial)]
+    if shared:
+        steps.append(commands.link_shared(layout, partial, [], list(shared)))
+    for cmd in steps:
+        # tar may refuse a member (e.g. a file below a file): then the deploy would stop here
+        if subprocess.run(["sh", "-c", cmd.render()], capture_output=True).returncode:
+            break
+    return Path(str(partial))
+
+
+def _outside(release: Path, allowed: list[Path]) -> list[str]:
+    """Entries of the extracted release that resolve outside it (or outside what the host
+    linked in from shared/)."""
+    bad = []
+    for entry in sorted(_everything(release)):
+        real = Path(os.path.realpath(entry))
+        if not any(real == a or a in real.parents for a in allowed):
+            bad.append(f"{entry} -> {real}")
+    return bad
+
+
+def test_every_accepted_archive_stays_inside_once_really_extracted(tmp_path: Path):
+    rng = random.Random(20261122)
+    accepted = with_dotdot = 0
+    for n in range(300):
+        members = _random_members(rng)
+        shared = ("a/b",) if n % 3 == 0 else ()
+        try:
+            check_members(_tar(*members), replaced_on_host=shared)
+        except ShipError:
+            continue
+        accepted += 1
+        with_dotdot += any(m.issym() and ".." in m.linkname for m in members)
+        box = tmp_path / f"box{n}"
+        (box / "victim").mkdir(parents=True)
+        layout = _host(box)
+        before = _everything(box)
+        release = _ship_for_real(layout, members, shared)
+        root = box / "root"
+        allowed = [release, *(root / "shared" / s for s in shared)]
+        assert _outside(release, allowed) == [], [(m.name, m.linkname) for m in members]
+        created = _everything(box) - before
+        strays = [
+            p
+            for p in created
+            if not any(Path(p) == a or a in Path(p).parents for a in allowed)
+            and not Path(p).is_relative_to(root / "releases")
+            and Path(p) not in {root / "shared" / "a", root / ".releasegate/uploads/a.tar.gz"}
+        ]
+        assert strays == [], [(m.name, m.linkname) for m in members]
+    assert accepted >= 60 and with_dotdot >= 15, (accepted, with_dotdot)
+
+
+def test_the_real_extraction_check_sees_the_issues_escape(tmp_path: Path):
+    """The harness above would catch an escape: the chain from the issue, extracted for
+    real without the check, resolves outside the release."""
+    members = [_sym("a/b/c/up", "../.."), _sym("x", "a/b/c/up/../../../..")]
+    release = _ship_for_real(_host(tmp_path), members, ())
+    assert any(line.startswith(f"{release}/x ->") for line in _outside(release, [release]))
