@@ -254,80 +254,17 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
         if mark is None:
             state, verified = _resolve_interrupted(d, host, state)
             if verified is not None and verified.exit_code == 3 and to is None:
-                # The unverified current failed and the host is back on the last good
-                # release: that is the one step back this rollback asked for.
-                return _report(
-                    d,
-                    Outcome(
-                        op="rollback",
-                        result="rolled-back",
-                        exit_code=0,
-                        release=verified.live,
-                        live=verified.live,
-                        message=(
-                            f"{verified.release} (left unverified by an interrupted run) failed "
-                            f"its gate and {verified.live} serves again, verified; no further "
-                            f"rollback was made"
-                        ),
-                        evidence=verified.evidence,
-                    ),
-                )
+                return _report(d, _already_rolled_back(verified))
         current = state.current
         if to is not None:
             target = _explicit_target(d, host, state, to, mark)
         else:
-            found = state.last_good(exclude=[current] if current else [])
-            if found is None:
-                left = state.rolled_back_releases()
-                raise HumanNeeded(
-                    f"no good release other than the current one ({current or 'none'}) exists on "
-                    f"{host.label}; nothing was changed"
-                    + (
-                        f". {', '.join(left)} {'was' if len(left) == 1 else 'were'} left by a "
-                        f"manual rollback and a plain rollback never returns there: "
-                        f"`releasegate rollback {d.inventory.env} --to {left[0]}` does"
-                        if left
-                        else ""
-                    )
-                )
-            target = found
+            target = _previous_good(d, host, state)
         if target == current:
             d.reporter.info(f"{target} is already current; activating and gating it again")
         fallback = current if current and state.state_of(current) == ReleaseState.GOOD else None
         if fallback == target or mark is not None:
-            fallback = None
-
-        def verdicts() -> list[Cmd]:
-            """After the target passed: the release left behind is `rolled-back` (a plain
-            rollback never returns to it), and an explicit rollback clears the mark."""
-            now = d.clock.now()
-            steps = []
-            if (
-                current
-                and current != target
-                and state.state_of(current)
-                in (
-                    ReleaseState.GOOD,
-                    ReleaseState.ACTIVE_UNVERIFIED,
-                )
-            ):
-                steps.append(
-                    host.journal_cmd(now, "rollback", current, ReleaseState.ROLLED_BACK, to=target)
-                )
-            if mark is not None:
-                steps.append(
-                    host.journal_cmd(
-                        now,
-                        RESOLVE,
-                        target,
-                        None,
-                        via=f"rollback --to {target}",
-                        cleared=mark.since,
-                        reason=f"{target} passed its gate",
-                    )
-                )
-            return steps
-
+            fallback = None  # while marked, an operator's rollback is never followed by another
         # ---------------------------- point of no return ----------------------------------
         return _activate_and_gate(
             d,
@@ -335,14 +272,77 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
             target,
             op="rollback",
             fallback=fallback,
-            hold=(
-                "an operator's rollback while the host needs a human (no automatic step is "
-                "taken then)"
-                if mark is not None
-                else None
-            ),
-            on_success=verdicts,
+            hold="an operator's rollback while the host needs a human" if mark else None,
+            on_success=lambda: _rollback_verdicts(d, host, state, target, mark),
         )
+
+
+def _already_rolled_back(verified: Outcome) -> Outcome:
+    """The unverified current failed its gate and the host is back on the last good release:
+    that is the one step back a plain rollback asked for, so it goes no further."""
+    return Outcome(
+        op="rollback",
+        result="rolled-back",
+        exit_code=0,
+        release=verified.live,
+        live=verified.live,
+        message=(
+            f"{verified.release} (left unverified by an interrupted run) failed its gate and "
+            f"{verified.live} serves again, verified; no further rollback was made"
+        ),
+        evidence=verified.evidence,
+    )
+
+
+def _previous_good(d: Deps, host: HostOps, state: HostState) -> str:
+    """A plain rollback's target: the newest good release other than `current` — never one
+    a manual rollback left (`rolled-back`)."""
+    current = state.current
+    found = state.last_good(exclude=[current] if current else [])
+    if found is not None:
+        return found
+    left = state.rolled_back_releases()
+    hint = (
+        f". {', '.join(left)} {'was' if len(left) == 1 else 'were'} left by a manual rollback, "
+        f"and a plain rollback never returns there: `releasegate rollback {d.inventory.env} "
+        f"--to {left[0]}` does"
+        if left
+        else ""
+    )
+    raise HumanNeeded(
+        f"no good release other than the current one ({current or 'none'}) exists on "
+        f"{host.label}; nothing was changed{hint}"
+    )
+
+
+def _rollback_verdicts(
+    d: Deps, host: HostOps, state: HostState, target: str, mark: NeedsHuman | None
+) -> list[Cmd]:
+    """After a rollback's target passed its gate: the release left behind is `rolled-back`
+    (a plain rollback never returns to it; a bad verdict stays bad), and an explicit
+    rollback while the host needs a human clears the mark."""
+    now = d.clock.now()
+    left = state.current
+    steps = []
+    if (
+        left
+        and left != target
+        and state.state_of(left) in (ReleaseState.GOOD, ReleaseState.ACTIVE_UNVERIFIED)
+    ):
+        steps.append(host.journal_cmd(now, "rollback", left, ReleaseState.ROLLED_BACK, to=target))
+    if mark is not None:
+        steps.append(
+            host.journal_cmd(
+                now,
+                RESOLVE,
+                target,
+                None,
+                via=f"rollback --to {target}",
+                cleared=mark.since,
+                reason=f"{target} passed its gate",
+            )
+        )
+    return steps
 
 
 def _explicit_target(
@@ -464,22 +464,6 @@ def resolve(d: Deps, *, mark_good: str | None = None, reason: str | None = None)
             cleared=mark.since if mark else None,
             live=state.current,
         )
-        current = state.current
-        now_state = ReleaseState.GOOD if current and current == mark_good else None
-        current_state = now_state or (state.state_of(current) if current else None)
-        if current is None:
-            after = "nothing is live"
-        elif current_state == ReleaseState.ACTIVE_UNVERIFIED:
-            after = (
-                f"{current} is live but unverified: the next deploy or rollback gates it first"
-                + (
-                    " and, if it fails, marks the host again (it never walks further back)"
-                    if state.automatic_fallback(current)
-                    else " and rolls back to the last good release if it fails"
-                )
-            )
-        else:
-            after = f"{current} is live ({current_state or 'unknown to the journal'})"
         done = [f"cleared the needs-human mark of {mark.since}"] if mark else []
         if mark_good:
             done.append(f"recorded {mark_good} good")
@@ -490,10 +474,27 @@ def resolve(d: Deps, *, mark_good: str | None = None, reason: str | None = None)
                 result="resolved",
                 exit_code=0,
                 release=mark_good,
-                live=current,
-                message=f"{' and '.join(done)} on {host.label}; {after}",
+                live=state.current,
+                message=f"{' and '.join(done)} on {host.label}; {_what_next(state, mark_good)}",
             ),
         )
+
+
+def _what_next(state: HostState, marked_good: str | None) -> str:
+    """What the next run will do with the live release, once the mark is cleared."""
+    current = state.current
+    if current is None:
+        return "nothing is live"
+    verdict_now = ReleaseState.GOOD if current == marked_good else state.state_of(current)
+    if verdict_now != ReleaseState.ACTIVE_UNVERIFIED:
+        return f"{current} is live ({verdict_now or 'unknown to the journal'})"
+    if state.automatic_fallback(current):
+        then = "marks the host again if it fails (it never walks further back)"
+    else:
+        then = "rolls back to the last good release if it fails"
+    return (
+        f"{current} is live but unverified: the next deploy or rollback gates it first and {then}"
+    )
 
 
 # ---------------------------------------------------------------------------- activation

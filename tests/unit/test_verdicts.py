@@ -268,3 +268,22 @@ def test_rolling_back_twice_never_returns_to_where_you_started(world):
     out = flow.rollback(deps, to=third)
     assert out.exit_code == 0 and host.current == third
     assert states(host)[-1] == (first, "rolled-back")
+
+
+def test_resolve_without_a_verdict_regates_the_live_release_and_never_walks_back(world):
+    deps, host, remote, repo = world
+    older, live, _ = two_good_then_outage(deps, host, repo)
+    out = flow.resolve(deps, reason="looking into it")
+    assert out.result == "resolved" and "gates it first" in out.message
+    deps.clock.sleep(2)
+    switches = len(switched_to(remote))
+    with pytest.raises(HumanNeeded):
+        ship(deps, repo)  # the outage goes on: the live release fails again, in place
+    assert switched_to(remote)[switches:] == [live] and host.current == live
+    assert (older, "bad") not in states(host) and (live, "bad") not in states(host)
+    assert flow.status(deps).needs_human is not None
+    recovered(host)
+    flow.resolve(deps, reason="database back")
+    deps.clock.sleep(2)
+    out = ship(deps, repo)
+    assert out.exit_code == 0 and (live, "good") in states(host)
