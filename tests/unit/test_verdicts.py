@@ -287,3 +287,26 @@ def test_resolve_without_a_verdict_regates_the_live_release_and_never_walks_back
     deps.clock.sleep(2)
     out = ship(deps, repo)
     assert out.exit_code == 0 and (live, "good") in states(host)
+
+
+def test_the_kind_of_a_gate_failure_ignores_what_differs_between_releases():
+    from deploy.errors import CommandFailure, GateFailed, RemoteCommandError
+    from deploy.verdict import failure_kind, same_cause
+
+    def ready(last: str) -> GateFailed:
+        return GateFailed("ready", f"no 3 consecutive successes within 5s (9 probes; last: {last})")
+
+    a = ready('503 in 3 ms {"status":"not-ready"}')
+    b = ready('503 in 41 ms {"status":"not-ready","db":"down"}')
+    assert same_cause(a, b) == "readiness answered HTTP 503"
+    assert same_cause(a, ready("500 in 2 ms")) is None
+    assert same_cause(ready("no answer: ConnectError refused"), ready("no answer: timed out")) == (
+        "readiness got no answer"
+    )
+    crashed = GateFailed("ready", "the process is errored (fail fast)")
+    assert failure_kind(crashed) == "the process is errored"
+    assert same_cause(crashed, a) is None
+    smoke = GateFailed("smoke", "2 enforced check(s) failed: items, orders")
+    assert same_cause(smoke, GateFailed("smoke", "2 enforced check(s) failed: items, orders"))
+    lost = RemoteCommandError(CommandFailure(display="pm2 reload", exit_code=1, stderr_tail=""))
+    assert same_cause(lost, lost) is None  # not a gate's verdict: never called a shared cause
