@@ -139,6 +139,7 @@ class App:
     dir: Path
     repo: Path
     stamp: int = 0
+    live: str | None = None  # the release `current` points to, as the last outcome said
 
     @property
     def root(self) -> str:
@@ -184,18 +185,20 @@ class App:
     def deploy(self, env: str = "bench") -> Run:
         return self._run("deploy", env)
 
-    def rollback(self, env: str = "bench") -> Run:
-        return self._run("rollback", env)
+    def rollback(self, env: str = "bench", to: str | None = None) -> Run:
+        return self._run("rollback", env, to)
 
-    def _run(self, op: str, env: str) -> Run:
+    def _run(self, op: str, env: str, to: str | None = None) -> Run:
         rep = TimedReporter()
         opts = Options(inventories=self.inventories, plain=True)
         wall_start, start = time.time(), time.monotonic()
         if op == "deploy":
             code = operations.run_deploy(env, opts, reporter=rep)
         else:
-            code = operations.run_rollback(env, opts, reporter=rep)
+            code = operations.run_rollback(env, opts, to=to, reporter=rep)
         end, wall_end = time.monotonic(), time.time()
+        if rep.outcomes and rep.outcomes[-1].live:
+            self.live = rep.outcomes[-1].live
         return Run(op, code, start, end, wall_start, wall_end, rep)
 
     def url(self, path: str) -> tuple[str, int, str]:

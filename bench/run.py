@@ -157,13 +157,19 @@ class Bench:
         self.details["warm_commands"] = [d for _, d in runs[-1].rep.sent if not d.startswith("+")]
 
     def rollback(self, app: App) -> None:
+        # A plain rollback never returns to the release it left (it is `rolled-back`), so
+        # after the first one the iterations go back and forth between the two releases
+        # with `--to`: the same gated manual rollback, to a release known to be healthy.
+        left: str | None = None
         for i in range(self.cfg.iterations):
+            before = app.live
             with Load(*app.url("/health/ready"), rate=self.cfg.rate, max_seconds=60) as load:
-                run = self.expect(app.rollback(), 0, f"manual rollback {i + 1}")
+                run = self.expect(app.rollback(to=left), 0, f"manual rollback {i + 1}")
                 target = run.rep.outcomes[-1].release or ""
                 if not load.wait_for(tail_is(target, self.cfg.settle), deadline=10):
                     raise BenchError(f"rollback {i + 1}: {target} does not answer ready outside")
             hits = load.stop()
+            left = before
             first = first_ready(hits, target, run.start)
             steady = final_run_start(hits, target)
             if first is None or steady is None:
