@@ -310,3 +310,38 @@ def test_the_kind_of_a_gate_failure_ignores_what_differs_between_releases():
     assert same_cause(smoke, GateFailed("smoke", "2 enforced check(s) failed: items, orders"))
     lost = RemoteCommandError(CommandFailure(display="pm2 reload", exit_code=1, stderr_tail=""))
     assert same_cause(lost, lost) is None  # not a gate's verdict: never called a shared cause
+
+
+def test_json_status_carries_the_mark(world):
+    import io
+
+    from deploy.report import JsonReporter
+
+    deps, host, remote, repo = world
+    older, live, _ = two_good_then_outage(deps, host, repo)
+    out = io.StringIO()
+    JsonReporter(stream=out).status(flow.status(deps))
+    record = json.loads(out.getvalue())
+    assert record["needs_human"]["live"] == live
+    assert any(c.startswith("releasegate status prod") for c in record["needs_human"]["commands"])
+
+
+def test_resolve_is_a_command_in_both_doors():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from deploy.cli import main
+
+    result = CliRunner().invoke(main, ["resolve", "--help"])
+    assert result.exit_code == 0 and "--mark-good" in result.output and "--reason" in result.output
+    root = Path(__file__).resolve().parents[2]
+    listed = subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(root), "--help", "resolve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "--mark-good" in listed.stdout and "--reason" in listed.stdout, listed.stderr
