@@ -377,29 +377,26 @@ def _resolve_interrupted(
 ) -> tuple[HostState, Outcome | None]:
     """A run killed after its switch (SIGKILL, lost machine) leaves `current` active but
     unverified. It is never assumed good: gate it now, and roll back if it fails — unless it
-    was itself the automatic rollback of a failed run: then it is the one step back already,
-    and a failure stops here for a human instead of walking further back."""
+    was itself the automatic rollback of a failed run (the one step back already), or it was
+    good before and there is nothing to go back to: then a failure stops here for a human."""
     current = state.current
     if current is None or state.state_of(current) != ReleaseState.ACTIVE_UNVERIFIED:
         return state, None
-    hold = state.automatic_fallback(current)
+    fallback = state.last_good(exclude=[current])
+    hold = None
+    if state.automatic_fallback(current):
+        hold = "the automatic rollback of a failed run (one step back already)"
+    elif fallback is None and state.was_good(current):
+        # Nothing to go back to, but it served as good before: stopping the app and marking
+        # it bad is for a release that never did (a first deploy).
+        hold = "good before, and there is no other good release to go back to"
     d.reporter.warn(
         f"{current} is active but was never verified (an earlier run was interrupted after "
         f"its switch); gating it before going on"
-        + (
-            " — it was the automatic rollback of a failed run, so if it fails, releasegate "
-            "stops for a human instead of going further back"
-            if hold
-            else ""
-        )
+        + (f" — it was {hold}: if it fails, releasegate stops for a human" if hold else "")
     )
     outcome = _activate_and_gate(
-        d,
-        host,
-        current,
-        op="verify",
-        fallback=None if hold else state.last_good(exclude=[current]),
-        hold="the automatic rollback of a failed run (one step back already)" if hold else None,
+        d, host, current, op="verify", fallback=None if hold else fallback, hold=hold
     )
     if outcome.exit_code not in (0, 3):
         raise HumanNeeded(

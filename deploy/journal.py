@@ -144,6 +144,12 @@ class HostState:
                 )
         return None
 
+    def was_good(self, release_id: str) -> bool:
+        """Whether the journal ever recorded `release_id` good."""
+        return any(
+            item.release == release_id and item.state == ReleaseState.GOOD for item in self.journal
+        )
+
     def automatic_fallback(self, release_id: str) -> bool:
         """Whether `release_id` was last activated by an automatic rollback (the one step
         back after a failed deploy): if it fails its gate, nothing may walk further back."""

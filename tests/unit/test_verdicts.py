@@ -345,3 +345,23 @@ def test_resolve_is_a_command_in_both_doors():
         timeout=60,
     )
     assert "--mark-good" in listed.stdout and "--reason" in listed.stdout, listed.stderr
+
+
+def test_an_unverified_release_that_was_good_is_not_stopped_when_there_is_nowhere_to_go(world):
+    """The only release, re-gated by a `rollback --to` that was killed mid-gate, fails its
+    gate in an outage: with nothing to go back to, it keeps serving and a human is asked —
+    stopping the app and marking it bad is for a first deploy that never served."""
+    deps, host, remote, repo = world
+    only = ship(deps, repo).release
+    die_on(remote, "pm2.activate", nth=1)
+    flow.rollback(deps, to=only)
+    host.lock = None
+    remote.dead, remote.dies_after = False, None
+    assert states(host)[-1] == (only, "active-unverified")
+    outage(host)
+    deps.clock.sleep(2)
+    with pytest.raises(HumanNeeded):
+        ship(deps, repo)
+    assert host.running == only == host.current  # not stopped
+    assert (only, "bad") not in states(host)
+    assert flow.status(deps).needs_human is not None
