@@ -97,6 +97,11 @@ class HostState:
 
     def good_releases(self) -> list[str]:
         """Releases whose latest state is good and which still exist, newest good first."""
+        return self._latest_in(ReleaseState.GOOD)
+
+    def _latest_in(self, state: ReleaseState) -> list[str]:
+        """Releases whose latest journaled state is `state` and which still exist, the most
+        recent first."""
         seen: set[str] = set()
         out: list[str] = []
         for item in reversed(self.journal):
@@ -104,7 +109,7 @@ class HostState:
             if rid is None or rid in seen or item.state is None:
                 continue
             seen.add(rid)
-            if item.state == ReleaseState.GOOD and rid in self.release_dirs:
+            if item.state == state and rid in self.release_dirs:
                 out.append(rid)
         return out
 
@@ -115,16 +120,7 @@ class HostState:
     def rolled_back_releases(self) -> list[str]:
         """Releases a manual rollback left (latest state rolled-back) that still exist,
         most recently left first."""
-        seen: set[str] = set()
-        out: list[str] = []
-        for item in reversed(self.journal):
-            rid = item.release
-            if rid is None or rid in seen or item.state is None:
-                continue
-            seen.add(rid)
-            if item.state == ReleaseState.ROLLED_BACK and rid in self.release_dirs:
-                out.append(rid)
-        return out
+        return self._latest_in(ReleaseState.ROLLED_BACK)
 
     def needs_human(self) -> NeedsHuman | None:
         """The standing needs-human mark, if the newest mark was not resolved since."""
