@@ -13,7 +13,7 @@ import io
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -67,8 +67,17 @@ def resolve(source: Source) -> str:
     return sha
 
 
-def build(source: Source, out_dir: Path, now: datetime) -> Artifact:
-    sha = resolve(source)
+def build(
+    source: Source,
+    out_dir: Path,
+    now: datetime,
+    *,
+    sha: str | None = None,
+    extra: Mapping[str, bytes] | None = None,
+) -> Artifact:
+    """The tarball of the revision (`sha` when the caller resolved it already), plus `extra`
+    files releasegate adds to the release (path inside the release -> content, mode 0600)."""
+    sha = sha or resolve(source)
     release_id = new_release_id(sha, now)
     treeish = f"{sha}:{source.path}" if source.path else sha
     res = _git(source.repo, "archive", "--format=tar", treeish)
@@ -80,6 +89,8 @@ def build(source: Source, out_dir: Path, now: datetime) -> Artifact:
     tar_bytes = res.stdout
     if source.build:
         tar_bytes = _run_build(tar_bytes, source.build)
+    if extra:
+        tar_bytes = _append(tar_bytes, extra)
     members = check_members(tar_bytes, source.replaced_on_host)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{release_id}.tar.gz"
@@ -125,6 +136,22 @@ def _run_build(tar_bytes: bytes, command: str) -> bytes:
             for item in sorted(tree.rglob("*")):
                 tar.add(item, arcname=item.relative_to(tree).as_posix(), recursive=False)
         return buf.getvalue()
+
+
+def _append(tar_bytes: bytes, files: Mapping[str, bytes]) -> bytes:
+    """Add releasegate's own files (owner-only: a smoke pack may hold a literal credential)."""
+    buf = io.BytesIO(tar_bytes)
+    with tarfile.open(fileobj=buf, mode="a", format=tarfile.PAX_FORMAT) as tar:
+        dirs = sorted({str(PurePosixPath(name).parent) for name in files} - {"."})
+        for name in dirs:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o700
+            tar.addfile(info)
+        for name, content in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o600
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
 
 
 def check_members(tar_bytes: bytes, replaced_on_host: Iterable[str] = ()) -> int:

@@ -183,12 +183,25 @@ echo "@@current"; readlink current 2>/dev/null || true
 echo "@@releases"; ls -1 releases 2>/dev/null || true
 echo "@@lock"; lock_view .releasegate/lock
 echo "@@journal"; cat .releasegate/journal.jsonl 2>/dev/null || true
+printf '\n@@smoke\n'; seen=" "  # (a newline first: the journal may end in a torn line)
+for f in releases/*/.releasegate/smoke.json; do
+  [ -f "$f" ] || continue
+  rid=${f#releases/}; rid=${rid%%/*}
+  case "$rid" in *.partial) continue ;; esac
+  sum=$(sha256sum < "$f" | cut -c1-64)
+  recorded=$(sed -n 's/^ *"smoke_sha256": "\([0-9a-f]*\)".*/\1/p' \
+    "releases/$rid/.release.json" 2>/dev/null)
+  echo "$rid $sum ${recorded:--}"
+  case "$seen" in *" $sum "*) ;; *) seen="$seen$sum "; echo "=$sum"; head -n 1 -- "$f" ;; esac
+done
 """
 )
 
 
 def read_state(layout: Layout) -> Cmd:
-    """One round trip for everything the flow decides from: current, releases, lock, journal."""
+    """One round trip for everything the flow decides from: current, releases, lock, journal,
+    and the smoke packs each release carries (each distinct bundle once, with its hash and the
+    hash its manifest recorded), so that any release can be gated by its own packs."""
     return _script("state.read", STATE_SCRIPT, [_p(layout.root)], f"read state of {layout.root}")
 
 
@@ -487,39 +500,75 @@ def run_install(partial: PurePosixPath, install: str) -> Cmd:
     )
 
 
-REUSE_OR_INSTALL_SCRIPT = r"""
-prev="$1"; partial="$2"; lockfile="$3"; dir="$4"; install="$5"
-if [ -n "$prev" ] && [ -d "$prev/$dir" ] && [ -f "$prev/$lockfile" ] \
-   && [ -f "$partial/$lockfile" ] && cmp -s -- "$prev/$lockfile" "$partial/$lockfile"; then
-  rm -rf -- "$partial/$dir"
-  if cp -al -- "$prev/$dir" "$partial/$dir"; then echo "@@deps-reused"; exit 0; fi
-  rm -rf -- "$partial/$dir"
+DEPS_SCRIPT = r"""
+src="$1"; partial="$2"; lockfile="$3"; manifest="$4"; dir="$5"; install="$6"; shift 6
+cd -- "$partial" || exit 1
+digest() { if [ -f "$1" ]; then sha256sum < "$1" | cut -c1-64; else echo absent; fi; }
+key=$({
+  echo "releasegate deps key 1"
+  printf 'install %s\ndir %s\nsystem %s\n' "$install" "$dir" "$(uname -sm)"
+  printf 'lockfile %s %s\nmanifest %s %s\n' "$lockfile" "$(digest "$lockfile")" \
+    "$manifest" "$(digest "$manifest")"
+  for runtime in "$@"; do
+    printf 'runtime %s %s\n' "$runtime" "$("$runtime" --version 2>/dev/null | head -n 1)"
+  done
+} | sha256sum | cut -c1-64)
+mkdir -p .releasegate
+if [ -n "$src" ] && [ "$(cat -- "$src/.releasegate/deps.key" 2>/dev/null)" = "$key" ]; then
+  if [ ! -e "$src/$dir" ]; then
+    printf '%s\n' "$key" > .releasegate/deps.key; echo "@@deps-reused none"; exit 0
+  fi
+  rm -rf -- "$dir"
+  if cp -a --reflink=auto -- "$src/$dir" "$dir"; then
+    printf '%s\n' "$key" > .releasegate/deps.key; echo "@@deps-reused copy"; exit 0
+  fi
+  rm -rf -- "$dir"
 fi
-cd -- "$partial" && sh -c "$install"
+sh -c "$install" || exit $?
+printf '%s\n' "$key" > .releasegate/deps.key
 """
 DEPS_REUSED = "@@deps-reused"
 
 
 def reuse_or_install(
-    previous: PurePosixPath | None,
+    source: PurePosixPath | None,
     partial: PurePosixPath,
     install: str,
     *,
     lockfile: str,
+    manifest: str,
     deps_dir: str,
+    runtimes: Sequence[str] = (),
 ) -> Cmd:
-    """Hard-link the previous release's dependencies when its lockfile is byte-identical
-    (no install at all), else run the install command. `previous=None` forces the install."""
+    """Install the release's dependencies, or reuse those of `source` (a good release) when
+    both have the same dependency key: the lockfile, the package manifest, the install
+    command, the deps dir, the runtimes' versions on the host and the system. The key is
+    stored in the release (DEPS_KEY). A reused tree is a copy (`cp -a --reflink=auto`:
+    copy-on-write where the filesystem can), so writing into the new release's tree can never
+    change the rollback target's; with no deps dir in `source`, nothing is copied (nothing to
+    install). `source=None` forces the install."""
+    for name in runtimes:
+        if not name.replace("-", "").replace("_", "").isalnum() or name.startswith("-"):
+            raise ValueError(f"not a runtime name: {name!r}")
+    reuse = (
+        f"reuse {deps_dir} of {source.name} if the dependency key is the same, else: "
+        if source
+        else ""
+    )
     return _script(
         "release.install",
-        REUSE_OR_INSTALL_SCRIPT,
-        [_p(previous) if previous else "", _p(partial), _p(lockfile), _p(deps_dir), install],
+        DEPS_SCRIPT,
+        [
+            _p(source) if source else "",
+            _p(partial),
+            _p(lockfile),
+            _p(manifest),
+            _p(deps_dir),
+            install,
+            *runtimes,
+        ],
         f"(in {partial.name}) "
-        + (
-            f"reuse {deps_dir} of {previous.name} if {lockfile} is unchanged, else: "
-            if previous
-            else ""
-        )
+        + reuse
         + install,
     )
 
@@ -538,8 +587,33 @@ def remove_partial(partial: PurePosixPath) -> Cmd:
     return _cmd("release.remove_partial", ["rm", "-rf", "--", _p(partial)])
 
 
-def remove_upload(upload: PurePosixPath) -> Cmd:
-    return _cmd("upload.remove", ["rm", "-f", "--", _p(upload)])
+def remove_uploads(uploads: Sequence[PurePosixPath]) -> Cmd:
+    return _cmd("upload.remove", ["rm", "-f", "--", *(_p(u) for u in uploads)])
+
+
+CLEAN_UPLOADS_SCRIPT = r"""
+cd -- "$1" || exit 0
+shift
+for f in * .[!.]*; do
+  [ -e "$f" ] || continue
+  keep=no
+  for mine in "$@"; do [ "$f" = "$mine" ] && keep=yes; done
+  [ "$keep" = yes ] || { rm -rf -- "$f"; echo "removed leftover upload $f"; }
+done
+exit 0
+"""
+
+
+def clean_uploads(layout: Layout, keep: Sequence[PurePosixPath]) -> Cmd:
+    """Under the lock, anything in the uploads dir but this run's own files is a leftover of
+    a run that died mid-ship (an artifact, an env file with secrets): remove it."""
+    names = [PurePosixPath(_p(k)).name for k in keep]
+    return _script(
+        "uploads.clean",
+        CLEAN_UPLOADS_SCRIPT,
+        [_p(layout.uploads), *names],
+        f"remove leftover uploads in {layout.uploads}",
+    )
 
 
 # ---------------------------------------------------------------- activate
@@ -671,19 +745,51 @@ def preflight_probe(
     return replace(cmd, limit=migration_timeout) if migration_check else cmd
 
 
-INSTALL_ENV_SCRIPT = r"""
-set -e
-chmod 0600 -- "$1"
-mkdir -p -- "$(dirname -- "$2")"
-mv -f -- "$1" "$2"
+RELEASE_ENV_SCRIPT = r"""
+set -e; umask 077
+dest="$1"; upload="$2"; shared="$3"; settings="$4"
+{
+  if [ -n "$upload" ]; then
+    cat -- "$upload"; echo
+  elif [ -n "$shared" ] && [ -f "$shared" ]; then
+    printf '# copied from %s when this release was shipped\n' "$shared"
+    cat -- "$shared"; echo
+  fi
+  printf '%s' "$settings"
+} > "$dest.tmp"
+chmod 0600 -- "$dest.tmp"
+mv -f -- "$dest.tmp" "$dest"
+if [ -n "$upload" ]; then rm -f -- "$upload"; fi
 """
 
 
-def install_env_file(upload: PurePosixPath, layout: Layout) -> Cmd:
-    """Move an uploaded env file (in the 0700 uploads dir) to shared/.env, mode 0600."""
+def install_release_env(
+    dest: PurePosixPath,
+    *,
+    settings: str,
+    upload: PurePosixPath | None = None,
+    shared_env: PurePosixPath | None = None,
+) -> Cmd:
+    """The release's env snapshot (mode 0600): the uploaded secrets (SFTP into the 0700
+    uploads dir; moved, never on a command line) — or else a copy of a hand-maintained
+    `shared_env` if there is one — then releasegate's `settings` (no secrets), which win."""
+    origin = (
+        ": uploaded secrets"
+        if upload
+        else f": a copy of {shared_env} if it exists"
+        if shared_env
+        else ""
+    )
     return _script(
-        "secrets.install",
-        INSTALL_ENV_SCRIPT,
-        [_p(upload), _p(layout.shared / ".env")],
-        f"install {layout.shared}/.env (mode 0600)",
+        "release.env",
+        RELEASE_ENV_SCRIPT,
+        [
+            _p(dest),
+            _p(upload) if upload else "",
+            _p(shared_env) if shared_env else "",
+            settings,
+        ],
+        f"write {dest.parent.name}/{dest.name} (mode 0600"
+        + origin
+        + " + release settings)",
     )

@@ -13,14 +13,14 @@ import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import httpx
 
 from deploy import artifact as artifacts
-from deploy import commands, lock, prune, verdict
+from deploy import commands, lock, prune, release_packs, verdict
 from deploy.clock import Clock
 from deploy.commands import Cmd
 from deploy.errors import (
@@ -50,13 +50,24 @@ from deploy.gate import (
 from deploy.host import HostOps
 from deploy.inventory import Inventory
 from deploy.journal import NEEDS_HUMAN, RESOLVE, HostState
-from deploy.model import HostStatus, Layout, NeedsHuman, Outcome, ReleaseState, is_release_id
+from deploy.model import (
+    SMOKE_BUNDLE,
+    HostStatus,
+    Layout,
+    NeedsHuman,
+    Outcome,
+    ReleaseState,
+    is_release_id,
+)
 from deploy.preflight import Check, judge_host
 from deploy.process import manager_for
+from deploy.process.pm2 import activation_notes
 from deploy.redact import Redactor
+from deploy.release_packs import Bundle
 from deploy.remote import Remote
 from deploy.report import Reporter
 from smoke.model import Pack
+from smoke.pack import PackError
 from smoke.runner import run_packs
 
 
@@ -73,6 +84,15 @@ HttpFactory = Callable[[str, float], httpx.Client]
 
 def default_http(base_url: str, timeout: float) -> httpx.Client:
     return httpx.Client(base_url=base_url, timeout=timeout, trust_env=False)
+
+
+@dataclass(frozen=True)
+class GatePacks:
+    """The smoke packs that gate one release: its own (carried since its ship), or none with
+    the reason why (`note`, shown as a warning when the release is gated)."""
+
+    packs: tuple[Pack, ...] = ()
+    note: str | None = None
 
 
 @dataclass
@@ -93,11 +113,15 @@ class Deps:
     # Signals the CLI's handler saw. Python drops an exception raised by a signal handler that
     # happens to run inside a weakref callback or finalizer, so long waits also look here.
     signals: list[int] = field(default_factory=list)
-    smoke_packs: tuple[Pack, ...] = ()  # loaded (and validated) before anything is contacted
     redact: Redactor = field(default_factory=Redactor)  # seeded with every secret value
     local_checks: tuple[Check, ...] = ()  # preflight checks made on this machine
-    env_file: str | None = field(default=None, repr=False)  # shared/.env content (secrets)
     machine: str = field(default_factory=socket.gethostname)  # this machine, in lock records
+    # the secrets part of each new release's env snapshot (release_env), built locally
+    env_file: str | None = field(default=None, repr=False)
+    # this machine's environment: resolves `${ENV:…}` in the smoke packs releases carry
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # release id -> the packs that gate it, loaded before the point of no return
+    gate_packs: dict[str, GatePacks] = field(default_factory=dict)
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -119,7 +143,12 @@ def host_ops(d: Deps) -> HostOps:
 def deploy(d: Deps, source: artifacts.Source) -> Outcome:
     r = d.reporter
     with r.stage("build artifact"):
-        art = artifacts.build(source, d.workdir, d.clock.now())
+        sha = artifacts.resolve(source)
+        bundle, packs = _collect_packs(d, source, sha)
+        art = artifacts.build(
+            source, d.workdir, d.clock.now(), sha=sha, extra={SMOKE_BUNDLE: bundle.to_json()}
+        )
+        d.gate_packs[art.release_id] = GatePacks(packs)
         r.info(
             f"release {art.release_id} from {art.revision[:12]}: {art.members} files, "
             f"{art.size / 1024:.0f} KiB, sha256 {art.sha256[:12]}…"
@@ -139,9 +168,10 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
                 f"release {rid} already exists on {host.label}; retry in a second"
             )
         previous_good = state.last_good(exclude=[rid])
+        _load_stored_packs(d, state, [previous_good])
         try:
             with r.stage(f"ship {rid}"):
-                _ship(d, host, state, art)
+                _ship(d, host, state, art, bundle, reuse_from=previous_good)
         except BaseException as exc:
             _abort(d, host, rid, exc)
             raise AssertionError("unreachable") from exc
@@ -150,36 +180,110 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
         return _activate_and_gate(d, host, rid, op="deploy", fallback=previous_good, state=state)
 
 
-def _ship(d: Deps, host: HostOps, state: HostState, art: artifacts.Artifact) -> None:
-    """Uploads over SFTP, then every host step of the phase in one round trip."""
+def _ship(
+    d: Deps,
+    host: HostOps,
+    state: HostState,
+    art: artifacts.Artifact,
+    bundle: Bundle,
+    *,
+    reuse_from: str | None,
+) -> None:
+    """Uploads over SFTP, then every host step of the phase in one round trip. Everything
+    is written inside the new release: nothing live changes before the switch."""
     rid = art.release_id
     now = d.clock.now()
     upload = host.upload_artifact(art)
+    env_upload = host.upload_env_file(d.env_file, d.workdir) if d.env_file is not None else None
     steps = [
         host.journal_cmd(
             now, "deploy", rid, ReleaseState.PARTIAL, revision=art.revision, sha256=art.sha256
-        )
+        ),
+        commands.clean_uploads(host.layout, host.uploads),
     ]
     if state.partial_dirs:
         d.reporter.info(
             f"removing leftovers of an interrupted deploy: {', '.join(sorted(state.partial_dirs))}"
         )
         steps.append(commands.prune_releases(host.layout, sorted(state.partial_dirs)))
-    if d.env_file is not None:
-        env_upload = host.upload_env_file(d.env_file, d.workdir)
-        steps.append(commands.install_env_file(env_upload, host.layout))
-    previous = state.current if state.current in state.release_dirs else None
-    if d.clean_install:
-        previous = None
-    steps += host.ship_steps(art, upload, now, previous=previous)
+    # Dependencies are only ever reused from a good release (never a bad or unverified one).
+    source = None if d.clean_install else reuse_from
+    steps += host.ship_steps(
+        art, upload, now, reuse_from=source, env_upload=env_upload, smoke=bundle
+    )
     steps.append(host.journal_cmd(now, "deploy", rid, ReleaseState.READY))
     res = host.run_batch("ship", steps, f"ship {rid}")
-    if commands.DEPS_REUSED in res.stdout:
-        app = d.inventory.app
-        d.reporter.info(
-            f"{app.deps_dir} hard-linked from {previous} ({app.deps_lockfile} unchanged): "
-            f"install skipped (--clean-install forces it)"
+    host.uploads.clear()  # consumed by the ship: extracted, moved into the release
+    for line in res.stdout.splitlines():
+        if line.startswith(commands.DEPS_REUSED):
+            app = d.inventory.app
+            how = (
+                f"nothing to install, as for {source}"
+                if line.endswith("none")
+                else f"{app.deps_dir} copied from {source}"
+            )
+            d.reporter.info(
+                f"{how} (same dependency key: {app.deps_lockfile}, {app.deps_manifest}, the "
+                f"install command, {', '.join(app.deps_runtimes) or 'no runtime'} version on the "
+                f"host): install skipped (--clean-install forces it)"
+            )
+
+
+def _collect_packs(d: Deps, source: artifacts.Source, sha: str) -> tuple[Bundle, tuple[Pack, ...]]:
+    """The smoke packs the new release will carry, as they are at `sha` (pack files in the
+    app's repository) or on disk; loaded now, so a bad pack stops here (exit 2)."""
+    inv = d.inventory
+    try:
+        bundle = release_packs.collect(
+            inv.smoke, base_dir=inv.base_dir, repo=source.repo, revision=sha
         )
+        packs = release_packs.load(bundle, d.environ)
+    except PackError as exc:
+        raise ConfigError(f"{inv.source}: smoke: {exc}") from None
+    for pack in packs:
+        d.redact.add(*pack.secret_values())
+    return bundle, packs
+
+
+def _load_stored_packs(d: Deps, state: HostState, releases: Iterable[str | None]) -> None:
+    """Before the point of no return: the packs each release that may be activated carries,
+    read by the state read and loaded here (their `${ENV:…}` resolved on this machine)."""
+    for rid in releases:
+        if rid is not None and rid not in d.gate_packs:
+            d.gate_packs[rid] = _stored_packs(d, state, rid)
+
+
+def _stored_packs(d: Deps, state: HostState, rid: str) -> GatePacks:
+    fallback = "it is gated on readiness and identity only"
+    stored = state.smoke.get(rid)
+    if stored is None:
+        return GatePacks(
+            note=f"{rid} was shipped before releases carried their smoke packs: {fallback}"
+        )
+    if stored.recorded != stored.sha256:
+        return GatePacks(
+            note=(
+                f"the smoke packs stored in {rid} ({SMOKE_BUNDLE}) do not match the hash its "
+                f"manifest recorded (changed on the host after it shipped?): {fallback}"
+            )
+        )
+    try:
+        packs = release_packs.load(Bundle.from_json(stored.text), d.environ)
+    except (ValueError, PackError) as exc:
+        return GatePacks(
+            note=f"the smoke packs {rid} carries cannot be used here ({exc}): {fallback}"
+        )
+    for pack in packs:
+        d.redact.add(*pack.secret_values())
+    return GatePacks(packs)
+
+
+def _packs_for(d: Deps, host: HostOps, rid: str) -> GatePacks:
+    """The packs that gate `rid`: loaded before the point of no return; read now only if the
+    flow activates a release it did not foresee."""
+    if rid not in d.gate_packs:
+        d.gate_packs[rid] = _stored_packs(d, host.read_state(), rid)
+    return d.gate_packs[rid]
 
 
 def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
@@ -188,6 +292,11 @@ def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
     with _shielded(d.reporter):
         if not isinstance(exc, ConnectionLost):
             with contextlib.suppress(ReleasegateError):
+                # this run's uploads too (the artifact, the secrets): the ship did not take
+                # them; a run that cannot clean up leaves them to the next one's ship
+                cleanup = host.remove_uploads_cmd()
+                if cleanup is not None:
+                    host.remote.run(cleanup, check=False)
                 host.remove_partials(frozenset({f"{rid}.partial"}))
                 host.record(
                     d.clock.now(), "deploy", rid, None, result="aborted", reason=_reason(exc)
@@ -265,6 +374,7 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
         fallback = current if current and state.state_of(current) == ReleaseState.GOOD else None
         if fallback == target or mark is not None:
             fallback = None  # while marked, an operator's rollback is never followed by another
+        _load_stored_packs(d, state, [target, fallback])
         # ---------------------------- point of no return ----------------------------------
         return _activate_and_gate(
             d,
@@ -395,6 +505,7 @@ def _resolve_interrupted(
         f"its switch); gating it before going on"
         + (f" — it was {hold}: if it fails, releasegate stops for a human" if hold else "")
     )
+    _load_stored_packs(d, state, [current, None if hold else fallback])
     outcome = _activate_and_gate(
         d, host, current, op="verify", fallback=None if hold else fallback, hold=hold
     )
@@ -518,7 +629,9 @@ def _activate_and_gate(
                 *host.lease_guard(),
                 host.journal_cmd(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED),
             ]
-            host.run_batch("activate", steps + host.activate_steps(rid), f"activate {rid}")
+            res = host.run_batch("activate", steps + host.activate_steps(rid), f"activate {rid}")
+            for note in activation_notes(res.stdout):
+                r.warn(note)
         with r.stage(f"gate {rid}"):
             evidence = _gate(d, host, rid)
     except LockLost:
@@ -565,6 +678,9 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
     left as its timeout."""
     health = d.inventory.health
     version = health.version
+    smoke = _packs_for(d, host, rid)
+    if smoke.note:
+        d.reporter.warn(smoke.note)
     if d.dry_run:
         d.reporter.info(
             f"would probe {health.path} on port {d.inventory.health_port} through an SSH tunnel "
@@ -576,7 +692,7 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
                 if version
                 else ""
             )
-            + (f", then run {len(d.smoke_packs)} smoke pack(s)" if d.smoke_packs else "")
+            + (f", then run the {len(smoke.packs)} smoke pack(s) it carries" if smoke.packs else "")
             + "; whether it passes cannot be known in advance (a failure would roll back)"
         )
         return []
@@ -626,13 +742,15 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
             said = check_version(reported, version.expect, expected, version.source)
             d.reporter.info(f"version: {said}")
             evidence.append(f"version: {said}")
-    if d.smoke_packs:
-        evidence += _smoke_gate(d, host, rid)
+    if smoke.note:
+        evidence.append(f"smoke: {smoke.note}")
+    if smoke.packs:
+        evidence += _smoke_gate(d, host, rid, smoke.packs)
     return evidence
 
 
-def _smoke_gate(d: Deps, host: HostOps, rid: str) -> list[str]:
-    """The contract smoke pack (and the readiness audit) against the new release."""
+def _smoke_gate(d: Deps, host: HostOps, rid: str, packs: tuple[Pack, ...]) -> list[str]:
+    """The smoke packs the release carries (and its readiness audit) against it."""
     settings = d.inventory.smoke
     secrets = (d.health_token,) if d.health_token else ()
     with contextlib.ExitStack() as stack:
@@ -643,7 +761,7 @@ def _smoke_gate(d: Deps, host: HostOps, rid: str) -> list[str]:
             base = f"http://127.0.0.1:{port}"
         client = stack.enter_context(d.http(base, d.inventory.health.probe_timeout))
         result = run_packs(
-            list(d.smoke_packs),
+            list(packs),
             base_url=base,
             client=client,
             concurrency=settings.concurrency,
@@ -746,7 +864,8 @@ def _recover(
                     after=failed,
                 )
                 host.switch(fallback)
-                host.reload(fallback)
+                for note in activation_notes(host.reload(fallback)):
+                    r.warn(note)
                 back_evidence = _gate(d, host, fallback)
         except Exception as again:
             shared = verdict.same_cause(exc, again)

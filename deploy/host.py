@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from deploy import commands, journal, lock, preflight
+from deploy import commands, journal, lock, preflight, release_env
 from deploy.commands import Cmd
 from deploy.errors import CommandFailure, LockLost, RemoteCommandError, ShipError
 from deploy.inventory import Inventory
 from deploy.journal import HostState
 from deploy.lock import Holder, LeaseKeeper
 from deploy.model import (
+    RELEASE_ENV,
     Artifact,
     IdentityFacts,
     Layout,
@@ -30,6 +31,7 @@ from deploy.model import (
 )
 from deploy.process import ProcessManager
 from deploy.redact import Redactor
+from deploy.release_packs import Bundle
 from deploy.remote import Remote, Result
 
 
@@ -51,6 +53,7 @@ class HostOps:
     redact: Redactor = field(default_factory=Redactor)
     machine: str = field(default_factory=socket.gethostname)  # in the lock's owner record
     lease_s: int = field(default=0)  # the lease of the lock we hold (0: none, a manual lock)
+    uploads: list[PurePosixPath] = field(default_factory=list)  # this run's, on the host
 
     @property
     def label(self) -> str:
@@ -76,18 +79,29 @@ class HostOps:
         return preflight.parse_probe(self.remote.run(cmd).stdout)
 
     def upload_env_file(self, content: str, workdir: Path) -> PurePosixPath:
-        """shared/.env content via SFTP into the 0700 uploads dir (commands.install_env_file
-        then moves it into place with mode 0600): values never appear on a command line."""
+        """The secrets part of the release's env snapshot, via SFTP into the 0700 uploads dir
+        (commands.install_release_env then moves it into the release with mode 0600): values
+        never appear on a command line."""
         local = workdir / f"env.{new_token()[:8]}"
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(content)
-        upload = self.layout.uploads / local.name
+        upload = self._upload_path(local.name)
         try:
             self.remote.put(local, upload)
         finally:
             local.unlink()
         return upload
+
+    def _upload_path(self, name: str) -> PurePosixPath:
+        # Registered before the transfer starts: an interrupted transfer leaves a file too.
+        upload = self.layout.uploads / name
+        self.uploads.append(upload)
+        return upload
+
+    def remove_uploads_cmd(self) -> Cmd | None:
+        """Removes this run's uploads (an abort: the ship did not consume them)."""
+        return commands.remove_uploads(self.uploads) if self.uploads else None
 
     def prepare(self) -> None:
         self.remote.run(commands.prepare_layout(self.layout))
@@ -211,7 +225,7 @@ class HostOps:
             self.remote.run(commands.remove_partial(self.layout.releases / name))
 
     def upload_artifact(self, artifact: Artifact) -> PurePosixPath:
-        upload = self.layout.uploads / f"{artifact.release_id}.tar.gz.{new_token()[:8]}"
+        upload = self._upload_path(f"{artifact.release_id}.tar.gz.{new_token()[:8]}")
         self.remote.put(Path(artifact.path), upload)
         return upload
 
@@ -221,14 +235,30 @@ class HostOps:
         upload: PurePosixPath,
         now: datetime,
         *,
-        previous: str | None,
+        reuse_from: str | None,
+        env_upload: PurePosixPath | None = None,
+        smoke: Bundle | None = None,
     ) -> list[Cmd]:
-        """Verify, extract, link shared, write the process config, install (or reuse the
-        previous release's dependencies), write the manifest, rename into place."""
+        """Verify, extract, write the release's env snapshot, link shared, write the process
+        config, install (or reuse the dependencies of `reuse_from`, a good release), write the
+        manifest, rename into place. Nothing outside the new release is written."""
         rid = artifact.release_id
         partial = self.layout.partial(rid)
         app = self.inventory.app
+        proc = self.inventory.process
         steps = [commands.verify_and_extract(upload, artifact.sha256, partial)]
+        settings = release_env.render_settings(
+            release_id=rid, revision=artifact.revision, port=proc.port, env=proc.env
+        )
+        steps.append(
+            commands.install_release_env(
+                partial / RELEASE_ENV,
+                settings=settings,
+                upload=env_upload,
+                # without secrets: configured, a hand-maintained shared/.env is sealed in
+                shared_env=None if self.inventory.secrets.enabled else self.layout.shared / ".env",
+            )
+        )
         if app.shared_files or app.shared_dirs:
             steps.append(
                 commands.link_shared(self.layout, partial, app.shared_files, app.shared_dirs)
@@ -236,13 +266,15 @@ class HostOps:
         for rel, content in self.manager.config_files(rid).items():
             steps.append(commands.write_file(partial / rel, content, label=f"{rid}/{rel}"))
         if app.install:
-            prev_dir = self.layout.release(previous) if previous and app.reuse_deps else None
+            source = self.layout.release(reuse_from) if reuse_from and app.reuse_deps else None
             install = commands.reuse_or_install(
-                prev_dir,
+                source,
                 partial,
                 app.install,
                 lockfile=app.deps_lockfile,
+                manifest=app.deps_manifest,
                 deps_dir=app.deps_dir,
+                runtimes=app.deps_runtimes,
             )
             steps.append(commands.bounded(install, app.install_timeout))
         manifest = Manifest(
@@ -252,6 +284,8 @@ class HostOps:
             created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             actor=self.actor,
             tags=artifact.tags,
+            smoke_sha256=smoke.sha256 if smoke is not None else None,
+            smoke_packs=smoke.names() if smoke is not None else (),
         )
         # The manifest is written last: its presence is what makes a release complete.
         steps.append(commands.write_manifest(partial, manifest))
@@ -323,9 +357,9 @@ class HostOps:
         limit = self.inventory.process.activate_timeout
         return [commands.bounded(cmd, limit) for cmd in self.manager.activate(release_id)]
 
-    def reload(self, release_id: str) -> None:
-        for cmd in self._activation(release_id):
-            self.remote.run(cmd)
+    def reload(self, release_id: str) -> str:
+        """Activate the release `current` points to; its stdout (see activation_notes)."""
+        return "".join(self.remote.run(cmd).stdout for cmd in self._activation(release_id))
 
     def snapshot(self, timeout: float | None = None) -> ProcessSnapshot:
         """The process manager's view. With `timeout`, a manager that does not answer in time

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from deploy.errors import ConfigError
+from deploy.release_env import RESERVED as RESERVED_ENV
 from smoke.config import SmokeSettings
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -34,6 +35,7 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._@+/-]+$")
 REVISION = re.compile(r"^(?!-)[A-Za-z0-9._/@^~-]{1,200}$")
+RUNTIME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def _abs_posix_path(value: str) -> str:
@@ -129,11 +131,16 @@ class AppConfig(Strict):
     shared_files: tuple[RelPath, ...] = ()
     shared_dirs: tuple[RelPath, ...] = ()
     keep_releases: int = Field(5, ge=2, le=100)
-    # Dependencies are hard-linked from the previous release when this lockfile is unchanged
-    # (then the install command is skipped); `deploy --clean-install` forces a fresh install.
+    # Dependencies are copied from the last good release when its dependency key is the same
+    # (lockfile, manifest, install command, deps dir, runtimes' versions on the host): then
+    # the install command is skipped. `deploy --clean-install` forces a fresh install.
     reuse_deps: bool = True
     deps_lockfile: RelPath = "package-lock.json"
+    deps_manifest: RelPath = "package.json"
     deps_dir: RelPath = "node_modules"
+    deps_runtimes: tuple[
+        Annotated[str, _pattern(RUNTIME, "use a command name such as node or python3")], ...
+    ] = ("node",)
     # The install step (or dependency reuse) runs under the host's `timeout`: past this, it is
     # stopped with everything it started and the deploy aborts (exit 5).
     install_timeout: float = Field(900, gt=0, le=86400)
@@ -212,7 +219,7 @@ class ProcessConfig(Strict):
         for key, item in value.items():
             if "\n" in item or "\r" in item or "\x00" in item:
                 raise ValueError(f"{key}: values must be single-line strings")
-            if key in {"RELEASE_ID", "PORT"}:
+            if key in RESERVED_ENV:
                 raise ValueError(f"{key} is set by releasegate; remove it from process.env")
         return value
 
@@ -322,7 +329,6 @@ class HealthConfig(Strict):
         return self
 
 
-RUNTIME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _CLAUSE = r"(?:>=|<=|==|>|<|\^|~)?v?\d+(?:\.\d+){0,2}"
 CONSTRAINT = re.compile(rf"^{_CLAUSE}(?: +{_CLAUSE})*$")
 
@@ -350,9 +356,9 @@ class PreflightConfig(Strict):
 
 
 class SecretsConfig(Strict):
-    """shared/.env, built locally from secret sources and shipped with mode 0600."""
+    """Secrets built locally from these sources into each release's env snapshot (0600)."""
 
-    from_env: tuple[EnvKey, ...] = ()  # local environment variables copied into shared/.env
+    from_env: tuple[EnvKey, ...] = ()  # local environment variables copied into the snapshot
     from_file: str | None = None  # a local KEY=VALUE file, relative to the inventory
 
     @property

@@ -7,7 +7,7 @@ the newest `good` entry whose release still exists and was not marked bad afterw
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -64,6 +64,15 @@ def entry(
 
 
 @dataclass(frozen=True)
+class StoredSmoke:
+    """The smoke bundle a release carries, as the state read found it on the host."""
+
+    sha256: str  # of the file as it is now
+    recorded: str | None  # the hash its manifest recorded at ship time
+    text: str  # the bundle (deploy.release_packs.Bundle as JSON)
+
+
+@dataclass(frozen=True)
 class HostState:
     """What is on the host right now, as one read of current, releases, lock and journal."""
 
@@ -75,6 +84,9 @@ class HostState:
     lock_owner: dict[str, object] | None
     journal: Sequence[JournalEntry] = field(default_factory=tuple)
     lock_raw: str | None = None  # the lock view as the host printed it (lock.assess reads it)
+    # release id -> the smoke packs it carries; a release shipped before releases carried
+    # their packs has no entry
+    smoke: Mapping[str, StoredSmoke] = field(default_factory=dict)
 
     def promoted(self, release_id: str) -> HostState:
         """This state after `release_id` was promoted (partials removed by the same ship)."""
@@ -209,7 +221,31 @@ def parse_state(stdout: str) -> HostState:
         lock_owner=owner,
         journal=tuple(parse("\n".join(sections.get("journal", [])))),
         lock_raw=lock_text or None,
+        smoke=_parse_smoke(sections.get("smoke", [])),
     )
+
+
+def _parse_smoke(lines: list[str]) -> dict[str, StoredSmoke]:
+    """`<id> <sha> <recorded|->` per release, and `=<sha>` + one line of content per distinct
+    bundle (commands.STATE_SCRIPT)."""
+    owners: dict[str, tuple[str, str | None]] = {}
+    texts: dict[str, str] = {}
+    pending: str | None = None
+    for line in lines:
+        if pending is not None:
+            texts[pending] = line
+            pending = None
+        elif line.startswith("="):
+            pending = line[1:].strip()
+        else:
+            parts = line.split()
+            if len(parts) == 3 and is_release_id(parts[0]):
+                owners[parts[0]] = (parts[1], None if parts[2] == "-" else parts[2])
+    return {
+        rid: StoredSmoke(sha256=sha, recorded=recorded, text=texts[sha])
+        for rid, (sha, recorded) in owners.items()
+        if sha in texts
+    }
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,12 @@ from pathlib import PurePosixPath
 RELEASE_ID = re.compile(r"^\d{14}-[0-9a-f]{7,40}$")
 TOKEN = re.compile(r"^[0-9a-f]{32}$")
 
+# What a release carries besides the app's files (docs/design.md, "What a release carries").
+RELEASE_ENV = ".releasegate.env"  # its environment snapshot (0600), read by PM2 and systemd
+RELEASE_META = ".releasegate"  # releasegate's own files inside a release
+SMOKE_BUNDLE = f"{RELEASE_META}/smoke.json"  # the smoke packs it was gated with (raw files)
+DEPS_KEY = f"{RELEASE_META}/deps.key"  # the key of its dependency tree
+
 
 class ReleaseState(StrEnum):
     PARTIAL = "partial"
@@ -76,6 +82,15 @@ class Layout:
     def pm2_config(self, release_id: str) -> PurePosixPath:
         return self.release(release_id) / ".releasegate-pm2.config.js"
 
+    def release_env(self, release_id: str) -> PurePosixPath:
+        """The release's own environment snapshot, made at ship time (mode 0600)."""
+        return self.release(release_id) / RELEASE_ENV
+
+    def pm2_env_keys(self) -> PurePosixPath:
+        """The names of the variables PM2 was last given for the app (never values): PM2's
+        reload only adds variables, so a removed one is detected against this list."""
+        return self.state / "pm2-env-keys"
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -98,6 +113,9 @@ class Manifest:
     created_at: str
     actor: str
     tags: tuple[str, ...] = ()
+    # sha256 of the smoke bundle the release carries (SMOKE_BUNDLE) and the packs in it
+    smoke_sha256: str | None = None
+    smoke_packs: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -109,6 +127,9 @@ class Manifest:
         }
         if self.tags:
             out["tags"] = list(self.tags)
+        if self.smoke_sha256 is not None:
+            out["smoke_sha256"] = self.smoke_sha256
+            out["smoke_packs"] = list(self.smoke_packs)
         return out
 
 

@@ -40,9 +40,7 @@ from deploy.preflight import Check, judge_host
 from deploy.redact import Redactor
 from deploy.remote import SshRemote, fingerprint, known_hosts_name
 from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
-from smoke.commands import Target, TargetUnavailable, packs_from_settings, target_from_settings
-from smoke.model import Pack
-from smoke.pack import PackError
+from smoke.commands import Target, TargetUnavailable, target_from_settings
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORIES = Path("inventories")
@@ -111,8 +109,9 @@ def health_token(inv: Inventory) -> str | None:
 
 
 def local_preflight(inv: Inventory, redact: Redactor) -> tuple[tuple[Check, ...], str | None]:
-    """The checks made on this machine, and shared/.env built from the secret sources
-    (its values go into the redaction filter before anything else happens)."""
+    """The checks made on this machine, and the secrets part of the release's env snapshot
+    built from the secret sources (its values go into the redaction filter before anything
+    else happens)."""
     checks = [Check("inventory", True, f"{inv.source} is valid")]
     missing = [n for n in inv.preflight.required_env if not os.environ.get(n)]
     checks.append(
@@ -140,20 +139,12 @@ def local_preflight(inv: Inventory, redact: Redactor) -> tuple[tuple[Check, ...]
                 not problems,
                 "; ".join(problems)
                 if problems
-                else f"{len(built.entries)} value(s) for shared/.env",
+                else f"{len(built.entries)} value(s) for the release's environment",
                 "set the variables / fix the file named in secrets: (values are never printed)",
             )
         )
         env_file = built.render() if not problems else None
     return tuple(checks), env_file
-
-
-def load_smoke_packs(inv: Inventory) -> tuple[Pack, ...]:
-    """The inventory's smoke packs (and audit), checked before anything is contacted."""
-    try:
-        return tuple(packs_from_settings(inv.smoke, base_dir=inv.base_dir))
-    except PackError as exc:
-        raise ConfigError(f"{inv.source}: smoke: {exc}") from None
 
 
 @contextmanager
@@ -310,9 +301,6 @@ def _operation(
     def execute(inv: Inventory) -> Outcome | int:
         token = health_token(inv)
         redact.add(token)
-        packs = load_smoke_packs(inv) if op in ("deploy", "rollback") else ()
-        for pack in packs:
-            redact.add(*pack.secret_values())
         checks, env_file = local_preflight(inv, redact)
         remote = open_remote(inv, redact, rep)
         try:
@@ -330,10 +318,10 @@ def _operation(
                     dry_run=opts.dry_run,
                     clean_install=opts.clean_install,
                     signals=seen,
-                    smoke_packs=packs,
                     redact=redact,
                     local_checks=checks,
                     env_file=env_file,
+                    environ=os.environ,
                 )
                 return body(deps)
         finally:

@@ -1,5 +1,6 @@
-"""shared/.env built from local secret sources. Values never reach a command line, output,
-the journal or an error message: callers seed the redaction filter with `values()`."""
+"""The secrets part of each release's env snapshot (deploy/release_env.py), built from local
+secret sources. Values never reach a command line, output, the journal or an error message:
+callers seed the redaction filter with `values()`."""
 
 from __future__ import annotations
 
@@ -74,6 +75,6 @@ def build(
         if "\n" in value or "\x00" in value or "'" in value or "\\" in value:
             problems.append(
                 f"{key}: the value has a newline, a single quote or a backslash, which "
-                f"shared/.env cannot carry safely (the value is not shown)"
+                f"an env file cannot carry safely (the value is not shown)"
             )
     return EnvFile(entries), problems

@@ -285,7 +285,16 @@ def load_pack(path: Path, *, environ: Mapping[str, str] | None = None) -> Pack:
     return parse_pack(text, source=path, environ=os.environ if environ is None else environ)
 
 
-def parse_pack(text: str, *, source: Path, environ: Mapping[str, str]) -> Pack:
+def parse_pack(
+    text: str,
+    *,
+    source: Path,
+    environ: Mapping[str, str],
+    schema_files: Mapping[str, str] | None = None,
+) -> Pack:
+    """`schema_files` maps each `expect.schema_file` reference, as written in the pack, to the
+    file's text; without it they are read from disk relative to the pack (a pack carried by a
+    release brings its schemas along: deploy/release_packs.py)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -301,7 +310,7 @@ def parse_pack(text: str, *, source: Path, environ: Mapping[str, str]) -> Pack:
         model = PackModel.model_validate(data)
     except ValidationError as exc:
         raise PackError(format_errors(source, data, exc)) from None
-    return _compile(model, data, source, environ)
+    return _compile(model, data, source, environ, schema_files)
 
 
 def format_errors(source: Path, data: dict[str, Any], exc: ValidationError) -> str:
@@ -407,7 +416,11 @@ def _refuse_refs(value: Any, where: str, source: Path) -> None:
 
 
 def _compile(
-    model: PackModel, data: dict[str, Any], source: Path, environ: Mapping[str, str]
+    model: PackModel,
+    data: dict[str, Any],
+    source: Path,
+    environ: Mapping[str, str],
+    schema_files: Mapping[str, str] | None = None,
 ) -> Pack:
     vault = _Secrets(source, environ)
     defaults: dict[str, str] = {}
@@ -426,7 +439,7 @@ def _compile(
                 f"test cases are keyed by it)."
             )
         seen[cm.name] = index
-        checks.append(_check(cm, label, defaults, model.defaults, vault))
+        checks.append(_check(cm, label, defaults, model.defaults, vault, schema_files))
 
     perf = _perf(model.perf, {c.name: c for c in checks}, source) if model.perf else None
     return Pack(
@@ -445,6 +458,7 @@ def _check(
     default_headers: dict[str, str],
     defaults: DefaultsModel,
     vault: _Secrets,
+    schema_files: Mapping[str, str] | None = None,
 ) -> Check:
     source = vault.source
     req = cm.request
@@ -484,7 +498,7 @@ def _check(
         name=cm.name,
         request=request,
         status=StatusIn(*_status(cm.expect.status)),
-        expectations=_expectations(cm.expect, label, source),
+        expectations=_expectations(cm.expect, label, source, schema_files),
         mode=mode,
         timeout=cm.timeout or defaults.timeout,
         retry=RetryPolicy(
@@ -493,7 +507,9 @@ def _check(
     )
 
 
-def _expectations(em: ExpectModel, label: str, source: Path) -> tuple[Expectation, ...]:
+def _expectations(
+    em: ExpectModel, label: str, source: Path, schema_files: Mapping[str, str] | None = None
+) -> tuple[Expectation, ...]:
     out: list[Expectation] = []
     for name, rule in em.headers.items():
         out.append(
@@ -511,7 +527,7 @@ def _expectations(em: ExpectModel, label: str, source: Path) -> tuple[Expectatio
     if em.json_schema is not None:
         out.append(_schema(em.json_schema, "inline schema", f"{label}: expect.schema", source))
     if em.schema_file is not None:
-        out.append(_schema_from_file(em.schema_file, label, source))
+        out.append(_schema_from_file(em.schema_file, label, source, schema_files))
     if em.latency_ms is not None:
         out.append(LatencyBudget(em.latency_ms))
     return tuple(out)
@@ -527,18 +543,29 @@ def _schema(schema: Any, origin: str, where: str, source: Path) -> SchemaMatches
         ) from None
 
 
-def _schema_from_file(ref: str, label: str, source: Path) -> SchemaMatches:
+def _schema_from_file(
+    ref: str, label: str, source: Path, schema_files: Mapping[str, str] | None = None
+) -> SchemaMatches:
     where = f"{label}: expect.schema_file"
     path = Path(ref)
     if not path.is_absolute():
         path = source.parent / path
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PackError(
-            f"{source}: {where}: cannot read {path} ({type(exc).__name__}). The path is "
-            f"relative to the pack's directory; fix it or inline the schema under schema:."
-        ) from None
+    if schema_files is not None:
+        carried = schema_files.get(ref)
+        if carried is None:
+            raise PackError(
+                f"{source}: {where}: {ref} was not carried with the pack; deploy the release "
+                f"again so that its schemas travel with it, or inline the schema under schema:."
+            )
+        text = carried
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PackError(
+                f"{source}: {where}: cannot read {path} ({type(exc).__name__}). The path is "
+                f"relative to the pack's directory; fix it or inline the schema under schema:."
+            ) from None
     try:
         schema = yaml.safe_load(text)  # JSON is YAML
     except yaml.YAMLError as exc:

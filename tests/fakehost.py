@@ -5,7 +5,9 @@ handler for httpx.MockTransport that answers like the app the fake host is runni
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ import httpx
 
 from deploy.commands import CHECKSUM_MISMATCH, LEASE_GRACE, LOCK_HELD, Cmd, lock_instance
 from deploy.errors import CommandFailure, RemoteCommandError
+from deploy.model import SMOKE_BUNDLE
 from deploy.remote import Result
 
 
@@ -56,6 +59,11 @@ class FakeHost:
     real_root: str | None = None
     manifests: dict[str, dict[str, object]] = field(default_factory=dict)  # id -> .release.json
     activated_at: float = 0.0  # fake-clock time of the last (re)start of the app
+    # what each release carries (keyed by release id, partial or complete)
+    bundles: dict[str, str] = field(default_factory=dict)  # .releasegate/smoke.json
+    recorded: dict[str, str | None] = field(default_factory=dict)  # manifest's smoke_sha256
+    envs: dict[str, str] = field(default_factory=dict)  # how its env snapshot was made
+    upload_files: set[str] = field(default_factory=set)  # files in .releasegate/uploads
 
     def fault_of_running(self) -> str:
         return self.faults.get(self.running or "", "")
@@ -88,7 +96,6 @@ class FakeRemote:
         self.dies_after: str | None = None
         self.dead = False
         self.facts = {"root": "writable", "free_kb": "10000000", "manager": "/usr/bin/pm2"}
-        self.env_installs = 0
         self.round_trips = 0
         # command name -> how many more times it hangs (never answers): a timeout ends it like
         # SshRemote does (exit 124 / RemoteCommandError) after advancing the clock by it.
@@ -96,6 +103,7 @@ class FakeRemote:
         self.timeouts: list[tuple[str, float | None]] = []  # (command, timeout) of every run
         self.stdin_seen: list[str] = []  # every stdin the host was sent, as sent
         self._stdin: list[str] = []  # lines of the running command's stdin not yet read
+        self.local_of: dict[str, Path] = {}  # upload path on the host -> the local file
 
     # Remote protocol -------------------------------------------------------------------------
     def run(
@@ -167,7 +175,12 @@ class FakeRemote:
         return self._apply(cmd)
 
     def put(self, local: Path, remote: PurePosixPath) -> None:
+        if "put" in self.interrupt_on:
+            self.host.upload_files.add(str(remote))  # a transfer cut half-way leaves a file
+            raise self.interrupt_on.pop("put")()
         self.uploads.append(remote)
+        self.host.upload_files.add(str(remote))
+        self.local_of[str(remote)] = local
 
     @contextlib.contextmanager
     def tunnel(self, port: int) -> Iterator[int]:
@@ -190,8 +203,24 @@ class FakeRemote:
             case "file.write":
                 path = PurePosixPath(args[0])
                 if path.name == ".release.json":
-                    rid = path.parent.name.removesuffix(".partial")
-                    h.manifests[rid] = json.loads(args[1])
+                    manifest = json.loads(args[1])
+                    h.manifests[_rid(path.parent)] = manifest
+                    h.recorded[_rid(path.parent)] = manifest.get("smoke_sha256")
+                return ok
+            case "release.env":
+                dest, upload, shared, settings = args[0], args[1], args[2], args[3]
+                rid = _rid(PurePosixPath(dest).parent)
+                if upload:
+                    assert upload in h.upload_files, "the env upload is missing"
+                    h.upload_files.discard(upload)
+                h.envs[rid] = ("secrets upload" if upload else f"copy of {shared}") + settings
+                return ok
+            case "uploads.clean":
+                keep = set(args[1:])
+                h.upload_files = {u for u in h.upload_files if PurePosixPath(u).name in keep}
+                return ok
+            case "upload.remove":
+                h.upload_files -= set(args[3:])
                 return ok
             case "state.read":
                 lines = ["@@current"]
@@ -203,6 +232,17 @@ class FakeRemote:
                 lines += self._lock_view()
                 lines.append("@@journal")
                 lines += h.journal
+                lines.append("@@smoke")
+                seen: set[str] = set()
+                for rid in sorted(h.releases):
+                    if rid not in h.bundles:
+                        continue
+                    text = h.bundles[rid]
+                    sha = hashlib.sha256(text.encode()).hexdigest()
+                    lines.append(f"{rid} {sha} {h.recorded.get(rid) or '-'}")
+                    if sha not in seen:
+                        seen.add(sha)
+                        lines += [f"={sha}", text.rstrip("\n")]
                 return Result("\n".join(lines) + "\n", "", 0)
             case "lock.acquire":
                 if h.lock:
@@ -245,6 +285,16 @@ class FakeRemote:
                 rid = PurePosixPath(args[2]).name.removesuffix(".partial")
                 h.partials.add(rid)
                 h.faults[rid] = self.next_fault
+                local = self.local_of.get(args[0])
+                if local is not None and local.exists():
+                    with tarfile.open(local) as tar:
+                        try:
+                            member = tar.extractfile(SMOKE_BUNDLE)
+                        except KeyError:
+                            member = None
+                        if member is not None:
+                            h.bundles[rid] = member.read().decode()
+                h.upload_files.discard(args[0])
                 return ok
             case "release.finalize":
                 rid = PurePosixPath(args[-1]).name
@@ -252,7 +302,9 @@ class FakeRemote:
                 h.releases.add(rid)
                 return ok
             case "release.remove_partial":
-                h.partials.discard(PurePosixPath(args[-1]).name.removesuffix(".partial"))
+                rid = PurePosixPath(args[-1]).name.removesuffix(".partial")
+                h.partials.discard(rid)
+                h.bundles.pop(rid, None)
                 return ok
             case "current.switch":
                 assert args[1] in h.releases, "switch to an incomplete release"
@@ -325,10 +377,7 @@ class FakeRemote:
                     facts["lock"] = view[0]
                     facts["lock_lease"] = view[1].removeprefix("lease ")
                 return Result("".join(f"{k}={v}\n" for k, v in facts.items()), "", 0)
-            case "secrets.install":
-                self.env_installs += 1
-                return ok
-            case "pm2.save" | "upload.remove":
+            case "pm2.save":
                 return ok
         raise AssertionError(f"fake host does not know {cmd.name}")
 
@@ -342,6 +391,10 @@ class FakeRemote:
         if h.lease is None:
             return [owner, f"lease {instance} - -"]
         return [owner, f"lease {instance} {int(self.clock.t - h.lease_renewed)} {h.lease}"]
+
+
+def _rid(release_dir: PurePosixPath) -> str:
+    return release_dir.name.removesuffix(".partial")
 
 
 def app_handler(remote: FakeRemote) -> httpx.MockTransport:

@@ -32,7 +32,6 @@ class Pm2:
 
     def render_config(self, release_id: str) -> str:
         proc = self.inventory.process
-        env = {**proc.env, "RELEASE_ID": release_id, "PORT": str(proc.port)}
         return render(
             "pm2/ecosystem.config.js.j2",
             release_id=release_id,
@@ -43,21 +42,32 @@ class Pm2:
             interpreter=proc.interpreter,
             instances=proc.instances,
             kill_timeout_ms=proc.kill_timeout_ms,
-            env=env,
-            env_file=str(self.layout.shared / ".env"),
+            env_file=str(self.layout.release_env(release_id)),
         )
 
     def config_files(self, release_id: str) -> dict[str, str]:
         return {CONFIG_NAME: self.render_config(release_id)}
 
     def activate(self, release_id: str) -> list[Cmd]:
-        config = str(self.layout.release(release_id) / CONFIG_NAME)
-        # startOrReload: starts on first deploy, graceful reload (cluster) afterwards;
-        # --update-env so RELEASE_ID and env changes reach the new processes.
+        """startOrReload (a graceful reload in cluster mode) with --update-env, so the
+        release's variables reach the new processes. PM2 only ever *adds* variables on a
+        reload (measured: a key missing from the new config keeps its old value), so when the
+        variables PM2 was last given include one this release's snapshot lacks, the app is
+        deleted and started instead — a short outage, reported (ENV_RESTART) — and the
+        process environment is exactly the release's again."""
         return [
-            _cmd(
+            _script(
                 "pm2.activate",
-                [self._bin, "startOrReload", config, "--update-env", "--only", self._app],
+                PM2_ACTIVATE_SCRIPT,
+                [
+                    self._bin,
+                    str(self.layout.release(release_id) / CONFIG_NAME),
+                    self._app,
+                    str(self.layout.release_env(release_id)),
+                    str(self.layout.pm2_env_keys()),
+                ],
+                f"pm2 startOrReload {release_id}/{CONFIG_NAME} --update-env --only {self._app} "
+                f"(delete + start instead if a variable was removed)",
             )
         ]
 
@@ -106,6 +116,60 @@ d="${PM2_HOME:-$HOME/.pm2}"
 chmod 0600 -- "$d/dump.pm2" || exit 1
 if [ -f "$d/dump.pm2.bak" ]; then chmod 0600 -- "$d/dump.pm2.bak"; fi
 """
+
+# Printed by PM2_ACTIVATE_SCRIPT when it restarted instead of reloading, with the removed names.
+ENV_RESTART = "@@env-restart"
+# Printed when the release has no env snapshot (shipped before releases carried one).
+ENV_LEGACY = "@@env-legacy"
+
+# $1 pm2, $2 the release's config, $3 app, $4 the release's env snapshot, $5 the list of
+# variable names PM2 was last given (names only, never values).
+PM2_ACTIVATE_SCRIPT = r"""
+pm2="$1"; config="$2"; app="$3"; envfile="$4"; record="$5"
+if [ ! -f "$envfile" ]; then
+  # an older release reads shared/.env itself; what PM2 holds afterwards is unknown
+  echo "@@env-legacy"; rm -f -- "$record"
+  exec "$pm2" startOrReload "$config" --update-env --only "$app"
+fi
+names=$(sed -e 's/^[[:space:]]*//; s/^export[[:space:]][[:space:]]*//' -- "$envfile" \
+  | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)[[:space:]]*=.*/\1/p' | LC_ALL=C sort -u)
+removed=""
+if [ -f "$record" ]; then
+  removed=$(printf '%s\n' "$names" | LC_ALL=C comm -13 - "$record" | tr '\n' ' ')
+elif "$pm2" pid "$app" 2>/dev/null | grep -q '[0-9]'; then
+  removed="(unknown: PM2 runs $app with variables releasegate did not record)"
+fi
+# Until PM2 confirms, it may hold the old names and the new: record both.
+{ printf '%s\n' "$names"; cat -- "$record" 2>/dev/null; } | LC_ALL=C sort -u > "$record.tmp"
+mv -f -- "$record.tmp" "$record"
+if [ -n "$removed" ]; then
+  echo "@@env-restart $removed"
+  "$pm2" delete "$app" >/dev/null 2>&1 || true
+  "$pm2" start "$config" --only "$app" || exit $?
+else
+  "$pm2" startOrReload "$config" --update-env --only "$app" || exit $?
+fi
+printf '%s\n' "$names" > "$record.tmp" && mv -f -- "$record.tmp" "$record"
+"""
+
+def activation_notes(stdout: str) -> list[str]:
+    """What the user must hear about an activation's environment (PM2_ACTIVATE_SCRIPT)."""
+    notes = []
+    for line in stdout.splitlines():
+        if line.startswith(ENV_RESTART):
+            names = line[len(ENV_RESTART) :].strip()
+            notes.append(
+                f"the release's environment no longer has {names}; a PM2 reload would have "
+                f"kept the old values, so the app was deleted and started instead (a short "
+                f"outage) and those variables are really gone"
+            )
+        elif line.startswith(ENV_LEGACY):
+            notes.append(
+                "this release has no env snapshot (it was shipped by an older releasegate): "
+                "its PM2 config reads shared/.env, and variables PM2 already held remain"
+            )
+    return notes
+
 
 # $1 app name, $2 lines. PM2_HOME is honoured like pm2 itself does.
 PM2_LOGS_SCRIPT = r"""

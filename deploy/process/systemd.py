@@ -2,8 +2,9 @@
 
 The unit never names a release. `WorkingDirectory=<root>/current` is resolved when the service
 starts, so a restart after the switch runs the new release (the identity gate proves it with
-/proc/<MainPID>/cwd), and the release's own environment — RELEASE_ID, PORT, process.env —
-lives in `<release>/.releasegate.env`, read through `current` at each start. The unit text
+/proc/<MainPID>/cwd), and the release's own environment snapshot — its secrets, process.env,
+RELEASE_ID, REVISION, PORT (deploy/release_env.py) — is `<release>/.releasegate.env`, read
+through `current` at each start: a restart replaces the environment, never merges. The unit text
 therefore changes only when the inventory's process settings change, and `daemon-reload` runs
 only then: activation compares the release's copy of the unit with the installed one on the
 host, in the same script that restarts the service.
@@ -22,13 +23,12 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from deploy.commands import Cmd, _cmd, _p, _release, _script
+from deploy.commands import Cmd, _cmd, _p, _script
 from deploy.inventory import Inventory, SystemdConfig
-from deploy.model import Instance, Layout, ProcessSnapshot
+from deploy.model import RELEASE_ENV, Instance, Layout, ProcessSnapshot
 from deploy.templates import render
 
 UNIT_NAME = ".releasegate.service"  # the unit as rendered for a release, inside the release
-ENV_NAME = ".releasegate.env"  # the release's environment, read through `current`
 SYSTEM_UNIT_DIR = PurePosixPath("/etc/systemd/system")
 # Absolute paths, because sudoers matches them literally; Debian/Ubuntu (merged /usr) paths.
 SUDO = "sudo"
@@ -89,9 +89,8 @@ class Systemd:
             user=self.inventory.host.user,
             group=settings.group,
             working_directory=str(self.layout.current),
-            shared_env=str(self.layout.shared / ".env"),
-            release_env=str(self.layout.current / ENV_NAME),
-            env_file_name=ENV_NAME,
+            release_env=str(self.layout.current / RELEASE_ENV),
+            env_file_name=RELEASE_ENV,
             exec_start=self.exec_start(),
             restart=settings.restart,
             restart_ms=round(settings.restart_sec * 1000),
@@ -108,18 +107,9 @@ class Systemd:
             words = [str(self.layout.current / proc.script), *proc.args]
         return " ".join(exec_word(w) for w in words)
 
-    def render_env(self, release_id: str) -> str:
-        proc = self.inventory.process
-        env = {**proc.env, "RELEASE_ID": _release(release_id), "PORT": str(proc.port)}
-        return render(
-            "systemd/release.env.j2",
-            release_id=release_id,
-            app_name=self.inventory.app.name,
-            env={key: env_value(value) for key, value in env.items()},
-        )
-
     def config_files(self, release_id: str) -> dict[str, str]:
-        return {UNIT_NAME: self.render_unit(), ENV_NAME: self.render_env(release_id)}
+        # The release's environment (RELEASE_ENV) is its env snapshot, written by the ship.
+        return {UNIT_NAME: self.render_unit()}
 
     # ------------------------------------------------------------------ commands
 
@@ -348,8 +338,3 @@ def exec_word(word: str) -> str:
         return word
     escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
-
-
-def env_value(value: str) -> str:
-    """A double-quoted EnvironmentFile value: systemd unescapes \\\\ and \\" and expands nothing."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

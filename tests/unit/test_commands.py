@@ -97,16 +97,23 @@ def test_pm2_commands():
         env="prod",
     )
     pm2 = Pm2(inventory=inv, layout=L)
-    assert pm2.activate(RID)[0].render() == (
-        f"pm2 startOrReload /srv/app/releases/{RID}/.releasegate-pm2.config.js "
-        "--update-env --only shop"
-    )
+    activate = shlex.split(pm2.activate(RID)[0].render())
+    assert activate[3:] == [
+        "releasegate",
+        "pm2",
+        f"/srv/app/releases/{RID}/.releasegate-pm2.config.js",
+        "shop",
+        f"/srv/app/releases/{RID}/.releasegate.env",
+        "/srv/app/.releasegate/pm2-env-keys",
+    ]
     assert pm2.snapshot().render() == "pm2 jlist"
     assert pm2.stop().render() == "pm2 delete shop"
     config = pm2.render_config(RID)
     assert '"cwd": ' not in config and 'cwd: "/srv/app/current"' in config
     assert 'exec_mode: "cluster"' in config
-    assert '"RELEASE_ID": "' + RID in config and '"A": "b\\"c"' in config
+    # the environment is the release's own snapshot, read on the host: no value in the config
+    assert f'readEnvFile("/srv/app/releases/{RID}/.releasegate.env")' in config
+    assert "b\\\"c" not in config and "shared/.env" not in config
     assert 'args: ["--x", "1"]' in config
 
 

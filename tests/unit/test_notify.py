@@ -22,7 +22,6 @@ from deploy.inventory import NotifyConfig, WebhookConfig, parse
 from deploy.model import Outcome
 from deploy.redact import MASK, Redactor
 from deploy.report import RecordingReporter
-from smoke.pack import parse_pack
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
 
@@ -348,7 +347,13 @@ checks:
 def fake_world(tmp_path: Path, app_repo: Path) -> tuple[Deps, FakeRemote, Path]:
     """The fake host of test_flow, with a contract pack in the gate: a release whose fault
     starts with `wrong_contract` answers /api/items in the wrong shape."""
-    inv = parse(INVENTORY, source=tmp_path / "inventories" / "prod.yml", env="prod")
+    pack = tmp_path / "contract.yml"
+    pack.write_text(textwrap.dedent(PACK))
+    inv = parse(
+        INVENTORY + f"smoke: {{packs: [{pack}]}}\n",
+        source=tmp_path / "inventories" / "prod.yml",
+        env="prod",
+    )
     clock = FakeClock()
     remote = FakeRemote(FakeHost(), clock)
     app = app_handler(remote)
@@ -369,7 +374,6 @@ def fake_world(tmp_path: Path, app_repo: Path) -> tuple[Deps, FakeRemote, Path]:
         http=lambda base, timeout: httpx.Client(
             base_url=base, transport=httpx.MockTransport(handle)
         ),
-        smoke_packs=(parse_pack(textwrap.dedent(PACK), source=Path("c.yml"), environ={}),),
         redact=Redactor([CANARY]),
     )
     return deps, remote, app_repo

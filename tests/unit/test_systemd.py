@@ -21,7 +21,7 @@ from deploy.inventory import Inventory
 from deploy.model import Layout
 from deploy.process import Pm2, Systemd, manager_for
 from deploy.process.pm2 import describe_jlist
-from deploy.process.systemd import env_value, exec_word, parse_show
+from deploy.process.systemd import exec_word, parse_show
 
 ROOT = Path(__file__).resolve().parents[2]
 RID = "20261122120000-abcdef1"
@@ -103,18 +103,17 @@ def test_unit_goes_through_current_and_names_no_release():
     files = m.config_files(RID)
     unit = files[".releasegate.service"]
     assert "WorkingDirectory=/srv/shop/current\n" in unit
-    assert "EnvironmentFile=-/srv/shop/shared/.env\n" in unit
+    # one environment: the release's own snapshot, nothing shared that a deploy rewrites
+    assert "shared/.env" not in unit
+    assert unit.count("EnvironmentFile=") == 1
     assert "EnvironmentFile=/srv/shop/current/.releasegate.env\n" in unit
     assert 'ExecStart=node server.js --name "two words"\n' in unit
     assert "User=deploy\n" in unit and "WantedBy=multi-user.target" in unit
     assert "Restart=always\n" in unit and "RestartSec=1000ms\n" in unit
     assert "TimeoutStopSec=5000ms\n" in unit
     assert RID not in unit
-    # the release's environment carries what changes per release
-    env = files[".releasegate.env"]
-    assert f'RELEASE_ID="{RID}"\n' in env and 'PORT="3000"\n' in env
-    assert 'NODE_ENV="production"\n' in env
-    # so the unit of the next release is byte-identical: no daemon-reload for it
+    # the release's environment (written by the ship, deploy/release_env.py) carries what
+    # changes per release, so the unit of the next release is byte-identical: no daemon-reload for it
     assert m.config_files(RID2)[".releasegate.service"] == unit
 
 
@@ -145,10 +144,6 @@ def test_without_interpreter_the_script_itself_runs_through_current():
 )
 def test_exec_words_are_quoted_for_systemd(word, rendered):
     assert exec_word(word) == rendered
-
-
-def test_env_values_are_quoted_for_environment_files():
-    assert env_value('a "b" \\ $HOME %n') == '"a \\"b\\" \\\\ $HOME %n"'
 
 
 # ---------------------------------------------------------------------------- systemd-analyze
