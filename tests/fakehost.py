@@ -64,6 +64,7 @@ class FakeHost:
     recorded: dict[str, str | None] = field(default_factory=dict)  # manifest's smoke_sha256
     envs: dict[str, str] = field(default_factory=dict)  # how its env snapshot was made
     upload_files: set[str] = field(default_factory=set)  # files in .releasegate/uploads
+    activation_stdout: str = ""  # what `pm2.activate` prints (its env notes)
 
     def fault_of_running(self) -> str:
         return self.faults.get(self.running or "", "")
@@ -316,7 +317,7 @@ class FakeRemote:
                 h.next_pid += 10
                 h.pids = (h.next_pid, h.next_pid + 1)
                 h.activated_at = self.clock.t
-                return ok
+                return Result(h.activation_stdout, "", 0)
             case "pm2.jlist":
                 if h.running is None:
                     return Result("[]", "", 0)

@@ -113,7 +113,8 @@ def test_unit_goes_through_current_and_names_no_release():
     assert "TimeoutStopSec=5000ms\n" in unit
     assert RID not in unit
     # the release's environment (written by the ship, deploy/release_env.py) carries what
-    # changes per release, so the unit of the next release is byte-identical: no daemon-reload for it
+    # changes per release, so the unit of the next release is byte-identical: no
+    # daemon-reload for it
     assert m.config_files(RID2)[".releasegate.service"] == unit
 
 
