@@ -217,30 +217,3 @@ def test_wrong_contract_release_is_rolled_back_by_the_smoke_gate(target: Target)
     assert target.current() == good and target.version()["release"] == good
     smoke = {e["release"]: e["detail"] for e in target.journal() if e["op"] == "smoke"}
     assert smoke[out.release]["failed"] and not smoke[good]["failed"]
-
-
-def test_unchanged_lockfile_reuses_dependencies_instead_of_installing(target: Target):
-    code, rep = deploy(target)
-    assert code == 0, rep.lines
-    first = released(rep)
-    (target.repo / "n.txt").write_text("new code, same lockfile")
-    code, rep = deploy(target, "")
-    assert code == 0, rep.lines
-    second = released(rep)
-    assert any("hard-linked" in line and "install skipped" in line for line in rep.lines)
-    dep = "node_modules/ms/package.json"
-
-    def inode(rid: str) -> str:
-        return target.ssh(f"stat -c %i {target.root}/releases/{rid}/{dep}").stdout.strip()
-
-    assert inode(first) == inode(second)  # the same file: no install ran
-    assert target.version()["release"] == second
-
-    (target.repo / "n.txt").write_text("again")
-    demo.commit_fault(target.repo, "")
-    rep = RecordingReporter()
-    opts = Options(inventories=target.inv_dir, clean_install=True)
-    assert operations.run_deploy("test", opts, reporter=rep) == 0, rep.lines
-    third = released(rep)
-    assert not any("hard-linked" in line for line in rep.lines)
-    assert inode(third) != inode(second)

@@ -1,5 +1,5 @@
 """Preflight failures stop before anything changes (exit 5); secrets reach the app through
-shared/.env (0600) and never any output surface."""
+its release's env snapshot (0600) and never any output surface."""
 
 from __future__ import annotations
 
@@ -122,8 +122,10 @@ def test_secrets_reach_the_app_but_no_output_surface(target: Target, tmp_path: P
     assert res.returncode == 0, res.stdout + res.stderr
     surfaces += [res.stdout, res.stderr]
     good = target.current()
-    # the app really got it: /health/ready refuses without the token
-    assert target.ssh(f"stat -c %a {target.root}/shared/.env").stdout.strip() == "600"
+    # the app really got it (from its release's env snapshot, mode 0600): /health/ready
+    # refuses without the token
+    snapshot = f"{target.root}/releases/{good}/.releasegate.env"
+    assert target.ssh(f"stat -c %a {snapshot}").stdout.strip() == "600"
     probe = f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{target.port}/health/ready"
     assert target.ssh(probe).stdout == "401"
 
