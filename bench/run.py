@@ -30,8 +30,8 @@ from bench.load import Hit, Load, fetch, final_run_start, tail_is
 from bench.rig import App, DelayProxy, Rig, Run, known_hosts_for, machine
 from deploy import sandbox
 
-# The flow ships one file per deploy over SFTP (the artifact; shared/.env would be a second one,
-# the bench configures no secrets). Uploads do not pass the reporter's `command` hook, so this is
+# The flow ships one file per deploy over SFTP (the artifact, which also carries the smoke packs;
+# the secrets for the release's env snapshot would be a second one, the bench configures none). Uploads do not pass the reporter's `command` hook, so this is
 # the flow's count, not an observation: see docs/performance.md ("hooks").
 UPLOADS_PER_DEPLOY = 1
 
