@@ -129,7 +129,8 @@ def judge_host(
                     "shared .env",
                     False,
                     f"{root}/shared/.env has mode {mode}",
-                    f"chmod 600 {root}/shared/.env (releasegate rewrites it with 0600 anyway)",
+                    f"chmod 600 {root}/shared/.env (releases shipped by an older releasegate "
+                    f"read it; new releases carry their own env snapshot)",
                 )
             )
 

@@ -320,3 +320,35 @@ def test_the_pack_file_must_be_committed_when_it_lives_in_the_repository(target:
     assert code == 2, rep.lines
     assert any("not in revision" in line for line in rep.lines)
     assert target.ssh(f"test -e {target.root}/releases", check=False).returncode != 0
+
+
+def test_an_app_with_nothing_to_install_skips_the_install_next_time(target: Target):
+    """Issue 14: an app whose lockfile has no packages used to run `npm ci` on every deploy."""
+    repo = target.repo
+    for item in ("vendor", "package-lock.json", "smoke.yml"):
+        git(repo, "rm", "-rq", item)
+    (repo / "package.json").write_text('{"name": "bare", "version": "1.0.0"}\n')
+    (repo / "package-lock.json").write_text(
+        '{"name": "bare", "version": "1.0.0", "lockfileVersion": 3, "requires": true,\n'
+        ' "packages": {"": {"name": "bare", "version": "1.0.0"}}}\n'
+    )
+    (repo / "server.js").write_text(
+        "require('http').createServer((q, s) => { s.writeHead(q.url === '/health/ready' ? "
+        "200 : 404); s.end('{}'); }).listen(Number(process.env.PORT), process.env.HOST);\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "an app without dependencies")
+    code, rep = deploy(target)
+    assert code == 0, rep.lines
+    first = released(rep)
+    assert not any("install skipped" in line for line in rep.lines)
+    (repo / "n.txt").write_text("new code")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "new code")
+    code, rep = deploy(target)
+    assert code == 0, rep.lines
+    assert any(
+        f"nothing to install, as for {first}" in line and "install skipped" in line
+        for line in rep.lines
+    ), rep.lines
+    assert target.ssh(f"test -e {target.root}/current/node_modules", check=False).returncode != 0
