@@ -31,8 +31,9 @@ from bench.rig import App, DelayProxy, Rig, Run, known_hosts_for, machine
 from deploy import sandbox
 
 # The flow ships one file per deploy over SFTP (the artifact, which also carries the smoke packs;
-# the secrets for the release's env snapshot would be a second one, the bench configures none). Uploads do not pass the reporter's `command` hook, so this is
-# the flow's count, not an observation: see docs/performance.md ("hooks").
+# the secrets for the release's env snapshot would be a second one, the bench configures none).
+# Uploads do not pass the reporter's `command` hook, so this is the flow's count, not an
+# observation: see docs/performance.md ("hooks").
 UPLOADS_PER_DEPLOY = 1
 
 
