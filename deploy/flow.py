@@ -294,9 +294,7 @@ def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
             with contextlib.suppress(ReleasegateError):
                 # this run's uploads too (the artifact, the secrets): the ship did not take
                 # them; a run that cannot clean up leaves them to the next one's ship
-                cleanup = host.remove_uploads_cmd()
-                if cleanup is not None:
-                    host.remote.run(cleanup, check=False)
+                host.remove_uploads()
                 host.remove_partials(frozenset({f"{rid}.partial"}))
                 host.record(
                     d.clock.now(), "deploy", rid, None, result="aborted", reason=_reason(exc)

@@ -99,9 +99,11 @@ class HostOps:
         self.uploads.append(upload)
         return upload
 
-    def remove_uploads_cmd(self) -> Cmd | None:
-        """Removes this run's uploads (an abort: the ship did not consume them)."""
-        return commands.remove_uploads(self.uploads) if self.uploads else None
+    def remove_uploads(self) -> None:
+        """This run's uploads, after an abort: the ship did not consume them."""
+        if self.uploads:
+            self.remote.run(commands.remove_uploads(self.uploads), check=False)
+            self.uploads.clear()
 
     def prepare(self) -> None:
         self.remote.run(commands.prepare_layout(self.layout))
