@@ -81,7 +81,7 @@ class Pm2:
         return _cmd("pm2.delete", [self._bin, "delete", self._app])
 
     def persist(self) -> Cmd | None:
-        # dump.pm2 holds every process's environment, secrets from shared/.env included:
+        # dump.pm2 holds every process's environment, secrets included:
         # owner-only, whatever the umask (pm2 keeps an existing file's mode, so chmod too).
         return _script(
             "pm2.save", PM2_SAVE_SCRIPT, [self._bin], f"{self._bin} save --force (dump mode 0600)"
@@ -237,7 +237,7 @@ def _int(value: object, default: int) -> int:
 
 def describe_jlist(stdout: str, app: str) -> str:
     """One line per instance from a few named fields of `pm2 jlist`. Only these fields:
-    PM2 copies the app's environment (secrets from shared/.env included) into pm2_env."""
+    PM2 copies the app's environment (secrets included) into pm2_env."""
     mine = _jlist_entries(stdout, app)
     if not mine:
         return f"PM2 has no process named {app}"
