@@ -194,6 +194,11 @@ for f in releases/*/.releasegate/smoke.json; do
   echo "$rid $sum ${recorded:--}"
   case "$seen" in *" $sum "*) ;; *) seen="$seen$sum "; echo "=$sum"; head -n 1 -- "$f" ;; esac
 done
+echo "@@slots"  # blue/green: the release each slot runs (deploy/slots.py)
+for s in blue green; do echo "$s $(readlink ".releasegate/slots/$s" 2>/dev/null)"; done
+# blue/green: the front door's upstream file (deploy/proxy.py); no section without one
+f=.releasegate/nginx/upstream.conf
+if [ -f "$f" ]; then echo "@@upstream"; cat -- "$f"; echo; fi
 """
 )
 
@@ -637,6 +642,45 @@ def switch_current(layout: Layout, release_id: str, nonce: str) -> Cmd:
         [_p(layout.root), _release(release_id), nonce],
         f"switch current -> releases/{release_id}",
     )
+
+
+# $1 deploy root, $2 slot, $3 release id, $4 the slot's port, $5 nonce. The env file first
+# (the slot's processes read it when they start), then the link, renamed over the old one.
+LINK_SLOT_SCRIPT = r"""
+set -e
+cd -- "$1"
+slot="$2"; rid="$3"; port="$4"; nonce="$5"; dir=.releasegate/slots
+if [ ! -f "releases/$rid/.release.json" ]; then
+  echo "releases/$rid is not a complete release" >&2; exit 3
+fi
+mkdir -p -- "$dir"
+printf '# set by releasegate for the %s slot, read after the release env snapshot\n' "$slot" \
+  > "$dir/$slot.env.$nonce"
+printf 'PORT=%s\nRELEASEGATE_SLOT=%s\n' "$port" "$slot" >> "$dir/$slot.env.$nonce"
+mv -f -- "$dir/$slot.env.$nonce" "$dir/$slot.env"
+ln -s -- "../../releases/$rid" "$dir/$slot.$nonce"
+mv -T -- "$dir/$slot.$nonce" "$dir/$slot"
+"""
+
+
+def link_slot(layout: Layout, slot: str, release_id: str, port: int, nonce: str) -> Cmd:
+    """Point the slot at a complete release (`slots/<slot>` -> ../../releases/<id>, renamed
+    over the old link) and write its env file (PORT); the process manager then starts it."""
+    if not TOKEN.match(nonce):
+        raise ValueError("nonce must be 32 hex digits")
+    if isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"not a TCP port: {port!r}")
+    return _script(
+        "slot.link",
+        LINK_SLOT_SCRIPT,
+        [_p(layout.root), layout.slot_link(slot).name, _release(release_id), str(port), nonce],
+        f"point slot {slot} (:{port}) at releases/{release_id}",
+    )
+
+
+def unlink_slot(layout: Layout, slot: str) -> Cmd:
+    """The slot runs nothing any more (after its processes were stopped)."""
+    return _cmd("slot.unlink", ["rm", "-f", "--", _p(layout.slot_link(slot))])
 
 
 # $1 release directory, then pids. The directory is resolved on the host (`pwd -P`), so a

@@ -503,6 +503,12 @@ class Inventory(Strict):
 
     @model_validator(mode="after")
     def _strategy_available(self) -> Inventory:
+        if self.strategy.kind == "blue-green" and self.process.manager == "systemd":
+            # the template unit <app>@.service (instance = slot) is not built yet
+            raise ValueError(
+                "strategy.kind: blue-green is not available with process.manager: systemd in "
+                "this version yet (PM2 only). Use kind: in-place (or manager: pm2)"
+            )
         if self.strategy.kind == "blue-green" and not BLUE_GREEN_DEPLOYS:
             raise ValueError(
                 "strategy.kind: blue-green is not available in this version yet: the nginx "

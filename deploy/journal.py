@@ -87,6 +87,10 @@ class HostState:
     # release id -> the smoke packs it carries; a release shipped before releases carried
     # their packs has no entry
     smoke: Mapping[str, StoredSmoke] = field(default_factory=dict)
+    # blue/green: slot name -> the release its link names (absent: empty), and the upstream
+    # file's text (None: no upstream file) — deploy/slots.py, deploy/proxy.py
+    slot_links: Mapping[str, str] = field(default_factory=dict)
+    upstream_text: str | None = None
 
     def promoted(self, release_id: str) -> HostState:
         """This state after `release_id` was promoted (partials removed by the same ship)."""
@@ -222,7 +226,26 @@ def parse_state(stdout: str) -> HostState:
         journal=tuple(parse("\n".join(sections.get("journal", [])))),
         lock_raw=lock_text or None,
         smoke=_parse_smoke(sections.get("smoke", [])),
+        slot_links=_parse_slots(sections.get("slots", [])),
+        upstream_text=_parse_upstream(sections.get("upstream")),
     )
+
+
+def _parse_slots(lines: list[str]) -> dict[str, str]:
+    """`<slot> <link target>` per slot; a target that is not ../../releases/<id> is ignored."""
+    out: dict[str, str] = {}
+    for line in lines:
+        name, _, target = line.strip().partition(" ")
+        rid = target.strip().rsplit("/", 1)[-1]
+        if name in ("blue", "green") and target.startswith("../../releases/") and is_release_id(
+            rid
+        ):
+            out[name] = rid
+    return out
+
+
+def _parse_upstream(lines: list[str] | None) -> str | None:
+    return None if lines is None else "\n".join(lines).strip() + "\n"
 
 
 def _parse_smoke(lines: list[str]) -> dict[str, StoredSmoke]:

@@ -86,10 +86,33 @@ class Layout:
         """The release's own environment snapshot, made at ship time (mode 0600)."""
         return self.release(release_id) / RELEASE_ENV
 
+    @property
+    def slots(self) -> PurePosixPath:
+        """Blue/green slots (deploy/slots.py): one link and one env file per slot."""
+        return self.state / "slots"
+
+    def slot_link(self, slot: str) -> PurePosixPath:
+        """`slots/<slot>` -> ../../releases/<id>: the release the slot runs."""
+        return self.slots / _slot(slot)
+
+    def slot_env(self, slot: str) -> PurePosixPath:
+        """`slots/<slot>.env`: PORT and RELEASEGATE_SLOT, read after the release's snapshot."""
+        return self.slots / f"{_slot(slot)}.env"
+
+    def slot_pm2_config(self, slot: str) -> PurePosixPath:
+        """PM2 only: the slot's app, rendered each time a release starts in the slot."""
+        return self.slots / f"{_slot(slot)}.pm2.config.js"
+
     def pm2_env_keys(self) -> PurePosixPath:
         """The names of the variables PM2 was last given for the app (never values): PM2's
         reload only adds variables, so a removed one is detected against this list."""
         return self.state / "pm2-env-keys"
+
+
+def _slot(slot: str) -> str:
+    if slot not in ("blue", "green"):
+        raise ValueError(f"not a slot: {slot!r}")
+    return slot
 
 
 @dataclass(frozen=True)

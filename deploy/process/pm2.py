@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from deploy.commands import Cmd, _cmd, _script
+from deploy.commands import Cmd, _cmd, _script, write_file
 from deploy.inventory import Inventory
 from deploy.model import Instance, Layout, ProcessSnapshot
+from deploy.slots import Slot
 from deploy.templates import render
 
 CONFIG_NAME = ".releasegate-pm2.config.js"
@@ -30,19 +31,22 @@ class Pm2:
     def _app(self) -> str:
         return self.inventory.app.name
 
-    def render_config(self, release_id: str) -> str:
+    def render_config(self, release_id: str, slot: Slot | None = None) -> str:
+        """The release's PM2 config (in place: cwd through `current`), or a slot's app
+        (`<app>-<slot>`, cwd the release directory itself, the slot's env file last)."""
         proc = self.inventory.process
         return render(
             "pm2/ecosystem.config.js.j2",
             release_id=release_id,
-            app_name=self._app,
-            cwd=str(self.layout.current),
+            app_name=self._app if slot is None else slot_app(self._app, slot),
+            cwd=str(self.layout.current if slot is None else self.layout.release(release_id)),
             script=proc.script,
             args=list(proc.args),
             interpreter=proc.interpreter,
             instances=proc.instances,
             kill_timeout_ms=proc.kill_timeout_ms,
             env_file=str(self.layout.release_env(release_id)),
+            slot_env_file=str(self.layout.slot_env(slot.name)) if slot is not None else "",
         )
 
     def config_files(self, release_id: str) -> dict[str, str]:
@@ -106,6 +110,75 @@ class Pm2:
 
     def parse_describe(self, stdout: str) -> str:
         return describe_jlist(stdout, self._app)
+
+
+    # ------------------------------------------------------------------ blue/green slots
+
+    def start_slot(self, slot: Slot, release_id: str) -> list[Cmd]:
+        """Write the slot's config, delete the slot's app if PM2 has it, start it afresh
+        (a fresh start reads the whole environment again: no reload, no merged variables)."""
+        config = self.layout.slot_pm2_config(slot.name)
+        app = slot_app(self._app, slot)
+        return [
+            write_file(config, self.render_config(release_id, slot), label=f"slots/{config.name}"),
+            _script(
+                "pm2.start_slot",
+                PM2_START_SLOT_SCRIPT,
+                [self._bin, str(config), app],
+                f"pm2 delete {app} (if present); pm2 start slots/{config.name} --only {app}",
+            ),
+        ]
+
+    def stop_slot(self, slot: Slot) -> Cmd:
+        app = slot_app(self._app, slot)
+        return _script(
+            "pm2.stop_slot", PM2_STOP_SLOT_SCRIPT, [self._bin, app], f"pm2 delete {app}"
+        )
+
+    def slot_snapshot(self, slot: Slot) -> Cmd:
+        return self.snapshot()
+
+    def parse_slot_snapshot(self, slot: Slot, stdout: str) -> ProcessSnapshot:
+        return parse_jlist(stdout, slot_app(self._app, slot))
+
+    def persist_slot(self, slot: Slot) -> Cmd | None:
+        return self.persist()
+
+    def slot_logs(self, slot: Slot, lines: int) -> Cmd:
+        if not 1 <= lines <= 10000:
+            raise ValueError(f"logs: lines must be 1..10000, not {lines}")
+        app = slot_app(self._app, slot)
+        return _script(
+            "pm2.logs", PM2_LOGS_SCRIPT, [app, str(lines)], f"tail -n {lines} the PM2 logs of {app}"
+        )
+
+    def slot_describe(self, slot: Slot) -> Cmd:
+        return self.describe()
+
+    def parse_slot_describe(self, slot: Slot, stdout: str) -> str:
+        return describe_jlist(stdout, slot_app(self._app, slot))
+
+
+def slot_app(app: str, slot: Slot) -> str:
+    """The PM2 app of a blue/green slot."""
+    return f"{app}-{slot.name}"
+
+
+# $1 pm2, $2 the slot's config, $3 the slot's app. Whatever the slot ran is deleted first: a
+# slot always starts fresh (PM2's reload keeps a process's recorded cwd and adds variables).
+PM2_START_SLOT_SCRIPT = r"""
+pm2="$1"; config="$2"; app="$3"
+"$pm2" delete "$app" >/dev/null 2>&1 || true
+exec "$pm2" start "$config" --only "$app"
+"""
+
+# $1 pm2, $2 the slot's app. Nothing to stop is success.
+PM2_STOP_SLOT_SCRIPT = r"""
+out=$("$1" delete "$2" 2>&1) && exit 0
+case "$out" in *"not found"*) exit 0 ;; esac
+printf '%s\n' "$out" >&2
+exit 1
+"""
 
 
 # $1 the pm2 executable. PM2_HOME is honoured like pm2 itself does.

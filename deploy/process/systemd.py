@@ -26,6 +26,7 @@ from pathlib import PurePosixPath
 from deploy.commands import Cmd, _cmd, _p, _script
 from deploy.inventory import Inventory, SystemdConfig
 from deploy.model import RELEASE_ENV, Instance, Layout, ProcessSnapshot
+from deploy.slots import Slot
 from deploy.templates import render
 
 UNIT_NAME = ".releasegate.service"  # the unit as rendered for a release, inside the release
@@ -39,6 +40,8 @@ INSTALL = "/usr/bin/install"
 # from the journal and the host trims them to what was asked for.
 JOURNAL_LINES = 200
 SHOW_PROPERTIES = "LoadState,ActiveState,SubState,MainPID,NRestarts"
+
+_SLOTS_PENDING = "blue/green slots under systemd (template unit <app>@.service) are not built yet"
 
 # ExecStart words that need no quoting: no whitespace, quotes, backslash, `$` or `%`.
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9._/@+:=,-]+$")
@@ -189,6 +192,34 @@ class Systemd:
 
     def parse_describe(self, stdout: str) -> str:
         return stdout.strip()
+
+    # ------------------------------------------------------------------ blue/green slots
+    # The template unit `<app>@.service` (instance = slot) is built on branch wip-bgshow
+    # (/work/BG-INTERFACE.md); until it lands the inventory refuses blue-green under systemd.
+
+    def start_slot(self, slot: Slot, release_id: str) -> list[Cmd]:
+        raise NotImplementedError(_SLOTS_PENDING)
+
+    def stop_slot(self, slot: Slot) -> Cmd:
+        raise NotImplementedError(_SLOTS_PENDING)
+
+    def slot_snapshot(self, slot: Slot) -> Cmd:
+        raise NotImplementedError(_SLOTS_PENDING)
+
+    def parse_slot_snapshot(self, slot: Slot, stdout: str) -> ProcessSnapshot:
+        raise NotImplementedError(_SLOTS_PENDING)
+
+    def persist_slot(self, slot: Slot) -> Cmd | None:
+        raise NotImplementedError(_SLOTS_PENDING)
+
+    def slot_logs(self, slot: Slot, lines: int) -> Cmd:
+        raise NotImplementedError(_SLOTS_PENDING)
+
+    def slot_describe(self, slot: Slot) -> Cmd:
+        raise NotImplementedError(_SLOTS_PENDING)
+
+    def parse_slot_describe(self, slot: Slot, stdout: str) -> str:
+        raise NotImplementedError(_SLOTS_PENDING)
 
     def sudoers(self) -> list[str]:
         """The exact sudoers lines this app needs (system scope; none for user scope)."""

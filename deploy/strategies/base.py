@@ -1,0 +1,65 @@
+"""The strategy seam: how a release starts, takes traffic, is reverted and retired.
+
+deploy/flow.py keeps the order, the point of no return and the journal; a strategy answers:
+
+    start(rid)           run rid without giving it traffic (blue-green: a fresh start in the
+                         idle slot); True when something was started that must be gated first
+    target(rid)          where the gate reaches rid: a port on the host and its processes
+    reject(rid, pause)   before traffic: take a release that failed its gate out (or leave it
+                         paused in its slot); nothing live changes
+    send_traffic(rid)    THE POINT OF NO RETURN: rid becomes live (in-place: switch `current`
+                         and reload; blue-green: switch nginx's upstream, the previous slot kept
+                         as backup, and `current`), in one round trip with the flow's records
+    watch(rid)           after the switch (blue-green only): verify through the front door,
+                         then the bake window
+    take_out(rid, pause) after a revert: stop what runs rid (or leave it paused, no traffic)
+    retire(rid)          after promotion: what happens to the previous release (blue-green:
+                         drop the backup; stop the old slot, or keep it warm)
+
+Two strategies: deploy/strategies/in_place.py and deploy/strategies/blue_green.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from deploy.commands import Cmd
+from deploy.model import ProcessSnapshot
+
+
+@dataclass(frozen=True)
+class GateTarget:
+    """Where the gate reaches a release on the host."""
+
+    port: int  # readiness (and version) probes, through the SSH tunnel
+    smoke_port: int  # the smoke packs, through the SSH tunnel
+    label: str  # "port 3000" / "slot green (127.0.0.1:3002)"
+    snapshot: Callable[[float | None], ProcessSnapshot]  # the manager's view (timeout)
+    forensics: Callable[[int], tuple[str, str]]  # (last log lines, process state)
+    public_url: bool = True  # smoke.base_url applies (in place); a slot has no public URL
+
+
+class Strategy(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def gates_before_traffic(self) -> bool:
+        """True: the gate runs on the new release's own port before it takes traffic."""
+        ...
+
+    def start(self, rid: str) -> bool: ...
+
+    def target(self, rid: str) -> GateTarget: ...
+
+    def reject(self, rid: str, *, pause: bool) -> None: ...
+
+    def send_traffic(self, rid: str, records: list[Cmd], *, keep_previous: bool) -> str:
+        """Returns the activation's stdout (process-manager notes)."""
+        ...
+
+    def take_out(self, rid: str, *, pause: bool) -> None: ...
+
+    def retire(self, rid: str) -> None: ...
