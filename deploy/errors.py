@@ -6,6 +6,7 @@
     │   └── LockLost              our lock's lease lapsed and it was broken; we stop
     ├── AbortedBeforeLive      5  failed before the point of no return; nothing live changed
     │   ├── ShipError
+    │   ├── NotSwitched        (blue/green: nginx refused the switch; nothing switched)
     │   └── RemoteCommandError (when raised before the switch; the flow re-raises as abort)
     ├── RolledBack             3  failed after activation; the last good release serves again
     ├── HumanNeeded            6  rollback failed or impossible; the message says what is live
@@ -56,6 +57,15 @@ class ShipError(AbortedBeforeLive):
 
 class PreflightFailed(AbortedBeforeLive):
     """One or more preflight checks failed; nothing on the host was changed."""
+
+
+class NotSwitched(AbortedBeforeLive):
+    """Blue/green: the front door refused the switch (nginx -t, reload, allowlist) and put the
+    previous upstream back: the new release never took traffic, nothing live changed."""
+
+    def __init__(self, message: str, *, reason: str, evidence: tuple[str, ...] = ()) -> None:
+        super().__init__(message, evidence=evidence)
+        self.reason = reason
 
 
 class HumanNeeded(ReleasegateError):

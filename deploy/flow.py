@@ -33,6 +33,7 @@ from deploy.errors import (
     Interrupted,
     LockHeld,
     LockLost,
+    NotSwitched,
     PreflightFailed,
     ReleasegateError,
 )
@@ -66,6 +67,9 @@ from deploy.redact import Redactor
 from deploy.release_packs import Bundle
 from deploy.remote import Remote
 from deploy.report import Reporter
+from deploy.strategies.base import GateTarget, Strategy
+from deploy.strategies.blue_green import BlueGreen
+from deploy.strategies.in_place import InPlace
 from smoke.model import Pack
 from smoke.pack import PackError
 from smoke.runner import run_packs
@@ -168,6 +172,7 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
                 f"release {rid} already exists on {host.label}; retry in a second"
             )
         previous_good = state.last_good(exclude=[rid])
+        way = strategy_for(d, host, state)
         _load_stored_packs(d, state, [previous_good])
         try:
             with r.stage(f"ship {rid}"):
@@ -176,8 +181,11 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
             _abort(d, host, rid, exc)
             raise AssertionError("unreachable") from exc
 
-        # ---------------------------- point of no return: live state changes below ----------
-        return _activate_and_gate(d, host, rid, op="deploy", fallback=previous_good, state=state)
+        # in-place: the point of no return is the activation; blue-green: the front door's
+        # switch, after the release passed its gate in the idle slot (see _activate_and_gate)
+        return _activate_and_gate(
+            d, host, rid, way, op="deploy", fallback=previous_good, state=state
+        )
 
 
 def _ship(
@@ -325,8 +333,7 @@ def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
 def run_preflight(d: Deps, host: HostOps, artifact_size: int) -> list[Check]:
     """The catalogue (deploy.preflight): local checks made by the caller, then one read-only
     probe of the host. Any failure stops here: exit 5, nothing on the host changed."""
-    checks = list(d.local_checks)
-    checks += judge_host(d.inventory, host.preflight_facts(), artifact_size, d.clock.now())
+    checks = list(d.local_checks) + preflight_checks(d, host, artifact_size)
     failed = [c for c in checks if not c.ok]
     for check in checks:
         (d.reporter.warn if not check.ok else d.reporter.info)(check.line())
@@ -337,6 +344,36 @@ def run_preflight(d: Deps, host: HostOps, artifact_size: int) -> list[Check]:
             evidence=tuple(c.line() for c in failed),
         )
     return checks
+
+
+def preflight_checks(d: Deps, host: HostOps, artifact_size: int) -> list[Check]:
+    """The host's checks, and the strategy's (blue-green: nginx, the allowlist, the site,
+    the slot ports), from one read-only round trip."""
+    way = strategy_for(d, host, None)
+    facts, stdout = host.preflight_round_trip(way.preflight_probe())
+    return judge_host(d.inventory, facts, artifact_size, d.clock.now()) + way.preflight_checks(
+        stdout
+    )
+
+
+def strategy_for(d: Deps, host: HostOps, state: HostState | None) -> Strategy:
+    """The inventory's strategy, over the host state read at the lock (None: not read)."""
+    if d.inventory.strategy.kind == "blue-green":
+        return BlueGreen(
+            host=host,
+            state=state or HostState(False, None, frozenset(), frozenset(), frozenset(), None),
+            http=d.http,
+            clock=d.clock,
+            reporter=d.reporter,
+            headers=_health_headers(d),
+            check_signal=lambda: _raise_pending_signal(d),
+        )
+    return InPlace(host)
+
+
+def _health_headers(d: Deps) -> dict[str, str]:
+    health = d.inventory.health
+    return {health.token_header: d.health_token} if d.health_token else {}
 
 
 # ---------------------------------------------------------------------------- rollback
@@ -373,11 +410,12 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
         if fallback == target or mark is not None:
             fallback = None  # while marked, an operator's rollback is never followed by another
         _load_stored_packs(d, state, [target, fallback])
-        # ---------------------------- point of no return ----------------------------------
+        # the point of no return is inside: the activation, or the front door's switch
         return _activate_and_gate(
             d,
             host,
             target,
+            strategy_for(d, host, state),
             op="rollback",
             fallback=fallback,
             hold="an operator's rollback while the host needs a human" if mark else None,
@@ -487,6 +525,11 @@ def _resolve_interrupted(
     unverified. It is never assumed good: gate it now, and roll back if it fails — unless it
     was itself the automatic rollback of a failed run (the one step back already), or it was
     good before and there is nothing to go back to: then a failure stops here for a human."""
+    settled = strategy_for(d, host, state).settle()
+    for line in settled:
+        d.reporter.warn(line)
+    if settled:
+        state = host.read_state()
     current = state.current
     if current is None or state.state_of(current) != ReleaseState.ACTIVE_UNVERIFIED:
         return state, None
@@ -505,7 +548,13 @@ def _resolve_interrupted(
     )
     _load_stored_packs(d, state, [current, None if hold else fallback])
     outcome = _activate_and_gate(
-        d, host, current, op="verify", fallback=None if hold else fallback, hold=hold
+        d,
+        host,
+        current,
+        strategy_for(d, host, state),
+        op="verify",
+        fallback=None if hold else fallback,
+        hold=hold,
     )
     if outcome.exit_code not in (0, 3):
         raise HumanNeeded(
@@ -610,6 +659,7 @@ def _activate_and_gate(
     d: Deps,
     host: HostOps,
     rid: str,
+    way: Strategy,
     *,
     op: str,
     fallback: str | None,
@@ -617,28 +667,53 @@ def _activate_and_gate(
     hold: str | None = None,
     on_success: Callable[[], list[Cmd]] | None = None,
 ) -> Outcome:
-    """Activate `rid` and gate it. On failure: roll back to `fallback` — or, when `hold` says
-    why this activation must not be followed by an automatic step, stop for a human."""
+    """Start `rid`, gate it, send it traffic, watch it, promote it. Before it takes traffic
+    (blue-green: gated in the idle slot) a failure rejects it and nothing live changed; after,
+    roll back to `fallback` — or, when `hold` says why this activation must not be followed by
+    an automatic step, stop for a human."""
     r = d.reporter
+    before = way.gates_before_traffic
+    evidence: list[str] = []
+    started = "none"
     try:
-        with r.stage(f"activate {rid}"):
-            # the lease guard first: a run whose lock was broken changes nothing live
-            steps = [
-                *host.lease_guard(),
-                host.journal_cmd(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED),
-            ]
-            res = host.run_batch("activate", steps + host.activate_steps(rid), f"activate {rid}")
-            for note in activation_notes(res.stdout):
-                r.warn(note)
-        with r.stage(f"gate {rid}"):
-            evidence = _gate(d, host, rid)
+        if before:
+            with r.stage(f"start {rid} without traffic"):
+                started = way.start(rid)
+            if started != "warm":  # warm: running, verified when it last served
+                with r.stage(f"gate {rid} on {way.target(rid).label}"):
+                    evidence = _gate(d, host, rid, way.target(rid))
     except LockLost:
         raise
     except BaseException as exc:
-        return _recover(d, host, rid, op=op, fallback=fallback, exc=exc, hold=hold)
+        if started == "live":  # it already serves (left by an interrupted run)
+            return _recover(d, host, rid, way, op=op, fallback=fallback, exc=exc, hold=hold)
+        return _reject(d, host, way, rid, op=op, exc=exc, state=state)
+    # ---------------------------- point of no return: live state changes below ----------
+    try:
+        with r.stage(f"switch the front door to {rid}" if before else f"activate {rid}"):
+            # the lease guard first: a run whose lock was broken changes nothing live
+            records = [
+                *host.lease_guard(),
+                host.journal_cmd(d.clock.now(), op, rid, ReleaseState.ACTIVE_UNVERIFIED),
+            ]
+            for note in activation_notes(way.send_traffic(rid, records, keep_previous=True)):
+                r.warn(note)
+        if before:
+            with r.stage(f"watch {rid} through the front door"):
+                evidence += _watch(d, way, rid, bake=True)
+        else:
+            with r.stage(f"gate {rid}"):
+                evidence = _gate(d, host, rid, way.target(rid))
+    except LockLost:
+        raise
+    except NotSwitched as exc:
+        return _not_switched(d, host, way, rid, op=op, exc=exc)
+    except BaseException as exc:
+        return _recover(d, host, rid, way, op=op, fallback=fallback, exc=exc, hold=hold)
     _promote(
         d, host, rid, op, state if op == "deploy" else None, on_success() if on_success else []
     )
+    _retire(d, way, rid)
     verb = "promoted" if op == "deploy" else "rolled back to"
     if d.dry_run:
         return _report(
@@ -669,11 +744,12 @@ def _activate_and_gate(
     )
 
 
-def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
+def _gate(d: Deps, host: HostOps, rid: str, target: GateTarget) -> list[str]:
     """Readiness and the stability window (together), identity by cwd and — when
-    health.version is set — by the version the app reports, then the smoke pack. Everything
-    up to the smoke pack runs inside health.deadline: each process-manager read gets the time
-    left as its timeout."""
+    health.version is set — by the version the app reports, then the smoke pack; all of it
+    where `target` says the release is reached (in place: the app's port; blue-green: its slot's
+    port, before it takes traffic). Everything up to the smoke pack runs inside health.deadline:
+    each process-manager read gets the time left as its timeout."""
     health = d.inventory.health
     version = health.version
     smoke = _packs_for(d, host, rid)
@@ -681,7 +757,7 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
         d.reporter.warn(smoke.note)
     if d.dry_run:
         d.reporter.info(
-            f"would probe {health.path} on port {d.inventory.health_port} through an SSH tunnel "
+            f"would probe {health.path} on {target.label} through an SSH tunnel "
             f"until {health.successes} consecutive 2xx answers and {health.window:g}s "
             f"without a restart (every instance online) within {health.deadline:g}s, then "
             f"check that every process runs in {host.layout.release(rid)}"
@@ -707,9 +783,9 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
     def time_left() -> float:
         return max(policy.deadline - (d.clock.monotonic() - started), MIN_READ_TIMEOUT)
 
-    headers = {health.token_header: d.health_token} if d.health_token else {}
+    headers = _health_headers(d)
     with (
-        host.remote.tunnel(d.inventory.health_port) as port,
+        host.remote.tunnel(target.port) as port,
         d.http(f"http://127.0.0.1:{port}", health.probe_timeout) as client,
     ):
 
@@ -719,7 +795,7 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
 
         history, snap = wait_ready(
             probe,
-            lambda timeout: host.snapshot(timeout=timeout),
+            target.snapshot,
             policy,
             d.clock,
             on_probe=lambda p: d.reporter.command(p.line()),
@@ -728,7 +804,7 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
         d.reporter.info(f"ready: {history[-1].detail} ({probes} probes)")
         stable = stability(snap, policy)
         d.reporter.info(f"stable: {stable}")
-        snap = snap or host.snapshot(timeout=time_left())
+        snap = snap or target.snapshot(time_left())
         facts = host.identity_facts(rid, snap.pids, timeout=time_left())
         identity = check_identity(snap, facts, host.layout.release(rid))
         d.reporter.info(f"identity: {identity}")
@@ -743,19 +819,22 @@ def _gate(d: Deps, host: HostOps, rid: str) -> list[str]:
     if smoke.note:
         evidence.append(f"smoke: {smoke.note}")
     if smoke.packs:
-        evidence += _smoke_gate(d, host, rid, smoke.packs)
+        evidence += _smoke_gate(d, host, rid, smoke.packs, target)
     return evidence
 
 
-def _smoke_gate(d: Deps, host: HostOps, rid: str, packs: tuple[Pack, ...]) -> list[str]:
-    """The smoke packs the release carries (and its readiness audit) against it."""
+def _smoke_gate(
+    d: Deps, host: HostOps, rid: str, packs: tuple[Pack, ...], target: GateTarget
+) -> list[str]:
+    """The smoke packs the release carries (and its readiness audit) against it. smoke.base_url
+    is where the public reaches the app: used in place, never for a slot without traffic."""
     settings = d.inventory.smoke
     secrets = (d.health_token,) if d.health_token else ()
     with contextlib.ExitStack() as stack:
-        if settings.base_url:
+        if settings.base_url and target.public_url:
             base = settings.base_url
         else:
-            port = stack.enter_context(host.remote.tunnel(d.inventory.process.port))
+            port = stack.enter_context(host.remote.tunnel(target.smoke_port))
             base = f"http://127.0.0.1:{port}"
         client = stack.enter_context(d.http(base, d.inventory.health.probe_timeout))
         result = run_packs(
@@ -784,6 +863,7 @@ def _recover(
     d: Deps,
     host: HostOps,
     failed: str,
+    way: Strategy,
     *,
     op: str,
     fallback: str | None,
@@ -809,8 +889,12 @@ def _recover(
         reason = f"internal error {type(exc).__name__}: {exc}"
     r.warn(f"{op} of {failed} failed: {reason}")
     d.signals.clear()  # this signal is being handled: it must not interrupt the rollback
+    # In place the rollback replaces the failed processes, so what they left is read first; in
+    # blue/green they keep running in their slot, and the users are switched back first.
+    early = not way.gates_before_traffic or hold is not None or fallback is None
+    target = way.target(failed)
     with _shielded(r):
-        forensics = _forensics(d, host, failed)
+        forensics = _forensics(d, failed, target) if early else Forensics((), {})
         evidence = tuple(evidence) + forensics.lines
         if hold is not None:
             return _hold(
@@ -824,7 +908,7 @@ def _recover(
                 forensics=forensics,
             )
         if fallback is None:
-            host.stop_app()
+            way.stop(failed)
             host.record(
                 d.clock.now(),
                 op,
@@ -852,7 +936,7 @@ def _recover(
             )
         try:
             with r.stage(f"roll back to {fallback}"):
-                host.record(
+                record = host.journal_cmd(
                     d.clock.now(),
                     "rollback",
                     fallback,
@@ -861,11 +945,11 @@ def _recover(
                     automatic=True,
                     after=failed,
                 )
-                host.switch(fallback)
-                for note in activation_notes(host.reload(fallback)):
-                    r.warn(note)
-                back_evidence = _gate(d, host, fallback)
+                back_evidence = _revert(d, host, way, fallback, record)
         except Exception as again:
+            if not early:
+                forensics = _forensics(d, failed, target)
+                evidence += forensics.lines
             shared = verdict.same_cause(exc, again)
             again_reason = _reason(again)
             with contextlib.suppress(ReleasegateError):
@@ -926,6 +1010,9 @@ def _recover(
                     + tuple(f"run: {c}" for c in commands),
                 ),
             )
+        if not early:
+            forensics = _forensics(d, failed, target)
+            evidence += forensics.lines
         host.record(
             d.clock.now(),
             op,
@@ -938,7 +1025,8 @@ def _recover(
         host.record(
             d.clock.now(), "rollback", fallback, ReleaseState.GOOD, result="restored", after=failed
         )
-        host.persist()
+        paused = _take_out(d, way, failed, signum=signum)
+        way.persist(fallback)
     code = 128 + signum if signum else 3
     return _report(
         d,
@@ -950,9 +1038,196 @@ def _recover(
             live=fallback,
             message=(
                 f"{failed} failed ({reason}); rolled back, {fallback} serves again and is verified"
+                + (f"; {paused}" if paused else "")
             ),
             evidence=tuple(evidence) + tuple(f"rollback: {line}" for line in back_evidence[-3:]),
         ),
+    )
+
+
+def _revert(d: Deps, host: HostOps, way: Strategy, fallback: str, record: Cmd) -> list[str]:
+    """Traffic back to `fallback`, recorded first in the same round trip. In place: switch and
+    reload, then its gate. Blue-green: it still runs in the other slot (the bake's backup), so
+    the front door is switched at once — or, if it does not, it is started in the idle slot and
+    gated there first — then verified through the front door."""
+    evidence: list[str] = []
+    before = way.gates_before_traffic
+    if before and way.start(fallback) == "started":
+        evidence += _gate(d, host, fallback, way.target(fallback))
+    for note in activation_notes(way.send_traffic(fallback, [record], keep_previous=False)):
+        d.reporter.warn(note)
+    if before:
+        return evidence + _watch(d, way, fallback, bake=False)
+    return evidence + _gate(d, host, fallback, way.target(fallback))
+
+
+def _take_out(d: Deps, way: Strategy, failed: str, *, signum: int = 0) -> str:
+    """After a release was rejected or reverted, nothing sends it traffic: stop it, or with
+    strategy.on_failure: pause leave it running for inspection. Says what was done (blue-green)."""
+    pause = d.inventory.strategy.on_failure == "pause" and not signum
+    try:
+        way.take_out(failed, pause=pause)
+    except ReleasegateError as exc:
+        d.reporter.warn(f"could not take {failed} out of its slot: {exc.message}")
+        return f"{failed} may still run without traffic (`releasegate status {d.inventory.env}`)"
+    if not way.gates_before_traffic:
+        return ""
+    if pause:
+        return (
+            f"{failed} stays paused in its slot without traffic for inspection "
+            f"(`releasegate status {d.inventory.env}`); the next deploy or rollback stops it"
+        )
+    return "its slot was stopped"
+
+
+def _watch(d: Deps, way: Strategy, rid: str, *, bake: bool) -> list[str]:
+    """Blue-green, after a switch: the front door answers with `rid`, then the bake."""
+    if d.dry_run:
+        d.reporter.info(
+            f"would verify {rid} through the front door"
+            + (f", then bake for {d.inventory.strategy.bake.seconds:g}s" if bake else "")
+        )
+        return []
+    return way.watch(rid, bake_window=bake)
+
+
+def _retire(d: Deps, way: Strategy, rid: str) -> None:
+    """After a promotion: the strategy's retire; its failure never undoes the promotion."""
+    try:
+        way.retire(rid)
+    except ReleasegateError as exc:
+        d.reporter.warn(
+            f"after promoting {rid}: retiring the previous slot failed: {exc.message} (the "
+            f"deploy stands; the next deploy or rollback finishes it)"
+        )
+
+
+def _reject(
+    d: Deps,
+    host: HostOps,
+    way: Strategy,
+    rid: str,
+    *,
+    op: str,
+    exc: BaseException,
+    state: HostState | None,
+) -> Outcome:
+    """Before traffic (blue-green): `rid` failed in its own slot while the live release kept
+    every request. Nothing live changed: take it out, mark it bad, and prove that the live
+    release still answers through the front door."""
+    r = d.reporter
+    reason = _reason(exc)
+    signum = _signum(exc)
+    evidence = tuple(exc.evidence) if isinstance(exc, ReleasegateError) else ()
+    live = (state or host.read_state()).current
+    if isinstance(exc, ConnectionLost):
+        raise AbortedBeforeLive(
+            f"lost SSH to {host.label} while starting {rid} in its slot; it never took traffic "
+            f"and nothing live changed. The next run stops the slot. ({exc.message})"
+        ) from None
+    if not isinstance(exc, ReleasegateError | KeyboardInterrupt | Signalled):
+        reason = f"internal error {type(exc).__name__}: {exc}"
+    r.warn(f"{op} of {rid} failed before it took traffic: {reason}")
+    d.signals.clear()
+    with _shielded(r):
+        forensics = Forensics((), {})
+        with contextlib.suppress(AssertionError):  # a start that failed leaves no slot
+            forensics = _forensics(d, rid, way.target(rid))
+        evidence += forensics.lines
+        taken = _take_out(d, way, rid, signum=signum)
+        if signum:
+            with contextlib.suppress(ReleasegateError):
+                host.record(d.clock.now(), op, rid, None, result="aborted", reason=reason)
+            raise Interrupted(
+                f"interrupted by {signal.Signals(signum).name} before {rid} took traffic; "
+                f"{taken or 'its slot was stopped'}, nothing live changed",
+                signum=signum,
+            ) from None
+        host.record(
+            d.clock.now(),
+            op,
+            rid,
+            ReleaseState.BAD,
+            result="rejected",
+            reason=reason,
+            evidence=list(evidence)[-20:],
+            forensics=forensics.journal,
+        )
+        if live is None:
+            return _report(
+                d,
+                Outcome(
+                    op=op,
+                    result="rejected",
+                    exit_code=6,
+                    release=rid,
+                    live=None,
+                    message=(
+                        f"{rid} was rejected before it took traffic ({reason}); {taken}. No "
+                        f"release serves yet (first deploy): fix the release and deploy again."
+                    ),
+                    evidence=evidence,
+                ),
+            )
+        try:
+            with r.stage(f"verify {live} through the front door"):
+                verified = _watch(d, way, live, bake=False)
+        except Exception as again:
+            return _report(
+                d,
+                Outcome(
+                    op=op,
+                    result="rejected",
+                    exit_code=6,
+                    release=rid,
+                    live=live,
+                    message=(
+                        f"{rid} was rejected before it took traffic ({reason}); {taken}. But "
+                        f"the live release {live} does not answer through the front door "
+                        f"({_reason(again)}): nothing releasegate did changed it — check the "
+                        f"app and nginx (`releasegate status {d.inventory.env}`)."
+                    ),
+                    evidence=evidence + tuple(getattr(again, "evidence", ()) or ()),
+                ),
+            )
+    return _report(
+        d,
+        Outcome(
+            op=op,
+            result="rejected",
+            exit_code=3,
+            release=rid,
+            live=live,
+            message=(
+                f"{rid} was rejected before it took traffic ({reason}); {taken}. {live} kept "
+                f"every request and answers through the front door, verified"
+            ),
+            evidence=evidence + tuple(f"live: {line}" for line in verified[-3:]),
+        ),
+    )
+
+
+def _not_switched(
+    d: Deps, host: HostOps, way: Strategy, rid: str, *, op: str, exc: NotSwitched
+) -> Outcome:
+    """nginx refused the switch and the previous upstream is back: `rid` passed its gate but
+    never took traffic. Not its fault, so not bad: it is `ready` again and its slot stopped."""
+    with _shielded(d.reporter):
+        with contextlib.suppress(ReleasegateError):
+            host.record(
+                d.clock.now(),
+                op,
+                rid,
+                ReleaseState.READY,
+                result="not-switched",
+                reason=exc.reason,
+                detail=exc.message,
+            )
+        taken = _take_out(d, way, rid)
+    raise NotSwitched(
+        f"{exc.message} {rid} passed its gate but never took traffic; {taken}. Fix nginx "
+        f"(as root: nginx -t) and deploy again.",
+        reason=exc.reason,
     )
 
 
@@ -1087,13 +1362,13 @@ class Forensics:
     journal: dict[str, object]  # for the bad release's journal entry
 
 
-def _forensics(d: Deps, host: HostOps, failed: str, log_lines: int = 40) -> Forensics:
+def _forensics(d: Deps, failed: str, target: GateTarget, log_lines: int = 40) -> Forensics:
     """What the failing release left behind: its last log lines and the process state,
-    captured before the rollback restarts anything. Secrets are masked first."""
+    captured before anything restarts it. Secrets are masked first."""
     if d.dry_run:
         return Forensics((), {})
     try:
-        logs, state = host.forensics(log_lines)
+        logs, state = target.forensics(log_lines)
     except ReleasegateError as exc:
         return Forensics((f"forensics unavailable: {exc.message}",), {"error": exc.message})
     logs, state = d.redact(logs), d.redact(state)

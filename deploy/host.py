@@ -33,6 +33,7 @@ from deploy.process import ProcessManager
 from deploy.redact import Redactor
 from deploy.release_packs import Bundle
 from deploy.remote import Remote, Result
+from deploy.slots import Slot
 
 
 def new_token() -> str:
@@ -66,6 +67,11 @@ class HostOps:
         return journal.parse_state(out)
 
     def preflight_facts(self) -> dict[str, str]:
+        return self.preflight_round_trip([])[0]
+
+    def preflight_round_trip(self, extra: list[Cmd]) -> tuple[dict[str, str], str]:
+        """The host's preflight facts, with the read-only `extra` steps (the strategy's) in
+        the same round trip; their output is the stdout returned beside the facts."""
         inv = self.inventory
         manager = inv.process.pm2 if inv.process.manager == "pm2" else "systemctl"
         cmd = commands.preflight_probe(
@@ -76,7 +82,10 @@ class HostOps:
             migration_check=inv.preflight.migration_check,
             migration_timeout=inv.preflight.migration_timeout,
         )
-        return preflight.parse_probe(self.remote.run(cmd).stdout)
+        if extra:
+            cmd = commands.batch("preflight", [cmd, *extra], cmd.display)
+        stdout = self.remote.run(cmd).stdout
+        return preflight.parse_probe(stdout.split("\n@@", 1)[0]), stdout
 
     def upload_env_file(self, content: str, workdir: Path) -> PurePosixPath:
         """The secrets part of the release's env snapshot, via SFTP into the 0700 uploads dir
@@ -366,7 +375,14 @@ class HostOps:
     def snapshot(self, timeout: float | None = None) -> ProcessSnapshot:
         """The process manager's view. With `timeout`, a manager that does not answer in time
         (a hung `pm2 jlist`) is an error, never a wait without end."""
-        cmd = self.manager.snapshot()
+        return self.manager.parse_snapshot(self._read_processes(self.manager.snapshot(), timeout))
+
+    def slot_snapshot(self, slot: Slot, timeout: float | None = None) -> ProcessSnapshot:
+        """A blue/green slot's processes, bounded like `snapshot`."""
+        stdout = self._read_processes(self.manager.slot_snapshot(slot), timeout)
+        return self.manager.parse_slot_snapshot(slot, stdout)
+
+    def _read_processes(self, cmd: Cmd, timeout: float | None) -> str:
         res = self.remote.run(cmd, check=False, timeout=timeout)
         if timeout is not None and res.exit_code in commands.TIMED_OUT:
             raise RemoteCommandError(
@@ -378,7 +394,7 @@ class HostOps:
                 ),
                 what="reading the process state",
             )
-        return self.manager.parse_snapshot(res.stdout)
+        return res.stdout
 
     def identity_facts(
         self, release_id: str, pids: tuple[int, ...], timeout: float | None = None
@@ -391,12 +407,31 @@ class HostOps:
         """The app's last log lines and its process state, as the manager reports them."""
         logs = self.remote.run(self.manager.logs(lines), check=False, timeout=30)
         state = self.remote.run(self.manager.describe(), check=False, timeout=30)
-        if logs.ok:
-            text = logs.stdout.rstrip()
-        else:
-            why = (logs.stderr or logs.stdout).strip()[-300:]
-            text = f"(no logs: exit {logs.exit_code}: {why})"
-        return text, self.manager.parse_describe(state.stdout)
+        return _log_text(logs), self.manager.parse_describe(state.stdout)
+
+    def slot_forensics(self, slot: Slot, lines: int = 40) -> tuple[str, str]:
+        """The same for a blue/green slot."""
+        logs = self.remote.run(self.manager.slot_logs(slot, lines), check=False, timeout=30)
+        state = self.remote.run(self.manager.slot_describe(slot), check=False, timeout=30)
+        return _log_text(logs), self.manager.parse_slot_describe(slot, state.stdout)
+
+    # ------------------------------------------------------------ blue/green slots
+
+    def slot_start_steps(self, slot: Slot, release_id: str) -> list[Cmd]:
+        """Point the slot at the release, then start it afresh; bounded on the host like an
+        activation (a start that hangs is stopped there)."""
+        limit = self.inventory.process.activate_timeout
+        return [
+            commands.link_slot(self.layout, slot.name, release_id, slot.port, new_token()),
+            *(commands.bounded(cmd, limit) for cmd in self.manager.start_slot(slot, release_id)),
+        ]
+
+    def slot_stop_steps(self, slot: Slot) -> list[Cmd]:
+        limit = self.inventory.process.activate_timeout
+        return [
+            commands.bounded(self.manager.stop_slot(slot), limit),
+            commands.unlink_slot(self.layout, slot.name),
+        ]
 
     def stop_app(self) -> None:
         self.remote.run(self.manager.stop(), check=False)
@@ -405,6 +440,13 @@ class HostOps:
         cmd = self.manager.persist()
         if cmd is not None:
             self.remote.run(cmd, check=False)
+
+
+def _log_text(logs: Result) -> str:
+    if logs.ok:
+        return logs.stdout.rstrip()
+    why = (logs.stderr or logs.stdout).strip()[-300:]
+    return f"(no logs: exit {logs.exit_code}: {why})"
 
 
 def commands_failure(remote: Remote, name: str, res: Result) -> CommandFailure:

@@ -425,6 +425,10 @@ class BakeConfig(Strict):
     """strategy.bake: how long the new release serves with the old one kept as backup."""
 
     seconds: float = Field(30, ge=0, le=3600)
+    # The new slot's 5xx answers per request above which the bake fails (judged once it
+    # served min_requests, and at the end of the window over whatever it served).
+    max_error_ratio: float = Field(0.01, ge=0, le=1)
+    min_requests: int = Field(20, ge=1, le=1_000_000)
 
 
 StrategyKind = Literal["in-place", "blue-green"]

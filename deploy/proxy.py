@@ -267,6 +267,26 @@ def write_upstream(paths: ProxyPaths, upstream: Upstream) -> Cmd:
     )
 
 
+ENSURE_UPSTREAM_SCRIPT = r"""
+set -e
+if [ -e "$1" ]; then echo "@@exists"; exit 0; fi
+mkdir -p -- "${1%/*}"
+printf '%s' "$2" >"$1.next"; chmod 0644 -- "$1.next"; mv -f -- "$1.next" "$1"
+echo "@@written"
+"""
+
+
+def ensure_upstream(paths: ProxyPaths, upstream: Upstream) -> Cmd:
+    """`releasegate setup`: write the first upstream file unless one exists (a live one is
+    never overwritten by setup); prints @@written or @@exists."""
+    return _script(
+        "proxy.ensure_upstream",
+        ENSURE_UPSTREAM_SCRIPT,
+        [_p(paths.upstream), upstream_text(paths, upstream)],
+        f"write {paths.upstream} ({upstream.describe()}) unless it exists",
+    )
+
+
 MISSING = "@@missing"
 READ_UPSTREAM_SCRIPT = r"""
 [ -e "$1" ] || { echo "@@missing"; exit 0; }

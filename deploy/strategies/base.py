@@ -15,6 +15,8 @@ deploy/flow.py keeps the order, the point of no return and the journal; a strate
     take_out(rid, pause) after a revert: stop what runs rid (or leave it paused, no traffic)
     retire(rid)          after promotion: what happens to the previous release (blue-green:
                          drop the backup; stop the old slot, or keep it warm)
+    settle()             after a killed run, before anything else: slots, front door and
+                         `current` made to agree (blue-green)
 
 Two strategies: deploy/strategies/in_place.py and deploy/strategies/blue_green.py.
 """
@@ -23,10 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from deploy.commands import Cmd
 from deploy.model import ProcessSnapshot
+from deploy.preflight import Check
+from deploy.slots import SlotView
+
+# What `start` did: started afresh (gate it before traffic); already running without traffic
+# and verified before (warm, or the backup of a bake); already live; nothing (in place).
+Start = Literal["started", "warm", "live", "none"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class Strategy(Protocol):
         """True: the gate runs on the new release's own port before it takes traffic."""
         ...
 
-    def start(self, rid: str) -> bool: ...
+    def start(self, rid: str) -> Start: ...
 
     def target(self, rid: str) -> GateTarget: ...
 
@@ -62,4 +70,33 @@ class Strategy(Protocol):
 
     def take_out(self, rid: str, *, pause: bool) -> None: ...
 
+    def stop(self, rid: str) -> None:
+        """Nothing to go back to (a first deploy failed): stop what runs rid."""
+        ...
+
     def retire(self, rid: str) -> None: ...
+
+    def persist(self, rid: str) -> None:
+        """What runs rid comes back after a reboot of the host."""
+        ...
+
+    def watch(self, rid: str, *, bake_window: bool) -> list[str]:
+        """Blue-green: after a switch, the front door and (with bake_window) the bake."""
+        ...
+
+    def settle(self) -> list[str]:
+        """After a killed run, before anything else: make slots, front door and `current`
+        agree; returns what was done."""
+        ...
+
+    def views(self) -> tuple[SlotView, ...]:
+        """Each slot as the host shows it (none in place)."""
+        ...
+
+    def preflight_probe(self) -> list[Cmd]:
+        """Read-only steps added to the preflight's one round trip."""
+        ...
+
+    def preflight_checks(self, stdout: str) -> list[Check]:
+        """The strategy's preflight checks from that round trip's output."""
+        ...
