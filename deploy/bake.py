@@ -65,9 +65,7 @@ class Traffic:
         return self.server_errors / self.answered if self.answered else 0.0
 
     def line(self) -> str:
-        backup = (
-            f", backup answered {self.backup_answered}" if self.backup_port is not None else ""
-        )
+        backup = f", backup answered {self.backup_answered}" if self.backup_port is not None else ""
         return (
             f"traffic since the switch: {self.requests} requests, the new slot answered "
             f"{self.answered} ({self.server_errors} 5xx, ratio {self.error_ratio:.3f}), "

@@ -1385,7 +1385,11 @@ def _forensics(d: Deps, failed: str, target: GateTarget, log_lines: int = 40) ->
 def status(d: Deps) -> HostStatus:
     host = host_ops(d)
     state = host.read_state()
-    snap = host.snapshot() if state.root_exists else None
+    slots = strategy_for(d, host, state).views() if state.root_exists else ()
+    live = next((view for view in slots if view.role == "live"), None)
+    snap = (live.process if live else None) if slots else None
+    if not slots and state.root_exists:
+        snap = host.snapshot()
     rels = sorted(
         state.release_dirs | {p.removesuffix(".partial") for p in state.partial_dirs}, reverse=True
     )
@@ -1396,6 +1400,7 @@ def status(d: Deps) -> HostStatus:
         needs_human=state.needs_human(),
         process=snap,
         lock_holder=state.lock_owner,
+        slots=slots,
         releases=tuple(
             (
                 rid,

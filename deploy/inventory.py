@@ -432,10 +432,6 @@ class BakeConfig(Strict):
 
 
 StrategyKind = Literal["in-place", "blue-green"]
-# The blue/green deploy itself lands with issue 10's strategy; until then the front-door
-# pieces exist (deploy/proxy.py, docs/blue-green.md) but a deploy could only run in place,
-# and a setting that silently does nothing is refused.
-BLUE_GREEN_DEPLOYS = False
 _BLUE_GREEN_KEYS = ("slots", "public_port", "bake", "retire", "on_failure")
 
 
@@ -507,17 +503,19 @@ class Inventory(Strict):
 
     @model_validator(mode="after")
     def _strategy_available(self) -> Inventory:
-        if self.strategy.kind == "blue-green" and self.process.manager == "systemd":
+        if self.strategy.kind != "blue-green":
+            return self
+        if self.process.manager == "systemd":
             # the template unit <app>@.service (instance = slot) is not built yet
             raise ValueError(
                 "strategy.kind: blue-green is not available with process.manager: systemd in "
                 "this version yet (PM2 only). Use kind: in-place (or manager: pm2)"
             )
-        if self.strategy.kind == "blue-green" and not BLUE_GREEN_DEPLOYS:
+        if self.health.port is not None:
             raise ValueError(
-                "strategy.kind: blue-green is not available in this version yet: the nginx "
-                "front door is (docs/blue-green.md), the blue/green deploy is not. Use "
-                "kind: in-place (or remove the strategy section)"
+                f"health.port ({self.health.port}) cannot be used with strategy.kind: "
+                "blue-green: each slot answers readiness on its own port (strategy.slots). "
+                "Remove health.port"
             )
         return self
 

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deploy.slots import SlotView
 
 RELEASE_ID = re.compile(r"^\d{14}-[0-9a-f]{7,40}$")
 TOKEN = re.compile(r"^[0-9a-f]{32}$")
@@ -286,6 +290,7 @@ class HostStatus:
     lock_holder: dict[str, object] | None
     releases: tuple[tuple[str, str], ...]  # (id, state), newest first
     needs_human: NeedsHuman | None = None
+    slots: tuple[SlotView, ...] = ()  # blue/green: each slot, its release and role
 
 
 @dataclass(frozen=True)

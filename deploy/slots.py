@@ -89,9 +89,7 @@ class SlotView:
     def line(self) -> str:
         proc = self.process
         what = self.release or "(empty)"
-        state = (
-            f"{proc.status}, pids {list(proc.pids)}, restarts {proc.restarts}" if proc else "?"
-        )
+        state = f"{proc.status}, pids {list(proc.pids)}, restarts {proc.restarts}" if proc else "?"
         return f"{self.slot.name:<5} :{self.slot.port:<5} {self.role:<7} {what}  [{state}]"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,21 @@ class FakeClock:
 
 
 @dataclass
+class SlotProc:
+    release: str
+    pids: tuple[int, ...]
+    started_at: float
+
+
+def app_status(fault: str, path: str) -> int:
+    if path == "/health/ready" and fault == "ready_503":
+        return 503
+    if path.startswith("/api") and fault == "errors_5xx":
+        return 500
+    return 200
+
+
+@dataclass
 class FakeHost:
     root: str = "/srv/app"
     releases: set[str] = field(default_factory=set)
@@ -65,9 +81,75 @@ class FakeHost:
     envs: dict[str, str] = field(default_factory=dict)  # how its env snapshot was made
     upload_files: set[str] = field(default_factory=set)  # files in .releasegate/uploads
     activation_stdout: str = ""  # what `pm2.activate` prints (its env notes)
+    # blue/green: the slots (PM2 apps app-blue/app-green), nginx's upstream and access log
+    slot_links: dict[str, str] = field(default_factory=dict)  # slot -> release id
+    slot_ports: dict[str, int] = field(default_factory=lambda: {"blue": 3001, "green": 3002})
+    slot_procs: dict[str, SlotProc] = field(default_factory=dict)  # slot -> what runs there
+    public_port: int = 8080
+    upstream: tuple[int, int | None] | None = None  # (live port, backup port)
+    access_log: str = ""  # nginx's JSON lines for this app
+    nginx_refuses: bool = False  # `nginx -t` fails at the next switch
+    user_requests: int = 0  # requests real users send through the front door per log read
+    user_path: str = "/api/items"
 
     def fault_of_running(self) -> str:
         return self.faults.get(self.running or "", "")
+
+    def slot_at(self, port: int | None) -> str | None:
+        return next((name for name, p in self.slot_ports.items() if p == port), None)
+
+    def slot_pids(self, slot: str, now: float) -> tuple[tuple[int, ...], int, str]:
+        """(pids, restarts, status) of a slot's processes at fake-clock time `now`."""
+        proc = self.slot_procs.get(slot)
+        if proc is None:
+            return (), 0, "missing"
+        fault = self.faults.get(proc.release, "")
+        if fault == "boot_crash":
+            return tuple(0 for _ in proc.pids), 3, "errored"
+        crashes = 0
+        if fault.startswith("crash_after:"):
+            crashes = int((now - proc.started_at) // float(fault.split(":")[1]))
+        return tuple(p + 1000 * crashes for p in proc.pids), crashes, "online"
+
+    def serving(self, port: int, now: float) -> str | None:
+        """The release that answers on a slot port (None: refused)."""
+        slot = self.slot_at(port)
+        proc = self.slot_procs.get(slot or "")
+        if proc is None or self.faults.get(proc.release) == "boot_crash":
+            return None
+        fault = self.faults.get(proc.release, "")
+        if fault.startswith("crash_after:") and now - proc.started_at >= float(fault.split(":")[1]):
+            return None  # it died and nginx meets a refused connection
+        return proc.release
+
+    def front_door(self, path: str, now: float) -> tuple[str | None, int]:
+        """Route one request like nginx: the live slot, the backup when the live one does not
+        answer; log it. (release that answered, status)."""
+        assert self.upstream is not None, "no upstream file: nginx has no site for this app"
+        live, backup = self.upstream
+        tried: list[tuple[int, str, str]] = []
+        answered: str | None = None
+        status = 502
+        for port in (live, backup):
+            if port is None:
+                continue
+            rid = self.serving(port, now)
+            if rid is None:
+                tried.append((port, "502", "-"))
+                continue
+            status = app_status(self.faults.get(rid, ""), path)
+            tried.append((port, str(status), "0.001"))
+            answered = rid
+            break
+        entry = {
+            "status": status,
+            "upstream_addr": ", ".join(f"127.0.0.1:{p}" for p, _, _ in tried),
+            "upstream_status": ", ".join(c for _, c, _ in tried),
+            "upstream_header_time": ", ".join(t for _, _, t in tried),
+        }
+        self.access_log += json.dumps(entry) + "\n"
+        return answered, status
+
 
     def hold(self, token: str, owner: dict[str, object], lease: int | None, now: float) -> None:
         """Plant a lock as another run would have taken it."""
@@ -105,6 +187,7 @@ class FakeRemote:
         self.stdin_seen: list[str] = []  # every stdin the host was sent, as sent
         self._stdin: list[str] = []  # lines of the running command's stdin not yet read
         self.local_of: dict[str, Path] = {}  # upload path on the host -> the local file
+        self.proxy_facts: list[str] = []  # extra key=value lines of proxy.probe (later win)
 
     # Remote protocol -------------------------------------------------------------------------
     def run(
@@ -196,7 +279,8 @@ class FakeRemote:
     # host behaviour --------------------------------------------------------------------------
     def _apply(self, cmd: Cmd) -> Result:
         h = self.host
-        args = cmd.argv[4:] if cmd.argv[:2] == ("sh", "-c") else cmd.argv
+        argv = cmd.argv[4:] if cmd.argv[:1] == ("timeout",) else cmd.argv  # commands.bounded
+        args = argv[4:] if argv[:2] == ("sh", "-c") else argv
         ok = Result("", "", 0)
         match cmd.name:
             case "layout.prepare" | "release.link_shared" | "release.install":
@@ -244,6 +328,13 @@ class FakeRemote:
                     if sha not in seen:
                         seen.add(sha)
                         lines += [f"={sha}", text.rstrip("\n")]
+                lines.append("@@slots")
+                lines += [
+                    f"{name} ../../releases/{h.slot_links[name]}" if name in h.slot_links else name
+                    for name in ("blue", "green")
+                ]
+                if h.upstream is not None:
+                    lines += ["@@upstream", *self._upstream_lines()]
                 return Result("\n".join(lines) + "\n", "", 0)
             case "lock.acquire":
                 if h.lock:
@@ -319,8 +410,23 @@ class FakeRemote:
                 h.activated_at = self.clock.t
                 return Result(h.activation_stdout, "", 0)
             case "pm2.jlist":
+                slots = [
+                    {
+                        "name": f"app-{slot}",
+                        "pm_id": 10 + 2 * n + index,
+                        "pid": pid,
+                        "pm2_env": {
+                            "status": status,
+                            "restart_time": restarts,
+                            "pm_id": 10 + 2 * n + index,
+                        },
+                    }
+                    for n, slot in enumerate(sorted(h.slot_procs))
+                    for pids, restarts, status in [h.slot_pids(slot, self.clock.t)]
+                    for index, pid in enumerate(pids)
+                ]
                 if h.running is None:
-                    return Result("[]", "", 0)
+                    return Result(json.dumps(slots), "", 0)
                 fault = self.host.fault_of_running()
                 crash = fault == "boot_crash"
                 status = "errored" if crash else "online"
@@ -342,12 +448,17 @@ class FakeRemote:
                     }
                     for index, pid in enumerate(h.pids)
                 ]
-                return Result(json.dumps(procs), "", 0)
+                return Result(json.dumps(procs + slots), "", 0)
             case "process.identity":
                 root = h.real_root or h.root
                 rid = PurePosixPath(args[0]).name
                 lines = [f"@@release {root}/releases/{rid}" if rid in h.releases else "@@release -"]
-                lines += [f"{p} {root}/releases/{h.running}" for p in args[1:]]
+                cwd = {
+                    pid: proc.release
+                    for slot, proc in h.slot_procs.items()
+                    for pid in h.slot_pids(slot, self.clock.t)[0]
+                }
+                lines += [f"{p} {root}/releases/{cwd.get(int(p), h.running)}" for p in args[1:]]
                 lines.append("@@manifest")
                 if rid in h.manifests:
                     lines.append(json.dumps(h.manifests[rid], indent=2))
@@ -361,6 +472,10 @@ class FakeRemote:
                     h.releases.discard(name)
                     h.partials.discard(name.removesuffix(".partial"))
                 return ok
+            case "pm2.logs" if args[0] != "app":
+                proc = h.slot_procs.get(args[0].rsplit("-", 1)[1])
+                fault = h.faults.get(proc.release, "") if proc else ""
+                return Result(f"==> {args[0]}-error.log <==\nsampleapp: fault {fault}\n", "", 0)
             case "pm2.logs":
                 fault = self.host.fault_of_running()
                 return Result(
@@ -380,7 +495,81 @@ class FakeRemote:
                 return Result("".join(f"{k}={v}\n" for k, v in facts.items()), "", 0)
             case "pm2.save":
                 return ok
+            # ---- blue/green
+            case "slot.link":
+                _root, slot, rid, port = args[0], args[1], args[2], int(args[3])
+                if rid not in h.releases:
+                    return Result("", f"releases/{rid} is not a complete release", 3)
+                h.slot_links[slot] = rid
+                h.slot_ports[slot] = port
+                return ok
+            case "slot.unlink":
+                slot = PurePosixPath(args[-1]).name
+                h.slot_links.pop(slot, None)
+                return ok
+            case "pm2.start_slot":
+                slot = args[2].rsplit("-", 1)[1]
+                rid = h.slot_links[slot]
+                h.next_pid += 10
+                h.slot_procs[slot] = SlotProc(rid, (h.next_pid, h.next_pid + 1), self.clock.t)
+                return ok
+            case "pm2.stop_slot":
+                h.slot_procs.pop(args[1].rsplit("-", 1)[1], None)
+                return ok
+            case "mark":
+                return Result(args[-1] + "\n", "", 0)
+            case "proxy.read_upstream":
+                if h.upstream is None:
+                    return Result("@@missing\n", "", 0)
+                return Result("\n".join(self._upstream_lines()) + "\n", "", 0)
+            case "proxy.ensure_upstream":
+                if h.upstream is not None:
+                    return Result("@@exists\n", "", 0)
+                h.upstream = _parse_upstream(args[1])
+                return Result("@@written\n", "", 0)
+            case "proxy.switch":
+                if h.nginx_refuses:
+                    refused = "nginx -t refused the new upstream; the previous one is back"
+                    return Result("", refused, 81)
+                offset = len(h.access_log.encode())
+                h.upstream = _parse_upstream(args[1])
+                return Result(f"@@log_offset={offset}\n@@switched\n", "", 0)
+            case "proxy.read_log":
+                offset = int(args[1])
+                for _ in range(h.user_requests):
+                    h.front_door(h.user_path, self.clock.t)
+                data = h.access_log.encode()
+                return Result(f"@@range {offset} {len(data)}\n" + data[offset:].decode(), "", 0)
+            case "proxy.probe":
+                lines = [
+                    "nginx=/usr/sbin/nginx",
+                    "nginx_version=nginx version: nginx/1.22.1",
+                    "sudo_test=yes",
+                    "sudo_reload=yes",
+                    "config=ok",
+                    "running=yes",
+                    "site=/etc/nginx/conf.d/releasegate-app.conf",
+                    f"upstream={'present' if h.upstream else 'missing'}",
+                    "access_log=readable",
+                    "public_port=other",
+                ]
+                for port in args[5:]:
+                    slot = h.slot_at(int(port))
+                    held = slot is not None and slot in h.slot_procs
+                    lines.append(f"port.{port}=" + (f"own:100:{h.root}" if held else "free"))
+                lines += self.proxy_facts
+                return Result("\n".join(lines) + "\n", "", 0)
+            case "slot.drain":
+                return ok
         raise AssertionError(f"fake host does not know {cmd.name}")
+
+    def _upstream_lines(self) -> list[str]:
+        assert self.host.upstream is not None
+        live, backup = self.host.upstream
+        lines = ["# releasegate: fake", f"server 127.0.0.1:{live};"]
+        if backup is not None:
+            lines.append(f"server 127.0.0.1:{backup} backup;")
+        return lines
 
     def _lock_view(self) -> list[str]:
         """Like commands.LOCK_VIEW: the owner line and `lease <instance> <age> <ttl>`."""
@@ -394,6 +583,19 @@ class FakeRemote:
         return [owner, f"lease {instance} {int(self.clock.t - h.lease_renewed)} {h.lease}"]
 
 
+def _parse_upstream(text: str) -> tuple[int, int | None]:
+    live: int | None = None
+    backup: int | None = None
+    for line in text.splitlines():
+        m = re.match(r"^server 127\.0\.0\.1:(\d+)( backup)?;$", line.strip())
+        if m and m.group(2):
+            backup = int(m.group(1))
+        elif m:
+            live = int(m.group(1))
+    assert live is not None, text
+    return live, backup
+
+
 def _rid(release_dir: PurePosixPath) -> str:
     return release_dir.name.removesuffix(".partial")
 
@@ -403,11 +605,19 @@ def app_handler(remote: FakeRemote) -> httpx.MockTransport:
 
     def handle(request: httpx.Request) -> httpx.Response:
         h = remote.host
-        fault = h.fault_of_running()
-        if h.running is None or fault == "boot_crash":
+        port = (request.url.port or 80) - 40000  # the fake tunnel's local port
+        running = h.running
+        if port == h.public_port:
+            running, status = h.front_door(request.url.path, remote.clock.t)
+            if running is None:
+                return httpx.Response(status)  # nginx: 502, no upstream answered
+        elif h.slot_at(port) is not None:
+            running = h.serving(port, remote.clock.t)
+        fault = h.faults.get(running or "", "")
+        if running is None or fault == "boot_crash":
             raise httpx.ConnectError("connection refused", request=request)
-        manifest = h.manifests.get(h.running, {})
-        release, revision = h.running, str(manifest.get("revision", ""))
+        manifest = h.manifests.get(running, {})
+        release, revision = running, str(manifest.get("revision", ""))
         tags = manifest.get("tags")
         tag = tags[0] if isinstance(tags, list) and tags else None
         if fault == "wrong_version":  # a stale build answers: it reports another version
@@ -421,6 +631,9 @@ def app_handler(remote: FakeRemote) -> httpx.MockTransport:
             return httpx.Response(
                 200, json={"release": release, "revision": revision, "tag": tag}, headers=stamp
             )
+        if request.url.path.startswith("/api"):
+            status = app_status(fault, request.url.path)
+            return httpx.Response(status, json={"items": []}, headers=stamp)
         return httpx.Response(404)
 
     return httpx.MockTransport(handle)

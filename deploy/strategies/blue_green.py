@@ -511,4 +511,3 @@ def wait_drained(port: int, seconds: float) -> Cmd:
         [str(port), str(max(1, round(seconds * 10)))],
         f"wait until nginx has no connection to :{port} left (at most {seconds:g}s)",
     )
-

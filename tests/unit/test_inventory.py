@@ -174,10 +174,20 @@ def test_strategy_errors_name_the_key_and_the_fix(strategy, words):
     assert words in err(GOOD + f"strategy: {strategy}\n")
 
 
-def test_blue_green_is_refused_until_the_strategy_exists():
-    # a setting that would silently deploy in place is refused, with what to do instead
-    msg = err(GOOD + "strategy: {kind: blue-green, slots: {blue: 3001, green: 3002}}\n")
-    assert "not available in this version yet" in msg and "kind: in-place" in msg
+def test_blue_green_is_accepted_under_pm2():
+    text = GOOD + "strategy: {kind: blue-green, slots: {blue: 3001, green: 3002}}\n"
+    inv = inventory.parse(text, source=Path("inventories/prod.yml"), env="prod")
+    assert inv.strategy.kind == "blue-green"
+
+
+def test_blue_green_refuses_a_separate_health_port():
+    # both slots would answer readiness on one port: the gate could not tell them apart
+    msg = err(
+        GOOD
+        + "health: {port: 9000}\n"
+        + "strategy: {kind: blue-green, slots: {blue: 3001, green: 3002}}\n"
+    )
+    assert "health.port (9000) cannot be used with strategy.kind: blue-green" in msg
 
 
 def test_example_documents_every_blue_green_key():
