@@ -150,7 +150,6 @@ class FakeHost:
         self.access_log += json.dumps(entry) + "\n"
         return answered, status
 
-
     def hold(self, token: str, owner: dict[str, object], lease: int | None, now: float) -> None:
         """Plant a lock as another run would have taken it."""
         self.lock = (token, json.dumps(owner))
