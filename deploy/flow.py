@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from deploy import artifact as artifacts
-from deploy import commands, lock, prune, release_packs, verdict
+from deploy import commands, lock, proxy, prune, release_packs, verdict
 from deploy.clock import Clock
 from deploy.commands import Cmd
 from deploy.errors import (
@@ -369,6 +369,34 @@ def strategy_for(d: Deps, host: HostOps, state: HostState | None) -> Strategy:
             check_signal=lambda: _raise_pending_signal(d),
         )
     return InPlace(host)
+
+
+def setup_front_door(d: Deps, host: HostOps) -> str:
+    """`releasegate setup` for blue-green: write the first upstream file (the blue slot) unless
+    one exists, and show what root installs once: the site config and the sudo allowlist.
+    Returns a summary for the outcome ("" in place)."""
+    way = strategy_for(d, host, None)
+    if not isinstance(way, BlueGreen):
+        return ""
+    res = host.run_batch("setup", way.setup_steps(), f"write {way.paths.upstream}")
+    written = "@@written" in res.stdout
+    user = d.inventory.host.user
+    site = proxy.site_config(way.paths, public_port=d.inventory.strategy.public_port)
+    d.reporter.info(
+        f"as root, install this site config as {way.paths.site} (mode 0644), then "
+        f"`nginx -t && systemctl reload nginx`:\n{site}"
+    )
+    d.reporter.info(
+        "as root, put these lines in /etc/sudoers.d/releasegate-nginx (mode 0440, check with "
+        "`visudo -cf /etc/sudoers.d/releasegate-nginx`), and let the deploy user read nginx's "
+        f"logs (`usermod -aG adm {user}`):\n" + "\n".join(proxy.sudoers_lines(user))
+    )
+    return (
+        f"{'wrote' if written else 'kept the existing'} {way.paths.upstream}"
+        + (f" (slot blue, 127.0.0.1:{way.slots.blue.port})" if written else "")
+        + f"; install the site config and the sudoers lines shown above as root, then "
+        f"`releasegate preflight {d.inventory.env}`"
+    )
 
 
 def _health_headers(d: Deps) -> dict[str, str]:

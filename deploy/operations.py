@@ -36,7 +36,7 @@ from deploy.flow import Deps, Signalled
 from deploy.inventory import Inventory
 from deploy.model import Outcome
 from deploy.plan import PlanRemote
-from deploy.preflight import Check, judge_host
+from deploy.preflight import Check
 from deploy.redact import Redactor
 from deploy.remote import SshRemote, fingerprint, known_hosts_name
 from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
@@ -499,8 +499,7 @@ def run_preflight(
                         workdir=Path(work),
                         redact=redact,
                     )
-                    facts = flow.host_ops(deps).preflight_facts()
-                    results += judge_host(inv, facts, size, SystemClock().now())
+                    results += flow.preflight_checks(deps, flow.host_ops(deps), size)
                 finally:
                     remote.close()
         failed = [c for c in results if not c.ok]
@@ -532,13 +531,15 @@ def run_setup(env: str, opts: Options, *, reporter: Reporter | None = None) -> i
                 f"Create it once as root: `mkdir -p {host.layout.root} && chown "
                 f"{d.inventory.host.user}: {host.layout.root}`, then run setup again."
             ) from None
+        front = flow.setup_front_door(d, host)
         outcome = Outcome(
             op="setup",
             result="ok",
             exit_code=0,
             release=None,
             live=None,
-            message=f"{host.layout.root} has releases/, shared/ and .releasegate/",
+            message=f"{host.layout.root} has releases/, shared/ and .releasegate/"
+            + (f"; {front}" if front else ""),
         )
         d.reporter.outcome(outcome)
         return outcome

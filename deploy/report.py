@@ -179,6 +179,13 @@ def status_lines(status: HostStatus) -> list[str]:
         lines += [f"  {command}" for command in mark.commands]
     else:
         lines.append("needs human no")
+    roles = {}
+    if status.slots:
+        lines.append("slots")
+        for view in status.slots:
+            lines.append(f"  {view.line()}")
+            if view.release and view.role != "idle":
+                roles[view.release] = f"{view.role} in {view.slot.name}"
     lines.append("releases")
     for rid, state in status.releases:
         marks = []
@@ -186,6 +193,8 @@ def status_lines(status: HostStatus) -> list[str]:
             marks.append("current")
         if rid == status.last_good:
             marks.append("last good")
+        if rid in roles:
+            marks.append(roles[rid])
         suffix = f"  <- {', '.join(marks)}" if marks else ""
         lines.append(f"  {rid}  {state}{suffix}")
     return lines
@@ -261,7 +270,24 @@ class JsonReporter:
         self._outcome = outcome
 
     def status(self, status: HostStatus) -> None:
-        self._emit("status", **dataclasses.asdict(status))
+        fields = dataclasses.asdict(status)
+        fields["slots"] = [
+            {
+                "slot": view.slot.name,
+                "port": view.slot.port,
+                "role": view.role,
+                "release": view.release,
+                "process": {
+                    "status": view.process.status,
+                    "pids": list(view.process.pids),
+                    "restarts": view.process.restarts,
+                }
+                if view.process
+                else None,
+            }
+            for view in status.slots
+        ]
+        self._emit("status", **fields)
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
         self._emit(

@@ -55,7 +55,7 @@ function parseFault(raw) {
   const colon = raw.indexOf(':');
   const name = (colon === -1 ? raw : raw.slice(0, colon)).trim();
   const arg = colon === -1 ? '' : raw.slice(colon + 1).trim();
-  if (['ready_503', 'boot_crash', 'wrong_contract', 'wrong_version'].includes(name) && !arg) return { name, raw };
+  if (['ready_503', 'ready_hang', 'boot_crash', 'wrong_contract', 'wrong_version'].includes(name) && !arg) return { name, raw };
   if (name === 'slow_ready' || name === 'crash_after') {
     const delayMs = parseDuration(arg);
     if (delayMs !== null) return { name, raw, delayMs };
@@ -194,6 +194,8 @@ const routes = [
       if (HEALTH_TOKEN && !tokenMatches(req.headers['x-health-token'], HEALTH_TOKEN)) {
         return send(res, 401, { error: 'unauthorized' });
       }
+      // ready_hang: the readiness request is accepted and never answered (a stuck dependency)
+      if (FAULT && FAULT.name === 'ready_hang') return;
       if (!isReady()) return send(res, 503, { status: 'not-ready' });
       send(res, 200, { status: 'ready', release: REPORTED_RELEASE });
     },

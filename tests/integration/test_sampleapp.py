@@ -429,6 +429,14 @@ def test_fault_boot_crash(start_app: Callable[..., App], app_dir: Path, source: 
     assert not app.is_live()
 
 
+def test_fault_ready_hang(start_app: Callable[..., App]) -> None:
+    app = start_app(env={"FAULT": "ready_hang"})
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(f"{app.base_url}/health/ready", timeout=1.0, trust_env=False)
+    assert app.get("/health/live").status_code == 200
+    assert app.get("/api/items").status_code == 200
+
+
 def test_fault_slow_ready(start_app: Callable[..., App]) -> None:
     app = start_app(env={"FAULT": "slow_ready:2"})
     started = time.monotonic()
