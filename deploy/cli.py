@@ -19,7 +19,8 @@ Exit codes:
   0  success (promoted / rolled back / smoke passed)
   1  smoke pack or check failed
   2  invalid input or config; nothing contacted
-  3  deploy failed after activation; rolled back, the previous release serves
+  3  the new release failed a gate (before traffic, or after it and rolled back); the
+     previous release serves, verified
   4  lock held by someone else
   5  failed before activation (preflight, ship); nothing live changed
   6  rollback failed or unsafe; a human is needed (then `resolve`)

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import httpx
@@ -744,8 +744,9 @@ def _activate_and_gate(
     _retire(d, way, rid)
     verb = "promoted" if op == "deploy" else "rolled back to"
     if d.dry_run:
-        return _report(
+        return _report_slots(
             d,
+            way,
             Outcome(
                 op=op,
                 result="planned",
@@ -758,8 +759,9 @@ def _activate_and_gate(
                 ),
             ),
         )
-    return _report(
+    return _report_slots(
         d,
+        way,
         Outcome(
             op=op,
             result="promoted" if op == "deploy" else "rolled-back",
@@ -946,8 +948,9 @@ def _recover(
                 evidence=list(evidence)[-20:],
                 forensics=forensics.journal,
             )
-            return _report(
+            return _report_slots(
                 d,
+                way,
                 Outcome(
                     op=op,
                     result="rollback-impossible",
@@ -1016,8 +1019,9 @@ def _recover(
             )
             if plain:
                 r.warn(plain)
-            return _report(
+            return _report_slots(
                 d,
+                way,
                 Outcome(
                     op=op,
                     result="rollback-failed",
@@ -1056,8 +1060,9 @@ def _recover(
         paused = _take_out(d, way, failed, signum=signum)
         way.persist(fallback)
     code = 128 + signum if signum else 3
-    return _report(
+    return _report_slots(
         d,
+        way,
         Outcome(
             op=op,
             result="rolled-back",
@@ -1182,8 +1187,9 @@ def _reject(
             forensics=forensics.journal,
         )
         if live is None:
-            return _report(
+            return _report_slots(
                 d,
+                way,
                 Outcome(
                     op=op,
                     result="rejected",
@@ -1201,8 +1207,9 @@ def _reject(
             with r.stage(f"verify {live} through the front door"):
                 verified = _watch(d, way, live, bake=False)
         except Exception as again:
-            return _report(
+            return _report_slots(
                 d,
+                way,
                 Outcome(
                     op=op,
                     result="rejected",
@@ -1218,8 +1225,9 @@ def _reject(
                     evidence=evidence + tuple(getattr(again, "evidence", ()) or ()),
                 ),
             )
-    return _report(
+    return _report_slots(
         d,
+        way,
         Outcome(
             op=op,
             result="rejected",
@@ -1443,8 +1451,15 @@ def status(d: Deps) -> HostStatus:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _report(d: Deps, outcome: Outcome) -> Outcome:
-    """Every operation ends here: the reporter shows the outcome, the caller returns it."""
+def _report_slots(d: Deps, way: Strategy, outcome: Outcome) -> Outcome:
+    return _report(d, outcome, way)
+
+
+def _report(d: Deps, outcome: Outcome, way: Strategy | None = None) -> Outcome:
+    """Every operation ends here: the reporter shows the outcome, the caller returns it.
+    With the strategy: the outcome says what each slot runs afterwards (blue-green)."""
+    if way is not None and not d.dry_run:
+        outcome = replace(outcome, slots=way.roles())
     d.reporter.outcome(outcome)
     return outcome
 

@@ -29,7 +29,7 @@ EXIT_MEANINGS = {
     0: "success",
     1: "a smoke check failed",
     2: "invalid input or config; nothing contacted",
-    3: "deploy failed after activation; rolled back, the previous release serves",
+    3: "the new release failed a gate (rejected, or rolled back); the previous release serves",
     4: "lock held by someone else; nothing changed",
     5: "failed before activation; nothing live changed",
     6: "rollback failed or impossible; a human is needed",
@@ -191,6 +191,7 @@ def step_summary(outcome: Outcome, env: str, redact: Redactor) -> str:
         ("release", f"`{o.release}`" if o.release else "—"),
         ("live", f"`{o.live}`" if o.live else "unknown" if o.exit_code == 6 else "—"),
         ("exit code", f"{o.exit_code} — {meaning}"),
+        *((f"slot {r.slot}", f"{r.role} `{r.release or '-'}`") for r in o.slots),
     ]
     out = [
         f"### {mark} {_cell(redact(_what(o, env)))}: {_cell(o.result)} (exit {o.exit_code})",

@@ -294,13 +294,27 @@ class HostStatus:
 
 
 @dataclass(frozen=True)
+class SlotRole:
+    """Blue/green: what a slot runs after an operation, and what for."""
+
+    slot: str  # blue | green
+    port: int
+    role: str  # live | backup | warm | paused | stray
+    release: str | None
+
+    def line(self) -> str:
+        return f"{self.slot} {self.role} {self.release or '(empty)'}"
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How an operation ended; the reporter shows it and the CLI exits with `exit_code`."""
 
     op: str
-    result: str  # promoted | rolled-back | rollback-failed | needs-human | resolved | …
+    result: str  # promoted | rolled-back | rejected | rollback-failed | needs-human | …
     exit_code: int
     release: str | None
     live: str | None
     message: str
     evidence: tuple[str, ...] = ()
+    slots: tuple[SlotRole, ...] = ()  # blue/green: the slots that run something, afterwards

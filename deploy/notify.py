@@ -2,8 +2,9 @@
 
     promoted         a deploy passed its gate; the new release serves            (exit 0)
     rolled-back      a deploy failed after activation and the last good release
-                     serves again (with the failing checks), or a manual rollback
-                     succeeded                                                    (exit 3 / 0)
+                     serves again (with the failing checks), or — blue-green — was
+                     rejected before it took traffic (result `rejected`), or a manual
+                     rollback succeeded                                           (exit 3 / 0)
     rollback-failed  the rollback failed or was impossible: a human is needed,
                      sent loud                                                   (exit 6)
     aborted          failed before activation; nothing live changed          (exit 2/4/5/7…)
@@ -98,6 +99,8 @@ def event_for(outcome: Outcome) -> str | None:
         return "rollback-failed"
     if outcome.result in ("promoted", "rolled-back"):
         return outcome.result
+    if outcome.result == "rejected" and outcome.exit_code == 3:
+        return "rolled-back"  # the new release failed its gate; the previous one serves
     if outcome.exit_code != 0:
         return "aborted"
     return None
@@ -172,6 +175,11 @@ def json_payload(notice: Notice, redact: Redactor) -> dict[str, Any]:
                 "message": o.message,
                 "failed_checks": [_cut(x) for x in notice.failed_checks],
                 "evidence": [_cut(x) for x in o.evidence[-EVIDENCE_LINES:]],
+                # blue/green: what each slot runs afterwards (live, warm, paused)
+                "slots": [
+                    {"slot": r.slot, "port": r.port, "role": r.role, "release": r.release}
+                    for r in o.slots
+                ],
                 "actor": c.actor,
                 "at": c.at,
                 "run_url": c.run_url,
@@ -227,6 +235,7 @@ def slack_payload(notice: Notice, redact: Redactor) -> dict[str, str]:
     facts = [
         f"release `{code(o.release)}`" if o.release else "",
         f"live `{code(o.live)}`" if o.live else "",
+        *(f"{esc(r.slot)} {esc(r.role)} `{code(r.release or '-')}`" for r in o.slots),
         f"host {esc(c.host)}",
         f"by {esc(c.actor)}",
         f"<{redact(c.run_url)}|run>" if c.run_url else "",

@@ -116,7 +116,8 @@ def role_of(
         return "live"
     if slot.port == backup_port:
         return "backup"
-    running = process is not None and process.status not in ("missing", "stopped")
+    # not read (None): a linked slot is taken to run — the link goes when the slot is stopped
+    running = process is None or process.status not in ("missing", "stopped")
     if release is None or not running:
         return "idle"
     event = last_slot_event(journal, slot.name)

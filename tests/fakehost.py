@@ -560,6 +560,11 @@ class FakeRemote:
                 return Result("\n".join(lines) + "\n", "", 0)
             case "slot.drain":
                 return ok
+            case "slot.listening":
+                slot = h.slot_at(int(args[0]))
+                if slot is None or slot not in h.slot_procs:
+                    return Result("", f"nothing listens on 127.0.0.1:{args[0]}", 1)
+                return ok
         raise AssertionError(f"fake host does not know {cmd.name}")
 
     def _upstream_lines(self) -> list[str]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from deploy.commands import Cmd
-from deploy.model import ProcessSnapshot
+from deploy.model import ProcessSnapshot, SlotRole
 from deploy.preflight import Check
 from deploy.slots import SlotView
 
@@ -91,6 +91,10 @@ class Strategy(Protocol):
 
     def views(self) -> tuple[SlotView, ...]:
         """Each slot as the host shows it (none in place)."""
+        ...
+
+    def roles(self) -> tuple[SlotRole, ...]:
+        """The slots that run something, as this run left them (for the outcome)."""
         ...
 
     def preflight_probe(self) -> list[Cmd]:

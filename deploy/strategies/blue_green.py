@@ -36,7 +36,7 @@ from deploy.gate import (
 from deploy.host import HostOps, new_token
 from deploy.inventory import StrategyConfig
 from deploy.journal import HostState
-from deploy.model import ProcessSnapshot, ReleaseState
+from deploy.model import ProcessSnapshot, ReleaseState, SlotRole
 from deploy.preflight import Check
 from deploy.report import Reporter
 from deploy.slots import SLOT, Slot, Slots, SlotView, views
@@ -114,16 +114,14 @@ class BlueGreen:
     # ------------------------------------------------------------------ the strategy
 
     def start(self, rid: str) -> Start:
-        """Fresh start of `rid` in the idle slot — unless it already runs without traffic
-        (warm, or the backup of a bake being reverted: nothing to start) or is live."""
+        """Fresh start of `rid` in the idle slot — unless a slot already runs it without
+        traffic (warm, or the backup of a bake being reverted: nothing to start; the switch
+        checks that something listens there, and the front door proves it answers) or it is
+        live. No process read here: a revert must not wait for one."""
         slot = self.slot_of(rid)
         if slot is not None and slot == self.live_slot():
             return "live"
-        if (
-            slot is not None
-            and self._state_of(rid) in RETURNABLE
-            and self.host.slot_snapshot(slot, timeout=self._read_timeout()).running
-        ):
+        if slot is not None and self._state_of(rid) in RETURNABLE:
             return "warm"
         idle = self.idle_slot()
         steps = [*self.host.lease_guard()]
@@ -180,7 +178,7 @@ class BlueGreen:
         keep = keep_previous and previous is not None and self._state_of(previous) in RETURNABLE
         target = proxy.Upstream(new.port, other.port if keep else None)
         switch = proxy.switch(self.paths, target)
-        steps = [*records, self._record(rid, new, "live")]
+        steps = [listening(new.port), *records, self._record(rid, new, "live")]
         if keep:
             steps.append(self._record(previous, other, "backup"))
         steps += [
@@ -367,7 +365,8 @@ class BlueGreen:
                 f"was killed mid-switch): current now points at {served}"
             )
             current = served
-        for view in self.views():
+        # no process read: a run must not wait for one before it can act (a rollback)
+        for view in self.views(processes=False):
             if view.role == "stray" and view.release is not None:
                 steps = [
                     *self.host.slot_stop_steps(view.slot),
@@ -405,6 +404,14 @@ class BlueGreen:
             backup_port=up.backup if up else None,
             journal=self.state.journal,
             states=states,
+        )
+
+    def roles(self) -> tuple[SlotRole, ...]:
+        """The slots that run something, as this run left them (no process read)."""
+        return tuple(
+            SlotRole(v.slot.name, v.slot.port, v.role, v.release)
+            for v in self.views(processes=False)
+            if v.role != "idle"
         )
 
     def _read_timeout(self) -> float:
@@ -487,6 +494,23 @@ def _upstream(text: str | None) -> proxy.Upstream | None:
 
 def _mark(text: str) -> Cmd:
     return commands._cmd("mark", ["echo", text])
+
+
+LISTENING_SCRIPT = r"""
+ss -Hltn "sport = :$1" 2>/dev/null | grep -q . && exit 0
+echo "nothing listens on 127.0.0.1:$1: the slot's release is not running" >&2
+exit 1
+"""
+
+
+def listening(port: int) -> Cmd:
+    """The first step of a switch: something listens on the slot's port (else nothing is
+    switched)."""
+    if isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"not a TCP port: {port!r}")
+    return commands._script(
+        "slot.listening", LISTENING_SCRIPT, [str(port)], f"check that :{port} listens"
+    )
 
 
 WAIT_DRAINED_SCRIPT = r"""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from deploy.commands import Cmd
 from deploy.host import HostOps
+from deploy.model import SlotRole
 from deploy.preflight import Check
 from deploy.slots import SlotView
 from deploy.strategies.base import GateTarget, Start
@@ -61,6 +62,9 @@ class InPlace:
         return []  # `current` alone says what runs
 
     def views(self) -> tuple[SlotView, ...]:
+        return ()
+
+    def roles(self) -> tuple[SlotRole, ...]:
         return ()
 
     def preflight_probe(self) -> list[Cmd]:

@@ -56,7 +56,7 @@ function parseFault(raw) {
   const name = (colon === -1 ? raw : raw.slice(0, colon)).trim();
   const arg = colon === -1 ? '' : raw.slice(colon + 1).trim();
   if (['ready_503', 'ready_hang', 'boot_crash', 'wrong_contract', 'wrong_version'].includes(name) && !arg) return { name, raw };
-  if (name === 'slow_ready' || name === 'crash_after') {
+  if (name === 'slow_ready' || name === 'crash_after' || name === 'errors_after') {
     const delayMs = parseDuration(arg);
     if (delayMs !== null) return { name, raw, delayMs };
   }
@@ -94,7 +94,13 @@ function isReady() {
   if (!FAULT) return true;
   if (FAULT.name === 'ready_503') return false;
   if (FAULT.name === 'slow_ready') return Date.now() - START >= FAULT.delayMs;
+  if (FAULT.name === 'errors_after') return !degraded();
   return true;
+}
+
+// errors_after: healthy at first, then (a leak, a dependency gone bad) readiness 503 and the API 500.
+function degraded() {
+  return Boolean(FAULT && FAULT.name === 'errors_after' && Date.now() - START >= FAULT.delayMs);
 }
 
 // --------------------------------------------------------------- helpers --
@@ -221,6 +227,7 @@ const routes = [
   }],
   ['/api/items', {
     GET: (req, res) => {
+      if (degraded()) return send(res, 500, { error: 'internal' });
       const list = [...items.values()];
       if (FAULT && FAULT.name === 'wrong_contract') return send(res, 200, { data: list.map(brokenItem) });
       send(res, 200, { items: list });

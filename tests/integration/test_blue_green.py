@@ -319,30 +319,46 @@ def test_a_bad_release_is_rejected_before_it_takes_traffic(
 # ---------------------------------------------------------------------------- after the switch
 
 
-def test_a_release_that_dies_after_the_switch_is_caught_by_the_bake_and_the_backup(
-    app: App, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("fault", ["crash_after:7", "errors_after:7"])
+def test_a_release_that_goes_bad_after_the_switch_is_caught_by_the_bake(
+    app: App, fault: str, capsys: pytest.CaptureFixture[str]
 ):
+    """Ready and stable through its gate, then 7 s after it started every instance exits
+    (crash_after: nginx passes each request to the backup, PM2 restarts it) or it answers
+    readiness 503 and its API 500 (errors_after). The bake catches it and switches back."""
     good = app.good()
     app.configure(strategy={"bake": {"seconds": 15}})
-    # ready and stable through its gate, then every instance exits ~7 s after it started
     with app.traffic() as seen:
-        code, rep = app.deploy("crash_after:7")
+        code, rep = app.deploy(fault)
     out = rep.outcomes[-1]
     assert code == 3 and out.result == "rolled-back", "\n".join(rep.lines)
     assert "bake gate failed" in out.message
+    if seen.failed and os.environ.get("BG_TRACE"):
+        t0 = seen.failed[0].sent
+        report(capsys, "\n".join(f"{(at - t0) * 1000:7.0f} ms {line}" for at, line in rep.at))
     assert seen.failed == [], seen.failed[:5]
     assert app.live() == good and app.t.current() == good
     assert app.t.state_of(str(out.release)) == "bad"
-    assert len(app.slot_apps()) == 1
+    assert len(app.slot_apps()) == 1  # its slot was stopped
     decided = next(at for at, line in rep.at if "bake  FAIL" in line)
-    after = [h for h in seen.hits if h.sent >= decided]
-    bad_after = [h for h in after if h.release != good]
-    old_serving = (max(h.sent for h in bad_after) - decided) if bad_after else 0.0
+    # the switch back ends before the first probe of the front door that follows it
+    switched = next(at for at, line in rep.at if at > decided and line.startswith("+"))
+    if os.environ.get("BG_TRACE"):
+        report(
+            capsys,
+            "\n".join(
+                f"{(at - decided) * 1000:7.0f} ms {line}"
+                for at, line in rep.at
+                if at > decided - 0.5
+            )[:3000],
+        )
+    late = [h for h in seen.hits if h.sent >= decided and h.release != good]
+    only_old = (max(h.sent for h in late) - decided) if late else 0.0
     report(
         capsys,
-        f"crash_after:7: reverted during the bake; revert decision -> only the old release "
-        f"answering (new connections): <= {old_serving * 1000:.0f} ms (50 req/s: 20 ms "
-        f"resolution); {seen.line()}",
+        f"{fault}: reverted during the bake; revert decision -> switch back done "
+        f"{(switched - decided) * 1000:.0f} ms, -> last answer of the new release "
+        f"{only_old * 1000:.0f} ms (new connections, 20 ms apart); {seen.line()}",
     )
 
 
@@ -351,36 +367,40 @@ def test_nginx_refusing_the_switch_means_no_switch(app: App, capsys: pytest.Capt
     app.configure(health={"stable_for": 3, "deadline": 12})
     broken = f"/etc/nginx/conf.d/zz-broken-{app.t.app}.conf"
     journal = f"{app.t.root}/.releasegate/journal.jsonl"
+    new_commit(app)
     try:
         with app.traffic() as seen:
-            rep = Clocked()
-            result: list[int] = []
-            import threading
-
-            def run() -> None:
-                code, r = app.deploy()
-                rep.lines.extend(r.lines)
-                result.append(code)
-
-            worker = threading.Thread(target=run)
-            worker.start()
+            run = cli(app, "deploy", "test")
             # once the new release runs in its slot (its gate takes 3 s), nginx's config breaks
             wait_until(
-                lambda: '"role": "started"' in app.t.ssh(f"tail -n 3 {journal}").stdout,
+                lambda: '"started"' in app.t.ssh(f"tail -n 3 {journal}").stdout,
                 60,
                 "the slot start",
             )
             app.as_root(f"echo 'server {{ listen nonsense; }}' > {broken}")
-            worker.join(120)
-        assert result == [5], "\n".join(rep.lines)
+            output, _ = run.communicate(timeout=120)
+        assert run.returncode == 5, output
     finally:
         app.as_root(f"rm -f {broken}")
-    assert any("nginx did not switch" in line for line in rep.lines), "\n".join(rep.lines)
+    assert "nginx did not switch" in output and "nothing live changed" in output, output
     assert seen.failed == [] and seen.releases() == {good}
     assert app.live() == good and app.t.current() == good
-    assert app.upstream() == proxy.Upstream(app.slots[_slot_at(app.slots, app.upstream().live)])  # type: ignore[union-attr,index]
+    up = app.upstream()
+    assert (
+        up is not None
+        and up.backup is None
+        and app.slot_links() == {_slot_at(app.slots, up.live): good}
+    )
     assert len(app.slot_apps()) == 1
+    rid = next(e["release"] for e in reversed(app.t.journal()) if e["op"] == "deploy")
+    assert app.t.state_of(rid) == "ready"  # not its fault: not bad
     report(capsys, f"nginx -t failing at the switch: no switch; {seen.line()}")
+
+
+def new_commit(app: App) -> None:
+    count = app.t.repo / "deploys.txt"
+    count.write_text(str(int(count.read_text()) + 1 if count.exists() else 1))
+    demo.commit_fault(app.t.repo, "")
 
 
 def test_a_broken_nginx_config_stops_the_deploy_at_preflight(app: App):
@@ -398,7 +418,9 @@ def test_a_broken_nginx_config_stops_the_deploy_at_preflight(app: App):
     finally:
         app.as_root(f"rm -f {broken}")
     assert code == 5, "\n".join(rep.lines)
-    assert any("nginx config" in line and "nonsense" in line for line in rep.lines), "\n".join(rep.lines)
+    assert any("nginx config" in line and "nonsense" in line for line in rep.lines), "\n".join(
+        rep.lines
+    )
     assert app.t.ssh(view).stdout == before and not app.t.lock_exists()
     assert app.live() == good
 
@@ -422,9 +444,7 @@ def test_a_run_killed_during_the_bake_is_resolved_by_the_next_run(
 ):
     good = app.good()
     app.configure(strategy={"bake": {"seconds": 60}})
-    count = app.t.repo / "deploys.txt"
-    count.write_text(str(int(count.read_text()) + 1 if count.exists() else 1))
-    demo.commit_fault(app.t.repo, "")
+    new_commit(app)
     with app.traffic() as seen:
         run = cli(app, "deploy", "test")
         up = wait_until(
@@ -498,6 +518,8 @@ def test_a_manual_rollback_to_a_warm_release_is_a_switch(
     from bench.proxy import only_new_after
 
     only_prev = only_new_after(seen.hits, first, started)
+    if os.environ.get("BG_TRACE"):
+        report(capsys, "\n".join(f"{(at - started) * 1000:7.0f} ms {line}" for at, line in rep.at))
     report(
         capsys,
         f"keep-warm manual rollback: command start -> only the previous release answering "

@@ -437,6 +437,15 @@ def test_fault_ready_hang(start_app: Callable[..., App]) -> None:
     assert app.get("/api/items").status_code == 200
 
 
+def test_fault_errors_after(start_app: Callable[..., App]) -> None:
+    app = start_app(env={"FAULT": "errors_after:1"})
+    assert app.get("/health/ready").status_code == 200
+    assert app.get("/api/items").status_code == 200
+    wait_until(lambda: app.get("/health/ready").status_code == 503, 10, what="degraded")
+    assert app.get("/api/items").status_code == 500
+    assert app.get("/version").status_code == 200 and app.get("/health/live").status_code == 200
+
+
 def test_fault_slow_ready(start_app: Callable[..., App]) -> None:
     app = start_app(env={"FAULT": "slow_ready:2"})
     started = time.monotonic()

@@ -511,7 +511,7 @@ def test_a_rolled_back_deploy_writes_the_summary_and_annotations(
     assert summary.startswith("### ❌ releasegate deploy prod: rolled-back (exit 3)")
     assert f"| release | `{bad.release}` |" in summary
     assert f"| live | `{good.release}` |" in summary
-    assert "| exit code | 3 — deploy failed after activation; rolled back" in summary
+    assert "| exit code | 3 — the new release failed a gate (rejected, or rolled back)" in summary
     assert "**Failed checks**\n\n- `FAIL  items-list  GET /api/items" in summary
     assert f"log: sampleapp: fault wrong_contract {MASK}" in summary
     assert CANARY not in out + err + summary
