@@ -82,8 +82,8 @@ class HostOps:
             migration_check=inv.preflight.migration_check,
             migration_timeout=inv.preflight.migration_timeout,
         )
-        if extra:
-            cmd = commands.batch("preflight", [cmd, *extra], cmd.display)
+        if extra:  # (read-only like the probe: a dry run runs it too)
+            cmd = commands.batch(cmd.name, [cmd, *extra], cmd.display)
         stdout = self.remote.run(cmd).stdout
         return preflight.parse_probe(stdout.split("\n@@", 1)[0]), stdout
 

@@ -583,7 +583,15 @@ def run_status(
 
 def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
     def body(d: Deps) -> int:
-        rows = journal.release_rows(flow.host_ops(d).read_state())
+        host = flow.host_ops(d)
+        state = host.read_state()
+        rows = journal.release_rows(state)
+        # blue/green: which release runs in which slot, and what for (live, warm, paused)
+        roles = {
+            r.release: f"{r.role} in {r.slot}"
+            for r in flow.strategy_for(d, host, state).roles()
+            if r.release
+        }
         d.reporter.table(
             f"releases of {d.inventory.app.name} on {d.inventory.host.name}",
             ["id", "revision", "state", "created", "actor", "duration", ""],
@@ -596,7 +604,14 @@ def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -
                     r.actor,
                     f"{r.duration_s:g}s" if r.duration_s is not None else "",
                     ", ".join(
-                        m for m, on in (("current", r.current), ("last good", r.last_good)) if on
+                        [
+                            *(
+                                m
+                                for m, on in (("current", r.current), ("last good", r.last_good))
+                                if on
+                            ),
+                            *([roles[r.id]] if r.id in roles else []),
+                        ]
                     ),
                 ]
                 for r in rows

@@ -18,10 +18,12 @@ class PrunePlan:
 def plan(state: HostState, keep_good: int) -> PrunePlan:
     """Keep `keep_good` releases that can be gone back to — good ones (newest good first),
     then ones a manual rollback left (`rolled-back`, most recently left first) — plus
-    `current` and the last good one; remove bad and partial releases first, then the older
+    `current`, the last good one and what a blue/green slot runs; remove bad and partial
+    releases first, then the older
     ones beyond that count; never touch what we don't recognise (unknown names, or release
     dirs whose state the journal does not say)."""
-    protected = {r for r in (state.current, state.last_good()) if r}
+    # blue/green: whatever a slot runs (live, warm, paused) stays
+    protected = {r for r in (state.current, state.last_good(), *state.slot_links.values()) if r}
     bad: list[str] = []
     old: list[str] = []
     keep: list[str] = []

@@ -341,3 +341,75 @@ def test_preflight_refuses_a_host_without_the_front_door(world: World):
     failed = "\n".join(exc.value.evidence)
     assert "front door site" in failed and "nginx config" in failed
     assert world.host.lock is None and not world.host.releases and not world.host.journal
+
+
+# ---------------------------------------------------------------------------- what it says
+
+
+def test_outcomes_webhooks_and_the_ci_summary_say_what_each_slot_runs(
+    tmp_path: Path, app_repo: Path
+):
+    from deploy import github, notify
+    from deploy.model import SlotRole
+    from deploy.redact import Redactor
+
+    w = make_world(tmp_path, app_repo, "retire: keep-warm")
+    first = ship(w).release
+    out = ship(w)
+    assert out.slots == (
+        SlotRole("blue", BLUE, "live", out.release),
+        SlotRole("green", GREEN, "warm", first),
+    )
+    context = notify.Context(env="prod", app="app", host="web1", actor="ci", at="now")
+    notice = notify.Notice(event="promoted", outcome=out, context=context)
+    payload = notify.json_payload(notice, Redactor())
+    assert payload["slots"] == [
+        {"slot": "blue", "port": BLUE, "role": "live", "release": out.release},
+        {"slot": "green", "port": GREEN, "role": "warm", "release": first},
+    ]
+    assert f"green warm `{first}`" in notify.slack_payload(notice, Redactor())["text"]
+    summary = github.step_summary(out, "prod", Redactor())
+    assert f"| slot green | warm `{first}` |" in summary
+    rejected = ship(w, "boot_crash")
+    assert rejected.result == "rejected" and notify.event_for(rejected) == "rolled-back"
+    # the rejected release's slot was stopped: the warm one was replaced by it, then stopped
+    assert rejected.slots == (SlotRole("blue", BLUE, "live", out.release),)
+
+
+def test_status_lists_the_slots_in_words_and_in_json(tmp_path: Path, app_repo: Path):
+    import io
+
+    from deploy.report import JsonReporter, status_lines
+
+    w = make_world(tmp_path, app_repo, "retire: keep-warm")
+    first = ship(w).release
+    second = ship(w).release
+    status = flow.status(w.deps)
+    lines = status_lines(status)
+    assert any(line.startswith("  blue  :3001  live") and str(second) in line for line in lines)
+    assert any(f"{first}  good  <- warm in green" in line for line in lines)
+    out = io.StringIO()
+    JsonReporter(out).status(status)
+    shown = json.loads(out.getvalue())
+    assert [(s["slot"], s["role"], s["release"]) for s in shown["slots"]] == [
+        ("blue", "live", second),
+        ("green", "warm", first),
+    ]
+    assert shown["slots"][0]["process"]["status"] == "online"
+
+
+def test_a_dry_run_reads_the_front_door_and_changes_nothing(world: World):
+    from deploy.plan import PlanRemote
+
+    good = ship(world).release
+    before = (list(world.host.journal), dict(world.host.slot_links), world.host.upstream)
+    plan = PlanRemote(world.remote, world.reporter)
+    world.deps.remote = plan
+    world.deps.dry_run = True
+    out = ship(world)
+    assert out.exit_code == 0 and out.result == "planned", world.reporter.lines
+    assert (list(world.host.journal), dict(world.host.slot_links), world.host.upstream) == before
+    assert world.host.current == good
+    shown = "\n".join(plan.planned)
+    assert "pm2 start" in shown and "front door to live 127.0.0.1:3001" in shown
+    assert any("ok   nginx config" in line for line in world.reporter.lines)  # really probed

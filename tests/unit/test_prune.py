@@ -77,3 +77,16 @@ def test_releases_left_by_a_manual_rollback_are_kept_after_good_ones_then_pruned
     p = prune.plan(st, keep_good=2)
     assert set(p.keep) == {rid(4), rid(3)}
     assert set(p.remove) == {rid(1), rid(2), rid(5), rid(6)}
+
+
+def test_a_release_a_slot_runs_is_never_pruned():
+    from dataclasses import replace
+
+    entries = [(rid(n), "good") for n in range(6)] + [(rid(9), "bad")]
+    dirs = [rid(n) for n in range(6)] + [rid(9)]
+    s = state(entries, dirs, current=rid(5))
+    plain = prune.plan(s, 2)
+    assert rid(0) in plain.remove and rid(9) in plain.remove
+    # blue/green: a warm (old good) and a paused (bad) release still run in their slots
+    kept = prune.plan(replace(s, slot_links={"blue": rid(0), "green": rid(9)}), 2)
+    assert rid(0) not in kept.remove and rid(9) not in kept.remove
