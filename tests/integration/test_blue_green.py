@@ -487,23 +487,7 @@ def test_a_manual_rollback_to_a_warm_release_is_a_switch(
     warm_slot = next(s for s, rid in app.slot_links().items() if rid == first)
     pids = sorted(p["pid"] for p in app.slot_apps()[warm_slot])
     # status knows the slots: which is live, which is warm
-    status = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "--json",
-            "--inventories",
-            str(app.t.inv_dir),
-            "status",
-            "test",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    shown = next(json.loads(x) for x in status.stdout.splitlines() if '"event": "status"' in x)
+    shown = status_json(app)
     roles = {s["slot"]: (s["role"], s["release"]) for s in shown["slots"]}
     assert roles[warm_slot] == ("warm", first)
     with app.traffic() as seen:
@@ -525,4 +509,45 @@ def test_a_manual_rollback_to_a_warm_release_is_a_switch(
         f"keep-warm manual rollback: command start -> only the previous release answering "
         f"{(only_prev or 0) * 1000:.0f} ms (new connections); the command took {took:.1f}s "
         f"with its {2}s bake; {seen.line()}",
+    )
+
+
+JSON_CLI = (sys.executable, "-m", "deploy.cli", "--json", "--inventories")
+
+
+def status_json(app: App) -> dict[str, Any]:
+    res = subprocess.run(
+        [*JSON_CLI, str(app.t.inv_dir), "status", "test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return dict(next(json.loads(x) for x in res.stdout.splitlines() if '"event": "status"' in x))
+
+
+def test_pause_keeps_a_rejected_release_running_without_traffic_until_the_next_deploy(
+    app: App, capsys: pytest.CaptureFixture[str]
+):
+    good = app.good()
+    app.configure(strategy={"on_failure": "pause"})
+    with app.traffic() as seen:
+        code, rep = app.deploy("ready_503")
+        out = rep.outcomes[-1]
+        assert code == 3 and out.result == "rejected", "\n".join(rep.lines)
+        assert "paused" in out.message
+        paused_slot = next(s for s, rid in app.slot_links().items() if rid == out.release)
+        procs = app.slot_apps()[paused_slot]
+        assert procs and {p["pm2_env"]["status"] for p in procs} == {"online"}  # still runs
+        roles = {s["slot"]: (s["role"], s["release"]) for s in status_json(app)["slots"]}
+        assert roles[paused_slot] == ("paused", out.release)
+        assert app.live() == good  # without traffic
+        journal = [e for e in app.t.journal() if e["op"] == "slot" and e["release"] == out.release]
+        assert journal[-1]["detail"]["role"] == "paused"
+        code, rep = app.deploy()
+    assert code == 0, "\n".join(rep.lines)
+    assert out.release not in app.slot_links().values()  # the next deploy cleared it
+    assert seen.failed == [] and seen.releases() == {good, rep.outcomes[-1].release}
+    report(
+        capsys, f"pause: rejected, kept without traffic, cleared by the next deploy; {seen.line()}"
     )
