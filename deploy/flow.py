@@ -1,10 +1,14 @@
 """deploy() and rollback(): the flow of docs/design.md §2, and nothing else.
 
-    lock → ship → ─┬─ activate → gate(ready, identity) → promote → unlock
-                   │             │ any failure or signal after this line
-    failure before ┘             └→ rollback to last good → gate it → mark the new release bad
+    lock → ship → start → [gate] ─┬─ send traffic → gate / watch → promote → retire → unlock
+                                  │                │ any failure or signal after this line
+    failure before the switch ────┘                └→ back to the last good → verify → mark bad
+    (ship: abort, exit 5; blue-green's gate in the idle slot: reject, exit 3 — nothing live)
 
-Steps (deploy.host, deploy.gate) raise; only this module decides between abort and rollback.
+The strategy (deploy/strategies/: in-place, blue-green) decides how a release starts, takes
+traffic, is reverted and retired; this module keeps the order, the point of no return and the
+journal. Steps (deploy.host, deploy.gate, the strategies) raise; only this module decides
+between abort, reject and rollback.
 """
 
 from __future__ import annotations
