@@ -149,7 +149,8 @@ def local_preflight(inv: Inventory, redact: Redactor) -> tuple[tuple[Check, ...]
 
 @contextmanager
 def smoke_target(env: str, opts: Options) -> Iterator[Target]:
-    """`smoke ENV` / `perf ENV`: the environment's base URL, or a tunnel to its app port."""
+    """`smoke ENV` / `perf ENV`: the environment's base URL, or a tunnel to its app port (with
+    blue/green: to nginx's public port, so the live slot answers)."""
     try:
         inv = inventory.load(env, opts.inventories)
         token = health_token(inv)
@@ -165,8 +166,10 @@ def smoke_target(env: str, opts: Options) -> Iterator[Target]:
         remote = open_remote(inv, Redactor(secrets))
     except ReleasegateError as exc:
         raise TargetUnavailable(exc.message, exit_code=exc.exit_code) from None
+    # blue/green: through the front door (what users reach); in place: the app's port
+    blue_green = inv.strategy.kind == "blue-green"
     try:
-        with remote.tunnel(inv.process.port) as port:
+        with remote.tunnel(inv.strategy.public_port if blue_green else inv.process.port) as port:
             yield target_from_settings(
                 inv.smoke,
                 base_dir=inv.base_dir,

@@ -413,3 +413,26 @@ def test_a_dry_run_reads_the_front_door_and_changes_nothing(world: World):
     shown = "\n".join(plan.planned)
     assert "pm2 start" in shown and "front door to live 127.0.0.1:3001" in shown
     assert any("ok   nginx config" in line for line in world.reporter.lines)  # really probed
+
+
+def test_a_rejected_first_release_leaves_nothing_running_and_says_so(world: World):
+    out = ship(world, "ready_503")
+    assert out.exit_code == 6 and out.result == "rejected", world.reporter.lines
+    assert "No release serves yet" in out.message
+    assert world.host.slot_procs == {} and world.host.current is None
+    assert state_of(world.host, out.release or "") == "bad"
+
+
+def test_ctrl_c_while_gating_in_the_slot_stops_it_and_changes_nothing_live(world: World):
+    from deploy.errors import Interrupted
+
+    good = ship(world).release
+    world.remote.interrupt_on["process.identity"] = KeyboardInterrupt
+    with pytest.raises(Interrupted) as exc:
+        ship(world)
+    assert exc.value.exit_code == 130 and "nothing live changed" in exc.value.message
+    h = world.host
+    assert h.current == good and h.upstream == (GREEN, None) and set(h.slot_procs) == {"green"}
+    new = next(r for r in h.releases if r != good)
+    assert state_of(h, new) == "ready"  # not judged: not bad
+    assert h.lock is None
