@@ -15,21 +15,34 @@ Two scopes (process.systemd.scope):
   reading state (`systemctl show`, `systemctl status`) needs no sudo.
 - user: ~/.config/systemd/user/<app>.service under the deploy user's own manager
   (`systemctl --user`; linger keeps it running without a session). No root at all.
+
+Blue/green slots (docs/blue-green.md) use a template unit instead, `<app>@.service`, whose
+instances are the slots (`<app>@blue.service`, `<app>@green.service`). Each slot has a link of
+its own, `<root>/.releasegate/systemd/slots/<slot>` → `releases/<id>`, set just before the
+instance starts: the instance runs that release (never `current`), reads that release's env
+snapshot through the link, and then the slot's own `<slot>.env` (PORT = the slot's port; a
+later EnvironmentFile wins). The template names no release and no port, so it too changes only
+with the inventory's process settings, and starting a release in a slot needs no
+daemon-reload. Both units are rendered into every release, so a release can be started either
+way whatever the strategy was when it was shipped.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from deploy.commands import Cmd, _cmd, _p, _script
+from deploy.commands import Cmd, _cmd, _p, _script, batch
 from deploy.inventory import Inventory, SystemdConfig
 from deploy.model import RELEASE_ENV, Instance, Layout, ProcessSnapshot
 from deploy.slots import Slot
 from deploy.templates import render
 
 UNIT_NAME = ".releasegate.service"  # the unit as rendered for a release, inside the release
+SLOT_UNIT_NAME = ".releasegate@.service"  # the slots' template unit, inside the release
+SLOT_NAMES = ("blue", "green")
 SYSTEM_UNIT_DIR = PurePosixPath("/etc/systemd/system")
 # Absolute paths, because sudoers matches them literally; Debian/Ubuntu (merged /usr) paths.
 SUDO = "sudo"
@@ -72,7 +85,7 @@ class Systemd:
 
     @property
     def staged_unit(self) -> PurePosixPath:
-        return staged_unit_path(self.layout, self.inventory.app.name)
+        return staged_unit_path(self.layout, self.unit)
 
     @property
     def installed_unit(self) -> PurePosixPath:
@@ -100,19 +113,44 @@ class Systemd:
             kill_timeout_ms=proc.kill_timeout_ms,
         )
 
-    def exec_start(self) -> str:
+    def render_slot_template(self) -> str:
+        """`<app>@.service`: the template whose instances are the blue/green slots."""
+        proc = self.inventory.process
+        settings = self.settings
+        return render(
+            "systemd/slot.service.j2",
+            app_name=self.inventory.app.name,
+            scope=settings.scope,
+            root=str(self.layout.root),
+            user=self.inventory.host.user,
+            group=settings.group,
+            slots_dir=str(slots_dir(self.layout)),
+            env_file_name=RELEASE_ENV,
+            exec_start=self.exec_start(through=f"{slots_dir(self.layout)}/%i"),
+            restart=settings.restart,
+            restart_ms=round(settings.restart_sec * 1000),
+            kill_timeout_ms=proc.kill_timeout_ms,
+        )
+
+    def exec_start(self, through: str | None = None) -> str:
         """`ExecStart=` value: the interpreter with the command's words, or the command's
-        script itself (an executable in the release, e.g. a Go binary) through `current`."""
+        script itself (an executable in the release, e.g. a Go binary) through `current` -
+        or through `through`, a slot's link with the `%i` specifier left for systemd."""
         proc = self.inventory.process
         if proc.interpreter:
-            words = [proc.interpreter, proc.script, *proc.args]
-        else:
-            words = [str(self.layout.current / proc.script), *proc.args]
-        return " ".join(exec_word(w) for w in words)
+            return " ".join(exec_word(w) for w in [proc.interpreter, proc.script, *proc.args])
+        if through is None:
+            return " ".join(
+                exec_word(w) for w in [str(self.layout.current / proc.script), *proc.args]
+            )
+        script = f"{through}/{proc.script}"
+        if not _PLAIN_WORD.match(script.replace("%i", "")):
+            raise ValueError(f"a slot's ExecStart path must be plain: {script!r}")
+        return " ".join([script, *(exec_word(w) for w in proc.args)])
 
     def config_files(self, release_id: str) -> dict[str, str]:
         # The release's environment (RELEASE_ENV) is its env snapshot, written by the ship.
-        return {UNIT_NAME: self.render_unit()}
+        return {UNIT_NAME: self.render_unit(), SLOT_UNIT_NAME: self.render_slot_template()}
 
     # ------------------------------------------------------------------ commands
 
@@ -163,18 +201,21 @@ class Systemd:
         return self._ctl("enable", self.unit, name="systemd.enable", privileged=True)
 
     def logs(self, lines: int) -> Cmd:
+        return self._journal(self.unit, lines, name="systemd.logs")
+
+    def _journal(self, unit: str, lines: int, *, name: str) -> Cmd:
         if not 1 <= lines <= JOURNAL_LINES:
             raise ValueError(f"logs: lines must be 1..{JOURNAL_LINES}, not {lines}")
         if self.system:
             return _script(
-                "systemd.logs",
+                name,
                 SYSTEM_LOGS_SCRIPT,
-                [self.unit, str(lines)],
-                f"sudo journalctl -u {self.unit} (last {lines} lines)",
+                [unit, str(lines)],
+                f"sudo journalctl -u {unit} (last {lines} lines)",
             )
         return _cmd(
-            "systemd.logs",
-            ["journalctl", "--user", "-u", self.unit, "-n", str(lines), "--no-pager", "-o", "cat"],
+            name,
+            ["journalctl", "--user", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
         )
 
     def describe(self) -> Cmd:
@@ -193,40 +234,108 @@ class Systemd:
     def parse_describe(self, stdout: str) -> str:
         return stdout.strip()
 
-    # ------------------------------------------------------------------ blue/green slots
-    # The template unit `<app>@.service` (instance = slot) is built on branch wip-bgshow
-    # (/work/BG-INTERFACE.md); until it lands the inventory refuses blue-green under systemd.
-
-    def start_slot(self, slot: Slot, release_id: str) -> list[Cmd]:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def stop_slot(self, slot: Slot) -> Cmd:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def slot_snapshot(self, slot: Slot) -> Cmd:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def parse_slot_snapshot(self, slot: Slot, stdout: str) -> ProcessSnapshot:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def persist_slot(self, slot: Slot) -> Cmd | None:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def slot_logs(self, slot: Slot, lines: int) -> Cmd:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def slot_describe(self, slot: Slot) -> Cmd:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def parse_slot_describe(self, slot: Slot, stdout: str) -> str:
-        raise NotImplementedError(_SLOTS_PENDING)
-
-    def sudoers(self) -> list[str]:
-        """The exact sudoers lines this app needs (system scope; none for user scope)."""
+    def sudoers(self, *, slots: bool = False) -> list[str]:
+        """The exact sudoers lines this app needs (system scope; none for user scope): for
+        the one unit of in-place deploys, or for the slots of blue/green ones."""
         if not self.system:
             return []
         return sudoers_lines(
-            user=self.inventory.host.user, app=self.inventory.app.name, root=self.layout.root
+            user=self.inventory.host.user,
+            app=self.inventory.app.name,
+            root=self.layout.root,
+            slots=slots,
+        )
+
+    # ------------------------------------------------------------------ blue/green slots
+
+    def slot_unit(self, slot: str) -> str:
+        return slot_unit_name(self.inventory.app.name, slot)
+
+    @property
+    def installed_slot_template(self) -> PurePosixPath:
+        """System scope only; a user unit lives under the deploy user's $HOME."""
+        return SYSTEM_UNIT_DIR / template_unit_name(self.inventory.app.name)
+
+    def start_slot(self, slot: str, release_id: str, port: int) -> Cmd:
+        """Start (or restart) the slot's instance on `release_id`, PORT = `port`: install the
+        template if the release's copy differs, point the slot's link at the release, write
+        the slot's port, reset-failed, restart. Never touches `current` or the other slot."""
+        _check_slot(slot)
+        if isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ValueError(f"not a TCP port: {port!r}")
+        release = self.layout.release(release_id)
+        link = slot_link(self.layout, slot)
+        args = [
+            _p(release / SLOT_UNIT_NAME),
+            _p(release),
+            _p(link),
+            _p(slot_env(self.layout, slot)),
+            str(port),
+            self.slot_unit(slot),
+        ]
+        display = f"start {self.slot_unit(slot)} on {release_id} (127.0.0.1:{port})"
+        if self.system:
+            staged = staged_unit_path(self.layout, template_unit_name(self.inventory.app.name))
+            return _script(
+                "systemd.slot.start",
+                SYSTEM_SLOT_START_SCRIPT,
+                [*args, _p(staged), _p(self.installed_slot_template)],
+                f"{display} (sudo)",
+            )
+        return _script(
+            "systemd.slot.start",
+            USER_SLOT_START_SCRIPT,
+            [*args, template_unit_name(self.inventory.app.name)],
+            f"{display} (--user)",
+        )
+
+    def stop_slot(self, slot: str) -> Cmd:
+        _check_slot(slot)
+        return self._ctl("stop", self.slot_unit(slot), name="systemd.slot.stop", privileged=True)
+
+    def slot_snapshot(self, slot: str) -> Cmd:
+        """`systemctl show` of the slot's instance; `parse_snapshot` reads it."""
+        _check_slot(slot)
+        return self._ctl(
+            "show",
+            f"--property={SHOW_PROPERTIES}",
+            self.slot_unit(slot),
+            name="systemd.slot.show",
+            privileged=False,
+        )
+
+    def persist_slots(self, running: Collection[str]) -> Cmd:
+        """Boot starts exactly the slots that run now: `enable` those, `disable` the others."""
+        for slot in running:
+            _check_slot(slot)
+        steps = [
+            self._ctl(
+                "enable" if slot in running else "disable",
+                self.slot_unit(slot),
+                name=f"systemd.slot.{'enable' if slot in running else 'disable'}",
+                privileged=True,
+            )
+            for slot in SLOT_NAMES
+        ]
+        at_boot = [self.slot_unit(s) for s in SLOT_NAMES if s in running]
+        return batch(
+            "systemd.slot.persist", steps, f"start at boot: {', '.join(at_boot) or 'no slot'}"
+        )
+
+    def slot_logs(self, slot: str, lines: int) -> Cmd:
+        _check_slot(slot)
+        return self._journal(self.slot_unit(slot), lines, name="systemd.slot.logs")
+
+    def slot_describe(self, slot: str) -> Cmd:
+        _check_slot(slot)
+        return self._ctl(
+            "status",
+            "--no-pager",
+            "--full",
+            "--lines=0",
+            self.slot_unit(slot),
+            name="systemd.slot.status",
+            privileged=False,
         )
 
 
@@ -280,6 +389,73 @@ systemctl --user reset-failed "$unit" 2>/dev/null || true
 systemctl --user restart "$unit"
 """
 
+# Starting a slot, both scopes: $1 the release's template, $2 the release, $3 the slot's link,
+# $4 the slot's port file, $5 the port, $6 the instance (<app>@<slot>.service); then
+# system: $7 the staged template, $8 the installed template; user: $7 the template's name.
+# The link is replaced with rename(2), so a restart by systemd itself (Restart=) meanwhile
+# runs either the old release or the new one, never nothing.
+_SLOT_PREPARE = r"""
+src="$1"; release="$2"; link="$3"; portfile="$4"; port="$5"; unit="$6"
+if [ ! -f "$src" ]; then
+  echo "$src is missing: the release was not shipped for systemd slots; deploy it again" >&2
+  exit 3
+fi
+if [ ! -d "$release" ]; then echo "$release is missing" >&2; exit 3; fi
+"""
+
+_SLOT_POINT = r"""
+mkdir -p -- "${link%/*}"
+printf 'PORT="%s"\n' "$port" > "$portfile.tmp"
+mv -f -- "$portfile.tmp" "$portfile"
+ln -sfn -- "$release" "$link.tmp"
+mv -fT -- "$link.tmp" "$link"
+"""
+
+SYSTEM_SLOT_START_SCRIPT = (
+    "set -e"
+    + _SLOT_PREPARE
+    + r"""stage="$7"; dest="$8"
+if ! sudo -n -l /usr/bin/systemctl restart "$unit" >/dev/null 2>&1; then
+  echo "sudo -n may not run '/usr/bin/systemctl restart $unit' as $(id -un) here: install" \
+    "the sudoers allowlist for blue/green slots (docs/systemd.md, or the sudoers lines" \
+    "releasegate prints)" >&2
+  exit 4
+fi
+if ! cmp -s -- "$src" "$dest"; then
+  mkdir -p -- "${stage%/*}"
+  cp -- "$src" "$stage"
+  sudo -n /usr/bin/install -m 0644 "$stage" "$dest"
+  sudo -n /usr/bin/systemctl daemon-reload
+  echo "unit changed: installed $dest, daemon-reload"
+elif [ "$(systemctl show --property=NeedDaemonReload --value "$unit")" = yes ]; then
+  sudo -n /usr/bin/systemctl daemon-reload
+  echo "systemd had not loaded $dest: daemon-reload"
+fi"""
+    + _SLOT_POINT
+    + r"""sudo -n /usr/bin/systemctl reset-failed "$unit" 2>/dev/null || true
+sudo -n /usr/bin/systemctl restart "$unit"
+"""
+)
+
+USER_SLOT_START_SCRIPT = (
+    "set -e"
+    + _SLOT_PREPARE
+    + r"""dest="$HOME/.config/systemd/user/$7"
+if ! cmp -s -- "$src" "$dest"; then
+  mkdir -p -- "${dest%/*}"
+  install -m 0644 -- "$src" "$dest"
+  systemctl --user daemon-reload
+  echo "unit changed: installed $dest, daemon-reload"
+elif [ "$(systemctl --user show --property=NeedDaemonReload --value "$unit")" = yes ]; then
+  systemctl --user daemon-reload
+  echo "systemd had not loaded $dest: daemon-reload"
+fi"""
+    + _SLOT_POINT
+    + r"""systemctl --user reset-failed "$unit" 2>/dev/null || true
+systemctl --user restart "$unit"
+"""
+)
+
 # $1 unit name, $2 lines wanted (<= JOURNAL_LINES). The sudo line has fixed arguments.
 SYSTEM_LOGS_SCRIPT = r"""
 out=$(sudo -n /usr/bin/journalctl -u "$1" -n 200 --no-pager -o cat) || exit $?
@@ -291,26 +467,73 @@ def unit_name(app: str) -> str:
     return f"{app}.service"
 
 
-def staged_unit_path(layout: Layout, app: str) -> PurePosixPath:
-    """System scope: where the unit waits for `sudo install` — a fixed path, so that the
-    sudoers line can name it exactly (the release's own path changes every deploy)."""
-    return layout.state / "systemd" / unit_name(app)
+def staged_unit_path(layout: Layout, unit: str) -> PurePosixPath:
+    """System scope: where a unit file (`<app>.service`, `<app>@.service`) waits for
+    `sudo install` — a fixed path, so that the sudoers line can name it exactly (the
+    release's own path changes every deploy)."""
+    return layout.state / "systemd" / unit
 
 
-def sudoers_lines(*, user: str, app: str, root: PurePosixPath) -> list[str]:
+def template_unit_name(app: str) -> str:
+    return f"{app}@.service"
+
+
+def slot_unit_name(app: str, slot: str) -> str:
+    _check_slot(slot)
+    return f"{app}@{slot}.service"
+
+
+def slots_dir(layout: Layout) -> PurePosixPath:
+    """Where the slots' links and port files live (the deploy user's state directory)."""
+    return layout.state / "systemd" / "slots"
+
+
+def slot_link(layout: Layout, slot: str) -> PurePosixPath:
+    """`<slot>` → releases/<id>: the release the slot's instance runs (resolved at its start)."""
+    _check_slot(slot)
+    return slots_dir(layout) / slot
+
+
+def slot_env(layout: Layout, slot: str) -> PurePosixPath:
+    """The slot's own environment file: PORT only, read after the release's snapshot."""
+    _check_slot(slot)
+    return slots_dir(layout) / f"{slot}.env"
+
+
+def _check_slot(slot: str) -> None:
+    if slot not in SLOT_NAMES:
+        raise ValueError(f"not a slot: {slot!r} (slots are {' and '.join(SLOT_NAMES)})")
+
+
+def sudoers_lines(*, user: str, app: str, root: PurePosixPath, slots: bool = False) -> list[str]:
     """The system-scope allowlist: one line per command, with exactly the arguments the
-    scripts above pass. No wildcards: in sudoers they match across words."""
-    unit = unit_name(app)
-    staged = staged_unit_path(Layout(root=root), app)
-    allowed = [
-        f"{INSTALL} -m 0644 {staged} {SYSTEM_UNIT_DIR / unit}",
-        f"{SYSTEMCTL} daemon-reload",
-        f"{SYSTEMCTL} reset-failed {unit}",
-        f"{SYSTEMCTL} restart {unit}",
-        f"{SYSTEMCTL} stop {unit}",
-        f"{SYSTEMCTL} enable {unit}",
-        f"{JOURNALCTL} -u {unit} -n {JOURNAL_LINES} --no-pager -o cat",
-    ]
+    scripts above pass. No wildcards: in sudoers they match across words. `slots`: the lines
+    of blue/green deploys (the template unit and its two instances) instead of the one unit's."""
+    layout = Layout(root=root)
+    if slots:
+        template = template_unit_name(app)
+        units = [slot_unit_name(app, slot) for slot in SLOT_NAMES]
+        allowed = [
+            f"{INSTALL} -m 0644 {staged_unit_path(layout, template)} {SYSTEM_UNIT_DIR / template}",
+            f"{SYSTEMCTL} daemon-reload",
+            *(
+                f"{SYSTEMCTL} {verb} {unit}"
+                for verb in ("reset-failed", "restart", "stop", "enable", "disable")
+                for unit in units
+            ),
+            *(f"{JOURNALCTL} -u {unit} -n {JOURNAL_LINES} --no-pager -o cat" for unit in units),
+        ]
+    else:
+        unit = unit_name(app)
+        allowed = [
+            f"{INSTALL} -m 0644 {staged_unit_path(layout, unit)} {SYSTEM_UNIT_DIR / unit}",
+            f"{SYSTEMCTL} daemon-reload",
+            f"{SYSTEMCTL} reset-failed {unit}",
+            f"{SYSTEMCTL} restart {unit}",
+            f"{SYSTEMCTL} stop {unit}",
+            f"{SYSTEMCTL} enable {unit}",
+            f"{JOURNALCTL} -u {unit} -n {JOURNAL_LINES} --no-pager -o cat",
+        ]
     return [f"{user} ALL=(root) NOPASSWD: {command}" for command in allowed]
 
 

@@ -1,0 +1,357 @@
+"""systemd's blue/green slots: the template unit `<app>@.service` (checked by systemd-analyze
+verify as an instance), the exact commands and sudoers allowlist of the slots, and the slot
+start script run here against fake `sudo`/`systemctl` that enforce that allowlist."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from deploy.commands import Cmd
+from deploy.model import Layout
+from deploy.process import Systemd, manager_for
+from tests.unit.test_systemd import FAKE_SUDO, FAKE_SYSTEMCTL, RID, RID2, inv, manager, verify
+
+SYSTEM_TEMPLATE = "/etc/systemd/system/shop@.service"
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def test_every_release_carries_the_slot_template_beside_the_unit():
+    files = manager().config_files(RID)
+    assert set(files) == {".releasegate.service", ".releasegate@.service"}
+    # names no release and no port: the next release's template is byte-identical, so
+    # starting it in a slot needs no daemon-reload
+    assert RID not in files[".releasegate@.service"]
+    assert "3000" not in files[".releasegate@.service"]
+    assert manager().config_files(RID2) == files
+
+
+def test_slot_template_runs_the_slots_link_never_current():
+    unit = manager().render_slot_template()
+    slots = "/srv/shop/.releasegate/systemd/slots"
+    assert f"WorkingDirectory={slots}/%i\n" in unit
+    assert "current" not in unit.split("[Unit]", 1)[1]
+    # the release's env snapshot through the slot's link, then the slot's PORT, in that
+    # order: systemd lets a later EnvironmentFile win
+    env_files = [line for line in unit.splitlines() if line.startswith("EnvironmentFile=")]
+    assert env_files == [
+        f"EnvironmentFile={slots}/%i/.releasegate.env",
+        f"EnvironmentFile={slots}/%i.env",
+    ]
+    assert 'ExecStart=node server.js --name "two words"\n' in unit
+    assert "SyslogIdentifier=shop-%i\n" in unit
+    assert "User=deploy\n" in unit and "WantedBy=multi-user.target" in unit
+
+
+def test_slot_template_runs_a_release_executable_through_the_slots_link():
+    m = manager(command="bin/server --port-from-env 50%", interpreter=None)
+    assert m.exec_start(through="/srv/shop/.releasegate/systemd/slots/%i") == (
+        '/srv/shop/.releasegate/systemd/slots/%i/bin/server --port-from-env "50%%"'
+    )
+    # the in-place unit still goes through current
+    assert m.exec_start() == '/srv/shop/current/bin/server --port-from-env "50%%"'
+
+
+def test_user_scope_slot_template_has_no_user():
+    unit = manager(systemd={"scope": "user"}).render_slot_template()
+    assert "User=" not in unit and "WantedBy=default.target" in unit
+
+
+@pytest.mark.parametrize(
+    "process",
+    [
+        {},
+        {"systemd": {"scope": "system", "group": "www-data", "restart": "on-failure"}},
+        {"systemd": {"scope": "user", "restart": "no", "restart_sec": 0.25}},
+        {"command": 'server.js "50% $HOME" ;', "env": {"Q": 'x"y\\z $A %n'}},
+    ],
+)
+def test_slot_instances_pass_systemd_analyze_verify(process, tmp_path):
+    m = manager(**process)
+    # verify needs an instance name to load a template's text
+    assert verify(m.render_slot_template(), tmp_path, user=not m.system, name="shop@blue") == ""
+
+
+def test_slot_instance_running_a_release_executable_passes_verify(tmp_path):
+    root = tmp_path / "srv"
+    (root / "releases" / RID / "bin").mkdir(parents=True)
+    exe = root / "releases" / RID / "bin" / "server"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (root / ".releasegate/systemd/slots").mkdir(parents=True)
+    (root / ".releasegate/systemd/slots/blue").symlink_to(root / "releases" / RID)
+    m = manager(root=root, command="bin/server", interpreter=None)
+    assert verify(m.render_slot_template(), tmp_path, name="shop@blue") == ""
+    # and verify does look at the path: the green slot has no link yet
+    assert "green" in verify(m.render_slot_template(), tmp_path, name="shop@green")
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def test_slot_commands_are_exact():
+    m = manager()
+    assert m.slot_unit("blue") == "shop@blue.service"
+    assert m.slot_snapshot("green").render() == (
+        "/usr/bin/systemctl show --property=LoadState,ActiveState,SubState,MainPID,NRestarts "
+        "shop@green.service"
+    )
+    assert m.stop_slot("blue").render() == "sudo -n /usr/bin/systemctl stop shop@blue.service"
+    assert m.slot_describe("blue").render() == (
+        "/usr/bin/systemctl status --no-pager --full --lines=0 shop@blue.service"
+    )
+    assert m.persist_slots({"green"}).render() == (
+        "echo @@step:systemd.slot.disable >&2 && "
+        "( sudo -n /usr/bin/systemctl disable shop@blue.service ) </dev/null && "
+        "echo @@step:systemd.slot.enable >&2 && "
+        "( sudo -n /usr/bin/systemctl enable shop@green.service ) </dev/null"
+    )
+    start = m.start_slot("green", RID, 3002)
+    assert start.argv[-8:] == (
+        f"/srv/shop/releases/{RID}/.releasegate@.service",
+        f"/srv/shop/releases/{RID}",
+        "/srv/shop/.releasegate/systemd/slots/green",
+        "/srv/shop/.releasegate/systemd/slots/green.env",
+        "3002",
+        "shop@green.service",
+        "/srv/shop/.releasegate/systemd/shop@.service",
+        SYSTEM_TEMPLATE,
+    )
+    assert start.display == f"start shop@green.service on {RID} (127.0.0.1:3002) (sudo)"
+
+
+def test_user_scope_slot_commands_use_systemctl_user():
+    m = manager(systemd={"scope": "user"})
+    assert m.stop_slot("green").render() == "systemctl --user stop shop@green.service"
+    assert m.slot_snapshot("blue").argv[:3] == ("systemctl", "--user", "show")
+    assert m.slot_logs("blue", 30).render() == (
+        "journalctl --user -u shop@blue.service -n 30 --no-pager -o cat"
+    )
+    assert m.persist_slots({"blue", "green"}).render().count("systemctl --user enable") == 2
+    assert m.sudoers(slots=True) == []
+
+
+@pytest.mark.parametrize("slot", ["red", "blue ; reboot", "", "Blue"])
+def test_only_the_two_slots_exist(slot):
+    m = manager()
+    for build in (
+        lambda: m.stop_slot(slot),
+        lambda: m.slot_snapshot(slot),
+        lambda: m.start_slot(slot, RID, 3001),
+        lambda: m.persist_slots({slot}),
+    ):
+        with pytest.raises(ValueError, match="not a slot"):
+            build()
+
+
+def test_start_slot_refuses_a_bad_release_id_or_port():
+    m = manager()
+    with pytest.raises(ValueError, match="release id"):
+        m.start_slot("blue", "../../etc", 3001)
+    with pytest.raises(ValueError, match="TCP port"):
+        m.start_slot("blue", RID, 0)
+
+
+def test_slot_sudoers_allowlist_is_exact():
+    prefix = "deploy ALL=(root) NOPASSWD: "
+    assert manager().sudoers(slots=True) == [
+        prefix + "/usr/bin/install -m 0644 /srv/shop/.releasegate/systemd/shop@.service "
+        "/etc/systemd/system/shop@.service",
+        prefix + "/usr/bin/systemctl daemon-reload",
+        prefix + "/usr/bin/systemctl reset-failed shop@blue.service",
+        prefix + "/usr/bin/systemctl reset-failed shop@green.service",
+        prefix + "/usr/bin/systemctl restart shop@blue.service",
+        prefix + "/usr/bin/systemctl restart shop@green.service",
+        prefix + "/usr/bin/systemctl stop shop@blue.service",
+        prefix + "/usr/bin/systemctl stop shop@green.service",
+        prefix + "/usr/bin/systemctl enable shop@blue.service",
+        prefix + "/usr/bin/systemctl enable shop@green.service",
+        prefix + "/usr/bin/systemctl disable shop@blue.service",
+        prefix + "/usr/bin/systemctl disable shop@green.service",
+        prefix + "/usr/bin/journalctl -u shop@blue.service -n 200 --no-pager -o cat",
+        prefix + "/usr/bin/journalctl -u shop@green.service -n 200 --no-pager -o cat",
+    ]
+
+
+def test_every_plain_sudo_command_of_the_slots_is_in_the_allowlist():
+    m = manager()
+    allowed = {line.split("NOPASSWD: ", 1)[1] for line in m.sudoers(slots=True)}
+    cmds = [m.stop_slot(s) for s in ("blue", "green")]
+    cmds += list(m.persist_slots({"blue"}).steps) + list(m.persist_slots({"green"}).steps)
+    for cmd in cmds:
+        assert cmd.argv[:2] == ("sudo", "-n")
+        assert " ".join(cmd.argv[2:]) in allowed
+
+
+def test_docs_print_the_slot_allowlist_the_code_uses():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "systemd.md").read_text()
+    m = manager_for(inv(), Layout(PurePosixPath("ROOT")))  # placeholders as the page writes them
+    assert isinstance(m, Systemd)
+    for line in m.sudoers(slots=True):
+        placeholder = line.replace("deploy ALL", "USER ALL").replace("shop", "APP")
+        assert f"\n{placeholder}\n" in docs
+
+
+# ---------------------------------------------------------------------------- the start script
+
+
+@dataclass
+class SlotHost:
+    """A deploy root in tmp_path, fake sudo/systemctl on PATH, and the record of calls."""
+
+    root: Path
+    installed: Path
+    allow: Path
+    log: Path
+    env: dict[str, str]
+
+    def release(self, rid: str, m: Systemd) -> None:
+        d = self.root / "releases" / rid
+        d.mkdir(parents=True, exist_ok=True)
+        for name, content in m.config_files(rid).items():
+            (d / name).write_text(content)
+
+    def permit(self, m: Systemd) -> None:
+        lines = [line.split("NOPASSWD: ", 1)[1] for line in m.sudoers(slots=True)]
+        self.allow.write_text("\n".join(lines).replace(SYSTEM_TEMPLATE, str(self.installed)) + "\n")
+
+    def run(self, cmd: Cmd, **env: str) -> subprocess.CompletedProcess[str]:
+        self.log.write_text("")
+        argv = [a.replace(SYSTEM_TEMPLATE, str(self.installed)) for a in cmd.argv]
+        return subprocess.run(
+            ["sh", "-c", shlex.join(argv)],
+            capture_output=True,
+            text=True,
+            env={**self.env, **env},
+            timeout=30,
+        )
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+    def slot(self, name: str) -> tuple[str, str]:
+        """(the release the slot's link names, the slot's port file)."""
+        slots = self.root / ".releasegate/systemd/slots"
+        return (slots / name).readlink().name, (slots / f"{name}.env").read_text()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> SlotHost:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sudo", FAKE_SUDO), ("systemctl", FAKE_SYSTEMCTL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    root = tmp_path / "srv"
+    (root / ".releasegate").mkdir(parents=True)
+    installed = tmp_path / "etc-systemd-system" / "shop@.service"
+    installed.parent.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    log, allow = tmp_path / "calls.log", tmp_path / "allow"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "LOG": str(log)}
+    return SlotHost(root, installed, allow, log, {**env, "ALLOW": str(allow)})
+
+
+def test_system_slot_start_points_the_slot_at_its_release_and_leaves_the_other(host: SlotHost):
+    m = manager(root=host.root)
+    host.permit(m)
+    host.release(RID, m)
+    host.release(RID2, m)
+    (host.root / "current").symlink_to(f"releases/{RID}")
+
+    res = host.run(m.start_slot("blue", RID, 3001))
+    assert res.returncode == 0, res.stderr
+    staged = host.root / ".releasegate/systemd/shop@.service"
+    assert host.calls() == [
+        f"sudo /usr/bin/install -m 0644 {staged} {host.installed}",
+        "sudo /usr/bin/systemctl daemon-reload",
+        "sudo /usr/bin/systemctl reset-failed shop@blue.service",
+        "sudo /usr/bin/systemctl restart shop@blue.service",
+    ]
+    assert host.installed.read_text() == m.render_slot_template()
+    assert host.slot("blue") == (RID, 'PORT="3001"\n')
+
+    # the next release goes to green: same template, no install, no reload; blue untouched
+    res = host.run(m.start_slot("green", RID2, 3002))
+    assert res.returncode == 0, res.stderr
+    assert [c for c in host.calls() if c.startswith("sudo")] == [
+        "sudo /usr/bin/systemctl reset-failed shop@green.service",
+        "sudo /usr/bin/systemctl restart shop@green.service",
+    ]
+    assert host.slot("green") == (RID2, 'PORT="3002"\n')
+    assert host.slot("blue") == (RID, 'PORT="3001"\n')
+    assert (host.root / "current").readlink() == Path(f"releases/{RID}")  # never touched
+    # the link names the release by its absolute path, and nothing half-written is left
+    assert (host.root / ".releasegate/systemd/slots/green").readlink() == (
+        host.root / "releases" / RID2
+    )
+    assert sorted(p.name for p in (host.root / ".releasegate/systemd/slots").iterdir()) == [
+        "blue",
+        "blue.env",
+        "green",
+        "green.env",
+    ]
+
+    # a slot started again on another release is re-pointed and restarted
+    res = host.run(m.start_slot("blue", RID2, 3001))
+    assert res.returncode == 0, res.stderr
+    assert host.slot("blue")[0] == RID2
+    assert "sudo /usr/bin/systemctl restart shop@blue.service" in host.calls()
+
+
+def test_system_slot_start_without_the_allowlist_changes_nothing(host: SlotHost):
+    m = manager(root=host.root)
+    host.release(RID, m)
+    # the in-place allowlist is not enough for slots
+    host.allow.write_text("\n".join(line.split("NOPASSWD: ", 1)[1] for line in m.sudoers()) + "\n")
+    res = host.run(m.start_slot("blue", RID, 3001))
+    assert res.returncode == 4
+    assert "allowlist for blue/green slots" in res.stderr and "docs/systemd.md" in res.stderr
+    assert host.calls() == []
+    assert not host.installed.exists()
+    assert not (host.root / ".releasegate/systemd/slots").exists()
+
+
+def test_slot_start_of_a_release_without_the_template_is_refused(host: SlotHost):
+    m = manager(root=host.root)
+    host.permit(m)
+    (host.root / "releases" / RID).mkdir(parents=True)  # shipped for PM2, or by an older version
+    res = host.run(m.start_slot("blue", RID, 3001))
+    assert res.returncode == 3
+    assert "not shipped for systemd slots" in res.stderr
+    assert host.calls() == []
+
+
+def test_user_slot_start_installs_the_template_under_home(host: SlotHost):
+    m = manager(root=host.root, systemd={"scope": "user"})
+    host.release(RID, m)
+    res = host.run(m.start_slot("green", RID, 3002))
+    assert res.returncode == 0, res.stderr
+    dest = Path(host.env["HOME"]) / ".config/systemd/user/shop@.service"
+    assert dest.read_text() == m.render_slot_template()
+    assert host.calls() == [
+        "systemctl --user daemon-reload",
+        "systemctl --user reset-failed shop@green.service",
+        "systemctl --user restart shop@green.service",
+    ]
+    assert host.slot("green") == (RID, 'PORT="3002"\n')
+    res = host.run(m.start_slot("green", RID, 3002))
+    assert "systemctl --user daemon-reload" not in host.calls()
+
+
+def test_system_slot_logs_read_the_fixed_sudo_line(host: SlotHost):
+    m = manager(root=host.root)
+    host.permit(m)
+    res = host.run(m.slot_logs("green", 2))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["249", "250"]
+    assert host.calls() == [
+        "sudo /usr/bin/journalctl -u shop@green.service -n 200 --no-pager -o cat"
+    ]
