@@ -1,137 +1,27 @@
-"""A steady stream of HTTP requests, each on a new TCP connection, recorded one by one
-(`KeepAliveLoad`: the same over one persistent connection).
-
-`Load` sends GET requests at a fixed rate from a scheduler thread to a small worker pool (so
-a slow answer never shifts the schedule), with `Connection: close`. It is bounded both in count
-and in time. Each request becomes a `Hit` (when it was sent, how it ended, which release
-answered); the benchmark uses the same stream as its outside observer ("which release serves
-now?") and as its failed-request counter.
-
-Only loopback and private addresses (the sandbox VPS) are accepted as targets.
+"""Load for the benchmark: `deploy.traffic`'s new-connection load (re-exported here), and
+`KeepAliveLoad`, the same over one persistent connection.
 """
 
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 
+from deploy.traffic import Hit, Load, Tally, check_target, fetch, final_run_start, tail_is
 
-@dataclass(frozen=True)
-class Hit:
-    sent: float  # time.monotonic() when the request was started
-    done: float
-    status: int | None  # None: no HTTP answer (refused, reset, timed out)
-    release: str | None  # "release" field of a JSON answer
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-
-def check_target(host: str) -> None:
-    ip = ipaddress.ip_address(host)
-    if not (ip.is_loopback or ip.is_private):
-        raise ValueError(f"load target {host} is neither loopback nor private: refused")
-
-
-def fetch(host: str, port: int, path: str, timeout: float) -> Hit:
-    """One request on a fresh connection."""
-    sent = time.monotonic()
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        body = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        return Hit(sent, time.monotonic(), None, None, f"{type(exc).__name__}: {exc}"[:160])
-    finally:
-        conn.close()
-    release = None
-    try:
-        loaded = json.loads(body)
-        if isinstance(loaded, dict) and isinstance(loaded.get("release"), str):
-            release = loaded["release"]
-    except ValueError:
-        pass
-    return Hit(sent, time.monotonic(), response.status, release)
-
-
-class Load:
-    """`rate` requests per second to http://host:port/path until stopped, at most
-    `max_seconds` and `rate * max_seconds` requests."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        path: str = "/version",
-        *,
-        rate: float = 50.0,
-        max_seconds: float = 120.0,
-        timeout: float = 2.0,
-        workers: int = 16,
-    ) -> None:
-        check_target(host)
-        if not 0 < rate <= 500 or not 0 < max_seconds <= 600:
-            raise ValueError("rate must be in (0, 500] req/s and max_seconds in (0, 600]")
-        self._host, self._port, self._path = host, port, path
-        self._interval = 1.0 / rate
-        self._max_requests = int(rate * max_seconds)
-        self._timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-load")
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._hits: list[Hit] = []
-        self._thread = threading.Thread(target=self._schedule, daemon=True, name="bench-rate")
-        self.started = 0.0
-
-    def __enter__(self) -> Load:
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _schedule(self) -> None:
-        for n in range(self._max_requests):
-            due = self.started + n * self._interval
-            if self._stop.wait(max(0.0, due - time.monotonic())):
-                return
-            self._pool.submit(self._one)
-
-    def _one(self) -> None:
-        hit = fetch(self._host, self._port, self._path, self._timeout)
-        with self._lock:
-            self._hits.append(hit)
-
-    def hits(self) -> list[Hit]:
-        with self._lock:
-            return sorted(self._hits, key=lambda h: h.sent)
-
-    def wait_for(self, accept: Callable[[list[Hit]], bool], deadline: float) -> bool:
-        """Until `accept(hits)` holds or `deadline` seconds pass (polls the recorded hits)."""
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if accept(self.hits()):
-                return True
-            if self._stop.wait(0.05) or not self._thread.is_alive():
-                return accept(self.hits())
-        return False
-
-    def stop(self) -> list[Hit]:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._pool.shutdown(wait=True)
-        return self.hits()
-
+__all__ = [
+    "Hit",
+    "KeepAliveLoad",
+    "Load",
+    "Tally",
+    "check_target",
+    "fetch",
+    "final_run_start",
+    "tail_is",
+]
 
 _CLOSED_BEFORE_ANSWER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -245,26 +135,3 @@ class KeepAliveLoad:
         self._stop.set()
         self._thread.join(timeout=5)
         return self.hits()
-
-
-def tail_is(release: str, count: int) -> Callable[[list[Hit]], bool]:
-    """The last `count` answers all came from `release`."""
-
-    def accept(hits: list[Hit]) -> bool:
-        last = hits[-count:]
-        return len(last) == count and all(h.ok and h.release == release for h in last)
-
-    return accept
-
-
-def final_run_start(hits: Iterable[Hit], release: str) -> Hit | None:
-    """The first request of the last unbroken run of successful answers from `release`
-    (None: the last answer is not from it)."""
-    start = None
-    for hit in hits:
-        if hit.ok and hit.release == release:
-            if start is None:
-                start = hit
-        else:
-            start = None
-    return start
