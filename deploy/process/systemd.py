@@ -18,23 +18,23 @@ Two scopes (process.systemd.scope):
 
 Blue/green slots (docs/blue-green.md) use a template unit instead, `<app>@.service`, whose
 instances are the slots (`<app>@blue.service`, `<app>@green.service`). Each slot has a link of
-its own, `<root>/.releasegate/systemd/slots/<slot>` → `releases/<id>`, set just before the
-instance starts: the instance runs that release (never `current`), reads that release's env
-snapshot through the link, and then the slot's own `<slot>.env` (PORT = the slot's port; a
-later EnvironmentFile wins). The template names no release and no port, so it too changes only
-with the inventory's process settings, and starting a release in a slot needs no
-daemon-reload. Both units are rendered into every release, so a release can be started either
-way whatever the strategy was when it was shipped.
+its own, `<root>/.releasegate/slots/<slot>` → `releases/<id>`, which the flow points at the
+release (deploy/slots.py) in the batch that then starts the instance: the instance runs that
+release (never `current`), reads that release's env snapshot through the link, and then the
+slot's own `<slot>.env` (PORT = the slot's port; a later EnvironmentFile wins). The template
+names no release and no port, so it too changes only with the inventory's process settings,
+and starting a release in a slot needs no daemon-reload. Both units are rendered into every
+release, so a release can be started either way whatever the strategy was when it was shipped.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Protocol
 
-from deploy.commands import Cmd, _cmd, _p, _script, batch
+from deploy.commands import Cmd, _cmd, _p, _script
 from deploy.inventory import Inventory, SystemdConfig
 from deploy.model import RELEASE_ENV, Instance, Layout, ProcessSnapshot
 from deploy.slots import Slot
@@ -43,6 +43,18 @@ from deploy.templates import render
 UNIT_NAME = ".releasegate.service"  # the unit as rendered for a release, inside the release
 SLOT_UNIT_NAME = ".releasegate@.service"  # the slots' template unit, inside the release
 SLOT_NAMES = ("blue", "green")
+
+
+class SlotRef(Protocol):
+    """A blue/green slot (deploy.slots.Slot): its name and its loopback port."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
 SYSTEM_UNIT_DIR = PurePosixPath("/etc/systemd/system")
 # Absolute paths, because sudoers matches them literally; Debian/Ubuntu (merged /usr) paths.
 SUDO = "sudo"
@@ -247,55 +259,65 @@ class Systemd:
         )
 
     # ------------------------------------------------------------------ blue/green slots
+    # The protocol's slot methods (deploy/process/base.py). The flow points the slot's link
+    # and writes its env file (commands.link_slot) in the same batch, just before start_slot.
 
-    def slot_unit(self, slot: str) -> str:
-        return slot_unit_name(self.inventory.app.name, slot)
+    def slot_unit(self, slot: SlotRef) -> str:
+        return slot_unit_name(self.inventory.app.name, slot.name)
+
+    @property
+    def template_unit(self) -> str:
+        return template_unit_name(self.inventory.app.name)
 
     @property
     def installed_slot_template(self) -> PurePosixPath:
         """System scope only; a user unit lives under the deploy user's $HOME."""
-        return SYSTEM_UNIT_DIR / template_unit_name(self.inventory.app.name)
+        return SYSTEM_UNIT_DIR / self.template_unit
 
-    def start_slot(self, slot: str, release_id: str, port: int) -> Cmd:
-        """Start (or restart) the slot's instance on `release_id`, PORT = `port`: install the
-        template if the release's copy differs, point the slot's link at the release, write
-        the slot's port, reset-failed, restart. Never touches `current` or the other slot."""
-        _check_slot(slot)
-        if isinstance(port, bool) or not 1 <= port <= 65535:
-            raise ValueError(f"not a TCP port: {port!r}")
-        release = self.layout.release(release_id)
-        link = slot_link(self.layout, slot)
-        args = [
-            _p(release / SLOT_UNIT_NAME),
-            _p(release),
-            _p(link),
-            _p(slot_env(self.layout, slot)),
-            str(port),
-            self.slot_unit(slot),
-        ]
-        display = f"start {self.slot_unit(slot)} on {release_id} (127.0.0.1:{port})"
+    def start_slot(self, slot: SlotRef, release_id: str) -> list[Cmd]:
+        """A fresh start of the slot's instance (`restart`: stop, then start) on the release
+        its link names: the template is installed first if the release's copy differs."""
+        unit = self.slot_unit(slot)
+        src = self.layout.release(release_id) / SLOT_UNIT_NAME
+        display = f"start {unit} on {release_id} (127.0.0.1:{slot.port})"
         if self.system:
-            staged = staged_unit_path(self.layout, template_unit_name(self.inventory.app.name))
-            return _script(
+            staged = staged_unit_path(self.layout, self.template_unit)
+            return [
+                _script(
+                    "systemd.slot.start",
+                    SYSTEM_SLOT_START_SCRIPT,
+                    [_p(src), _p(staged), _p(self.installed_slot_template), unit],
+                    f"{display}, sudo",
+                )
+            ]
+        return [
+            _script(
                 "systemd.slot.start",
-                SYSTEM_SLOT_START_SCRIPT,
-                [*args, _p(staged), _p(self.installed_slot_template)],
-                f"{display} (sudo)",
+                USER_SLOT_START_SCRIPT,
+                [_p(src), self.template_unit, unit],
+                f"{display}, --user",
+            )
+        ]
+
+    def stop_slot(self, slot: SlotRef) -> Cmd:
+        """`disable --now`: stopped, and not started at boot. Nothing to do (exit 0) when the
+        template was never installed."""
+        unit = self.slot_unit(slot)
+        if self.system:
+            return _script(
+                "systemd.slot.stop",
+                SYSTEM_SLOT_STOP_SCRIPT,
+                [unit],
+                f"sudo systemctl disable --now {unit}",
             )
         return _script(
-            "systemd.slot.start",
-            USER_SLOT_START_SCRIPT,
-            [*args, template_unit_name(self.inventory.app.name)],
-            f"{display} (--user)",
+            "systemd.slot.stop",
+            USER_SLOT_STOP_SCRIPT,
+            [unit],
+            f"systemctl --user disable --now {unit}",
         )
 
-    def stop_slot(self, slot: str) -> Cmd:
-        _check_slot(slot)
-        return self._ctl("stop", self.slot_unit(slot), name="systemd.slot.stop", privileged=True)
-
-    def slot_snapshot(self, slot: str) -> Cmd:
-        """`systemctl show` of the slot's instance; `parse_snapshot` reads it."""
-        _check_slot(slot)
+    def slot_snapshot(self, slot: SlotRef) -> Cmd:
         return self._ctl(
             "show",
             f"--property={SHOW_PROPERTIES}",
@@ -304,30 +326,23 @@ class Systemd:
             privileged=False,
         )
 
-    def persist_slots(self, running: Collection[str]) -> Cmd:
-        """Boot starts exactly the slots that run now: `enable` those, `disable` the others."""
-        for slot in running:
-            _check_slot(slot)
-        steps = [
-            self._ctl(
-                "enable" if slot in running else "disable",
-                self.slot_unit(slot),
-                name=f"systemd.slot.{'enable' if slot in running else 'disable'}",
-                privileged=True,
-            )
-            for slot in SLOT_NAMES
-        ]
-        at_boot = [self.slot_unit(s) for s in SLOT_NAMES if s in running]
-        return batch(
-            "systemd.slot.persist", steps, f"start at boot: {', '.join(at_boot) or 'no slot'}"
+    def parse_slot_snapshot(self, slot: SlotRef, stdout: str) -> ProcessSnapshot:
+        snap = parse_show(stdout)
+        # An instance that was never started (or was stopped) is "inactive": the slot runs
+        # nothing, which the protocol calls `missing`.
+        if snap.status == "stopped":
+            return ProcessSnapshot(status="missing", pids=(), restarts=snap.restarts)
+        return snap
+
+    def persist_slot(self, slot: SlotRef) -> Cmd | None:
+        return self._ctl(
+            "enable", self.slot_unit(slot), name="systemd.slot.enable", privileged=True
         )
 
-    def slot_logs(self, slot: str, lines: int) -> Cmd:
-        _check_slot(slot)
+    def slot_logs(self, slot: SlotRef, lines: int) -> Cmd:
         return self._journal(self.slot_unit(slot), lines, name="systemd.slot.logs")
 
-    def slot_describe(self, slot: str) -> Cmd:
-        _check_slot(slot)
+    def slot_describe(self, slot: SlotRef) -> Cmd:
         return self._ctl(
             "status",
             "--no-pager",
@@ -337,6 +352,9 @@ class Systemd:
             name="systemd.slot.status",
             privileged=False,
         )
+
+    def parse_slot_describe(self, slot: SlotRef, stdout: str) -> str:
+        return stdout.strip()
 
 
 # ---------------------------------------------------------------------- host scripts
@@ -389,32 +407,16 @@ systemctl --user reset-failed "$unit" 2>/dev/null || true
 systemctl --user restart "$unit"
 """
 
-# Starting a slot, both scopes: $1 the release's template, $2 the release, $3 the slot's link,
-# $4 the slot's port file, $5 the port, $6 the instance (<app>@<slot>.service); then
-# system: $7 the staged template, $8 the installed template; user: $7 the template's name.
-# The link is replaced with rename(2), so a restart by systemd itself (Restart=) meanwhile
-# runs either the old release or the new one, never nothing.
-_SLOT_PREPARE = r"""
-src="$1"; release="$2"; link="$3"; portfile="$4"; port="$5"; unit="$6"
+# Starting a slot. system: $1 the release's template, $2 the staged template, $3 the installed
+# template, $4 the instance (<app>@<slot>.service); user: $1 the release's template, $2 the
+# template's name, $3 the instance. The slot's link and env file are already in place.
+SYSTEM_SLOT_START_SCRIPT = r"""
+set -e
+src="$1"; stage="$2"; dest="$3"; unit="$4"
 if [ ! -f "$src" ]; then
   echo "$src is missing: the release was not shipped for systemd slots; deploy it again" >&2
   exit 3
 fi
-if [ ! -d "$release" ]; then echo "$release is missing" >&2; exit 3; fi
-"""
-
-_SLOT_POINT = r"""
-mkdir -p -- "${link%/*}"
-printf 'PORT="%s"\n' "$port" > "$portfile.tmp"
-mv -f -- "$portfile.tmp" "$portfile"
-ln -sfn -- "$release" "$link.tmp"
-mv -fT -- "$link.tmp" "$link"
-"""
-
-SYSTEM_SLOT_START_SCRIPT = (
-    "set -e"
-    + _SLOT_PREPARE
-    + r"""stage="$7"; dest="$8"
 if ! sudo -n -l /usr/bin/systemctl restart "$unit" >/dev/null 2>&1; then
   echo "sudo -n may not run '/usr/bin/systemctl restart $unit' as $(id -un) here: install" \
     "the sudoers allowlist for blue/green slots (docs/systemd.md, or the sudoers lines" \
@@ -430,17 +432,18 @@ if ! cmp -s -- "$src" "$dest"; then
 elif [ "$(systemctl show --property=NeedDaemonReload --value "$unit")" = yes ]; then
   sudo -n /usr/bin/systemctl daemon-reload
   echo "systemd had not loaded $dest: daemon-reload"
-fi"""
-    + _SLOT_POINT
-    + r"""sudo -n /usr/bin/systemctl reset-failed "$unit" 2>/dev/null || true
+fi
+sudo -n /usr/bin/systemctl reset-failed "$unit" 2>/dev/null || true
 sudo -n /usr/bin/systemctl restart "$unit"
 """
-)
 
-USER_SLOT_START_SCRIPT = (
-    "set -e"
-    + _SLOT_PREPARE
-    + r"""dest="$HOME/.config/systemd/user/$7"
+USER_SLOT_START_SCRIPT = r"""
+set -e
+src="$1"; dest="$HOME/.config/systemd/user/$2"; unit="$3"
+if [ ! -f "$src" ]; then
+  echo "$src is missing: the release was not shipped for systemd slots; deploy it again" >&2
+  exit 3
+fi
 if ! cmp -s -- "$src" "$dest"; then
   mkdir -p -- "${dest%/*}"
   install -m 0644 -- "$src" "$dest"
@@ -449,12 +452,21 @@ if ! cmp -s -- "$src" "$dest"; then
 elif [ "$(systemctl --user show --property=NeedDaemonReload --value "$unit")" = yes ]; then
   systemctl --user daemon-reload
   echo "systemd had not loaded $dest: daemon-reload"
-fi"""
-    + _SLOT_POINT
-    + r"""systemctl --user reset-failed "$unit" 2>/dev/null || true
+fi
+systemctl --user reset-failed "$unit" 2>/dev/null || true
 systemctl --user restart "$unit"
 """
-)
+
+# Stopping a slot: $1 the instance. A template that was never installed runs nothing.
+SYSTEM_SLOT_STOP_SCRIPT = r"""
+[ "$(systemctl show --property=LoadState --value "$1" 2>/dev/null)" = not-found ] && exit 0
+sudo -n /usr/bin/systemctl disable --now "$1"
+"""
+
+USER_SLOT_STOP_SCRIPT = r"""
+[ "$(systemctl --user show --property=LoadState --value "$1" 2>/dev/null)" = not-found ] && exit 0
+systemctl --user disable --now "$1"
+"""
 
 # $1 unit name, $2 lines wanted (<= JOURNAL_LINES). The sudo line has fixed arguments.
 SYSTEM_LOGS_SCRIPT = r"""
@@ -484,20 +496,9 @@ def slot_unit_name(app: str, slot: str) -> str:
 
 
 def slots_dir(layout: Layout) -> PurePosixPath:
-    """Where the slots' links and port files live (the deploy user's state directory)."""
-    return layout.state / "systemd" / "slots"
-
-
-def slot_link(layout: Layout, slot: str) -> PurePosixPath:
-    """`<slot>` → releases/<id>: the release the slot's instance runs (resolved at its start)."""
-    _check_slot(slot)
-    return slots_dir(layout) / slot
-
-
-def slot_env(layout: Layout, slot: str) -> PurePosixPath:
-    """The slot's own environment file: PORT only, read after the release's snapshot."""
-    _check_slot(slot)
-    return slots_dir(layout) / f"{slot}.env"
+    """The slots' links and env files (deploy/slots.py): `<slot>` → the release it runs,
+    `<slot>.env` with its PORT."""
+    return layout.state / "slots"
 
 
 def _check_slot(slot: str) -> None:
@@ -518,7 +519,7 @@ def sudoers_lines(*, user: str, app: str, root: PurePosixPath, slots: bool = Fal
             f"{SYSTEMCTL} daemon-reload",
             *(
                 f"{SYSTEMCTL} {verb} {unit}"
-                for verb in ("reset-failed", "restart", "stop", "enable", "disable")
+                for verb in ("reset-failed", "restart", "disable --now", "enable")
                 for unit in units
             ),
             *(f"{JOURNALCTL} -u {unit} -n {JOURNAL_LINES} --no-pager -o cat" for unit in units),

@@ -14,7 +14,7 @@ import pytest
 from deploy.commands import Cmd
 from deploy.model import Layout
 from deploy.process import Systemd, manager_for
-from tests.unit.test_systemd import FAKE_SUDO, FAKE_SYSTEMCTL, RID, RID2, inv, manager, verify
+from tests.unit.test_systemd import FAKE_SUDO, RID, RID2, inv, manager, verify
 
 SYSTEM_TEMPLATE = "/etc/systemd/system/shop@.service"
 
@@ -34,7 +34,7 @@ def test_every_release_carries_the_slot_template_beside_the_unit():
 
 def test_slot_template_runs_the_slots_link_never_current():
     unit = manager().render_slot_template()
-    slots = "/srv/shop/.releasegate/systemd/slots"
+    slots = "/srv/shop/.releasegate/slots"
     assert f"WorkingDirectory={slots}/%i\n" in unit
     assert "current" not in unit.split("[Unit]", 1)[1]
     # the release's env snapshot through the slot's link, then the slot's PORT, in that
@@ -51,8 +51,8 @@ def test_slot_template_runs_the_slots_link_never_current():
 
 def test_slot_template_runs_a_release_executable_through_the_slots_link():
     m = manager(command="bin/server --port-from-env 50%", interpreter=None)
-    assert m.exec_start(through="/srv/shop/.releasegate/systemd/slots/%i") == (
-        '/srv/shop/.releasegate/systemd/slots/%i/bin/server --port-from-env "50%%"'
+    assert m.exec_start(through="/srv/shop/.releasegate/slots/%i") == (
+        '/srv/shop/.releasegate/slots/%i/bin/server --port-from-env "50%%"'
     )
     # the in-place unit still goes through current
     assert m.exec_start() == '/srv/shop/current/bin/server --port-from-env "50%%"'
@@ -84,8 +84,8 @@ def test_slot_instance_running_a_release_executable_passes_verify(tmp_path):
     exe = root / "releases" / RID / "bin" / "server"
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
-    (root / ".releasegate/systemd/slots").mkdir(parents=True)
-    (root / ".releasegate/systemd/slots/blue").symlink_to(root / "releases" / RID)
+    (root / ".releasegate/slots").mkdir(parents=True)
+    (root / ".releasegate/slots/blue").symlink_to(root / "releases" / RID)
     m = manager(root=root, command="bin/server", interpreter=None)
     assert verify(m.render_slot_template(), tmp_path, name="shop@blue") == ""
     # and verify does look at the path: the green slot has no link yet
@@ -95,67 +95,94 @@ def test_slot_instance_running_a_release_executable_passes_verify(tmp_path):
 # ---------------------------------------------------------------------------- commands
 
 
+@dataclass(frozen=True)
+class Slot:
+    """What the flow passes (deploy.slots.Slot): a name and a loopback port."""
+
+    name: str
+    port: int
+
+
+BLUE, GREEN = Slot("blue", 3001), Slot("green", 3002)
+
+
 def test_slot_commands_are_exact():
     m = manager()
-    assert m.slot_unit("blue") == "shop@blue.service"
-    assert m.slot_snapshot("green").render() == (
+    assert m.slot_unit(BLUE) == "shop@blue.service"
+    assert m.slot_snapshot(GREEN).render() == (
         "/usr/bin/systemctl show --property=LoadState,ActiveState,SubState,MainPID,NRestarts "
         "shop@green.service"
     )
-    assert m.stop_slot("blue").render() == "sudo -n /usr/bin/systemctl stop shop@blue.service"
-    assert m.slot_describe("blue").render() == (
+    assert m.slot_describe(BLUE).render() == (
         "/usr/bin/systemctl status --no-pager --full --lines=0 shop@blue.service"
     )
-    assert m.persist_slots({"green"}).render() == (
-        "echo @@step:systemd.slot.disable >&2 && "
-        "( sudo -n /usr/bin/systemctl disable shop@blue.service ) </dev/null && "
-        "echo @@step:systemd.slot.enable >&2 && "
-        "( sudo -n /usr/bin/systemctl enable shop@green.service ) </dev/null"
-    )
-    start = m.start_slot("green", RID, 3002)
-    assert start.argv[-8:] == (
+    persist = m.persist_slot(GREEN)
+    assert persist is not None
+    assert persist.render() == "sudo -n /usr/bin/systemctl enable shop@green.service"
+    (start,) = m.start_slot(GREEN, RID)
+    assert start.argv[-4:] == (
         f"/srv/shop/releases/{RID}/.releasegate@.service",
-        f"/srv/shop/releases/{RID}",
-        "/srv/shop/.releasegate/systemd/slots/green",
-        "/srv/shop/.releasegate/systemd/slots/green.env",
-        "3002",
-        "shop@green.service",
         "/srv/shop/.releasegate/systemd/shop@.service",
         SYSTEM_TEMPLATE,
+        "shop@green.service",
     )
-    assert start.display == f"start shop@green.service on {RID} (127.0.0.1:3002) (sudo)"
+    assert start.display == f"start shop@green.service on {RID} (127.0.0.1:3002), sudo"
+    stop = m.stop_slot(BLUE)
+    assert stop.argv[-1] == "shop@blue.service"
+    assert stop.display == "sudo systemctl disable --now shop@blue.service"
 
 
 def test_user_scope_slot_commands_use_systemctl_user():
     m = manager(systemd={"scope": "user"})
-    assert m.stop_slot("green").render() == "systemctl --user stop shop@green.service"
-    assert m.slot_snapshot("blue").argv[:3] == ("systemctl", "--user", "show")
-    assert m.slot_logs("blue", 30).render() == (
+    assert m.stop_slot(GREEN).display == "systemctl --user disable --now shop@green.service"
+    assert m.slot_snapshot(BLUE).argv[:3] == ("systemctl", "--user", "show")
+    assert m.slot_logs(BLUE, 30).render() == (
         "journalctl --user -u shop@blue.service -n 30 --no-pager -o cat"
     )
-    assert m.persist_slots({"blue", "green"}).render().count("systemctl --user enable") == 2
+    persist = m.persist_slot(BLUE)
+    assert persist is not None and persist.render() == "systemctl --user enable shop@blue.service"
+    (start,) = m.start_slot(BLUE, RID)
+    assert start.argv[-3:] == (
+        f"/srv/shop/releases/{RID}/.releasegate@.service",
+        "shop@.service",
+        "shop@blue.service",
+    )
     assert m.sudoers(slots=True) == []
 
 
-@pytest.mark.parametrize("slot", ["red", "blue ; reboot", "", "Blue"])
-def test_only_the_two_slots_exist(slot):
+@pytest.mark.parametrize("name", ["red", "blue ; reboot", "", "Blue"])
+def test_only_the_two_slots_exist(name):
     m = manager()
+    slot = Slot(name, 3001)
     for build in (
         lambda: m.stop_slot(slot),
         lambda: m.slot_snapshot(slot),
-        lambda: m.start_slot(slot, RID, 3001),
-        lambda: m.persist_slots({slot}),
+        lambda: m.start_slot(slot, RID),
+        lambda: m.persist_slot(slot),
+        lambda: m.slot_logs(slot, 10),
     ):
         with pytest.raises(ValueError, match="not a slot"):
             build()
 
 
-def test_start_slot_refuses_a_bad_release_id_or_port():
-    m = manager()
+def test_start_slot_refuses_a_bad_release_id():
     with pytest.raises(ValueError, match="release id"):
-        m.start_slot("blue", "../../etc", 3001)
-    with pytest.raises(ValueError, match="TCP port"):
-        m.start_slot("blue", RID, 0)
+        manager().start_slot(BLUE, "../../etc")
+
+
+@pytest.mark.parametrize(
+    ("show", "status", "pids"),
+    [
+        # never started, or stopped: the slot runs nothing
+        ("LoadState=loaded\nActiveState=inactive\nSubState=dead\nMainPID=0\n", "missing", ()),
+        ("LoadState=not-found\nActiveState=inactive\nSubState=dead\nMainPID=0\n", "missing", ()),
+        ("LoadState=loaded\nActiveState=failed\nSubState=failed\nMainPID=0\n", "errored", ()),
+        ("ActiveState=active\nSubState=running\nMainPID=812\nNRestarts=0\n", "online", (812,)),
+    ],
+)
+def test_slot_snapshot_says_missing_when_the_slot_runs_nothing(show, status, pids):
+    snap = manager().parse_slot_snapshot(BLUE, show)
+    assert (snap.status, snap.pids) == (status, pids)
 
 
 def test_slot_sudoers_allowlist_is_exact():
@@ -168,12 +195,10 @@ def test_slot_sudoers_allowlist_is_exact():
         prefix + "/usr/bin/systemctl reset-failed shop@green.service",
         prefix + "/usr/bin/systemctl restart shop@blue.service",
         prefix + "/usr/bin/systemctl restart shop@green.service",
-        prefix + "/usr/bin/systemctl stop shop@blue.service",
-        prefix + "/usr/bin/systemctl stop shop@green.service",
+        prefix + "/usr/bin/systemctl disable --now shop@blue.service",
+        prefix + "/usr/bin/systemctl disable --now shop@green.service",
         prefix + "/usr/bin/systemctl enable shop@blue.service",
         prefix + "/usr/bin/systemctl enable shop@green.service",
-        prefix + "/usr/bin/systemctl disable shop@blue.service",
-        prefix + "/usr/bin/systemctl disable shop@green.service",
         prefix + "/usr/bin/journalctl -u shop@blue.service -n 200 --no-pager -o cat",
         prefix + "/usr/bin/journalctl -u shop@green.service -n 200 --no-pager -o cat",
     ]
@@ -182,9 +207,9 @@ def test_slot_sudoers_allowlist_is_exact():
 def test_every_plain_sudo_command_of_the_slots_is_in_the_allowlist():
     m = manager()
     allowed = {line.split("NOPASSWD: ", 1)[1] for line in m.sudoers(slots=True)}
-    cmds = [m.stop_slot(s) for s in ("blue", "green")]
-    cmds += list(m.persist_slots({"blue"}).steps) + list(m.persist_slots({"green"}).steps)
+    cmds = [m.persist_slot(s) for s in (BLUE, GREEN)]
     for cmd in cmds:
+        assert cmd is not None
         assert cmd.argv[:2] == ("sudo", "-n")
         assert " ".join(cmd.argv[2:]) in allowed
 
@@ -198,7 +223,17 @@ def test_docs_print_the_slot_allowlist_the_code_uses():
         assert f"\n{placeholder}\n" in docs
 
 
-# ---------------------------------------------------------------------------- the start script
+# ---------------------------------------------------------------------------- host scripts
+
+# systemctl as the scripts see it: records what ran; `show` answers NeedDaemonReload and
+# LoadState from the environment.
+SLOT_SYSTEMCTL = r"""#!/bin/sh
+echo "systemctl $*" >>"$LOG"
+case "$*" in
+  *NeedDaemonReload*) echo "${NEED_RELOAD:-no}" ;;
+  *LoadState*) echo "${LOAD_STATE:-loaded}" ;;
+esac
+"""
 
 
 @dataclass
@@ -216,6 +251,14 @@ class SlotHost:
         d.mkdir(parents=True, exist_ok=True)
         for name, content in m.config_files(rid).items():
             (d / name).write_text(content)
+
+    def link(self, slot: Slot, rid: str) -> None:
+        """What the flow's link_slot leaves before start_slot runs."""
+        slots = self.root / ".releasegate/slots"
+        slots.mkdir(parents=True, exist_ok=True)
+        (slots / f"{slot.name}.env").write_text(f"PORT={slot.port}\n")
+        (slots / slot.name).unlink(missing_ok=True)
+        (slots / slot.name).symlink_to(f"../../releases/{rid}")
 
     def permit(self, m: Systemd) -> None:
         lines = [line.split("NOPASSWD: ", 1)[1] for line in m.sudoers(slots=True)]
@@ -235,17 +278,15 @@ class SlotHost:
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines()
 
-    def slot(self, name: str) -> tuple[str, str]:
-        """(the release the slot's link names, the slot's port file)."""
-        slots = self.root / ".releasegate/systemd/slots"
-        return (slots / name).readlink().name, (slots / f"{name}.env").read_text()
+    def sudo_calls(self) -> list[str]:
+        return [c for c in self.calls() if c.startswith("sudo")]
 
 
 @pytest.fixture
 def host(tmp_path: Path) -> SlotHost:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("sudo", FAKE_SUDO), ("systemctl", FAKE_SYSTEMCTL)):
+    for name, text in (("sudo", FAKE_SUDO), ("systemctl", SLOT_SYSTEMCTL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     root = tmp_path / "srv"
@@ -259,71 +300,75 @@ def host(tmp_path: Path) -> SlotHost:
     return SlotHost(root, installed, allow, log, {**env, "ALLOW": str(allow)})
 
 
-def test_system_slot_start_points_the_slot_at_its_release_and_leaves_the_other(host: SlotHost):
+def test_system_slot_start_installs_the_template_once_and_restarts_only_its_slot(
+    host: SlotHost,
+):
     m = manager(root=host.root)
     host.permit(m)
     host.release(RID, m)
     host.release(RID2, m)
     (host.root / "current").symlink_to(f"releases/{RID}")
 
-    res = host.run(m.start_slot("blue", RID, 3001))
+    host.link(BLUE, RID)
+    res = host.run(m.start_slot(BLUE, RID)[0])
     assert res.returncode == 0, res.stderr
     staged = host.root / ".releasegate/systemd/shop@.service"
-    assert host.calls() == [
+    assert host.sudo_calls() == [
         f"sudo /usr/bin/install -m 0644 {staged} {host.installed}",
         "sudo /usr/bin/systemctl daemon-reload",
         "sudo /usr/bin/systemctl reset-failed shop@blue.service",
         "sudo /usr/bin/systemctl restart shop@blue.service",
     ]
     assert host.installed.read_text() == m.render_slot_template()
-    assert host.slot("blue") == (RID, 'PORT="3001"\n')
+    assert "unit changed" in res.stdout
 
-    # the next release goes to green: same template, no install, no reload; blue untouched
-    res = host.run(m.start_slot("green", RID2, 3002))
+    # the next release goes to green with the same template: no install, no daemon-reload,
+    # and nothing but green is touched
+    host.link(GREEN, RID2)
+    res = host.run(m.start_slot(GREEN, RID2)[0])
     assert res.returncode == 0, res.stderr
-    assert [c for c in host.calls() if c.startswith("sudo")] == [
+    assert host.sudo_calls() == [
         "sudo /usr/bin/systemctl reset-failed shop@green.service",
         "sudo /usr/bin/systemctl restart shop@green.service",
     ]
-    assert host.slot("green") == (RID2, 'PORT="3002"\n')
-    assert host.slot("blue") == (RID, 'PORT="3001"\n')
-    assert (host.root / "current").readlink() == Path(f"releases/{RID}")  # never touched
-    # the link names the release by its absolute path, and nothing half-written is left
-    assert (host.root / ".releasegate/systemd/slots/green").readlink() == (
-        host.root / "releases" / RID2
-    )
-    assert sorted(p.name for p in (host.root / ".releasegate/systemd/slots").iterdir()) == [
-        "blue",
-        "blue.env",
-        "green",
-        "green.env",
-    ]
+    assert (host.root / "current").readlink() == Path(f"releases/{RID}")
 
-    # a slot started again on another release is re-pointed and restarted
-    res = host.run(m.start_slot("blue", RID2, 3001))
+    # systemd never loaded the installed template (an interrupted run): reload, no install
+    res = host.run(m.start_slot(GREEN, RID2)[0], NEED_RELOAD="yes")
     assert res.returncode == 0, res.stderr
-    assert host.slot("blue")[0] == RID2
-    assert "sudo /usr/bin/systemctl restart shop@blue.service" in host.calls()
+    assert "sudo /usr/bin/systemctl daemon-reload" in host.sudo_calls()
+    assert not any("install" in c for c in host.sudo_calls())
+
+    # a changed process setting changes the template: installed again
+    changed = manager(root=host.root, systemd={"scope": "system", "restart": "on-failure"})
+    rid3 = "20261122140000-7654321"
+    host.release(rid3, changed)
+    res = host.run(changed.start_slot(BLUE, rid3)[0])
+    assert res.returncode == 0, res.stderr
+    assert host.sudo_calls()[:2] == [
+        f"sudo /usr/bin/install -m 0644 {staged} {host.installed}",
+        "sudo /usr/bin/systemctl daemon-reload",
+    ]
+    assert "Restart=on-failure" in host.installed.read_text()
 
 
-def test_system_slot_start_without_the_allowlist_changes_nothing(host: SlotHost):
+def test_system_slot_start_without_the_slots_allowlist_changes_nothing(host: SlotHost):
     m = manager(root=host.root)
     host.release(RID, m)
     # the in-place allowlist is not enough for slots
     host.allow.write_text("\n".join(line.split("NOPASSWD: ", 1)[1] for line in m.sudoers()) + "\n")
-    res = host.run(m.start_slot("blue", RID, 3001))
+    res = host.run(m.start_slot(BLUE, RID)[0])
     assert res.returncode == 4
     assert "allowlist for blue/green slots" in res.stderr and "docs/systemd.md" in res.stderr
-    assert host.calls() == []
+    assert host.sudo_calls() == []
     assert not host.installed.exists()
-    assert not (host.root / ".releasegate/systemd/slots").exists()
 
 
 def test_slot_start_of_a_release_without_the_template_is_refused(host: SlotHost):
     m = manager(root=host.root)
     host.permit(m)
     (host.root / "releases" / RID).mkdir(parents=True)  # shipped for PM2, or by an older version
-    res = host.run(m.start_slot("blue", RID, 3001))
+    res = host.run(m.start_slot(BLUE, RID)[0])
     assert res.returncode == 3
     assert "not shipped for systemd slots" in res.stderr
     assert host.calls() == []
@@ -332,24 +377,43 @@ def test_slot_start_of_a_release_without_the_template_is_refused(host: SlotHost)
 def test_user_slot_start_installs_the_template_under_home(host: SlotHost):
     m = manager(root=host.root, systemd={"scope": "user"})
     host.release(RID, m)
-    res = host.run(m.start_slot("green", RID, 3002))
+    res = host.run(m.start_slot(GREEN, RID)[0])
     assert res.returncode == 0, res.stderr
     dest = Path(host.env["HOME"]) / ".config/systemd/user/shop@.service"
     assert dest.read_text() == m.render_slot_template()
-    assert host.calls() == [
+    assert [c for c in host.calls() if "show" not in c] == [
         "systemctl --user daemon-reload",
         "systemctl --user reset-failed shop@green.service",
         "systemctl --user restart shop@green.service",
     ]
-    assert host.slot("green") == (RID, 'PORT="3002"\n')
-    res = host.run(m.start_slot("green", RID, 3002))
+    res = host.run(m.start_slot(GREEN, RID)[0])
     assert "systemctl --user daemon-reload" not in host.calls()
+    assert "systemctl --user restart shop@green.service" in host.calls()
+
+
+@pytest.mark.parametrize("scope", ["system", "user"])
+def test_stopping_a_slot_disables_it_and_is_a_no_op_without_the_template(
+    host: SlotHost, scope: str
+):
+    m = manager(root=host.root, systemd={"scope": scope})
+    host.permit(m)
+    res = host.run(m.stop_slot(GREEN))
+    assert res.returncode == 0, res.stderr
+    stop = (
+        "sudo /usr/bin/systemctl disable --now shop@green.service"
+        if scope == "system"
+        else "systemctl --user disable --now shop@green.service"
+    )
+    assert stop in host.calls()
+    res = host.run(m.stop_slot(GREEN), LOAD_STATE="not-found")
+    assert res.returncode == 0, res.stderr
+    assert not any("disable" in c for c in host.calls())
 
 
 def test_system_slot_logs_read_the_fixed_sudo_line(host: SlotHost):
     m = manager(root=host.root)
     host.permit(m)
-    res = host.run(m.slot_logs("green", 2))
+    res = host.run(m.slot_logs(GREEN, 2))
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["249", "250"]
     assert host.calls() == [
