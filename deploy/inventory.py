@@ -505,12 +505,6 @@ class Inventory(Strict):
     def _strategy_available(self) -> Inventory:
         if self.strategy.kind != "blue-green":
             return self
-        if self.process.manager == "systemd":
-            # the template unit <app>@.service (instance = slot) is not built yet
-            raise ValueError(
-                "strategy.kind: blue-green is not available with process.manager: systemd in "
-                "this version yet (PM2 only). Use kind: in-place (or manager: pm2)"
-            )
         if self.health.port is not None:
             raise ValueError(
                 f"health.port ({self.health.port}) cannot be used with strategy.kind: "

@@ -32,7 +32,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol
 
 from deploy.commands import Cmd, _cmd, _p, _script
 from deploy.inventory import Inventory, SystemdConfig
@@ -45,16 +44,6 @@ SLOT_UNIT_NAME = ".releasegate@.service"  # the slots' template unit, inside the
 SLOT_NAMES = ("blue", "green")
 
 
-class SlotRef(Protocol):
-    """A blue/green slot (deploy.slots.Slot): its name and its loopback port."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
-
-
 SYSTEM_UNIT_DIR = PurePosixPath("/etc/systemd/system")
 # Absolute paths, because sudoers matches them literally; Debian/Ubuntu (merged /usr) paths.
 SUDO = "sudo"
@@ -65,8 +54,6 @@ INSTALL = "/usr/bin/install"
 # from the journal and the host trims them to what was asked for.
 JOURNAL_LINES = 200
 SHOW_PROPERTIES = "LoadState,ActiveState,SubState,MainPID,NRestarts"
-
-_SLOTS_PENDING = "blue/green slots under systemd (template unit <app>@.service) are not built yet"
 
 # ExecStart words that need no quoting: no whitespace, quotes, backslash, `$` or `%`.
 _PLAIN_WORD = re.compile(r"^[A-Za-z0-9._/@+:=,-]+$")
@@ -136,9 +123,9 @@ class Systemd:
             root=str(self.layout.root),
             user=self.inventory.host.user,
             group=settings.group,
-            slots_dir=str(slots_dir(self.layout)),
+            slots_dir=str(self.layout.slots),
             env_file_name=RELEASE_ENV,
-            exec_start=self.exec_start(through=f"{slots_dir(self.layout)}/%i"),
+            exec_start=self.exec_start(through=f"{self.layout.slots}/%i"),
             restart=settings.restart,
             restart_ms=round(settings.restart_sec * 1000),
             kill_timeout_ms=proc.kill_timeout_ms,
@@ -246,11 +233,14 @@ class Systemd:
     def parse_describe(self, stdout: str) -> str:
         return stdout.strip()
 
-    def sudoers(self, *, slots: bool = False) -> list[str]:
+    def sudoers(self, *, slots: bool | None = None) -> list[str]:
         """The exact sudoers lines this app needs (system scope; none for user scope): for
-        the one unit of in-place deploys, or for the slots of blue/green ones."""
+        the one unit of in-place deploys, or for the slots of blue/green ones (`slots`;
+        by default as the inventory's strategy says)."""
         if not self.system:
             return []
+        if slots is None:
+            slots = self.inventory.strategy.kind == "blue-green"
         return sudoers_lines(
             user=self.inventory.host.user,
             app=self.inventory.app.name,
@@ -262,7 +252,7 @@ class Systemd:
     # The protocol's slot methods (deploy/process/base.py). The flow points the slot's link
     # and writes its env file (commands.link_slot) in the same batch, just before start_slot.
 
-    def slot_unit(self, slot: SlotRef) -> str:
+    def slot_unit(self, slot: Slot) -> str:
         return slot_unit_name(self.inventory.app.name, slot.name)
 
     @property
@@ -274,7 +264,7 @@ class Systemd:
         """System scope only; a user unit lives under the deploy user's $HOME."""
         return SYSTEM_UNIT_DIR / self.template_unit
 
-    def start_slot(self, slot: SlotRef, release_id: str) -> list[Cmd]:
+    def start_slot(self, slot: Slot, release_id: str) -> list[Cmd]:
         """A fresh start of the slot's instance (`restart`: stop, then start) on the release
         its link names: the template is installed first if the release's copy differs."""
         unit = self.slot_unit(slot)
@@ -299,7 +289,7 @@ class Systemd:
             )
         ]
 
-    def stop_slot(self, slot: SlotRef) -> Cmd:
+    def stop_slot(self, slot: Slot) -> Cmd:
         """`disable --now`: stopped, and not started at boot. Nothing to do (exit 0) when the
         template was never installed."""
         unit = self.slot_unit(slot)
@@ -317,7 +307,7 @@ class Systemd:
             f"systemctl --user disable --now {unit}",
         )
 
-    def slot_snapshot(self, slot: SlotRef) -> Cmd:
+    def slot_snapshot(self, slot: Slot) -> Cmd:
         return self._ctl(
             "show",
             f"--property={SHOW_PROPERTIES}",
@@ -326,7 +316,7 @@ class Systemd:
             privileged=False,
         )
 
-    def parse_slot_snapshot(self, slot: SlotRef, stdout: str) -> ProcessSnapshot:
+    def parse_slot_snapshot(self, slot: Slot, stdout: str) -> ProcessSnapshot:
         snap = parse_show(stdout)
         # An instance that was never started (or was stopped) is "inactive": the slot runs
         # nothing, which the protocol calls `missing`.
@@ -334,15 +324,15 @@ class Systemd:
             return ProcessSnapshot(status="missing", pids=(), restarts=snap.restarts)
         return snap
 
-    def persist_slot(self, slot: SlotRef) -> Cmd | None:
+    def persist_slot(self, slot: Slot) -> Cmd | None:
         return self._ctl(
             "enable", self.slot_unit(slot), name="systemd.slot.enable", privileged=True
         )
 
-    def slot_logs(self, slot: SlotRef, lines: int) -> Cmd:
+    def slot_logs(self, slot: Slot, lines: int) -> Cmd:
         return self._journal(self.slot_unit(slot), lines, name="systemd.slot.logs")
 
-    def slot_describe(self, slot: SlotRef) -> Cmd:
+    def slot_describe(self, slot: Slot) -> Cmd:
         return self._ctl(
             "status",
             "--no-pager",
@@ -353,7 +343,7 @@ class Systemd:
             privileged=False,
         )
 
-    def parse_slot_describe(self, slot: SlotRef, stdout: str) -> str:
+    def parse_slot_describe(self, slot: Slot, stdout: str) -> str:
         return stdout.strip()
 
 
@@ -493,12 +483,6 @@ def template_unit_name(app: str) -> str:
 def slot_unit_name(app: str, slot: str) -> str:
     _check_slot(slot)
     return f"{app}@{slot}.service"
-
-
-def slots_dir(layout: Layout) -> PurePosixPath:
-    """The slots' links and env files (deploy/slots.py): `<slot>` → the release it runs,
-    `<slot>.env` with its PORT."""
-    return layout.state / "slots"
 
 
 def _check_slot(slot: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 from deploy.commands import Cmd
 from deploy.model import Layout
 from deploy.process import Systemd, manager_for
+from deploy.slots import Slot
 from tests.unit.test_systemd import FAKE_SUDO, RID, RID2, inv, manager, verify
 
 SYSTEM_TEMPLATE = "/etc/systemd/system/shop@.service"
@@ -95,14 +96,6 @@ def test_slot_instance_running_a_release_executable_passes_verify(tmp_path):
 # ---------------------------------------------------------------------------- commands
 
 
-@dataclass(frozen=True)
-class Slot:
-    """What the flow passes (deploy.slots.Slot): a name and a loopback port."""
-
-    name: str
-    port: int
-
-
 BLUE, GREEN = Slot("blue", 3001), Slot("green", 3002)
 
 
@@ -153,7 +146,7 @@ def test_user_scope_slot_commands_use_systemctl_user():
 @pytest.mark.parametrize("name", ["red", "blue ; reboot", "", "Blue"])
 def test_only_the_two_slots_exist(name):
     m = manager()
-    slot = Slot(name, 3001)
+    slot = Slot(name, 3001)  # type: ignore[arg-type]
     for build in (
         lambda: m.stop_slot(slot),
         lambda: m.slot_snapshot(slot),
