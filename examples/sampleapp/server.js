@@ -86,6 +86,7 @@ const items = new Map(
 let nextId = 4;
 let listening = false;
 let shuttingDown = false;
+const hanging = new Set(); // ready_hang: readiness requests left without an answer
 const requestCounts = new Map(); // "method\0route\0status" -> count
 
 function isReady() {
@@ -200,8 +201,12 @@ const routes = [
       if (HEALTH_TOKEN && !tokenMatches(req.headers['x-health-token'], HEALTH_TOKEN)) {
         return send(res, 401, { error: 'unauthorized' });
       }
-      // ready_hang: the readiness request is accepted and never answered (a stuck dependency)
-      if (FAULT && FAULT.name === 'ready_hang') return;
+      if (FAULT && FAULT.name === 'ready_hang') {
+        // Never answered: the caller's timeout is the only way out. Dropped at shutdown.
+        hanging.add(res);
+        res.on('close', () => hanging.delete(res));
+        return;
+      }
       if (!isReady()) return send(res, 503, { status: 'not-ready' });
       send(res, 200, { status: 'ready', release: REPORTED_RELEASE });
     },
@@ -350,6 +355,7 @@ function shutdown(signal) {
   }, 5000).unref();
   server.close(() => process.exit(0));
   if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections(); // Node >= 18.2
+  for (const res of hanging) res.socket && res.socket.destroy();
 }
 
 process.on('SIGINT', () => shutdown('SIGINT'));

@@ -416,6 +416,28 @@ def test_fault_ready_503(start_app: Callable[..., App], app_dir: Path, source: s
     assert f"(pid {app.proc.pid}, fault ready_503)" in wait_until(lambda: app.stdout, 5, what="log")
 
 
+def test_fault_ready_hang_does_not_hold_up_a_graceful_stop(start_app: Callable[..., App]) -> None:
+    app = start_app(env={"FAULT": "ready_hang"})
+    with socket.create_connection(("127.0.0.1", app.port), timeout=5) as hung:
+        hung.sendall(b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+
+        def read_by_the_app() -> bool:
+            # the app's end of the connection has consumed the request (Recv-Q 0)
+            out = subprocess.run(
+                ["ss", "-Htn", "state", "established", f"( sport = :{app.port} )"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            return bool(out) and out[0] == "0"
+
+        wait_until(read_by_the_app, 5, what="the app to read the readiness request")
+        started = time.monotonic()
+        app.proc.send_signal(signal.SIGTERM)
+        assert app.wait_exit(5) == 0
+        assert time.monotonic() - started < 2
+        assert hung.recv(100) == b""  # closed without an answer
+
+
 @pytest.mark.parametrize("source", ["file", "env"])
 def test_fault_boot_crash(start_app: Callable[..., App], app_dir: Path, source: str) -> None:
     if source == "file":
