@@ -278,12 +278,26 @@ def sandbox_status(name: str, index: int) -> None:
 
 
 @main.command()
+@click.option(
+    "--sandbox",
+    "where",
+    default="rg-local:5",
+    show_default=True,
+    metavar="NAME:INDEX",
+    help="the sandbox VPS to boot (10.231.<INDEX>.2); inventories/local.yml names rg-local:5",
+)
 @click.pass_obj
-def demo(opts: Options) -> None:
-    """Boot the sandbox, deploy a good release, then a bad one that is rolled back."""
+def demo(opts: Options, where: str) -> None:
+    """Boot the sandbox and deploy the sample app blue/green under a steady load: a good
+    release, one that crashes at boot, one that breaks its API contract; failed requests
+    are counted for each."""
     from deploy import demo as demo_mod
+    from deploy import sandbox as sandbox_mod
 
-    sys.exit(demo_mod.run(opts))
+    name, _, index = where.partition(":")
+    if not index.isdigit():
+        raise click.BadParameter("use NAME:INDEX, e.g. rg-local:5", param_hint="--sandbox")
+    sys.exit(demo_mod.run(opts, sandbox_mod.SandboxSpec(name=name, index=int(index))))
 
 
 def _smoke_target(env: str) -> AbstractContextManager[Target]:
