@@ -21,13 +21,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from deploy import demo, operations, sandbox
+from deploy import demo, inventory, operations, proxy, sandbox
+from deploy.model import Layout
 from deploy.operations import Options
+from deploy.process import Systemd, manager_for
 from deploy.report import RecordingReporter
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -129,15 +131,39 @@ def _looks_like_id(word: str) -> bool:
     return len(head) == 14 and head.isdigit() and len(tail) >= 7
 
 
+@dataclass(frozen=True)
+class Kind:
+    """How an app runs: its process manager and its deploy strategy."""
+
+    manager: str = "pm2"  # pm2 | systemd (system scope)
+    instances: int = 2  # PM2: 2 = cluster mode, 1 = fork mode
+    strategy: str = "in-place"  # in-place | blue-green
+    retire: str = "keep-warm"  # blue-green: after-bake | keep-warm
+    bake_s: float = 3.0  # blue-green: strategy.bake.seconds
+
+    @property
+    def blue_green(self) -> bool:
+        return self.strategy == "blue-green"
+
+    def label(self) -> str:
+        if self.manager == "systemd":
+            return "systemd"
+        return "PM2 cluster" if self.instances > 1 else "PM2 fork"
+
+
 @dataclass
 class App:
-    """One app (deploy root, PM2 name, port) on the sandbox, with its own git repository."""
+    """One app (deploy root, process names, ports) on the sandbox, with its own git repository.
+    In-place, users reach the app's port directly; blue/green, nginx's public port."""
 
     rig: Rig
     name: str
     port: int
     dir: Path
     repo: Path
+    kind: Kind = Kind()
+    slots: tuple[int, int] = (0, 0)  # blue/green: the blue and green loopback ports
+    public_port: int = 0  # blue/green: nginx
     stamp: int = 0
     live: str | None = None  # the release `current` points to, as the last outcome said
 
@@ -152,7 +178,18 @@ class App:
     def inventory(self, env: str, *, address: str, port: int, known_hosts: Path) -> None:
         """Write inventories/<env>.yml for this app, reaching sshd at address:port."""
         rig = self.rig
-        data = {
+        process: dict[str, Any] = {"command": "server.js", "port": self.port}
+        if not self.kind.blue_green:
+            process["env"] = {"HOST": "0.0.0.0"}  # the load generator reaches it over the veth
+        if self.kind.manager == "systemd":
+            process.update(
+                manager="systemd",
+                interpreter="node",
+                systemd={"scope": "system", "restart_sec": 0.5},
+            )
+        else:
+            process["instances"] = self.kind.instances
+        data: dict[str, Any] = {
             "hosts": [
                 {
                     "name": "sandbox",
@@ -165,16 +202,43 @@ class App:
             ],
             "ssh": {"known_hosts": str(known_hosts)},
             "app": {"name": self.name, "repo": str(self.repo), "install": INSTALL},
-            "process": {
-                "command": "server.js",
-                "port": self.port,
-                "instances": 2,  # PM2 cluster mode
-                "env": {"HOST": "0.0.0.0"},  # the load generator reaches it over the veth
-            },
+            "process": process,
             "health": dict(rig.health),
+            # the sample app's contract pack: what rejects a wrong_contract release
+            "smoke": {"packs": [str(PROJECT / "examples" / "sampleapp" / "smoke.yml")]},
         }
+        if self.kind.blue_green:
+            data["strategy"] = {
+                "kind": "blue-green",
+                "slots": {"blue": self.slots[0], "green": self.slots[1]},
+                "public_port": self.public_port,
+                "bake": {"seconds": self.kind.bake_s},
+                "retire": self.kind.retire,
+            }
         self.inventories.mkdir(parents=True, exist_ok=True)
         (self.inventories / f"{env}.yml").write_text(yaml.safe_dump(data))
+
+    def prepare_host(self) -> None:
+        """What an operator does once, as root: the systemd allowlist of the app, and for
+        blue/green `releasegate setup` (the upstream file) plus the nginx site."""
+        inv = inventory.load("bench", self.inventories)
+        if self.kind.manager == "systemd":
+            m = manager_for(inv, Layout(PurePosixPath(self.root)))
+            assert isinstance(m, Systemd)
+            lines = "\n".join(m.sudoers()) + "\n"
+            path = f"/etc/sudoers.d/rg-{self.name}"
+            self.rig.ssh(
+                f"cat > {path}.tmp && chmod 0440 {path}.tmp && visudo -cq -f {path}.tmp && "
+                f"mv {path}.tmp {path}",
+                user="root",
+                stdin=lines,
+            )
+        if self.kind.blue_green:
+            opts = Options(inventories=self.inventories, plain=True)
+            rep = TimedReporter()
+            if operations.run_setup("bench", opts, reporter=rep) != 0:
+                raise RuntimeError(f"releasegate setup failed:\n{chr(10).join(rep.lines[-10:])}")
+            demo.install_site(self.rig.vps, inv)
 
     def commit(self, fault: str = "") -> None:
         """A new commit with unchanged dependencies (and the given fault; "" is healthy)."""
@@ -202,10 +266,26 @@ class App:
         return Run(op, code, start, end, wall_start, wall_end, rep)
 
     def url(self, path: str) -> tuple[str, int, str]:
-        return self.rig.vps.address, self.port, path
+        """Where users reach the app: nginx's public port in blue/green, else the app's."""
+        port = self.public_port if self.kind.blue_green else self.port
+        return self.rig.vps.address, port, path
 
     def remove(self) -> None:
-        self.rig.ssh(f"pm2 delete {self.name} >/dev/null 2>&1; rm -rf {self.root}", check=False)
+        names = [self.name, f"{self.name}-blue", f"{self.name}-green"]
+        self.rig.ssh(
+            f"pm2 delete {' '.join(names)} >/dev/null 2>&1; rm -rf {self.root}", check=False
+        )
+        units = [f"{self.name}.service", f"{self.name}@blue.service", f"{self.name}@green.service"]
+        paths = proxy.proxy_paths(Layout(PurePosixPath(self.root)), self.name)
+        self.rig.ssh(
+            f"systemctl disable --now {' '.join(units)} >/dev/null 2>&1; "
+            f"rm -f /etc/systemd/system/{self.name}.service "
+            f"/etc/systemd/system/{self.name}@.service /etc/sudoers.d/rg-{self.name} "
+            f"{paths.site} {paths.access_log}; systemctl daemon-reload; "
+            "nginx -t -q && systemctl reload nginx; true",
+            user="root",
+            check=False,
+        )
 
 
 class Rig:
@@ -224,6 +304,7 @@ class Rig:
         self._log: Callable[[str], None] = log or (lambda text: None)
         self._vps: sandbox.SandboxInfo | None = None
         self._ports = iter(range(4700 + 40 * (spec.index % 50), 65000))
+        self._public = iter(range(8800 + 20 * (spec.index % 50), 9900))
 
     @property
     def vps(self) -> sandbox.SandboxInfo:
@@ -239,26 +320,39 @@ class Rig:
         sandbox.down(self.spec, log=self._log)
         self._vps = None
 
-    def app(self, name: str) -> App:
+    def app(self, name: str, kind: Kind | None = None) -> App:
         where = self.work / name
         where.mkdir(parents=True)
-        app = App(rig=self, name=name, port=next(self._ports), dir=where, repo=Path())
+        kind = kind or Kind()
+        app = App(rig=self, name=name, port=next(self._ports), dir=where, repo=Path(), kind=kind)
+        if kind.blue_green:
+            app.slots = (next(self._ports), next(self._ports))
+            app.public_port = next(self._public)
         app.repo = demo.make_app_repo(where)
         app.inventory(
             "bench", address=self.vps.address, port=self.vps.port, known_hosts=self.vps.known_hosts
         )
+        app.prepare_host()
         return app
 
     def ssh(
-        self, command: str, *, user: str | None = None, check: bool = True, timeout: float = 60
+        self,
+        command: str,
+        *,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        stdin: str | None = None,
     ) -> str:
         """A look at the sandbox with the plain ssh client (never during a timed run: it is
         an SSH connection of its own)."""
         res = subprocess.run(
             self.vps.ssh_argv(command, user=user),
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
         )
         if check and res.returncode != 0:
             raise RuntimeError(f"ssh {command!r} on the sandbox failed: {res.stderr.strip()}")
@@ -401,6 +495,13 @@ def machine() -> dict[str, Any]:
         "releasegate_revision": _output([*GIT, "rev-parse", "--short=12", "HEAD"]),
         "releasegate_tree": _tree_state(),
     }
+
+
+def load_average() -> str:
+    """The machine's load while the bench ran (1, 5, 15 minutes): the figures depend on it."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
 
 
 def _output(argv: list[str]) -> str:

@@ -13,6 +13,7 @@ JSON. Method and caveats: docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -27,7 +28,7 @@ from typing import Any
 
 from bench import figures
 from bench.load import Hit, Load, fetch, final_run_start, tail_is
-from bench.rig import App, DelayProxy, Rig, Run, known_hosts_for, machine
+from bench.rig import App, DelayProxy, Kind, Rig, Run, known_hosts_for, load_average, machine
 from deploy import sandbox
 
 # The flow ships one file per deploy over SFTP (the artifact, which also carries the smoke packs;
@@ -35,6 +36,18 @@ from deploy import sandbox
 # Uploads do not pass the reporter's `command` hook, so this is the flow's count, not an
 # observation: see docs/performance.md ("hooks").
 UPLOADS_PER_DEPLOY = 1
+
+# The bad releases of issue 10, as the sample app's faults. crash_after gets its delay at run
+# time: late enough to pass the gate, early enough to crash inside the bake (see fault()).
+BAD_KINDS = ("boot_crash", "ready_503", "ready_hang", "wrong_contract", "crash_after")
+
+# Stage names of deploy/flow.py and the blue/green strategy the bench times from (prefixes).
+ACTIVATE = "activate "  # in-place: switch current + reload
+ROLL_BACK = "roll back to "  # in-place: the automatic rollback
+BG_START = "start "  # blue/green: the new release starts in the idle slot
+BG_SWITCH = "switch "  # blue/green: nginx's upstream to the new slot
+BG_BAKE = "bake "  # blue/green: the bake window through the front door
+BG_REVERT = "switch back "  # blue/green: from the failed bake check, back to the old slot
 
 
 class BenchError(Exception):
@@ -55,6 +68,8 @@ class Settings:
         self.lead_in = int(self.rate * (0.3 if self.quick else 1.0))
         self.settle = 10
         self.start_samples = 3 if self.quick else 10
+        # blue/green: strategy.bake.seconds (long enough for crash_after to land inside it)
+        self.bake_s = 3.0
         self.health: dict[str, Any] = {
             "deadline": 5.0,
             "interval": 0.25,
@@ -73,8 +88,11 @@ class Settings:
             "load_rate_per_s": self.rate,
             "proxy_delay_ms_each_way": self.delay_ms,
             "health": self.health,
-            "app": "examples/sampleapp under PM2, cluster mode, 2 instances",
-            "load": "GET /version, a new TCP connection per request (Connection: close)",
+            "app": "examples/sampleapp with its contract smoke pack; PM2 cluster mode (2 "
+            "instances) unless a figure says PM2 fork (1 instance) or systemd (system scope)",
+            "blue_green": {"bake_s": self.bake_s, "retire": "keep-warm", "front": "nginx"},
+            "load": "GET /version, a new TCP connection per request (Connection: close); "
+            "in-place to the app's port, blue/green to nginx's public port",
             "pm2_daemon_sched_policy": self.pm2_sched,
         }
 
@@ -97,6 +115,8 @@ class Bench:
         self.details: dict[str, Any] = {}
         self.ssh_windows: dict[str, list[Run]] = defaultdict(list)
         self.started_wall = time.time()
+        self.details["load_average_at_start"] = load_average()
+        self.crash_later = 0.0  # seconds added to crash_after's delay after a miss
 
     # ------------------------------------------------------------------ helpers
 
@@ -108,7 +128,8 @@ class Bench:
         return run
 
     def serving(self, app: App) -> str:
-        hit = fetch(app.rig.vps.address, app.port, "/version", 2.0)
+        host, port, path = app.url("/version")
+        hit = fetch(host, port, path, 2.0)
         if not hit.ok or hit.release is None:
             raise BenchError(f"{app.name} does not answer /version: {hit.error or hit.status}")
         return hit.release
@@ -186,7 +207,9 @@ class Bench:
                 f"{steady.done - run.start:.2f} s, command {run.seconds:.2f} s"
             )
 
-    def good_under_load(self, app: App) -> None:
+    def good_under_load(self, app: App, key: str = "good") -> None:
+        """Good deploys under load; `key` names the figures (failed_requests_<key>)."""
+        prefix = "bg_" if app.kind.blue_green else ""
         errors: list[str] = []
         offsets: list[float] = []
         n = self.cfg.good_deploys
@@ -194,72 +217,185 @@ class Bench:
             app.commit()
             with Load(*app.url("/version"), rate=self.cfg.rate, max_seconds=120) as load:
                 self.lead_in(load)
-                run = self.expect(app.deploy(), 0, f"good deploy under load {i + 1}")
+                run = self.expect(app.deploy(), 0, f"good deploy under load {i + 1} ({key})")
                 new = run.rep.outcomes[-1].release or ""
                 if not load.wait_for(tail_is(new, self.cfg.settle), deadline=10):
                     raise BenchError(f"after the good deploy {i + 1}, {new} does not serve")
             hits = load.stop()
             failed = [h for h in hits if not h.ok]
             errors += [h.error or f"HTTP {h.status}" for h in failed]
-            activated = run.rep.span("activate ").start
-            offsets += [round(h.sent - activated, 2) for h in failed]
-            self.record("failed_requests_good", len(failed))
-            self.record("requests_good", len(hits))
+            anchor = run.rep.span(BG_SWITCH if app.kind.blue_green else ACTIVATE).start
+            offsets += [round(h.sent - anchor, 2) for h in failed]
+            self.record(f"{prefix}failed_requests_{key}", len(failed))
+            if key == "good":
+                self.record(f"{prefix}requests_good", len(hits))
             self.say(
-                f"good deploy under {self.cfg.rate:g} req/s {i + 1}/{n}: "
-                f"{len(failed)} of {len(hits)} requests failed ({run.seconds:.2f} s)"
+                f"{app.kind.strategy} good deploy ({app.kind.label()}) under {self.cfg.rate:g} "
+                f"req/s {i + 1}/{n}: {len(failed)} of {len(hits)} requests failed "
+                f"({run.seconds:.2f} s)"
             )
-        self.details["failed_request_errors_good"] = sorted(set(errors))[:10]
-        # When the failed requests were sent, in seconds after the activate stage began.
-        self.details["failed_request_offsets_good"] = offsets[:50]
+        self.details[f"{prefix}failed_request_errors_{key}"] = sorted(set(errors))[:10]
+        # When the failed requests were sent, in seconds after activation (in-place) or the
+        # switch (blue/green) began.
+        self.details[f"{prefix}failed_request_offsets_{key}"] = offsets[:50]
 
-    def bad(self, app: App, fault: str) -> None:
+    def fault(self, kind: str) -> str:
+        if kind != "crash_after":
+            return kind
+        return f"crash_after:{self.crash_after_s:.1f}"
+
+    @property
+    def crash_after_s(self) -> float:
+        """Seconds after its start at which a crash_after release exits: 0.8 s after the
+        new slot took traffic in the good blue/green deploys (so it passes the gate and
+        crashes in the bake), or 3.5 s before any were measured."""
+        taken = self.samples.get("bg_start_to_traffic_s")
+        base = statistics.median(taken) + 0.8 if taken else 3.5
+        return round(base + self.crash_later, 1)
+
+    def bad(self, app: App, kind: str) -> None:
+        bg = app.kind.blue_green
+        prefix = "bg_" if bg else ""
         errors: list[str] = []
         offsets: list[float] = []
-        displaced = []
+        outcomes: list[str] = []
         runs = []
-        key = fault.replace(":", "_")
         for i in range(self.cfg.iterations):
             previous = self.serving(app)
+            fault = self.fault(kind)
             app.commit(fault)
             with Load(*app.url("/version"), rate=self.cfg.rate, max_seconds=120) as load:
                 self.lead_in(load)
-                run = self.expect(app.deploy(), 3, f"{fault} deploy {i + 1}")
-                if not load.wait_for(tail_is(previous, self.cfg.settle), deadline=10):
+                run = app.deploy()
+                # In place, a release that crashes after its gate is promoted: users meet it
+                # for as long as a bake would have watched it, then it is rolled back by hand.
+                promoted_anyway = not bg and kind == "crash_after" and run.code == 0
+                if not promoted_anyway:
+                    self.expect(run, 3, f"{prefix}{fault} deploy {i + 1}")
+                else:
+                    time.sleep(self.cfg.bake_s)  # the window a bake would have watched it
+                    load.stop()
+                if not promoted_anyway and not load.wait_for(
+                    tail_is(previous, self.cfg.settle), deadline=10
+                ):
                     raise BenchError(f"after the {fault} deploy {i + 1}, {previous} is not back")
             hits = load.stop()
-            activated = run.rep.span("activate ").start
-            rolled = run.rep.span("roll back to ").start
-            back = final_run_start(hits, previous)
-            if back is None:
-                raise BenchError(f"{fault} deploy {i + 1}: {previous} does not serve at the end")
-            # Did anything but the previous release answer after activation (errors, or the
-            # bad release itself)? Under PM2 reload the old workers may keep serving a while.
-            displaced.append(back.sent > activated)
+            shipped = run.rep.outcomes[-1].release if run.rep.outcomes else None
+            anchor = run.rep.span(BG_START if bg else ACTIVATE).start
             failed = [h for h in hits if not h.ok]
+            answered_by_bad = sum(1 for h in hits if h.ok and h.release == shipped)
             errors += [h.error or f"HTTP {h.status}" for h in failed]
-            offsets += [round(h.sent - activated, 2) for h in failed]
-            self.record(f"{key}_restore_s", max(0.0, back.done - activated))
-            self.record(f"{key}_detect_s", rolled - activated)
-            self.record(f"{key}_rollback_s", max(0.0, back.done - rolled))
-            self.record(f"failed_requests_{key}", len(failed))
-            if fault == "ready_503":
-                self.record("remote_commands_bad", run.commands)
-            self.ssh_windows[key].append(run)
+            offsets += [round(h.sent - anchor, 2) for h in failed]
+            self.record(f"{prefix}failed_requests_{kind}", len(failed))
+            self.record(f"{prefix}bad_answers_{kind}", answered_by_bad)
+            outcomes.append(_outcome_words(run))
+            note = ""
+            if promoted_anyway:
+                note = "; promoted, rolled back by hand after the bake window"
+                self.expect(app.rollback(), 0, f"manual rollback after {fault} {i + 1}")
+            elif not bg and kind in ("boot_crash", "ready_503"):
+                note = self._in_place_restore(kind, run, hits, previous)
+            elif bg and kind == "crash_after":
+                note = self._revert(run, hits, previous)
+            self.ssh_windows[f"{prefix}{kind}"].append(run)
             runs.append(run)
             self.say(
-                f"{fault} deploy {i + 1}/{self.cfg.iterations}: rollback began "
-                f"{rolled - activated:.2f} s after activation, {previous} served again after "
-                f"{max(0.0, back.done - activated):.2f} s; {len(failed)} of {len(hits)} "
-                f"requests failed"
+                f"{app.kind.strategy} {fault} deploy {i + 1}/{self.cfg.iterations}: exit "
+                f"{run.code}, {len(failed)} of {len(hits)} requests failed, "
+                f"{answered_by_bad} answered by the bad release{note}"
             )
-        self.details[f"{key}_previous_displaced"] = displaced
-        self.details[f"{key}_stage_seconds"] = median_stages(runs)
-        self.details[f"{key}_process_state"] = [
+        self.details[f"{prefix}{kind}_outcomes"] = outcomes
+        self.details[f"{prefix}{kind}_stage_seconds"] = median_stages(runs)
+        self.details[f"{prefix}{kind}_process_state"] = [
             line for line in runs[-1].rep.outcomes[-1].evidence if line.startswith("process:")
         ]
-        self.details[f"failed_request_errors_{key}"] = sorted(set(errors))[:10]
-        self.details[f"failed_request_offsets_{key}"] = offsets[:100]
+        self.details[f"{prefix}failed_request_errors_{kind}"] = sorted(set(errors))[:10]
+        self.details[f"{prefix}failed_request_offsets_{kind}"] = offsets[:100]
+
+    def _in_place_restore(self, kind: str, run: Run, hits: list[Hit], previous: str) -> str:
+        activated = run.rep.span(ACTIVATE).start
+        rolled = run.rep.span(ROLL_BACK).start
+        back = final_run_start(hits, previous)
+        if back is None:
+            raise BenchError(f"{kind}: {previous} does not serve at the end")
+        self.record(f"{kind}_restore_s", max(0.0, back.done - activated))
+        self.record(f"{kind}_detect_s", rolled - activated)
+        self.record(f"{kind}_rollback_s", max(0.0, back.done - rolled))
+        if kind == "ready_503":
+            self.record("remote_commands_bad", run.commands)
+        return (
+            f"; rollback began {rolled - activated:.2f} s after activation, {previous} "
+            f"served again after {max(0.0, back.done - activated):.2f} s"
+        )
+
+    def _revert(self, run: Run, hits: list[Hit], previous: str) -> str:
+        """Blue/green crash_after: from the failed bake check to only the old release
+        answering through the proxy."""
+        try:
+            decided = run.rep.span(BG_REVERT).start
+        except LookupError:
+            self.details.setdefault("bg_crash_after_not_in_bake", []).append(_outcome_words(run))
+            return "; it crashed before the switch (rejected at the gate), no bake to time"
+        back = final_run_start(hits, previous)
+        if back is None:
+            raise BenchError(f"crash_after: {previous} does not serve at the end")
+        seconds = max(0.0, back.done - decided)
+        self.record("bg_revert_serving_s", seconds)
+        return f"; the bake failed and {previous} alone answered {seconds:.2f} s later"
+
+    def bg_warm(self, app: App) -> None:
+        runs = []
+        for i in range(self.cfg.iterations):
+            app.commit()
+            run = self.expect(app.deploy(), 0, f"blue/green warm redeploy {i + 1}")
+            bake = run.rep.span(BG_BAKE)
+            baked = (bake.end or run.end) - bake.start
+            self.record("bg_warm_deploy_s", run.seconds - baked)
+            self.record("bg_bake_s", baked)
+            self.record("remote_commands_bg_warm", run.commands)
+            self._start_to_traffic(run)
+            runs.append(run)
+            self.say(
+                f"blue/green warm redeploy {i + 1}/{self.cfg.iterations}: "
+                f"{run.seconds - baked:.2f} s + bake {baked:.2f} s, {run.commands} commands"
+            )
+        self.details["bg_warm_stage_seconds"] = median_stages(runs)
+
+    def _start_to_traffic(self, run: Run) -> None:
+        started = run.rep.span(BG_START).end or run.end
+        switched = run.rep.span(BG_SWITCH).end or run.end
+        self.record("bg_start_to_traffic_s", switched - started)
+
+    def bg_rollback(self, app: App) -> None:
+        """Manual rollback to the warm previous release (keep-warm): a proxy switch."""
+        left: str | None = None
+        warm: list[bool] = []
+        for i in range(self.cfg.iterations):
+            before = app.live
+            with Load(*app.url("/version"), rate=self.cfg.rate, max_seconds=60) as load:
+                self.lead_in(load)
+                run = self.expect(app.rollback(to=left), 0, f"blue/green rollback {i + 1}")
+                target = run.rep.outcomes[-1].release or ""
+                if not load.wait_for(tail_is(target, self.cfg.settle), deadline=10):
+                    raise BenchError(f"rollback {i + 1}: {target} does not answer outside")
+            hits = load.stop()
+            left = before
+            steady = final_run_start(hits, target)
+            if steady is None:
+                raise BenchError(f"rollback {i + 1}: no answer from {target} seen")
+            failed = [h for h in hits if not h.ok]
+            cold = any(s.name.startswith(BG_START) for s in run.rep.spans)
+            warm.append(not cold)
+            self.record("bg_rollback_serving_s", max(0.0, steady.done - run.start))
+            self.record("bg_rollback_command_s", run.seconds)
+            self.record("bg_failed_requests_rollback", len(failed))
+            self.say(
+                f"blue/green manual rollback {i + 1}/{self.cfg.iterations} "
+                f"({'cold start' if cold else 'warm'}): only {target} from "
+                f"{max(0.0, steady.done - run.start):.2f} s, command {run.seconds:.2f} s, "
+                f"{len(failed)} failed requests"
+            )
+        self.details["bg_rollback_to_warm"] = warm
 
     def wan(self, app: App) -> None:
         vps = self.rig.vps
@@ -309,20 +445,55 @@ class Bench:
                 f"pm2 ping >/dev/null"
             )
             self.say(f"PM2 daemon restarted with NODE_CLUSTER_SCHED_POLICY={self.cfg.pm2_sched}")
-        app = self.rig.app("bmain")
-        self.expect(app.deploy(), 0, "first deploy of the main app")
-        if not self.cfg.quick:
-            app.commit()
-            self.expect(app.deploy(), 0, "warm-up deploy")  # not measured
+        # in place (today's flow), PM2 cluster
+        app = self.first(self.rig.app("bmain"))
         self.warm(app)
         self.rollback(app)
         self.good_under_load(app)
-        self.bad(app, "boot_crash")
-        self.bad(app, "ready_503")
+        # blue/green, PM2 cluster, keep-warm, behind the sandbox's nginx
+        bg = self.first(self.rig.app("bgmain", Kind(strategy="blue-green", bake_s=self.cfg.bake_s)))
+        self.bg_warm(bg)
+        self.good_under_load(bg)
+        self.bg_rollback(bg)
+        for kind in BAD_KINDS:
+            self.bad(bg, kind)
+        for _ in range(2):
+            # a crash_after release that crashed before the switch was rejected at the gate
+            # (0 failed requests, but no bake to time): once more, crashing later
+            if self.samples.get("bg_revert_serving_s"):
+                break
+            self.crash_later += 1.0
+            self.bad(bg, "crash_after")
+        for kind in BAD_KINDS:
+            self.bad(app, kind)
+        # the other process managers, good deploys only, both strategies
+        for label, kind in (
+            ("fork", Kind(instances=1)),
+            ("systemd", Kind(manager="systemd", instances=1)),
+        ):
+            for strategy in ("in-place", "blue-green"):
+                k = dataclasses.replace(kind, strategy=strategy, bake_s=self.cfg.bake_s)
+                other = self.first(self.rig.app(f"b{'g' if k.blue_green else 'i'}{label}", k))
+                self.good_under_load(other, f"good_{label}")
+                other.remove()
         self.wan(app)
         self.app_start(app)
         self.ssh_connections()
         app.remove()
+        bg.remove()
+
+    def first(self, app: App) -> App:
+        """The app's first deploy and, outside quick mode, a warm-up deploy (not measured)."""
+        self.expect(app.deploy(), 0, f"first deploy of {app.name}")
+        if not self.cfg.quick:
+            app.commit()
+            self.expect(app.deploy(), 0, f"warm-up deploy of {app.name}")
+        return app
+
+
+def _outcome_words(run: Run) -> str:
+    out = run.rep.outcomes[-1] if run.rep.outcomes else None
+    return f"exit {run.code}" + (f" ({out.result})" if out is not None else "")
 
 
 def proxied(proxy: DelayProxy, run: Run) -> tuple[int, int]:
@@ -424,18 +595,23 @@ def main(argv: list[str] | None = None) -> int:
     summary = figures.summarise(bench.samples)
     verdicts = figures.judge(summary)
     result = {
-        "schema": "releasegate-bench/1",
+        "schema": "releasegate-bench/2",
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - began, 1),
         "settings": cfg.as_dict(),
-        "machine": machine(),
+        "machine": {**machine(), "load_average": load_average()},
         "figures": summary,
         "targets": [v.as_dict() for v in verdicts],
         "details": bench.details,
     }
     print(figures.text_table(summary))
     print()
+    print("in-place vs blue/green, this run:\n")
+    print(figures.text_side_by_side(summary))
+    print()
     print("Markdown (docs/performance.md):\n")
+    print(figures.markdown_side_by_side(summary))
+    print()
     print(figures.markdown_table(summary))
     print()
     print(figures.markdown_targets(verdicts))

@@ -41,15 +41,15 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
         cwd=PROJECT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=900,
     )
     assert res.returncode == 0, f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}"
 
     data = json.loads(out.read_text())
-    assert data["schema"] == "releasegate-bench/1"
+    assert data["schema"] == "releasegate-bench/2"
     assert data["settings"]["iterations"] == 1
     assert data["settings"]["quick"] is True
-    for key in ("nproc", "cpu_model", "kernel", "python", "node", "pm2"):
+    for key in ("nproc", "cpu_model", "kernel", "python", "node", "pm2", "load_average"):
         assert data["machine"][key] not in (None, ""), key
 
     figures = data["figures"]
@@ -62,12 +62,13 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert fig["n"] == len(fig["runs"]) >= 1, f.key
         assert fig["unit"] == f.unit and fig["label"] == f.label
 
-    assert len(data["targets"]) == 4
+    assert len(data["targets"]) == 7  # issue 6's four, issue 10's three
     for target in data["targets"]:
         assert isinstance(target["met"], bool) and target["target"] and target["measured"]
 
     # The table and its Markdown twin for docs/performance.md are printed.
     assert "| figure | median | range (min-max) | runs |" in res.stdout
+    assert "| median (range) | in-place | blue/green |" in res.stdout
     assert "| target | measured | met |" in res.stdout
     # The benchmark's sandbox is gone afterwards.
     name = SANDBOX.partition(":")[0]
