@@ -6,6 +6,7 @@ slot's start never touches the other, stop = stopped and not started at boot."""
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import uuid
 from collections.abc import Iterator
@@ -13,11 +14,15 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from deploy import commands, demo
+from bench.load import KeepAliveLoad
+from deploy import commands, demo, operations, proxy
 from deploy.model import Layout
+from deploy.operations import Options
 from deploy.process import Systemd
 from deploy.remote import SshRemote
+from deploy.report import RecordingReporter
 from deploy.slots import Slot, Slots
+from deploy.traffic import Load, fetch, tail_is
 from tests.conftest import wait_until
 from tests.integration.conftest import PORTS, Target
 from tests.integration.test_systemd import as_root, deploy, manager, released, sudoers_file
@@ -116,11 +121,11 @@ def answer(t: Target, port: int) -> str:
 
 def test_each_slot_runs_its_own_release_with_its_port(sd: Target) -> None:
     code, rep = deploy(sd)
-    assert code == 0, rep.lines
+    assert code == 0, "\n".join(rep.lines)
     first = released(rep)
     demo.commit_fault(sd.repo, "")
     code, rep = deploy(sd)
-    assert code == 0, rep.lines
+    assert code == 0, "\n".join(rep.lines)
     second = released(rep)
     m: Systemd = manager(sd)
     base = next(PORTS) + 500
@@ -205,3 +210,97 @@ def test_stopping_a_slot_that_never_ran_is_a_no_op(sd: Target) -> None:
         assert res.exit_code == 0, res.stderr
     finally:
         conn.close()
+
+
+# ------------------------------------------------------------------ blue/green deploys
+
+
+PUBLIC = itertools.count(8760)
+
+
+@pytest.fixture
+def bg(sd: Target) -> Iterator[Target]:
+    """The systemd app deployed blue/green behind the sandbox's nginx: the host prepared as
+    docs/blue-green.md says (setup, the site config installed as root)."""
+    base = next(PORTS) + 600
+    sd.data["strategy"] = {
+        "kind": "blue-green",
+        "slots": {"blue": base, "green": base + 1},
+        "public_port": next(PUBLIC),
+        "bake": {"seconds": 2},
+        "retire": "after-bake",
+    }
+    sd.write()
+    opts = Options(inventories=sd.inv_dir)
+    assert operations.run_setup("test", opts, reporter=RecordingReporter()) == 0
+    paths = proxy.proxy_paths(Layout(PurePosixPath(sd.root)), sd.app)
+    conn = remote(sd)
+    try:
+        conn.run(proxy.ensure_upstream(paths, proxy.Upstream(base)))
+    finally:
+        conn.close()
+    demo.install_site(sd.vps, sd.inv)
+    try:
+        yield sd
+    finally:
+        as_root(
+            sd,
+            f"rm -f {paths.site} {paths.access_log}; nginx -t -q && systemctl reload nginx; true",
+        )
+
+
+def front(t: Target) -> tuple[str, int]:
+    return t.vps.address, int(t.data["strategy"]["public_port"])
+
+
+def slot_cwd(t: Target, slot: str) -> str:
+    pid = running(t, manager(t).slot_unit(Slot(slot, 1)))["MainPID"]  # type: ignore[arg-type]
+    return t.ssh(f"readlink /proc/{pid}/cwd").stdout.strip()
+
+
+def test_blue_green_under_systemd_serves_every_request(bg: Target) -> None:
+    code, rep = deploy(bg)
+    assert code == 0, "\n".join(rep.lines)
+    first = released(rep)
+    host, port = front(bg)
+    wait_until(lambda: fetch(host, port, "/version", 2).release == first, 10, "first serves")
+
+    # a good release under load through nginx: new connection per request, and keep-alive
+    per_conn = Load(host, port, "/version", rate=50, max_seconds=120, timeout=5)
+    keepalive = KeepAliveLoad(host, port, "/version", rate=20, max_seconds=120, timeout=5)
+    with per_conn, keepalive:
+        assert per_conn.wait_for(tail_is(first, 10), deadline=10)
+        demo.commit_fault(bg.repo, "")
+        code, rep = deploy(bg)
+        assert code == 0, "\n".join(rep.lines)
+        second = released(rep)
+        for client in (per_conn, keepalive):
+            assert client.wait_for(tail_is(second, 10), deadline=10)
+
+        # a release that crashes at boot: rejected in its slot, never seen by a user
+        demo.commit_fault(bg.repo, "boot_crash")
+        code, rep = deploy(bg)
+        assert code == 3, "\n".join(rep.lines)
+        crashed = released(rep)
+        assert rep.outcomes[-1].live == second
+        seen = len(per_conn.hits())
+        assert per_conn.wait_for(lambda hits: len(hits) >= seen + 20, deadline=10)
+        assert per_conn.wait_for(tail_is(second, 10), deadline=10)
+    for client in (per_conn, keepalive):
+        hits = client.hits()
+        assert [h for h in hits if not h.ok] == [], {h.error or h.status for h in hits if not h.ok}
+        assert {h.release for h in hits} == {first, second}  # never the crashed one
+        assert crashed not in {h.release for h in hits}
+
+    # on the host: the live slot's main process runs in its release, `current` names it,
+    # the crashed release is bad, and its slot is stopped (after-bake: the old one too)
+    assert bg.current() == second
+    assert bg.state_of(crashed) == "bad" and bg.state_of(second) == "good"
+    m = manager(bg)
+    cwds = {}
+    for name in ("blue", "green"):
+        state = show(bg, m.slot_unit(Slot(name, 1)))  # type: ignore[arg-type]
+        if state["SubState"] == "running":
+            cwds[name] = bg.ssh(f"readlink /proc/{state['MainPID']}/cwd").stdout.strip()
+    assert list(cwds.values()) == [f"{bg.root}/releases/{second}"], cwds
+    assert not bg.lock_exists()
