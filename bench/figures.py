@@ -93,6 +93,11 @@ FIGURES: tuple[Figure, ...] = (
         "s",
     ),
     Figure(
+        "bg_revert_switch_s",
+        "blue/green: failed bake check → switch back confirmed on the host (nginx reloaded)",
+        "s",
+    ),
+    Figure(
         "bg_rollback_serving_s",
         "blue/green: manual rollback to the warm release: start → only previous answers",
         "s",
@@ -186,6 +191,7 @@ def blue_green_targets(figures: dict[str, dict[str, Any]]) -> list[Verdict]:
     bad_answers = sum(sum(figures[f"bg_bad_answers_{kind}"]["runs"]) for kind in BAD_KINDS[:4])
     worst = [key.removeprefix("bg_failed_requests_") for key, n in lost.items() if n]
     revert = figures["bg_revert_serving_s"]
+    switched = figures["bg_revert_switch_s"]
     rollback = figures["bg_rollback_serving_s"]
     return [
         Verdict(
@@ -200,7 +206,9 @@ def blue_green_targets(figures: dict[str, dict[str, Any]]) -> list[Verdict]:
         Verdict(
             "revert decision → old release serving through the proxy ≤ 0.2 s",
             f"median {revert['median']:.2f} s, worst {revert['max']:.2f} s (from the failed bake "
-            "check until only the old release answers)",
+            "check until only the old release answers; nginx's backup slot already served "
+            f"the crashed slot's requests); the switch back was confirmed on the host after "
+            f"{switched['median']:.2f} s (worst {switched['max']:.2f} s)",
             revert["max"] <= 0.2,
         ),
         Verdict(
@@ -233,6 +241,7 @@ SIDE_BY_SIDE: tuple[tuple[str, str | None, str | None], ...] = (
         for kind in BAD_KINDS
     ),
     ("failed bake check → only the old release answers (s)", None, "bg_revert_serving_s"),
+    ("failed bake check → switch back confirmed on the host (s)", None, "bg_revert_switch_s"),
     (
         "manual rollback: start → only previous answers (s)",
         "rollback_serving_s",

@@ -51,6 +51,7 @@ class TimedReporter(RecordingReporter):
         super().__init__()
         self.spans: list[Span] = []
         self.sent: list[tuple[float, str]] = []
+        self.said: list[tuple[float, str]] = []
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -65,6 +66,17 @@ class TimedReporter(RecordingReporter):
     def command(self, display: str) -> None:
         super().command(display)
         self.sent.append((time.monotonic(), display))
+
+    def info(self, text: str) -> None:
+        super().info(text)
+        self.said.append((time.monotonic(), text))
+
+    def said_at(self, prefix: str) -> float:
+        """When the first info line starting with `prefix` was reported."""
+        for at, text in self.said:
+            if text.startswith(prefix):
+                return at
+        raise LookupError(f"no line starting with {prefix!r} was reported")
 
     def span(self, prefix: str) -> Span:
         """The first stage whose name starts with `prefix` (stage names: deploy/flow.py)."""

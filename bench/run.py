@@ -44,10 +44,12 @@ BAD_KINDS = ("boot_crash", "ready_503", "ready_hang", "wrong_contract", "crash_a
 # Stage names of deploy/flow.py and the blue/green strategy the bench times from (prefixes).
 ACTIVATE = "activate "  # in-place: switch current + reload
 ROLL_BACK = "roll back to "  # in-place: the automatic rollback
-BG_START = "start "  # blue/green: the new release starts in the idle slot
-BG_SWITCH = "switch "  # blue/green: nginx's upstream to the new slot
-BG_BAKE = "bake "  # blue/green: the bake window through the front door
-BG_REVERT = "switch back "  # blue/green: from the failed bake check, back to the old slot
+BG_START = "start "  # blue/green: the new release starts in the idle slot (or is warm)
+BG_GATE = "gate "  # blue/green: the gate on the slot's own port (absent for a warm release)
+BG_SWITCH = "switch the front door to "  # blue/green: nginx's upstream to the new slot
+BG_WATCH = "watch "  # blue/green: verified through the front door, then the bake
+BG_BAKE_LINE = "bake: "  # the info line that opens the bake inside the watch stage
+BG_REVERT = "roll back to "  # blue/green: begins right after the failed bake check
 
 
 class BenchError(Exception):
@@ -339,17 +341,32 @@ class Bench:
         back = final_run_start(hits, previous)
         if back is None:
             raise BenchError(f"crash_after: {previous} does not serve at the end")
+        # Users: when only the old release answered (0 when nginx's backup already served
+        # every request before the decision). Host: when the switch back was confirmed (the
+        # next command is sent once the switch script returned: nginx reloaded, old workers
+        # no longer accepting).
         seconds = max(0.0, back.done - decided)
+        switched = [at for at, d in run.rep.sent if at >= decided and d.startswith(BG_SWITCH)]
+        confirmed = [at for at, _ in run.rep.sent if switched and at > switched[0]]
+        if not confirmed:
+            raise BenchError("crash_after: no switch back in the `roll back to` stage")
         self.record("bg_revert_serving_s", seconds)
-        return f"; the bake failed and {previous} alone answered {seconds:.2f} s later"
+        self.record("bg_revert_switch_s", confirmed[0] - decided)
+        self.details.setdefault("bg_revert_only_old_from_s", []).append(
+            round(back.done - decided, 3)
+        )
+        return (
+            f"; the bake failed, {previous} alone answered {seconds:.2f} s later (the switch "
+            f"back confirmed after {confirmed[0] - decided:.2f} s)"
+        )
 
     def bg_warm(self, app: App) -> None:
         runs = []
         for i in range(self.cfg.iterations):
             app.commit()
             run = self.expect(app.deploy(), 0, f"blue/green warm redeploy {i + 1}")
-            bake = run.rep.span(BG_BAKE)
-            baked = (bake.end or run.end) - bake.start
+            watch = run.rep.span(BG_WATCH)
+            baked = (watch.end or run.end) - run.rep.said_at(BG_BAKE_LINE)
             self.record("bg_warm_deploy_s", run.seconds - baked)
             self.record("bg_bake_s", baked)
             self.record("remote_commands_bg_warm", run.commands)
@@ -384,10 +401,11 @@ class Bench:
             if steady is None:
                 raise BenchError(f"rollback {i + 1}: no answer from {target} seen")
             failed = [h for h in hits if not h.ok]
-            cold = any(s.name.startswith(BG_START) for s in run.rep.spans)
+            cold = any(s.name.startswith(BG_GATE) for s in run.rep.spans)
             warm.append(not cold)
-            self.record("bg_rollback_serving_s", max(0.0, steady.done - run.start))
-            self.record("bg_rollback_command_s", run.seconds)
+            if not cold:  # the figure is the warm rollback's (a proxy switch)
+                self.record("bg_rollback_serving_s", max(0.0, steady.done - run.start))
+                self.record("bg_rollback_command_s", run.seconds)
             self.record("bg_failed_requests_rollback", len(failed))
             self.say(
                 f"blue/green manual rollback {i + 1}/{self.cfg.iterations} "
@@ -396,6 +414,11 @@ class Bench:
                 f"{len(failed)} failed requests"
             )
         self.details["bg_rollback_to_warm"] = warm
+        if not any(warm):
+            raise BenchError(
+                "no manual rollback found its target warm (retire: keep-warm): every one "
+                "started it afresh and gated it, so there is no warm rollback to time"
+            )
 
     def wan(self, app: App) -> None:
         vps = self.rig.vps
@@ -455,8 +478,8 @@ class Bench:
         self.bg_warm(bg)
         self.good_under_load(bg)
         self.bg_rollback(bg)
-        for kind in BAD_KINDS:
-            self.bad(bg, kind)
+        for bad in BAD_KINDS:
+            self.bad(bg, bad)
         for _ in range(2):
             # a crash_after release that crashed before the switch was rejected at the gate
             # (0 failed requests, but no bake to time): once more, crashing later
@@ -464,15 +487,15 @@ class Bench:
                 break
             self.crash_later += 1.0
             self.bad(bg, "crash_after")
-        for kind in BAD_KINDS:
-            self.bad(app, kind)
+        for bad in BAD_KINDS:
+            self.bad(app, bad)
         # the other process managers, good deploys only, both strategies
-        for label, kind in (
+        for label, how in (
             ("fork", Kind(instances=1)),
             ("systemd", Kind(manager="systemd", instances=1)),
         ):
             for strategy in ("in-place", "blue-green"):
-                k = dataclasses.replace(kind, strategy=strategy, bake_s=self.cfg.bake_s)
+                k = dataclasses.replace(how, strategy=strategy, bake_s=self.cfg.bake_s)
                 other = self.first(self.rig.app(f"b{'g' if k.blue_green else 'i'}{label}", k))
                 self.good_under_load(other, f"good_{label}")
                 other.remove()
