@@ -65,7 +65,7 @@ from deploy.model import (
     is_release_id,
 )
 from deploy.preflight import Check, judge_host
-from deploy.process import manager_for
+from deploy.process import Systemd, manager_for
 from deploy.process.pm2 import activation_notes
 from deploy.redact import Redactor
 from deploy.release_packs import Bundle
@@ -395,6 +395,12 @@ def setup_front_door(d: Deps, host: HostOps) -> str:
         "`visudo -cf /etc/sudoers.d/releasegate-nginx`), and let the deploy user read nginx's "
         f"logs (`usermod -aG adm {user}`):\n" + "\n".join(proxy.sudoers_lines(user))
     )
+    if isinstance(host.manager, Systemd) and host.manager.sudoers():
+        d.reporter.info(
+            f"as root, put these lines in /etc/sudoers.d/releasegate-{d.inventory.app.name} "
+            "(mode 0440, check with `visudo -cf`): the systemd slots' allowlist "
+            "(docs/systemd.md):\n" + "\n".join(host.manager.sudoers())
+        )
     return (
         f"{'wrote' if written else 'kept the existing'} {way.paths.upstream}"
         + (f" (slot blue, 127.0.0.1:{way.slots.blue.port})" if written else "")

@@ -36,6 +36,7 @@ from pathlib import PurePosixPath
 from deploy.commands import Cmd, _cmd, _p, _script
 from deploy.inventory import Inventory, SystemdConfig
 from deploy.model import RELEASE_ENV, Instance, Layout, ProcessSnapshot
+from deploy.preflight import Check
 from deploy.slots import Slot
 from deploy.templates import render
 
@@ -346,6 +347,51 @@ class Systemd:
     def parse_slot_describe(self, slot: Slot, stdout: str) -> str:
         return stdout.strip()
 
+    # ------------------------------------------------------------------ blue/green preflight
+
+    def slots_allowlist_probe(self) -> list[Cmd]:
+        """Read-only: may the deploy user run each command of the slots' allowlist (`sudo -n
+        -l`, nothing is run)? System scope only; feed stdout to `judge_slots_allowlist`."""
+        if not self.system:
+            return []
+        return [
+            _script(
+                "systemd.allowlist",
+                ALLOWLIST_PROBE_SCRIPT,
+                [_allowed(line) for line in self.sudoers(slots=True)],
+                "sudo -n -l for each command of the slots' allowlist",
+            )
+        ]
+
+    def judge_slots_allowlist(self, stdout: str) -> list[Check]:
+        """One check: every command of the slots' allowlist may run, or which may not and
+        the exact lines to install."""
+        if not self.system:
+            return []
+        lines = self.sudoers(slots=True)
+        _, _, section = stdout.partition(ALLOWLIST_MARK + "\n")
+        section = section.split("\n@@", 1)[0]
+        verdicts = dict(
+            (rest, mark == "yes")
+            for mark, _, rest in (line.partition(" ") for line in section.splitlines())
+            if mark in ("yes", "no")
+        )
+        missing = [_allowed(line) for line in lines if not verdicts.get(_allowed(line), False)]
+        user, app = self.inventory.host.user, self.inventory.app.name
+        path = f"/etc/sudoers.d/releasegate-{app}"
+        return [
+            Check(
+                "systemd slots allowlist",
+                not missing,
+                f"{user} may run the {len(lines)} commands of the slots (sudo -n)"
+                if not missing
+                else f"{user} may not run `sudo -n {missing[0]}`"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
+                f"as root, put these lines in {path} (mode 0440, check with visudo -cf; "
+                f"docs/systemd.md): " + "; ".join(lines),
+            )
+        ]
+
 
 # ---------------------------------------------------------------------- host scripts
 
@@ -457,6 +503,25 @@ USER_SLOT_STOP_SCRIPT = r"""
 [ "$(systemctl --user show --property=LoadState --value "$1" 2>/dev/null)" = not-found ] && exit 0
 systemctl --user disable --now "$1"
 """
+
+# Each argument is one command of the allowlist as sudoers names it. Its words are plain (no
+# spaces, quotes or glob characters: validated paths, app and unit names), so they are split
+# on spaces with globbing off. `sudo -l` only answers; nothing runs.
+ALLOWLIST_MARK = "@@systemd-allowlist"
+ALLOWLIST_PROBE_SCRIPT = r"""
+set -f
+echo "@@systemd-allowlist"
+for c in "$@"; do
+  # shellcheck disable=SC2086
+  if sudo -n -l $c >/dev/null 2>&1; then echo "yes $c"; else echo "no $c"; fi
+done
+"""
+
+
+def _allowed(line: str) -> str:
+    """The command of one sudoers line (`USER ALL=(root) NOPASSWD: <command>`)."""
+    return line.split("NOPASSWD: ", 1)[1]
+
 
 # $1 unit name, $2 lines wanted (<= JOURNAL_LINES). The sudo line has fixed arguments.
 SYSTEM_LOGS_SCRIPT = r"""

@@ -38,6 +38,7 @@ from deploy.inventory import StrategyConfig
 from deploy.journal import HostState
 from deploy.model import ProcessSnapshot, ReleaseState, SlotRole
 from deploy.preflight import Check
+from deploy.process.systemd import Systemd
 from deploy.report import Reporter
 from deploy.slots import SLOT, Slot, Slots, SlotView, views
 from deploy.strategies.base import GateTarget, Start
@@ -421,7 +422,10 @@ class BlueGreen:
 
     def preflight_probe(self) -> list[Cmd]:
         """Steps added to the preflight's one read-only round trip."""
+        manager = self.host.manager
+        slots_allowlist = manager.slots_allowlist_probe() if isinstance(manager, Systemd) else []
         return [
+            *slots_allowlist,  # its own marked section, before ours
             _mark(PREFLIGHT_MARK),
             proxy.probe(
                 self.paths,
@@ -471,6 +475,8 @@ class BlueGreen:
             public_port=self.config.public_port,
             idle_port=idle.port,
         )
+        if isinstance(self.host.manager, Systemd):
+            checks += self.host.manager.judge_slots_allowlist(stdout)
         return checks
 
     def setup_steps(self) -> list[Cmd]:

@@ -15,7 +15,7 @@ from deploy.commands import Cmd
 from deploy.model import Layout
 from deploy.process import Systemd, manager_for
 from deploy.slots import Slot
-from tests.unit.test_systemd import FAKE_SUDO, RID, RID2, inv, manager, verify
+from tests.unit.test_systemd import BASE, FAKE_SUDO, RID, RID2, inv, manager, verify
 
 SYSTEM_TEMPLATE = "/etc/systemd/system/shop@.service"
 
@@ -412,3 +412,103 @@ def test_system_slot_logs_read_the_fixed_sudo_line(host: SlotHost):
     assert host.calls() == [
         "sudo /usr/bin/journalctl -u shop@green.service -n 200 --no-pager -o cat"
     ]
+
+
+# ---------------------------------------------------------------------------- preflight
+
+BG = BASE + "strategy: {kind: blue-green, slots: {blue: 3001, green: 3002}}\n"
+
+
+def test_the_preflight_asks_sudo_for_every_command_of_the_slots_allowlist(host: SlotHost):
+    m = manager(BG, root=host.root)
+    assert m.sudoers() == m.sudoers(slots=True)  # a blue-green inventory: the slots' lines
+    (probe,) = m.slots_allowlist_probe()
+    host.permit(m)
+
+    def answers() -> str:
+        # the fake host installs units under tmp_path; the judge knows the real path
+        res = host.run(probe)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.replace(str(host.installed), SYSTEM_TEMPLATE)
+
+    (check,) = m.judge_slots_allowlist(answers())
+    assert host.calls() == []  # `sudo -l` only answers: nothing ran
+    assert check.ok and check.name == "systemd slots allowlist"
+    assert check.detail == "deploy may run the 12 commands of the slots (sudo -n)"
+
+    # the in-place allowlist is installed instead: the check says what is missing and the fix
+    # is the exact lines
+    host.allow.write_text(
+        "\n".join(line.split("NOPASSWD: ", 1)[1] for line in m.sudoers(slots=False)) + "\n"
+    )
+    (check,) = m.judge_slots_allowlist(answers())
+    assert not check.ok
+    template = str(host.root / ".releasegate/systemd/shop@.service")
+    assert check.detail == (
+        f"deploy may not run `sudo -n /usr/bin/install -m 0644 {template} "
+        f"{SYSTEM_TEMPLATE}` and 10 more"
+    )  # daemon-reload is in both allowlists
+    assert "/etc/sudoers.d/releasegate-shop" in check.fix
+    assert all(line in check.fix for line in m.sudoers(slots=True))
+    # nothing readable (the probe did not run): not allowed
+    (check,) = m.judge_slots_allowlist("")
+    assert not check.ok
+
+
+def test_user_scope_needs_no_allowlist():
+    m = manager(BG, systemd={"scope": "user"})
+    assert m.slots_allowlist_probe() == [] and m.judge_slots_allowlist("") == []
+
+
+def test_the_blue_green_preflight_carries_the_systemd_check():
+    from deploy.host import HostOps
+    from deploy.journal import HostState
+    from deploy.strategies.blue_green import PREFLIGHT_MARK, BlueGreen
+    from tests.fakehost import FakeClock
+
+    m = manager(BG)
+    ops = HostOps(inventory=m.inventory, remote=None, manager=m, layout=m.layout, actor="t")  # type: ignore[arg-type]
+    way = BlueGreen(
+        host=ops,
+        state=HostState(False, None, frozenset(), frozenset(), frozenset(), None),
+        http=None,  # type: ignore[arg-type]
+        clock=FakeClock(),
+        reporter=None,  # type: ignore[arg-type]
+    )
+    steps = way.preflight_probe()
+    assert steps[0].name == "systemd.allowlist"  # its own section, before the front door's
+    section = "@@systemd-allowlist\n" + "".join(
+        f"no {line.split('NOPASSWD: ', 1)[1]}\n" for line in m.sudoers()
+    )
+    checks = way.preflight_checks(section + PREFLIGHT_MARK + "\n")
+    failed = [c for c in checks if c.name == "systemd slots allowlist"]
+    assert len(failed) == 1 and not failed[0].ok
+
+
+@pytest.mark.parametrize("scope", ["system", "user"])
+def test_setup_shows_root_the_slots_allowlist_of_a_systemd_app(tmp_path: Path, scope: str):
+    from deploy import flow
+    from deploy.flow import Deps
+    from deploy.report import RecordingReporter
+    from tests.fakehost import FakeClock, FakeHost, FakeRemote
+
+    m = manager(BG, systemd={"scope": scope})
+    clock = FakeClock()
+    remote = FakeRemote(FakeHost(), clock)
+    reporter = RecordingReporter()
+    deps = Deps(
+        inventory=m.inventory,
+        remote=remote,
+        reporter=reporter,
+        clock=clock,
+        actor="tester",
+        workdir=tmp_path,
+    )
+    summary = flow.setup_front_door(deps, flow.host_ops(deps))
+    assert "wrote /srv/shop/.releasegate/nginx/upstream.conf" in summary
+    text = "\n".join(reporter.lines)
+    if scope == "system":
+        assert "/etc/sudoers.d/releasegate-shop" in text
+        assert all(f"\n{line}" in text for line in m.sudoers(slots=True))
+    else:
+        assert "systemd slots' allowlist" not in text  # user scope: no root at all
