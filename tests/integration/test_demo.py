@@ -67,4 +67,4 @@ def test_the_demo_shows_blue_green_with_no_failed_request() -> None:
     finally:
         sandbox.down(spec)
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"releasegate-{name}" not in netns
+    assert f"releasegate-{name}" not in [line.split()[0] for line in netns.splitlines() if line]
