@@ -35,12 +35,7 @@ from deploy.model import Layout
 from tests.conftest import wait_until
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin") or proxy.NGINX
-# Skipped only on a developer machine without nginx; in CI (scripts/setup.sh installs it) a
-# missing nginx fails these tests instead of hiding them.
-needs_nginx = pytest.mark.skipif(
-    not os.access(proxy.NGINX, os.X_OK) and not os.environ.get("CI"),
-    reason="nginx is not installed (scripts/setup.sh installs it)",
-)
+# Never skipped: scripts/setup.sh installs nginx, and a missing one fails these tests.
 PATHS = proxy.proxy_paths(Layout(PurePosixPath("/srv/shop")), "shop")
 
 
@@ -399,14 +394,12 @@ def write_upstream(box: Box, upstream: proxy.Upstream) -> None:
     assert res.returncode == 0, res.stderr
 
 
-@needs_nginx
 def test_the_site_config_passes_the_real_nginx_config_test(box: Box):
     write_upstream(box, proxy.Upstream(3001, 3002))
     res = box.nginx("-t")
     assert res.returncode == 0, res.stderr
 
 
-@needs_nginx
 def test_a_bad_upstream_is_refused_by_nginx_and_the_previous_file_is_back(box: Box):
     write_upstream(box, proxy.Upstream(3001))
     before = box.upstream.read_text()
@@ -428,7 +421,6 @@ def test_a_bad_upstream_is_refused_by_nginx_and_the_previous_file_is_back(box: B
     assert report.reason == "refused" and report.consistent
 
 
-@needs_nginx
 def test_a_broken_nginx_config_elsewhere_refuses_the_switch_too(box: Box):
     write_upstream(box, proxy.Upstream(3001))
     (box.prefix / "conf" / "conf.d" / "other.conf").write_text("server { listen x; }\n")
@@ -437,7 +429,6 @@ def test_a_broken_nginx_config_elsewhere_refuses_the_switch_too(box: Box):
     assert proxy.parse_upstream(box.upstream.read_text()) == proxy.Upstream(3001)
 
 
-@needs_nginx
 def test_the_first_switch_refused_leaves_no_upstream_file(box: Box):
     (box.prefix / "conf" / "conf.d" / "other.conf").write_text("server { listen x; }\n")
     res = box.run(proxy.switch(box.paths, proxy.Upstream(3002)))
@@ -445,7 +436,6 @@ def test_the_first_switch_refused_leaves_no_upstream_file(box: Box):
     assert not box.upstream.exists()
 
 
-@needs_nginx
 def test_a_failed_reload_puts_the_previous_file_back(box: Box):
     write_upstream(box, proxy.Upstream(3001))
     # no nginx master runs on the prefix: the config is valid, the reload cannot be sent
@@ -460,7 +450,6 @@ def test_a_failed_reload_puts_the_previous_file_back(box: Box):
     ]
 
 
-@needs_nginx
 def test_a_reload_nginx_does_not_apply_is_a_failed_switch(box: Box, slots: dict[str, int]):
     write_upstream(box, proxy.Upstream(slots["blue"]))
     assert box.nginx().returncode == 0
@@ -472,7 +461,6 @@ def test_a_reload_nginx_does_not_apply_is_a_failed_switch(box: Box, slots: dict[
     assert get(box) == "blue"
 
 
-@needs_nginx
 def test_without_the_allowlist_nothing_is_touched(box: Box):
     write_upstream(box, proxy.Upstream(3001))
     box.allow.write_text("/usr/sbin/nginx -t\n")  # the reload line is missing
@@ -532,7 +520,6 @@ def get(box: Box) -> str:
         conn.close()
 
 
-@needs_nginx
 def test_switch_moves_real_traffic_and_the_backup_catches_a_dead_live_slot(
     box: Box, slots: dict[str, int]
 ):
@@ -571,7 +558,6 @@ def test_switch_moves_real_traffic_and_the_backup_catches_a_dead_live_slot(
     assert got.next_offset == box.access_log.stat().st_size
 
 
-@needs_nginx
 def test_the_access_log_reader_continues_where_it_stopped_and_survives_rotation(box: Box):
     box.access_log.write_text(log_line() + "\n" + log_line(status=503) + "\n")
     first = proxy.parse_access_log(
@@ -663,7 +649,6 @@ def test_each_preflight_failure_names_the_fix(change, name, words):
     assert words in failed[name].line()
 
 
-@needs_nginx
 def test_the_probe_runs_for_real_and_finds_every_fact(box: Box, slots: dict[str, int]):
     write_upstream(box, proxy.Upstream(slots["blue"]))
     assert box.nginx().returncode == 0

@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -186,7 +185,6 @@ TRICKY = {
 }
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (the PM2 config is JS)")
 def test_the_pm2_config_reads_the_snapshot_as_systemd_does(tmp_path: Path):
     """Values rendered by releasegate come back exactly; hand-written forms follow systemd's
     EnvironmentFile= rules (quotes, escapes, comments, a later line wins)."""

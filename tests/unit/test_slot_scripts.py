@@ -183,8 +183,8 @@ def test_the_retire_waits_for_the_last_connection_to_the_old_slot_and_no_longer(
     peer, _ = server.accept()
     started = time.monotonic()
     waiting = subprocess.Popen(["sh", "-c", wait_drained(port, 10).render()], text=True)
-    time.sleep(0.5)
-    assert waiting.poll() is None  # an established connection: still waiting
+    with pytest.raises(subprocess.TimeoutExpired):  # an established connection: still waiting
+        waiting.wait(timeout=0.5)
     client.close()
     peer.close()
     assert waiting.wait(timeout=5) == 0 and time.monotonic() - started < 3
