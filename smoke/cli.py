@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from smoke import commands
-from smoke.commands import Resolver
+from smoke.baseline import Policy
+from smoke.commands import BaselineOptions, Resolver
 from smoke.config import AuditSettings
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -28,10 +29,16 @@ Exit codes:
 """
 PERF_EPILOG = """\b
 Exit codes:
-  0  no threshold breached, or --mode informational
-  1  a threshold breached in --mode blocking
-  2  bad pack or arguments; nothing was contacted
+  0  no threshold breached and no regression, or --mode informational
+  1  a threshold breached, or a regression against --baseline, in --mode blocking
+  2  bad pack, arguments, baseline or history file; nothing was contacted
 """
+TREND_EPILOG = """\b
+Exit codes:
+  0  the Markdown was printed
+  2  the history (or baseline) file is missing or unreadable
+"""
+DEFAULT_POLICY = Policy()
 
 
 def _split(
@@ -141,6 +148,57 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
     @click.option("--requests", "-n", type=click.IntRange(1, 100_000), help="Per endpoint.")
     @click.option("--concurrency", "-c", type=click.IntRange(1, 256), help="Requests at once.")
     @click.option("--plain", is_flag=True, help="Plain lines even on a terminal.")
+    @click.option(
+        "--baseline",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Compare with this baseline file (docs/smoke.md, 'Baselines and regressions').",
+    )
+    @click.option(
+        "--save-baseline",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Save this run (or the median of --baseline-runs runs) as a baseline here.",
+    )
+    @click.option(
+        "--history",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Append the run to this JSON-lines history [beside the baseline: "
+        "NAME.history.jsonl].",
+    )
+    @click.option(
+        "--baseline-runs",
+        type=click.IntRange(1, 30),
+        default=1,
+        show_default=True,
+        help="--save-baseline: the median of this run and the ones before it in the history.",
+    )
+    @click.option(
+        "--consecutive",
+        type=click.IntRange(1, 30),
+        default=DEFAULT_POLICY.consecutive,
+        show_default=True,
+        help="Runs in a row over the policy before it is a regression.",
+    )
+    @click.option(
+        "--p95-increase-pct",
+        type=click.FloatRange(0),
+        default=DEFAULT_POLICY.p95_increase_pct,
+        show_default=True,
+        help="p95 must be worse than the baseline by more than this percentage …",
+    )
+    @click.option(
+        "--p95-increase-ms",
+        type=click.FloatRange(0),
+        default=DEFAULT_POLICY.p95_increase_ms,
+        show_default=True,
+        help="… and by more than this many milliseconds.",
+    )
+    @click.option(
+        "--error-rate-increase",
+        type=click.FloatRange(0, 1),
+        default=DEFAULT_POLICY.error_rate_increase,
+        show_default=True,
+        help="Or the error rate above the baseline's by more than this (0.01 = 1 point).",
+    )
     @click.pass_context
     def perf(
         ctx: click.Context,
@@ -151,9 +209,30 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
         requests: int | None,
         concurrency: int | None,
         plain: bool,
+        baseline: Path | None,
+        save_baseline: Path | None,
+        history: Path | None,
+        baseline_runs: int,
+        consecutive: int,
+        p95_increase_pct: float,
+        p95_increase_ms: float,
+        error_rate_increase: float,
     ) -> None:
         """Measure the hot endpoints named in the packs' perf: sections: N requests at
-        concurrency C, p50/p95/p99 and error rate against the thresholds."""
+        concurrency C, p50/p95/p99 and error rate against the thresholds and, with
+        --baseline, against a saved run under the regression policy."""
+        keep = BaselineOptions(
+            compare=baseline,
+            save=save_baseline,
+            history=history,
+            save_runs=baseline_runs,
+            policy=Policy(
+                p95_increase_pct=p95_increase_pct,
+                p95_increase_ms=p95_increase_ms,
+                error_rate_increase=error_rate_increase,
+                consecutive=consecutive,
+            ),
+        )
         env, packs = _split(ctx, args, base_url, resolve_env)
         if env is not None:
             assert resolve_env is not None
@@ -166,6 +245,7 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
                 requests=requests,
                 concurrency=concurrency,
                 plain=_plain(ctx, plain),
+                baseline=keep,
             )
         else:
             assert base_url is not None
@@ -177,16 +257,35 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
                 requests=requests,
                 concurrency=concurrency,
                 plain=_plain(ctx, plain),
+                baseline=keep,
             )
         ctx.exit(code)
 
     return perf
 
 
+def perf_trend_command() -> click.Command:
+    @click.command("perf-trend", epilog=TREND_EPILOG)
+    @click.argument("history", type=click.Path(path_type=Path, dir_okay=False))
+    @click.option(
+        "--baseline",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Draw this baseline's p95 as a second line.",
+    )
+    @click.pass_context
+    def perf_trend(ctx: click.Context, history: Path, baseline: Path | None) -> None:
+        """Markdown with a Mermaid chart of p95 per endpoint over the runs kept in HISTORY
+        (written by `perf --history`); append it to $GITHUB_STEP_SUMMARY to see it."""
+        ctx.exit(commands.run_perf_trend(history, baseline=baseline))
+
+    return perf_trend
+
+
 def attach(group: click.Group, resolve_env: Resolver | None = None) -> None:
-    """Add `smoke` and `perf` to a Click group (the `releasegate` console script)."""
+    """Add `smoke`, `perf` and `perf-trend` to a Click group (the `releasegate` console script)."""
     group.add_command(smoke_command(resolve_env))
     group.add_command(perf_command(resolve_env))
+    group.add_command(perf_trend_command())
 
 
 @click.group()

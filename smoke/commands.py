@@ -12,18 +12,24 @@ base_url — plus the inventory's smoke settings), open for as long as the run n
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import httpx
 
-from smoke import report
+from smoke import baseline as baselines
+from smoke import report, trend
 from smoke.audit import audit_pack
+from smoke.baseline import Baseline, BaselineError, Policy
 from smoke.clock import Clock
 from smoke.config import AuditSettings, PerfSettings, SmokeSettings
 from smoke.model import Pack, PackResult
@@ -201,6 +207,98 @@ def _check_junit(junit: Path | None) -> None:
 # ------------------------------------------------------------------ perf --
 
 
+@dataclass(frozen=True)
+class BaselineOptions:
+    """What `perf` does with baselines: compare with `compare`, save this run to `save`
+    (the median of the last `save_runs` runs of the history), keep the history in `history`
+    (default: beside the baseline, `<name>.history.jsonl`)."""
+
+    compare: Path | None = None
+    save: Path | None = None
+    history: Path | None = None
+    save_runs: int = 1
+    policy: Policy = field(default_factory=Policy)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.compare or self.save or self.history)
+
+    def history_path(self) -> Path | None:
+        if self.history is not None:
+            return self.history
+        anchor = self.compare or self.save
+        return None if anchor is None else anchor.with_name(f"{anchor.stem}.history.jsonl")
+
+
+def perf_machine() -> dict[str, object]:
+    """Where a baseline was measured from (the figures depend on it)."""
+    try:
+        load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": load,
+    }
+
+
+def _read_baseline(opts: BaselineOptions) -> tuple[Baseline | None, list[baselines.Run]]:
+    """The baseline to compare with and the history, read before anything is contacted."""
+    if opts.policy.consecutive < 1:
+        raise ArgumentError("--consecutive must be at least 1")
+    if opts.save_runs < 1:
+        raise ArgumentError("--baseline-runs must be at least 1")
+    base = None
+    if opts.compare is not None:
+        try:
+            text = opts.compare.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BaselineError(
+                f"cannot read the baseline {opts.compare}: {exc.strerror or exc}. Save one "
+                f"with `releasegate perf ENV --save-baseline {opts.compare}` and commit it."
+            ) from None
+        base = baselines.parse_baseline(text, str(opts.compare))
+    history: list[baselines.Run] = []
+    path = opts.history_path()
+    if path is not None and path.exists():
+        try:
+            history = baselines.parse_history(path.read_text(encoding="utf-8"), str(path))
+        except OSError as exc:
+            raise BaselineError(f"cannot read the perf history {path}: {exc}") from None
+    for target in (opts.save, path):
+        if target is not None and not target.parent.is_dir():
+            raise ArgumentError(f"{target}: the directory {target.parent} does not exist")
+    return base, history
+
+
+def _keep_baseline(
+    opts: BaselineOptions,
+    run: baselines.Run,
+    history: list[baselines.Run],
+    *,
+    machine: Mapping[str, object],
+) -> list[str]:
+    """Append the run to the history and save the baseline when asked; the lines to show."""
+    said = []
+    path = opts.history_path()
+    if path is not None:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        path.write_text(baselines.kept_history(lines, run), encoding="utf-8")
+        said.append(f"history: {path} ({min(len(history) + 1, baselines.HISTORY_KEEP)} runs)")
+    if opts.save is not None:
+        runs = [*history, run][-opts.save_runs :]
+        doc = baselines.baseline_from(runs, saved_at=run.at, machine=machine)
+        opts.save.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        said.append(
+            f"saved the baseline {opts.save} from "
+            + (f"the median of the last {len(runs)} runs" if len(runs) > 1 else "this run")
+        )
+    return said
+
+
 def run_perf(
     *,
     base_url: str,
@@ -216,12 +314,17 @@ def run_perf(
     environ: Mapping[str, str] | None = None,
     extra_secrets: Iterable[str] = (),
     base_dir: Path | None = None,
+    baseline: BaselineOptions | None = None,
+    now: Callable[[], datetime] | None = None,
+    timer: Callable[[], float] | None = None,
 ) -> int:
     """Measure the hot endpoints of the packs' perf: sections; print p50/p95/p99 and error
-    rate against the thresholds. informational: exit 0; blocking: exit 1 on a breach."""
+    rate against the thresholds and, with a baseline, the regressions. informational: exit 0;
+    blocking: exit 1 on a breach or a confirmed regression."""
     out = out or sys.stdout
     err = err or sys.stderr
     secrets = tuple(extra_secrets)
+    keep = baseline or BaselineOptions()
     try:
         base = check_base_url(base_url)
         if mode not in PERF_MODES:
@@ -235,7 +338,8 @@ def run_perf(
                 "nothing to measure: none of the packs has a perf: section naming its hot "
                 "endpoints (see docs/smoke.md, 'Perf thresholds')"
             )
-    except (PackError, BaseUrlError, ArgumentError) as exc:
+        reference, history = _read_baseline(keep)
+    except (PackError, BaseUrlError, ArgumentError, BaselineError) as exc:
         report.error(str(exc), err, secrets)
         return 2
     result = measure(
@@ -245,9 +349,62 @@ def run_perf(
         requests=requests,
         concurrency=concurrency,
         extra_secrets=secrets,
+        timer=timer or time.perf_counter,
     )
-    report.perf_result(result, mode, out, report.choose_style(out, json_out=json_out, plain=plain))
-    return result.exit_code(mode)
+    at = (now or (lambda: datetime.now(UTC)))().isoformat(timespec="seconds")
+    run = baselines.run_of(result, at)
+    comparison = (
+        baselines.compare(run, reference, keep.policy, history) if reference is not None else None
+    )
+    kept: list[str] = []
+    if keep.active:
+        try:
+            kept = _keep_baseline(keep, run, history, machine=perf_machine())
+        except OSError as exc:
+            report.error(f"could not write the perf baseline or history: {exc}", err, secrets)
+            return 2
+    code = baselines.exit_code(result, comparison, mode)
+    style = report.choose_style(out, json_out=json_out, plain=plain)
+    report.perf_result(result, mode, out, style, comparison=comparison, kept=kept, code=code)
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_ACTIONS") == "true":
+        summary = env.get("GITHUB_STEP_SUMMARY") or None
+        try:
+            report.actions_perf(
+                result, mode, comparison, err, Path(summary) if summary else None, code=code
+            )
+        except OSError as exc:
+            report.error(f"could not append to the step summary {summary}: {exc}", err, secrets)
+    return code
+
+
+def run_perf_trend(
+    history: Path,
+    *,
+    baseline: Path | None = None,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """`perf-trend HISTORY`: Markdown with a Mermaid chart of p95 per endpoint over the kept
+    runs (GitHub renders it in a step summary, an issue or a PR comment)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        try:
+            runs = baselines.parse_history(history.read_text(encoding="utf-8"), str(history))
+        except OSError as exc:
+            raise BaselineError(
+                f"cannot read the perf history {history}: {exc.strerror or exc}; `releasegate "
+                f"perf ENV --history {history}` writes it"
+            ) from None
+        reference = None
+        if baseline is not None:
+            reference, _ = _read_baseline(BaselineOptions(compare=baseline))
+    except (BaselineError, ArgumentError) as exc:
+        report.error(str(exc), err)
+        return 2
+    print(trend.markdown(runs, reference), file=out, end="", flush=True)
+    return 0
 
 
 # ------------------------------------------------------------------ ENV forms --
@@ -302,8 +459,14 @@ def run_perf_env(
     out: IO[str] | None = None,
     err: IO[str] | None = None,
     plain: bool = False,
+    baseline: BaselineOptions | None = None,
 ) -> int:
     err = err or sys.stderr
+    try:
+        _read_baseline(baseline or BaselineOptions())  # a bad file is said before connecting
+    except (BaselineError, ArgumentError) as exc:
+        report.error(str(exc), err)
+        return 2
     try:
         with resolve(env) as target:
             return run_perf(
@@ -317,6 +480,7 @@ def run_perf_env(
                 err=err,
                 plain=plain,
                 extra_secrets=target.secrets,
+                baseline=baseline,
             )
     except TargetUnavailable as exc:
         report.error(exc.message, err)

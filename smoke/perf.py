@@ -26,6 +26,8 @@ class Sample:
     ms: float
     ok: bool
     detail: str = ""
+    release: str = ""  # what the app said it runs (X-Release-Id / X-Revision), if anything
+    revision: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class PerfResult:
     endpoints: tuple[EndpointStats, ...]
     duration_ms: float
     secret_values: tuple[str, ...] = field(default=(), repr=False)
+    release: str | None = None  # as the app reported it (X-Release-Id), for baselines
+    revision: str | None = None
 
     @property
     def breached(self) -> tuple[EndpointStats, ...]:
@@ -145,6 +149,7 @@ def run_perf(
     )
     started = timer()
     stats: list[EndpointStats] = []
+    seen: list[Sample] = []
     try:
         for pack in perf_packs(packs):
             assert pack.perf is not None
@@ -154,6 +159,7 @@ def run_perf(
                 for _ in range(pack.perf.warmup):
                     _one(http, base, hot.check, timer, redact)
                 samples = _measure(http, base, hot.check, n, c, timer, redact)
+                seen += samples[:1]
                 stats.append(summarize(pack.name, hot, samples, c))
     finally:
         if own:
@@ -163,6 +169,8 @@ def run_perf(
         endpoints=tuple(stats),
         duration_ms=(timer() - started) * 1000,
         secret_values=secrets,
+        release=next((s.release for s in seen if s.release), None),
+        revision=next((s.revision for s in seen if s.revision), None),
     )
 
 
@@ -201,4 +209,10 @@ def _one(
         redact=redact,
     )
     failure = check.status.check(answer)
-    return Sample(ms=ms, ok=failure is None, detail=failure or "")
+    return Sample(
+        ms=ms,
+        ok=failure is None,
+        detail=failure or "",
+        release=redact(response.headers.get("x-release-id", ""))[:100],
+        revision=redact(response.headers.get("x-revision", ""))[:100],
+    )

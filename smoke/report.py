@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET  # only builds XML; never parses untrusted input
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from smoke.baseline import Comparison, comparison_lines
 from smoke.model import CheckResult, PackResult
 from smoke.perf import EndpointStats, PerfResult
 from smoke.secrets import Redactor
@@ -304,16 +305,24 @@ def perf_line(e: EndpointStats) -> str:
     return line
 
 
-def perf_summary(result: PerfResult, mode: str) -> str:
-    code = result.exit_code(mode)
+def perf_summary(
+    result: PerfResult, mode: str, comparison: Comparison | None = None, code: int | None = None
+) -> str:
+    code = result.exit_code(mode) if code is None else code
+    regressed = (
+        f", {len(comparison.regressed)} regressed against the baseline"
+        if comparison is not None
+        else ""
+    )
     return (
         f"perf: {len(result.endpoints)} endpoint(s), {len(result.breached)} breached "
-        f"thresholds in {result.duration_ms / 1000:.1f} s ({mode}: exit {code})"
+        f"thresholds{regressed} in {result.duration_ms / 1000:.1f} s ({mode}: exit {code})"
     )
 
 
-def perf_record(e: EndpointStats) -> dict[str, Any]:
+def perf_record(e: EndpointStats, comparison: Comparison | None = None) -> dict[str, Any]:
     th = e.thresholds
+    verdict = comparison.of(f"{e.pack}/{e.endpoint}") if comparison is not None else None
     return {
         "type": "perf",
         "pack": e.pack,
@@ -339,6 +348,7 @@ def perf_record(e: EndpointStats) -> dict[str, Any]:
         "breaches": list(e.breaches),
         "first_error": e.first_error or None,
         "ok": e.ok,
+        "baseline": verdict.as_json() if verdict is not None else None,
     }
 
 
@@ -347,11 +357,16 @@ def _round(value: float | None) -> float | None:
 
 
 def perf_json_lines(
-    result: PerfResult, mode: str, *, started_at: datetime | None = None
+    result: PerfResult,
+    mode: str,
+    *,
+    started_at: datetime | None = None,
+    comparison: Comparison | None = None,
+    code: int | None = None,
 ) -> list[str]:
     redact = Redactor(result.secret_values)
     when = (started_at or datetime.now(UTC)).isoformat(timespec="seconds")
-    records: list[dict[str, Any]] = [perf_record(e) for e in result.endpoints]
+    records: list[dict[str, Any]] = [perf_record(e, comparison) for e in result.endpoints]
     records.append(
         {
             "type": "perf-summary",
@@ -361,18 +376,32 @@ def perf_json_lines(
             "endpoints": len(result.endpoints),
             "breached": [e.endpoint for e in result.breached],
             "duration_ms": round(result.duration_ms, 1),
-            "exit_code": result.exit_code(mode),
+            "exit_code": result.exit_code(mode) if code is None else code,
+            "release": result.release,
+            "revision": result.revision,
+            "baseline": comparison.as_json() if comparison is not None else None,
         }
     )
     return [redact(json.dumps(r, ensure_ascii=False)) for r in records]
 
 
-def perf_result(result: PerfResult, mode: str, out: IO[str], style: Style) -> None:
+def perf_result(
+    result: PerfResult,
+    mode: str,
+    out: IO[str],
+    style: Style,
+    *,
+    comparison: Comparison | None = None,
+    kept: Sequence[str] = (),
+    code: int | None = None,
+) -> None:
+    """The run's table (or JSON lines), then the baseline comparison and what was saved."""
     redact = Redactor(result.secret_values)
     if style == "json":
-        for line in perf_json_lines(result, mode):
+        for line in perf_json_lines(result, mode, comparison=comparison, code=code):
             print(line, file=out, flush=True)
         return
+    extra = [*(comparison_lines(comparison) if comparison is not None else []), *kept]
     if style == "rich":
         console = Console(file=out, highlight=False, force_terminal=True)
         table = Table(
@@ -395,9 +424,102 @@ def perf_result(result: PerfResult, mode: str, out: IO[str], style: Style) -> No
         console.print(table)
         for e in result.breached:
             console.print(Text(redact(f"{e.endpoint}: " + "; ".join(e.breaches)), style="red"))
-        console.print(Text(redact(perf_summary(result, mode))))
+        for line in extra:
+            bad = line.startswith(("REGRESSED", "regressed"))
+            console.print(Text(redact(line), style="bold red" if bad else ""))
+        console.print(Text(redact(perf_summary(result, mode, comparison, code))))
         return
     print(redact(f"perf against {result.base_url} ({mode})"), file=out)
     for e in result.endpoints:
         print(redact(perf_line(e)), file=out)
-    print(redact(perf_summary(result, mode)), file=out, flush=True)
+    for line in extra:
+        print(redact(line), file=out)
+    print(redact(perf_summary(result, mode, comparison, code)), file=out, flush=True)
+
+
+def actions_perf(
+    result: PerfResult,
+    mode: str,
+    comparison: Comparison | None,
+    err: IO[str],
+    summary: Path | None,
+    *,
+    code: int,
+) -> None:
+    """Under GitHub Actions: an annotation per breach or regression (`::error` in blocking
+    mode, `::warning` in informational mode) and a step summary table."""
+    redact = Redactor(result.secret_values)
+    command = "error" if mode == "blocking" else "warning"
+    problems = [(f"perf threshold: {e.endpoint}", "; ".join(e.breaches)) for e in result.breached]
+    if comparison is not None:
+        problems += [
+            (
+                f"perf regression: {v.endpoint}",
+                f"{'; '.join(v.reasons)} (baseline {comparison.baseline.source})",
+            )
+            for v in comparison.regressed
+        ]
+    for title, message in problems[:ACTIONS_MAX_ANNOTATIONS]:
+        line = actions_error(redact(title), redact(message))
+        print(line.replace("::error", f"::{command}", 1), file=err, flush=True)
+    if summary is None:
+        return
+    mark = "✅" if not problems else ("❌" if code else "⚠️")
+    rows = [
+        "| endpoint | n | errors | p50 | p95 | p99 | thresholds | baseline p95 | vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in result.endpoints:
+        v = comparison.of(f"{e.pack}/{e.endpoint}") if comparison is not None else None
+        against = "—"
+        base = "—"
+        if v is not None and v.status == "new":
+            against = "new (not in the baseline)"
+        elif v is not None:
+            base = _ms(v.baseline_p95_ms)
+            change = "" if v.p95_delta_ms is None else f"{v.p95_delta_ms:+.1f} ms"
+            if v.p95_delta_pct is not None:
+                change += f" ({v.p95_delta_pct:+.0f} %)"
+            label = (
+                {
+                    "ok": "ok",
+                    "over": f"over ({v.streak}/{comparison.policy.consecutive})",
+                    "regressed": "**regressed**",
+                }.get(v.status, v.status)
+                if comparison
+                else ""
+            )
+            against = f"{label} {change}".strip()
+        rows.append(
+            "| "
+            + " | ".join(
+                _md_cell(redact(x))
+                for x in (
+                    f"{e.endpoint} ({e.method} {e.path})",
+                    str(e.requests),
+                    f"{e.errors} ({e.error_rate:.1%})",
+                    _ms(e.p50_ms),
+                    _ms(e.p95_ms),
+                    _ms(e.p99_ms),
+                    "ok" if e.ok else "breached: " + "; ".join(e.breaches),
+                    base,
+                    against,
+                )
+            )
+            + " |"
+        )
+    out = [
+        f"### {mark} releasegate perf ({mode}): exit {code}",
+        "",
+        _md_cell(redact(perf_summary(result, mode, comparison, code))),
+        "",
+        *rows,
+        "",
+    ]
+    if comparison is not None:
+        out += [f"- {_md_cell(redact(line))}" for line in comparison_lines(comparison)[:1]]
+        out += [f"- {_md_cell(redact(n))}" for n in comparison.notes]
+        out += [f"- missing from this run: {_md_cell(k)}" for k in comparison.missing]
+        out.append("")
+    with summary.open("a", encoding="utf-8") as fh:
+        fh.write("\n".join(out) + "\n")

@@ -56,7 +56,7 @@ function parseFault(raw) {
   const name = (colon === -1 ? raw : raw.slice(0, colon)).trim();
   const arg = colon === -1 ? '' : raw.slice(colon + 1).trim();
   if (['ready_503', 'ready_hang', 'boot_crash', 'wrong_contract', 'wrong_version'].includes(name) && !arg) return { name, raw };
-  if (name === 'slow_ready' || name === 'crash_after' || name === 'errors_after') {
+  if (['slow_ready', 'crash_after', 'errors_after', 'slow_api'].includes(name)) {
     const delayMs = parseDuration(arg);
     if (delayMs !== null) return { name, raw, delayMs };
   }
@@ -326,6 +326,11 @@ function handle(req, res) {
   if (!handler) {
     res.setHeader('Allow', allowed.join(', '));
     return send(res, 405, { error: 'method_not_allowed' });
+  }
+  // slow_api: a release that got slower (perf regressions); health and /version stay fast.
+  if (FAULT && FAULT.name === 'slow_api' && found.route.startsWith('/api/')) {
+    setTimeout(() => handler(req, res, found.params), FAULT.delayMs);
+    return;
   }
   handler(req, res, found.params);
 }
