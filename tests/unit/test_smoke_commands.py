@@ -204,7 +204,7 @@ def group(resolver=None) -> click.Group:
 
 def test_attach_adds_smoke_and_perf() -> None:
     root = group()
-    assert set(root.commands) == {"smoke", "perf"}
+    assert set(root.commands) == {"smoke", "perf", "perf-trend"}
     result = CliRunner().invoke(root, ["smoke", "--help"])
     assert result.exit_code == 0
     assert "--junit" in result.output and "Exit codes:" in result.output

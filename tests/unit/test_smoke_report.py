@@ -224,7 +224,11 @@ def test_perf_json_and_rich() -> None:
         "breached": ["items-list"],
         "duration_ms": 2500,
         "exit_code": 0,
+        "release": None,
+        "revision": None,
+        "baseline": None,
     }
+    assert records[0]["baseline"] is None
     out = io.StringIO()
     report.perf_result(PERF, "informational", out, "rich")
     assert "BREACH" in out.getvalue() and "items-list" in out.getvalue()
