@@ -5,6 +5,11 @@ templates/ci/github/ into the repository's .github/workflows/.
                                     concurrency group that is never cancelled, then a
                                     post-deploy job that runs the smoke pack and uploads JUnit
     releasegate-rollback-<env>.yml  by hand (workflow_dispatch, optional release id): rollback
+    releasegate-perf-nightly-<smoke env>.yml
+                                    nightly (schedule): blocking perf against the committed
+                                    baseline, history in the Actions cache, an issue on failure
+    releasegate-perf-pr-<smoke env>.yml
+                                    on pull requests: informational perf, never fails the PR
 
 `plan` reads the inventories and decides what the workflows need (the secrets to map, the
 pinned host keys, what will not work on a runner); `render` turns the plan into file texts;
@@ -43,6 +48,10 @@ RELEASE_ID_ERE = "^[0-9]{14}-[0-9a-f]{7,40}$"
 # |, & or newlines, and not an option.
 PIP_SPEC = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9._\-\[\],=<>!~+@:/# ]{0,299}$")
 BRANCH = re.compile(r"^(?!-)[A-Za-z0-9._/*-]{1,200}$")
+PERF_CRON = "17 3 * * *"  # nightly, off the hour (GitHub delays runs scheduled on the hour)
+PERF_ROUNDS = 3  # perf rounds per nightly run = the policy's consecutive runs
+PERF_BASELINE = "perf/baseline-{env}.json"  # committed, relative to the repository root
+PERF_SECTION = re.compile(r"^perf:", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class Actions:
     checkout: str = "actions/checkout@v5"
     setup_python: str = "actions/setup-python@v6"
     upload_artifact: str = "actions/upload-artifact@v6"
+    cache_restore: str = "actions/cache/restore@v5"
+    cache_save: str = "actions/cache/save@v5"
 
 
 def default_install() -> str:
@@ -86,10 +97,22 @@ class Settings:
     ssh_key_secret: str = SSH_KEY_SECRET
     release_pattern: str = RELEASE_ID_ERE
     actions: Actions = field(default_factory=Actions)
+    perf_cron: str = PERF_CRON
+    perf_rounds: int = PERF_ROUNDS
+    perf_baseline: str = ""  # relative to the repository root; PERF_BASELINE when empty
+
+    def __post_init__(self) -> None:
+        if not self.perf_baseline:
+            object.__setattr__(self, "perf_baseline", PERF_BASELINE.format(env=self.smoke_env))
 
     @property
     def secrets(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.ssh_key_secret, *self.deploy_vars, *self.smoke_vars)))
+
+    @property
+    def perf_secrets(self) -> tuple[str, ...]:
+        key = (self.ssh_key_secret,) if self.smoke_ssh else ()
+        return tuple(dict.fromkeys((*key, *self.smoke_vars)))
 
 
 @dataclass(frozen=True)
@@ -100,6 +123,10 @@ class Plan:
 
 def file_names(env: str) -> tuple[str, str]:
     return f"releasegate-{env}.yml", f"releasegate-rollback-{env}.yml"
+
+
+def perf_file_names(smoke_env: str) -> tuple[str, str]:
+    return f"releasegate-perf-nightly-{smoke_env}.yml", f"releasegate-perf-pr-{smoke_env}.yml"
 
 
 # ---------------------------------------------------------------------------- deciding
@@ -224,6 +251,17 @@ def plan(
             f"{smoke_inv.source}: smoke.packs is empty and the audit is off, so the "
             f"post-deploy smoke job has nothing to run (exit 2); add a pack"
         )
+    perf_packs = [
+        p
+        for p in pack_paths(smoke_inv.smoke, smoke_inv.base_dir)
+        if p.is_file() and PERF_SECTION.search(p.read_text(encoding="utf-8"))
+    ]
+    if not perf_packs:
+        notes.append(
+            f"{smoke_inv.source}: none of smoke.packs has a perf: section, so the perf "
+            f"workflows have nothing to measure (exit 2); name the hot endpoints in a pack "
+            f"(docs/smoke.md, 'Perf thresholds') or delete the two perf workflows"
+        )
     deploy_vars = variables(inv, deploy=True)
     smoke_vars = variables(smoke_inv, deploy=False)
     for name in (*deploy_vars, *smoke_vars):
@@ -263,10 +301,13 @@ def _quote(value: object) -> str:
 def render(settings: Settings) -> dict[str, str]:
     """File name → workflow text."""
     deploy_name, rollback_name = file_names(settings.env)
+    nightly_name, pr_name = perf_file_names(settings.smoke_env)
     values = {"s": settings, "gh": _gh, "q": _quote}
     return {
         deploy_name: templates.render("ci/github/deploy.yml.j2", **values),
         rollback_name: templates.render("ci/github/rollback.yml.j2", **values),
+        nightly_name: templates.render("ci/github/perf-nightly.yml.j2", **values),
+        pr_name: templates.render("ci/github/perf-pr.yml.j2", **values),
     }
 
 
