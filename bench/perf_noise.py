@@ -9,6 +9,12 @@ at concurrency 8 per endpoint, 5 warm-up requests). It prints, per endpoint and 
 the median, min, max and the spread of the runs (max/median - 1, and max - median in ms), and
 the machine's load: the figures docs/smoke.md ("Baselines and regressions") derives the
 regression policy's defaults from. The sandbox is removed at the end.
+
+Then it replays the runs through the real comparison (smoke.baseline): a baseline from the
+median of 5 consecutive runs, every later window of N runs compared with it, for a few
+policies — the share of windows that would have been a regression although nothing changed
+(false alarms), and, with a slowdown added to the runs, the share that catches it.
+`--from-json FILE` replays an earlier run's file without booting anything.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from bench.rig import load_average, machine
 from deploy import demo, operations, sandbox
 from deploy.operations import Options
 from deploy.report import RecordingReporter
+from smoke.baseline import Figures, Policy, Run, baseline_from, compare, parse_baseline
 from smoke.commands import load_packs
 from smoke.perf import perf_packs, run_perf
 
@@ -84,13 +91,79 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+POLICIES = (
+    Policy(p95_increase_pct=25, p95_increase_ms=5, consecutive=1),
+    Policy(p95_increase_pct=50, p95_increase_ms=10, consecutive=1),
+    Policy(p95_increase_pct=50, p95_increase_ms=10, consecutive=2),
+    Policy(p95_increase_pct=50, p95_increase_ms=10, consecutive=3),
+    Policy(p95_increase_pct=75, p95_increase_ms=10, consecutive=3),
+)
+BASELINE_RUNS = 5
+
+
+def as_run(i: int, figures: dict[str, dict[str, float]], slower_ms: float = 0.0) -> Run:
+    return Run(
+        at=f"2026-01-01T00:{i:02d}:00+00:00",
+        endpoints={
+            f"sampleapp/{name}": Figures(
+                key=f"sampleapp/{name}",
+                method="GET",
+                path="/",
+                requests=int(f["requests"]),
+                concurrency=8,
+                errors=int(f["errors"]),
+                error_rate=f["errors"] / f["requests"],
+                p50_ms=f["p50"] + slower_ms,
+                p95_ms=f["p95"] + slower_ms,
+                p99_ms=f["p99"] + slower_ms,
+            )
+            for name, f in figures.items()
+        },
+    )
+
+
+def replay(runs: list[dict[str, Any]], policy: Policy, slower_ms: float = 0.0) -> tuple[int, int]:
+    """(windows that regressed, windows) for baselines from every 5 consecutive runs."""
+    hits = total = 0
+    n = policy.consecutive
+    for start in range(len(runs) - BASELINE_RUNS - n + 1):
+        made = [as_run(start + k, runs[start + k]) for k in range(BASELINE_RUNS)]
+        doc = baseline_from(made, saved_at="2026-01-01T00:00:00+00:00", machine={})
+        base = parse_baseline(json.dumps(doc), "replay")
+        for end in range(start + BASELINE_RUNS + n - 1, len(runs)):
+            window = [as_run(k, runs[k], slower_ms) for k in range(end - n + 1, end + 1)]
+            for endpoint in runs[0]:
+                total += 1
+                verdict = compare(window[-1], base, policy, window[:-1]).of(f"sampleapp/{endpoint}")
+                hits += bool(verdict and verdict.status == "regressed")
+    return hits, total
+
+
+def policy_table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| policy | false alarms | +30 ms caught | +100 ms caught |", "|---|---|---|---|"]
+    for policy in POLICIES:
+        cells = []
+        for slower in (0.0, 30.0, 100.0):
+            hits, total = replay(runs, policy, slower)
+            cells.append(f"{hits}/{total} ({hits / total:.0%})" if total else "-")
+        lines.append(
+            f"| +{policy.p95_increase_pct:g} % and +{policy.p95_increase_ms:g} ms, "
+            f"{policy.consecutive} run(s) | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=12)
     ap.add_argument("--sandbox", default="rgnoise:31", metavar="NAME:INDEX")
     ap.add_argument("--port", type=int, default=4300)
     ap.add_argument("--json", type=Path, help="write runs and spreads here")
+    ap.add_argument("--from-json", type=Path, help="replay the runs of an earlier --json file")
     args = ap.parse_args(argv)
+    if args.from_json:
+        print("\n".join(policy_table(json.loads(args.from_json.read_text())["runs"])))
+        return 0
     name, _, index = args.sandbox.partition(":")
     with tempfile.TemporaryDirectory(prefix="perf-noise-") as tmp:
         spec = sandbox.SandboxSpec(name=name, index=int(index), state_root=Path(tmp) / "state")
@@ -131,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         for endpoint in runs[0]
     }
     print(json.dumps({"spreads": spreads, "load": loads}, indent=2))
+    print("\n".join(policy_table(runs)))
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -105,8 +105,8 @@ class Policy:
     def describe(self) -> str:
         return (
             f"p95 worse by > {self.p95_increase_pct:g} % and > {self.p95_increase_ms:g} ms, or "
-            f"error rate up by > {self.error_rate_increase * 100:g} points, on {self.consecutive} "
-            f"consecutive run(s)"
+            f"error rate up by > {self.error_rate_increase * 100:g} percentage point(s), on "
+            f"{self.consecutive} consecutive run(s)"
         )
 
     def as_json(self) -> dict[str, Any]:
