@@ -161,8 +161,7 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
     @click.option(
         "--history",
         type=click.Path(path_type=Path, dir_okay=False),
-        help="Append the run to this JSON-lines history [beside the baseline: "
-        "NAME.history.jsonl].",
+        help="Append the run to this JSON-lines history [beside the baseline: NAME.history.jsonl].",
     )
     @click.option(
         "--baseline-runs",
