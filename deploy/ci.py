@@ -262,6 +262,14 @@ def plan(
             f"workflows have nothing to measure (exit 2); name the hot endpoints in a pack "
             f"(docs/smoke.md, 'Perf thresholds') or delete the two perf workflows"
         )
+    baseline = PERF_BASELINE.format(env=smoke_inv.env)
+    if perf_packs and not (root / baseline).is_file():
+        notes.append(
+            f"the perf workflows compare with {baseline}, which is not in the repository yet: "
+            f"save it with `releasegate perf {smoke_inv.env} --save-baseline {baseline}` (see "
+            f"docs/ci.md, 'The performance workflows') and commit it; until then the nightly "
+            f"checks the thresholds only"
+        )
     deploy_vars = variables(inv, deploy=True)
     smoke_vars = variables(smoke_inv, deploy=False)
     for name in (*deploy_vars, *smoke_vars):

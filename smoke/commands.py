@@ -274,6 +274,13 @@ def _read_baseline(opts: BaselineOptions) -> tuple[Baseline | None, list[baselin
     return base, history
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write beside, then rename: an interrupted run never leaves half a baseline."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def _keep_baseline(
     opts: BaselineOptions,
     run: baselines.Run,
@@ -286,12 +293,12 @@ def _keep_baseline(
     path = opts.history_path()
     if path is not None:
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        path.write_text(baselines.kept_history(lines, run), encoding="utf-8")
+        _replace(path, baselines.kept_history(lines, run))
         said.append(f"history: {path} ({min(len(history) + 1, baselines.HISTORY_KEEP)} runs)")
     if opts.save is not None:
         runs = [*history, run][-opts.save_runs :]
         doc = baselines.baseline_from(runs, saved_at=run.at, machine=machine)
-        opts.save.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _replace(opts.save, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         said.append(
             f"saved the baseline {opts.save} from "
             + (f"the median of the last {len(runs)} runs" if len(runs) > 1 else "this run")

@@ -215,3 +215,11 @@ def test_a_pack_without_a_perf_section_is_a_note(repo: Path) -> None:
     code, rep = generate(repo, force=True)
     assert code == 0
     assert not any("perf: section" in line for line in rep.lines)
+    # now the perf workflows can run: the one thing missing is the committed baseline
+    assert any(
+        "compare with perf/baseline-prod.json, which is not in the repository yet" in line
+        for line in rep.lines
+    )
+    commit_baseline(repo)
+    code, rep = generate(repo, force=True)
+    assert not any("perf/baseline-prod.json" in line for line in rep.lines)
