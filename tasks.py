@@ -255,7 +255,13 @@ def smoke(
 @task(
     iterable=["pack"],
     positional=["env"],
-    help={"env": "environment, or any http(s):// URL", "mode": "informational or blocking"},
+    help={
+        "env": "environment, or any http(s):// URL",
+        "mode": "informational or blocking",
+        "baseline": "compare with this baseline file (docs/smoke.md)",
+        "save-baseline": "save this run as a baseline here",
+        "history": "the run history file [beside the baseline]",
+    },
 )
 def perf(
     c: Context,
@@ -265,9 +271,19 @@ def perf(
     json: bool = False,
     inventories: str = "inventories",
     plain: bool = False,
+    baseline: str = "",
+    save_baseline: str = "",
+    history: str = "",
 ) -> None:
-    """Latency percentiles and error rate of the pack's hot endpoints against thresholds."""
-    from smoke.commands import run_perf, run_perf_env
+    """Latency percentiles and error rate of the pack's hot endpoints against thresholds
+    (and, with --baseline, regressions under the default policy)."""
+    from smoke.commands import BaselineOptions, run_perf, run_perf_env
+
+    keep = BaselineOptions(
+        compare=Path(baseline) if baseline else None,
+        save=Path(save_baseline) if save_baseline else None,
+        history=Path(history) if history else None,
+    )
 
     if env.startswith(("http://", "https://")):
         _finish(
@@ -277,6 +293,7 @@ def perf(
                 mode=mode or "informational",
                 json_out=json,
                 plain=plain,
+                baseline=keep,
             )
         )
         return
@@ -289,6 +306,7 @@ def perf(
             mode=mode or None,
             json_out=json,
             plain=plain,
+            baseline=keep,
         )
     )
 

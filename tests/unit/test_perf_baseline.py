@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -474,3 +476,31 @@ def test_cli_options_reach_the_policy(tmp_path: Path) -> None:
     result = CliRunner().invoke(smoke_cli, ["perf", "--help"])
     for option in ("--save-baseline", "--history", "--consecutive", "--p95-increase-pct"):
         assert option in result.output
+
+
+def test_the_invoke_door_takes_the_baseline_too(tmp_path: Path) -> None:
+    saved = tmp_path / "b.json"
+    saved.write_text("[]")
+    pack = tmp_path / "api.yml"
+    pack.write_text(textwrap.dedent(PACK))
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "--search-root",
+            str(root),
+            "perf",
+            "http://127.0.0.1:9",
+            "--pack",
+            str(pack),
+            "--baseline",
+            str(saved),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"baseline {saved}: format is not" in res.stderr
