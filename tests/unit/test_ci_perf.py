@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deploy import ci
 from tests.unit.test_ci import generate, load, repo, step
 
@@ -223,3 +225,41 @@ def test_a_pack_without_a_perf_section_is_a_note(repo: Path) -> None:
     commit_baseline(repo)
     code, rep = generate(repo, force=True)
     assert not any("perf/baseline-prod.json" in line for line in rep.lines)
+
+
+@pytest.mark.parametrize(
+    ("open_issue", "expected"), [("", "issue create"), ("7", "issue comment 7")]
+)
+def test_a_failed_nightly_opens_an_issue_or_comments_on_the_open_one(
+    repo: Path, tmp_path: Path, open_issue: str, expected: str
+) -> None:
+    nightly, _ = workflows(repo)
+    issue = step(nightly["jobs"]["notify"], "Open or update the perf issue")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gh = bin_dir / "gh"
+    gh.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{bin_dir}/calls"\n'
+        f'if [ "$1 $2" = "issue list" ]; then echo "{open_issue}"; fi\n'
+    )
+    gh.chmod(gh.stat().st_mode | stat.S_IEXEC)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RUN_URL": "https://github.com/acme/shop/actions/runs/42",
+        "TITLE": issue["env"]["TITLE"],
+    }
+    res = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", issue["run"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert calls[0].startswith(
+        'issue list --state open --search in:title "perf nightly prod failed"'
+    )
+    assert calls[1].startswith(expected)
+    assert "https://github.com/acme/shop/actions/runs/42" in calls[1]
