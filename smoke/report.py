@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from smoke.baseline import Comparison, comparison_lines
+from smoke.baseline import Comparison, EndpointVerdict, comparison_lines
 from smoke.model import CheckResult, PackResult
 from smoke.perf import EndpointStats, PerfResult
 from smoke.secrets import Redactor
@@ -212,7 +212,12 @@ def actions_escape_property(text: str) -> str:
 
 def actions_error(title: str, message: str) -> str:
     """One `::error` workflow command line (an annotation titled `title`)."""
-    return f"::error title={actions_escape_property(title)}::{actions_escape_data(message)}"
+    return actions_command("error", title, message)
+
+
+def actions_command(kind: str, title: str, message: str) -> str:
+    """One `::error` / `::warning` / `::notice` annotation line."""
+    return f"::{kind} title={actions_escape_property(title)}::{actions_escape_data(message)}"
 
 
 def smoke_annotations(result: PackResult) -> list[str]:
@@ -437,6 +442,19 @@ def perf_result(
     print(redact(perf_summary(result, mode, comparison, code)), file=out, flush=True)
 
 
+def _against(v: EndpointVerdict, consecutive: int) -> tuple[str, str]:
+    """The step summary's baseline p95 and verdict cells for one endpoint."""
+    if v.status == "new":
+        return "—", "new (not in the baseline)"
+    change = "" if v.p95_delta_ms is None else f"{v.p95_delta_ms:+.1f} ms"
+    if v.p95_delta_pct is not None:
+        change += f" ({v.p95_delta_pct:+.0f} %)"
+    label = {"over": f"over ({v.streak}/{consecutive})", "regressed": "**regressed**"}.get(
+        v.status, v.status
+    )
+    return _ms(v.baseline_p95_ms), f"{label} {change}".strip()
+
+
 def actions_perf(
     result: PerfResult,
     mode: str,
@@ -460,8 +478,7 @@ def actions_perf(
             for v in comparison.regressed
         ]
     for title, message in problems[:ACTIONS_MAX_ANNOTATIONS]:
-        line = actions_error(redact(title), redact(message))
-        print(line.replace("::error", f"::{command}", 1), file=err, flush=True)
+        print(actions_command(command, redact(title), redact(message)), file=err, flush=True)
     if summary is None:
         return
     mark = "✅" if not problems else ("❌" if code else "⚠️")
@@ -470,26 +487,10 @@ def actions_perf(
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in result.endpoints:
+        base, against = "—", "—"
         v = comparison.of(f"{e.pack}/{e.endpoint}") if comparison is not None else None
-        against = "—"
-        base = "—"
-        if v is not None and v.status == "new":
-            against = "new (not in the baseline)"
-        elif v is not None:
-            base = _ms(v.baseline_p95_ms)
-            change = "" if v.p95_delta_ms is None else f"{v.p95_delta_ms:+.1f} ms"
-            if v.p95_delta_pct is not None:
-                change += f" ({v.p95_delta_pct:+.0f} %)"
-            label = (
-                {
-                    "ok": "ok",
-                    "over": f"over ({v.streak}/{comparison.policy.consecutive})",
-                    "regressed": "**regressed**",
-                }.get(v.status, v.status)
-                if comparison
-                else ""
-            )
-            against = f"{label} {change}".strip()
+        if comparison is not None and v is not None:
+            base, against = _against(v, comparison.policy.consecutive)
         rows.append(
             "| "
             + " | ".join(
