@@ -21,7 +21,10 @@ from tests.integration.conftest import Target
 
 pytestmark = pytest.mark.integration
 
-SLOWDOWN_MS = 200
+# Far above what this shared machine's load does to a p95 over 40 requests (a baseline p95
+# of 100-150 ms has been seen under load): the slow release is over the policy whatever the
+# load was when the baseline was saved.
+SLOWDOWN_MS = 500
 # Loose absolute thresholds: this test is about the comparison with the baseline, so the
 # slow release must not fail on the thresholds first.
 PACK = """
@@ -42,7 +45,7 @@ perf:
 """
 # The absolute step is half the injected slowdown: far above what the machine's noise does to
 # the p95 of an endpoint the fault does not slow (/version), even on a loaded machine.
-POLICY = ["--p95-increase-pct", "50", "--p95-increase-ms", "100", "--consecutive", "2"]
+POLICY = ["--p95-increase-pct", "50", "--p95-increase-ms", "250", "--consecutive", "2"]
 
 
 def deploy(t: Target, fault: str | None = None) -> str:
@@ -90,7 +93,7 @@ def test_a_slower_release_is_reported_against_the_baseline(target: Target, tmp_p
     code, records = perf(target, pack, "--baseline", str(baseline), "--mode", "blocking", *POLICY)
     by_name = {r["endpoint"]: r for r in records[:-1]}
     assert code == 0, records
-    assert by_name["items-list"]["baseline"]["status"] == "over"
+    assert by_name["items-list"]["baseline"]["status"] == "over", by_name
     assert by_name["items-list"]["baseline"]["streak"] == 1
 
     # second slow run: a regression; blocking exits 1 and says which, by how much, against what
@@ -105,7 +108,11 @@ def test_a_slower_release_is_reported_against_the_baseline(target: Target, tmp_p
     for name in ("items-list", "item-get"):
         verdict = by_name[name]["baseline"]
         assert verdict["status"] == "regressed" and verdict["streak"] == 2
-        assert verdict["p95_delta_ms"] > SLOWDOWN_MS * 0.8, verdict
+        # every /api request waited SLOWDOWN_MS; the delta is against the baseline's own p95
+        assert by_name[name]["p95_ms"] >= SLOWDOWN_MS * 0.95, by_name[name]
+        assert verdict["p95_delta_ms"] == pytest.approx(
+            by_name[name]["p95_ms"] - verdict["p95_ms"], abs=0.01
+        )
         assert verdict["reasons"][0].startswith("p95 ")
         assert by_name[name]["ok"] is True  # the absolute thresholds still pass
     # /version is not slowed by the fault: no regression there
