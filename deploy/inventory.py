@@ -88,6 +88,9 @@ HeaderName = Annotated[str, _pattern(HEADER, "use a header name such as X-Health
 EnvKey = Annotated[str, _pattern(ENV_KEY, "use an environment variable name such as API_TOKEN")]
 
 
+_HOST_DEFAULTS = ("port", "user", "root", "identity_file")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -473,12 +476,46 @@ class StrategyConfig(Strict):
         return self
 
 
+class HostDefaults(Strict):
+    """host_defaults: what every host of a many-host inventory shares; a host's own key wins."""
+
+    port: int | None = Field(None, ge=1, le=65535)
+    user: UserName | None = None
+    root: AbsPath | None = None
+    identity_file: str | None = None
+
+
+class RolloutConfig(Strict):
+    """rollout: how a deploy to many hosts proceeds (deploy.fleet). Hosts are taken in the
+    order they are listed; one host is always one batch."""
+
+    # 1: one host at a time; N: N hosts at a time; all: every host at once
+    batch: int | Literal["all"] = 1
+    # hosts that may fail their gate (each rolled back alone) before the whole fleet is
+    # rolled back; 0: all or nothing
+    max_failed: int = Field(0, ge=0, le=1000)
+
+    @field_validator("batch")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 1 or more hosts, or all")
+        return value
+
+    def batches(self, count: int) -> list[range]:
+        """Indexes of the hosts, batch by batch, in listed order."""
+        size = count if self.batch == "all" else min(int(self.batch), count)
+        return [range(i, min(i + size, count)) for i in range(0, count, size)]
+
+
 class Inventory(Strict):
     """One environment. `env` and `source` are filled in by `load`, not by the file."""
 
     env: str = ""
     source: str = ""
+    host_defaults: HostDefaults = HostDefaults()
     hosts: tuple[HostConfig, ...]
+    rollout: RolloutConfig = RolloutConfig()
     ssh: SshConfig = SshConfig()
     app: AppConfig
     process: ProcessConfig
@@ -490,16 +527,53 @@ class Inventory(Strict):
     strategy: StrategyConfig = StrategyConfig()
     lock: LockConfig = LockConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_host_defaults(cls, data: Any) -> Any:
+        """host_defaults fill each host's missing keys before the hosts are validated, so an
+        error still names the host (hosts[1].root) and a host's own key always wins."""
+        if not isinstance(data, dict):
+            return data
+        defaults, hosts = data.get("host_defaults"), data.get("hosts")
+        if not isinstance(defaults, dict) or not isinstance(hosts, list | tuple):
+            return data
+        shared = {k: v for k, v in defaults.items() if v is not None and k in _HOST_DEFAULTS}
+        merged = [{**shared, **h} if isinstance(h, dict) else h for h in hosts]
+        return {**data, "hosts": merged}
+
     @model_validator(mode="after")
-    def _one_host(self) -> Inventory:
+    def _hosts(self) -> Inventory:
         if not self.hosts:
             raise ValueError("hosts: is empty; list the host to deploy to (see example.yml)")
-        if len(self.hosts) > 1:
+        names = [h.name for h in self.hosts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
             raise ValueError(
-                "hosts: lists more than one host; rolling deploys across several hosts are "
-                "not supported yet — keep one host per inventory for now"
+                f"hosts: the name {', '.join(twice)} is used more than once; each host needs "
+                "its own name (it labels the host in output, locks and the journal)"
+            )
+        places = [(h.address, h.port, h.root) for h in self.hosts]
+        same = sorted({f"{a}:{p}{r}" for a, p, r in places if places.count((a, p, r)) > 1})
+        if same:
+            raise ValueError(
+                f"hosts: {', '.join(same)} is listed more than once (same address, port and "
+                "root): two entries would deploy to, and lock, the same deploy root"
             )
         return self
+
+    def for_host(self, name: str) -> Inventory:
+        """This inventory narrowed to one of its hosts: what the single-host flow runs on."""
+        host = next((h for h in self.hosts if h.name == name), None)
+        if host is None:
+            raise ConfigError(
+                f"{self.source}: no host named {name!r}; hosts: "
+                f"{', '.join(h.name for h in self.hosts)}"
+            )
+        return self.model_copy(update={"hosts": (host,)})
+
+    @property
+    def many(self) -> bool:
+        return len(self.hosts) > 1
 
     @model_validator(mode="after")
     def _strategy_available(self) -> Inventory:

@@ -106,9 +106,38 @@ def test_env_values_reserved_and_single_line():
     assert "set by releasegate" in msg
 
 
-def test_multiple_hosts_not_yet():
-    msg = err(GOOD.replace("hosts: [", "hosts: [{name: web2, address: h2, root: /srv/app}, "))
-    assert "more than one host" in msg
+def test_many_hosts_with_defaults_and_overrides(tmp_path):
+    text = GOOD.replace(
+        "hosts: [{name: web1, address: 10.0.0.5, root: /srv/app}]",
+        "host_defaults: {user: ops, root: /srv/shared, port: 2200}\n"
+        "hosts: [{name: web1, address: 10.0.0.5, root: /srv/app}, {name: web2, address: h2},"
+        " {name: web3, address: h3, port: 22, user: deploy, identity_file: k3}]\n"
+        "rollout: {batch: 2, max_failed: 0}",
+    )
+    inv = inventory.parse(text, source=tmp_path / "prod.yml", env="prod")
+    assert [(h.name, h.user, h.root, h.port) for h in inv.hosts] == [
+        ("web1", "ops", "/srv/app", 2200),
+        ("web2", "ops", "/srv/shared", 2200),
+        ("web3", "deploy", "/srv/shared", 22),
+    ]
+    assert [list(b) for b in inv.rollout.batches(3)] == [[0, 1], [2]]
+    assert inv.many and inv.for_host("web3").host.name == "web3"
+    assert inv.for_host("web3").identity_path() == (tmp_path / "k3").resolve()
+    assert inv.rollout.model_copy(update={"batch": "all"}).batches(3) == [range(0, 3)]
+
+
+def test_many_hosts_errors_name_the_key():
+    one = "hosts: [{name: web1, address: 10.0.0.5, root: /srv/app}]"
+    assert "hosts[0].root: is required" in err(GOOD.replace(one, "hosts: [{name: w, address: h}]"))
+    msg = err(GOOD.replace("hosts: [", "hosts: [{name: web1, address: h2, root: /srv/app}, "))
+    assert "the name web1 is used more than once" in msg
+    msg = err(GOOD.replace("hosts: [", "hosts: [{name: web2, address: 10.0.0.5, root: /srv/app}, "))
+    assert "10.0.0.5:22/srv/app is listed more than once" in msg
+    assert "rollout.batch" in err(GOOD + "rollout: {batch: 0}\n")
+    assert "rollout.batch" in err(GOOD + "rollout: {batch: some}\n")
+    assert "rollout.max_failed" in err(GOOD + "rollout: {max_failed: -1}\n")
+    assert "rollout.order: unknown key" in err(GOOD + "rollout: {order: random}\n")
+    assert "host_defaults.address: unknown key" in err(GOOD + "host_defaults: {address: x}\n")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
