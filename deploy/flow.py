@@ -149,6 +149,33 @@ def host_ops(d: Deps) -> HostOps:
 
 
 def deploy(d: Deps, source: artifacts.Source) -> Outcome:
+    art, bundle = build_release(d, source)
+    host = host_ops(d)
+    with d.reporter.stage("preflight"):
+        run_preflight(d, host, art.size)
+    with _locked(d, host, "deploy"):
+        plan = plan_deploy(d, host, art.release_id)
+        if isinstance(plan, Outcome):
+            return plan
+        ship_release(d, host, plan, art, bundle)
+        # in-place: the point of no return is the activation; blue-green: the front door's
+        # switch, after the release passed its gate in the idle slot (see _activate_and_gate)
+        return activate_release(d, host, plan)
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """What a deploy decided on one host once it held the lock (deploy.fleet runs one per
+    host): the release, the host state read at the lock, where a failure goes back to."""
+
+    rid: str
+    state: HostState
+    previous_good: str | None
+    way: Strategy
+
+
+def build_release(d: Deps, source: artifacts.Source) -> tuple[artifacts.Artifact, Bundle]:
+    """The artifact (built once, shipped to every host) and the smoke packs it carries."""
     r = d.reporter
     with r.stage("build artifact"):
         sha = artifacts.resolve(source)
@@ -161,35 +188,49 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
             f"release {art.release_id} from {art.revision[:12]}: {art.members} files, "
             f"{art.size / 1024:.0f} KiB, sha256 {art.sha256[:12]}…"
         )
-    host = host_ops(d)
-    with r.stage("preflight"):
-        run_preflight(d, host, art.size)
-    with _locked(d, host, "deploy"):
-        state = host.state_at_lock or host.read_state()
-        mark = state.needs_human()
-        if mark is not None:
-            return _refuse(d, host, "deploy", mark)
-        state, _verified = _resolve_interrupted(d, host, state)
-        rid = art.release_id
-        if rid in state.release_dirs:
-            raise AbortedBeforeLive(
-                f"release {rid} already exists on {host.label}; retry in a second"
-            )
-        previous_good = state.last_good(exclude=[rid])
-        way = strategy_for(d, host, state)
-        _load_stored_packs(d, state, [previous_good])
-        try:
-            with r.stage(f"ship {rid}"):
-                _ship(d, host, state, art, bundle, reuse_from=previous_good)
-        except BaseException as exc:
-            _abort(d, host, rid, exc)
-            raise AssertionError("unreachable") from exc
+    return art, bundle
 
-        # in-place: the point of no return is the activation; blue-green: the front door's
-        # switch, after the release passed its gate in the idle slot (see _activate_and_gate)
-        return _activate_and_gate(
-            d, host, rid, way, op="deploy", fallback=previous_good, state=state
-        )
+
+def plan_deploy(d: Deps, host: HostOps, rid: str) -> DeployPlan | Outcome:
+    """Under the lock, before anything changes: refuse while the host needs a human (the
+    outcome), settle what an interrupted run left, choose the fallback."""
+    state = host.state_at_lock or host.read_state()
+    mark = state.needs_human()
+    if mark is not None:
+        return _refuse(d, host, "deploy", mark)
+    state, _verified = _resolve_interrupted(d, host, state)
+    if rid in state.release_dirs:
+        raise AbortedBeforeLive(f"release {rid} already exists on {host.label}; retry in a second")
+    previous_good = state.last_good(exclude=[rid])
+    way = strategy_for(d, host, state)
+    _load_stored_packs(d, state, [previous_good])
+    return DeployPlan(rid=rid, state=state, previous_good=previous_good, way=way)
+
+
+def ship_release(
+    d: Deps, host: HostOps, plan: DeployPlan, art: artifacts.Artifact, bundle: Bundle
+) -> None:
+    """Ship; a failure aborts (the partial release removed, nothing live changed, exit 5)."""
+    try:
+        with d.reporter.stage(f"ship {plan.rid}"):
+            _ship(d, host, plan.state, art, bundle, reuse_from=plan.previous_good)
+    except BaseException as exc:
+        _abort(d, host, plan.rid, exc)
+        raise AssertionError("unreachable") from exc
+
+
+def activate_release(d: Deps, host: HostOps, plan: DeployPlan) -> Outcome:
+    """Activate and gate the shipped release; after its point of no return a failure rolls
+    this host back to `plan.previous_good` (exit 3)."""
+    return _activate_and_gate(
+        d,
+        host,
+        plan.rid,
+        plan.way,
+        op="deploy",
+        fallback=plan.previous_good,
+        state=plan.state,
+    )
 
 
 def _ship(
@@ -429,36 +470,41 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
     check_release_id(to, d.inventory.env)
     host = host_ops(d)
     with _locked(d, host, "rollback"):
-        state = host.state_at_lock or host.read_state()
-        mark = state.needs_human()
-        if mark is not None and to is None:
-            return _refuse(d, host, "rollback", mark)
-        if mark is None:
-            state, verified = _resolve_interrupted(d, host, state)
-            if verified is not None and verified.exit_code == 3 and to is None:
-                return _report(d, _already_rolled_back(verified))
-        current = state.current
-        if to is not None:
-            target = _explicit_target(d, host, state, to, mark)
-        else:
-            target = _previous_good(d, host, state)
-        if target == current:
-            d.reporter.info(f"{target} is already current; activating and gating it again")
-        fallback = current if current and state.state_of(current) == ReleaseState.GOOD else None
-        if fallback == target or mark is not None:
-            fallback = None  # while marked, an operator's rollback is never followed by another
-        _load_stored_packs(d, state, [target, fallback])
-        # the point of no return is inside: the activation, or the front door's switch
-        return _activate_and_gate(
-            d,
-            host,
-            target,
-            strategy_for(d, host, state),
-            op="rollback",
-            fallback=fallback,
-            hold="an operator's rollback while the host needs a human" if mark else None,
-            on_success=lambda: _rollback_verdicts(d, host, state, target, mark),
-        )
+        return rollback_locked(d, host, to)
+
+
+def rollback_locked(d: Deps, host: HostOps, to: str | None) -> Outcome:
+    """rollback() once the host's lock is held (deploy.fleet holds every host's lock)."""
+    state = host.state_at_lock or host.read_state()
+    mark = state.needs_human()
+    if mark is not None and to is None:
+        return _refuse(d, host, "rollback", mark)
+    if mark is None:
+        state, verified = _resolve_interrupted(d, host, state)
+        if verified is not None and verified.exit_code == 3 and to is None:
+            return _report(d, _already_rolled_back(verified))
+    current = state.current
+    if to is not None:
+        target = _explicit_target(d, host, state, to, mark)
+    else:
+        target = _previous_good(d, host, state)
+    if target == current:
+        d.reporter.info(f"{target} is already current; activating and gating it again")
+    fallback = current if current and state.state_of(current) == ReleaseState.GOOD else None
+    if fallback == target or mark is not None:
+        fallback = None  # while marked, an operator's rollback is never followed by another
+    _load_stored_packs(d, state, [target, fallback])
+    # the point of no return is inside: the activation, or the front door's switch
+    return _activate_and_gate(
+        d,
+        host,
+        target,
+        strategy_for(d, host, state),
+        op="rollback",
+        fallback=fallback,
+        hold="an operator's rollback while the host needs a human" if mark else None,
+        on_success=lambda: _rollback_verdicts(d, host, state, target, mark),
+    )
 
 
 def _already_rolled_back(verified: Outcome) -> Outcome:
@@ -1500,6 +1546,9 @@ def _locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
                     f"{exc.message}. Remove it once you have checked the host "
                     f"(`releasegate status {d.inventory.env}`)."
                 )
+
+
+locked = _locked  # public: deploy.fleet holds every host's lock with it
 
 
 def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
