@@ -307,6 +307,22 @@ class SlotRole:
 
 
 @dataclass(frozen=True)
+class HostLive:
+    """Many hosts: what one host runs after an operation (deploy.fleet)."""
+
+    host: str
+    before: str | None  # the release it ran when the operation started
+    live: str | None  # what it runs now (None: nothing, or unknown when `result` says so)
+    result: str  # promoted | rolled-back | untouched | failed | unknown | …
+    verified: bool  # `live` passed its gate in this operation (or was already good, untouched)
+
+    def line(self) -> str:
+        shown = self.live or "(none)"
+        proof = "verified" if self.verified else "NOT verified"
+        return f"{self.host}: {shown} ({self.result}, {proof}; was {self.before or '(none)'})"
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How an operation ended; the reporter shows it and the CLI exits with `exit_code`."""
 
@@ -318,3 +334,4 @@ class Outcome:
     message: str
     evidence: tuple[str, ...] = ()
     slots: tuple[SlotRole, ...] = ()  # blue/green: the slots that run something, afterwards
+    hosts: tuple[HostLive, ...] = ()  # many hosts: what each one runs, afterwards

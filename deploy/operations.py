@@ -21,7 +21,7 @@ from types import FrameType
 
 import paramiko
 
-from deploy import flow, github, inventory, journal, notify, secrets
+from deploy import fleet, fleet_ops, flow, github, inventory, journal, notify, secrets
 from deploy.artifact import Source
 from deploy.artifact import build as artifact_build
 from deploy.clock import SystemClock
@@ -273,6 +273,7 @@ def _operation(
     reporter: Reporter | None = None,
     inv_override: Inventory | None = None,
     validate: Callable[[Inventory], None] | None = None,
+    fleet_body: fleet_ops.FleetBody | None = None,
 ) -> int:
     redact = Redactor()
     rep = reporter or make_reporter(opts, redact, env=env)
@@ -305,6 +306,13 @@ def _operation(
         token = health_token(inv)
         redact.add(token)
         checks, env_file = local_preflight(inv, redact)
+        if inv.many:  # several hosts: deploy.fleet, one connection per host
+            return fleet_ops.execute(
+                op, inv, dry_run=opts.dry_run, lock_wait=opts.lock_wait,
+                clean_install=opts.clean_install, reporter=rep, redact=redact,
+                health_token=token, local_checks=checks, env_file=env_file,
+                host_body=body, fleet_body=fleet_body,
+            )  # fmt: skip
         remote = open_remote(inv, redact, rep)
         try:
             with tempfile.TemporaryDirectory(prefix="releasegate-") as work:
@@ -371,7 +379,7 @@ def _notify(
     context = notify.Context(
         env=inv.env,
         app=inv.app.name,
-        host=inv.host.label,
+        host=", ".join(h.label for h in inv.hosts),
         actor=actor(),
         at=SystemClock().now().isoformat(timespec="seconds"),
         run_url=github.run_url(os.environ),
@@ -394,17 +402,19 @@ def run_deploy(
     reporter: Reporter | None = None,
     inv_override: Inventory | None = None,
 ) -> int:
-    def body(d: Deps) -> Outcome:
-        app = d.inventory.app
-        source = Source(
-            repo=d.inventory.repo_path(),
+    def source_of(inv: Inventory) -> Source:
+        app = inv.app
+        return Source(
+            repo=inv.repo_path(),
             revision=revision or app.revision,
             path=app.path,
             build=app.build,
             allow_dirty=allow_dirty,
             replaced_on_host=(*app.shared_files, *app.shared_dirs),
         )
-        return flow.deploy(d, source)
+
+    def body(d: Deps) -> Outcome:
+        return flow.deploy(d, source_of(d.inventory))
 
     def validate(inv: Inventory) -> None:
         if revision is not None and not inventory.REVISION.match(revision):
@@ -414,8 +424,9 @@ def run_deploy(
             )
 
     return _operation(
-        "deploy", env, opts, body, reporter=reporter, inv_override=inv_override, validate=validate
-    )
+        "deploy", env, opts, body, reporter=reporter, inv_override=inv_override, validate=validate,
+        fleet_body=lambda fl: fleet.deploy(fl, source_of(fl.inventory)),
+    )  # fmt: skip
 
 
 def run_rollback(
@@ -428,6 +439,7 @@ def run_rollback(
         lambda d: flow.rollback(d, to),
         reporter=reporter,
         validate=lambda inv: flow.check_release_id(to, inv.env),
+        fleet_body=lambda fl: fleet.rollback(fl, to),
     )
 
 
@@ -581,7 +593,10 @@ def run_status(
         d.reporter.status(flow.status(d))
         return 0
 
-    return _operation("status", env, opts, body, reporter=reporter, inv_override=inv_override)
+    return _operation(
+        "status", env, opts, body, reporter=reporter, inv_override=inv_override,
+        fleet_body=fleet.status,
+    )  # fmt: skip
 
 
 def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:

@@ -1,0 +1,696 @@
+"""Many hosts as one: deploy, rollback and status of an inventory that lists several hosts.
+
+    connect + preflight every host (in parallel) ─ any failure: exit 5, no host changed
+    → lock every host in listed order ─ one held: the locks taken are released, exit 4
+    → ship the same release to every host (in parallel) ─ a failure: exit 5, nothing live
+    → batch by batch (rollout.batch), in listed order: activate + gate (in parallel)
+        a host fails its gate → the single-host flow rolls it back; then every host this
+        deploy switched goes back to the release it was on, each verified (exit 3). Hosts
+        never switched are left as they were.
+      lost SSH to a host after its activation → the others are put back, exit 6 with what
+      each host runs.
+
+On each host the single-host procedure of deploy.flow runs unchanged (its phases as
+callables: run_preflight, plan_deploy, ship_release, activate_release, rollback_locked) over
+the host's own SSH connection, opened once for the whole operation. This module keeps the
+order across hosts, the parallelism (one thread per host) and the all-or-nothing decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TypeVar
+
+from deploy import artifact as artifacts
+from deploy import commands, flow
+from deploy.errors import (
+    AbortedBeforeLive,
+    ConfigError,
+    HostKeyRefused,
+    HostUnreachable,
+    HumanNeeded,
+    Interrupted,
+    LockHeld,
+    PreflightFailed,
+    ReleasegateError,
+)
+from deploy.flow import DeployPlan, Deps, Signalled
+from deploy.host import HostOps
+from deploy.inventory import Inventory
+from deploy.journal import HostState
+from deploy.model import HostLive, HostStatus, Outcome, ReleaseState
+from deploy.remote import Remote
+from deploy.report import Reporter
+
+T = TypeVar("T")
+
+
+@dataclass
+class Member:
+    """One host of the fleet: the single-host flow's Deps (the inventory narrowed to this
+    host, its own SSH connection) and its HostOps, kept for the whole operation."""
+
+    deps: Deps
+    host: HostOps
+
+    @property
+    def name(self) -> str:
+        return self.deps.inventory.host.name
+
+
+@dataclass
+class Fleet:
+    inventory: Inventory  # every host
+    members: list[Member]  # in listed order
+    reporter: Reporter  # the operation's; each member has its own (HostReporter) over it
+
+
+# ---------------------------------------------------------------------------- plumbing
+
+
+class HostReporter:
+    """One host's lines inside a many-host operation: prefixed with its name, stages as plain
+    start/done lines (hosts run at once: no live display), its own outcome as lines — the
+    fleet's outcome is the one that ends the operation."""
+
+    def __init__(self, inner: Reporter, name: str, lock: threading.Lock) -> None:
+        self._inner, self._name, self._lock = inner, name, lock
+
+    def _p(self, text: str) -> str:
+        return f"[{self._name}] {text}"
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        self.info(f"{name} …")
+        try:
+            yield
+        except BaseException:
+            self.warn(f"{name} failed after {time.monotonic() - started:.1f}s")
+            raise
+        self.info(f"{name} done in {time.monotonic() - started:.1f}s")
+
+    def info(self, text: str) -> None:
+        with self._lock:
+            self._inner.info(self._p(text))
+
+    def warn(self, text: str) -> None:
+        with self._lock:
+            self._inner.warn(self._p(text))
+
+    def command(self, display: str) -> None:
+        with self._lock:
+            self._inner.command(self._p(display))
+
+    def error(
+        self, text: str, evidence: tuple[str, ...] = (), *, exit_code: int | None = None
+    ) -> None:
+        with self._lock:  # never the operation's final error: that is the fleet's
+            self._inner.error(self._p(text), evidence)
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.info(f"{outcome.op} {outcome.result} (exit {outcome.exit_code}): {outcome.message}")
+        if outcome.exit_code:
+            for line in outcome.evidence[-8:]:
+                self.info(f"| {line}")
+
+    def status(self, status: HostStatus) -> None:
+        with self._lock:
+            self._inner.status(status)
+
+    def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
+        with self._lock:
+            self._inner.table(self._p(title), columns, rows)
+
+    def finish(self, op: str, exit_code: int) -> None:
+        pass
+
+
+def each(members: Sequence[Member], work: Callable[[Member], T]) -> list[T | BaseException]:
+    """`work` on every member at once (a thread each), waiting for all of them; what each
+    returned or raised, in the members' order. A signal that reaches this (main) thread
+    meanwhile is handed to every member's flow, which takes its own safe path: no host is
+    abandoned half-way."""
+    if not members:
+        return []
+    with ThreadPoolExecutor(max_workers=len(members), thread_name_prefix="host") as pool:
+        futures = [pool.submit(work, m) for m in members]
+        pending = set(futures)
+        while pending:
+            try:
+                _done, pending = wait(pending, timeout=0.5)
+            except (KeyboardInterrupt, Signalled) as exc:
+                signum = exc.signum if isinstance(exc, Signalled) else int(signal.SIGINT)
+                for m in members:
+                    m.deps.signals.append(signum)
+    out: list[T | BaseException] = []
+    for future in futures:
+        error = future.exception()
+        out.append(error if error is not None else future.result())
+    return out
+
+
+def connect(
+    inv: Inventory, open_one: Callable[[Inventory], Remote]
+) -> list[tuple[Inventory, Remote]]:
+    """One SSH connection per host, opened in parallel, each for the whole operation. Any
+    host that cannot be reached (or whose key is refused) stops everything before any host
+    is touched."""
+    parts = [inv.for_host(h.name) for h in inv.hosts]
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="connect") as pool:
+        futures = [pool.submit(open_one, part) for part in parts]
+        wait(futures)
+    opened, failed = [], []
+    for part, future in zip(parts, futures, strict=True):
+        error = future.exception()
+        if error is None:
+            opened.append((part, future.result()))
+        else:
+            failed.append((part, error))
+    if not failed:
+        return opened
+    for _part, remote in opened:
+        with contextlib.suppress(Exception):
+            remote.close()
+    for _part, exc in failed:
+        if not isinstance(exc, ReleasegateError):
+            raise exc
+    lines = tuple(f"{p.host.name}: {getattr(e, 'message', e)}" for p, e in failed)
+    names = ", ".join(p.host.name for p, _ in failed)
+    what = f"{names} ({len(failed)} of {len(parts)} hosts)"
+    if any(isinstance(e, HostKeyRefused) for _, e in failed):
+        raise HostKeyRefused(
+            f"the SSH key of {what} was refused; nothing was changed on any host", evidence=lines
+        )
+    raise HostUnreachable(
+        f"could not connect to {what}; nothing was changed on any host. Check that the "
+        f"host is up and its address, port, user and key in {inv.source}",
+        evidence=lines,
+    )
+
+
+@contextlib.contextmanager
+def opened(
+    inv: Inventory,
+    reporter: Reporter,
+    open_one: Callable[[Inventory, Reporter], Remote],
+    make_deps: Callable[[Inventory, Remote, Reporter, int], Deps],
+) -> Iterator[Fleet]:
+    """The fleet for one operation: its connections (closed at the end) and members."""
+    lock = threading.Lock()
+    reporters = {h.name: HostReporter(reporter, h.name, lock) for h in inv.hosts}
+    with reporter.stage(f"connect {len(inv.hosts)} hosts"):
+        pairs = connect(inv, lambda part: open_one(part, reporters[part.host.name]))
+    try:
+        members = []
+        for index, (part, remote) in enumerate(pairs):
+            d = make_deps(part, remote, reporters[part.host.name], index)
+            members.append(Member(d, flow.host_ops(d)))
+        yield Fleet(inventory=inv, members=members, reporter=reporter)
+    finally:
+        for _part, remote in pairs:
+            with contextlib.suppress(Exception):
+                remote.close()
+
+
+@contextlib.contextmanager
+def locked_all(fleet: Fleet, op: str) -> Iterator[None]:
+    """Every host's lock, taken in listed order (two fleet runs meet at the first host, not
+    crosswise); if one cannot be taken, those already taken are released and nothing runs."""
+    with contextlib.ExitStack() as stack:
+        for index, m in enumerate(fleet.members):
+            try:
+                stack.enter_context(flow.locked(m.deps, m.host, op))
+            except ReleasegateError as exc:
+                taken = [x.name for x in fleet.members[:index]]
+                stack.close()
+                freed = f" The locks taken on {', '.join(taken)} were released;" if taken else ""
+                text = f"{m.name}: {exc.message}{freed} no host was changed."
+                if isinstance(exc, LockHeld):
+                    raise LockHeld(text, evidence=exc.evidence) from None
+                raise AbortedBeforeLive(f"locking {text}", evidence=exc.evidence) from None
+        yield
+
+
+def _all_done(results: Sequence[object], members: Sequence[Member], doing: str) -> None:
+    """Before anything live changed: any host's failure stops the operation on every host."""
+    failed = [(m, r) for m, r in zip(members, results, strict=True) if isinstance(r, BaseException)]
+    if not failed:
+        return
+    for _m, exc in failed:
+        if isinstance(exc, Interrupted | KeyboardInterrupt | Signalled):
+            raise exc
+        if not isinstance(exc, ReleasegateError):
+            raise exc
+    lines: list[str] = []
+    for m, exc in failed:
+        assert isinstance(exc, ReleasegateError)
+        lines.append(f"{m.name}: {exc.message}")
+        lines += [f"{m.name}: {line}" for line in exc.evidence]
+    names = ", ".join(m.name for m, _ in failed)
+    message = f"{doing} failed on {names}; nothing live changed on any host"
+    if all(isinstance(e, PreflightFailed) for _, e in failed):
+        raise PreflightFailed(f"{message} (nothing was changed at all)", evidence=tuple(lines))
+    if all(isinstance(e, LockHeld) for _, e in failed):
+        raise LockHeld(message, evidence=tuple(lines))
+    raise AbortedBeforeLive(message, evidence=tuple(lines))
+
+
+# ---------------------------------------------------------------------------- deploy
+
+
+def deploy(fleet: Fleet, source: artifacts.Source) -> Outcome:
+    r = fleet.reporter
+    members = fleet.members
+    # built once, with the fleet's reporter; the packs it carries are shared by every member
+    art, bundle = flow.build_release(dataclasses.replace(members[0].deps, reporter=r), source)
+    rid = art.release_id
+    with r.stage(f"preflight {len(members)} hosts"):
+        checked = each(members, lambda m: flow.run_preflight(m.deps, m.host, art.size))
+        _all_done(checked, members, "preflight")
+    with locked_all(fleet, "deploy"):
+        planned = each(members, lambda m: flow.plan_deploy(m.deps, m.host, rid))
+        _all_done(planned, members, "reading the host state")
+        refused = [(m, p) for m, p in zip(members, planned, strict=True) if isinstance(p, Outcome)]
+        if refused:
+            return _report(
+                fleet,
+                Outcome(
+                    op="deploy",
+                    result="needs-human",
+                    exit_code=6,
+                    release=None,
+                    live=None,
+                    message=(
+                        f"{', '.join(m.name for m, _ in refused)} "
+                        f"{'is' if len(refused) == 1 else 'are'} marked needs-human: this "
+                        f"deploy was refused and no host was changed"
+                    ),
+                    evidence=tuple(f"{m.name}: {line}" for m, o in refused for line in o.evidence),
+                ),
+            )
+        plans = {m.name: p for m, p in zip(members, planned, strict=True)}
+        with r.stage(f"ship {rid} to {len(members)} hosts"):
+            shipped = each(
+                members, lambda m: flow.ship_release(m.deps, m.host, _plan(plans, m), art, bundle)
+            )
+            failed = [m for m, s in zip(members, shipped, strict=True) if s is not None]
+            if failed:
+                _withdraw([m for m in members if m not in failed], rid, "the ship failed elsewhere")
+                _all_done(shipped, members, f"shipping {rid}")
+        return _roll_out(fleet, rid, {m.name: _plan(plans, m) for m in members})
+
+
+def _plan(plans: Mapping[str, object], m: Member) -> DeployPlan:
+    plan = plans[m.name]
+    assert isinstance(plan, DeployPlan)
+    return plan
+
+
+def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
+    """Activate and gate batch by batch; too many failures put back every host switched."""
+    r = fleet.reporter
+    rollout = fleet.inventory.rollout
+    members = fleet.members
+    batches = rollout.batches(len(members))
+    results: dict[str, Outcome | BaseException] = {}
+    switched: list[Member] = []
+    failed: list[Member] = []
+    stop = False
+    for number, batch in enumerate(batches, 1):
+        group = [members[i] for i in batch]
+        names = ", ".join(m.name for m in group)
+        with r.stage(f"activate {rid} on {names} (batch {number} of {len(batches)})"):
+            done = each(group, lambda m: flow.activate_release(m.deps, m.host, plans[m.name]))
+        for m, res in zip(group, done, strict=True):
+            results[m.name] = res
+            (switched if isinstance(res, Outcome) and res.exit_code == 0 else failed).append(m)
+        unsafe = [m for m in failed if not _back_safely(results[m.name])]
+        if unsafe or len(failed) > rollout.max_failed:
+            stop = True
+            break
+    before = {name: plan.state.current for name, plan in plans.items()}
+    untouched = [m for m in members if m.name not in results]
+    _withdraw(untouched, rid, "the rollout stopped before this host")
+    if not stop:
+        hosts = tuple(_live_after(m.name, before[m.name], results[m.name]) for m in members)
+        alone = [m.name for m in failed]
+        return _report(
+            fleet,
+            Outcome(
+                op="deploy",
+                result="promoted",
+                exit_code=0,
+                release=rid,
+                live=rid if not alone else None,
+                message=f"promoted {rid} on {len(switched)} of {len(members)} hosts"
+                + (
+                    f"; {', '.join(alone)} failed and {'was' if len(alone) == 1 else 'were'} "
+                    f"rolled back alone (rollout.max_failed: {rollout.max_failed})"
+                    if alone
+                    else ""
+                ),
+                hosts=hosts,
+                evidence=tuple(h.line() for h in hosts),
+            ),
+        )
+    # ---------------------------- all or nothing: every host switched goes back ----------
+    reason = "; ".join(f"{m.name}: {_what(results[m.name])}" for m in failed)
+    back: dict[str, Outcome | BaseException] = {}
+    # a host without a release to go back to (its first deploy) keeps the new one: reported
+    returning = [m for m in switched if plans[m.name].previous_good is not None]
+    if returning:
+        names = ", ".join(m.name for m in returning)
+        with r.stage(f"roll back {names} (switched by this deploy)"):
+            done = each(returning, lambda m: _put_back(m, plans[m.name].previous_good))
+        back = dict(zip([m.name for m in returning], done, strict=True))
+    hosts = tuple(
+        _live_after(m.name, before[m.name], back.get(m.name, results.get(m.name))) for m in members
+    )
+    safe = all(h.verified and h.live == before[h.host] for h in hosts)
+    signum = next(
+        (
+            res.exit_code - 128
+            for res in results.values()
+            if isinstance(res, Outcome) and res.exit_code > 128
+        ),
+        0,
+    )
+    evidence = tuple(h.line() for h in hosts) + tuple(
+        f"{m.name}: {line}"
+        for m in failed
+        if isinstance(results[m.name], Outcome | ReleasegateError)
+        for line in _evidence(results[m.name])[-10:]
+    )
+    never = [m.name for m in untouched]
+    if safe:
+        return _report(
+            fleet,
+            Outcome(
+                op="deploy",
+                result="rolled-back",
+                exit_code=128 + signum if signum else 3,
+                release=rid,
+                live=_same(before[m.name] for m in members),
+                message=(
+                    f"{rid} failed on {reason}. Every host this deploy switched is back on the "
+                    f"release it was on, verified"
+                    + (f" ({', '.join(m.name for m in switched)} rolled back)" if switched else "")
+                    + (f"; {', '.join(never)} never switched" if never else "")
+                ),
+                hosts=hosts,
+                evidence=evidence,
+            ),
+        )
+    wrong = [h for h in hosts if not (h.verified and h.live == before[h.host])]
+    return _report(
+        fleet,
+        Outcome(
+            op="deploy",
+            result="rollback-failed",
+            exit_code=6,
+            release=rid,
+            live=None,
+            message=(
+                f"{rid} failed on {reason}. Not every host could be put back on the release it "
+                f"was on: {'; '.join(h.line() for h in wrong)}. A human is needed: check "
+                f"`releasegate status {fleet.inventory.env}` (every host) before deploying again"
+            ),
+            hosts=hosts,
+            evidence=evidence,
+        ),
+    )
+
+
+def _put_back(m: Member, previous: str | None) -> Outcome:
+    """A host this deploy switched (its new release passed its gate) goes back to the release
+    it was on, gated; the new one is recorded rolled-back there (never a plain rollback's
+    target)."""
+    m.host.state_at_lock = None  # read at the lock, before this deploy: read the host again
+    return flow.rollback_locked(m.deps, m.host, previous)
+
+
+def _back_safely(res: Outcome | BaseException) -> bool:
+    """A host that failed but is known to serve the release it was on, verified (its own
+    automatic rollback; or it failed before anything live changed)."""
+    if isinstance(res, Outcome):
+        return res.exit_code == 3 or res.exit_code > 128
+    return isinstance(res, AbortedBeforeLive)
+
+
+def _live_after(name: str, before: str | None, res: Outcome | BaseException | None) -> HostLive:
+    if res is None:
+        return HostLive(name, before, before, "untouched", before is not None)
+    if isinstance(res, AbortedBeforeLive):
+        return HostLive(name, before, before, "not-switched", before is not None)
+    if isinstance(res, BaseException):
+        return HostLive(name, before, None, "unknown", False)
+    if res.exit_code == 0:
+        return HostLive(name, before, res.live, res.result, True)
+    if res.exit_code == 3 or res.exit_code > 128:
+        return HostLive(name, before, res.live, "rolled-back", res.live is not None)
+    return HostLive(name, before, res.live, res.result, False)
+
+
+def _what(res: Outcome | BaseException) -> str:
+    if isinstance(res, Outcome):
+        return res.message
+    if isinstance(res, ReleasegateError):
+        return res.message
+    return f"{type(res).__name__}: {res}"
+
+
+def _evidence(res: Outcome | BaseException) -> tuple[str, ...]:
+    if isinstance(res, Outcome | ReleasegateError):
+        return tuple(res.evidence)
+    return ()
+
+
+def _same(values: Iterable[str | None]) -> str | None:
+    found = set(values)
+    return found.pop() if len(found) == 1 else None
+
+
+def _withdraw(members: Sequence[Member], rid: str, reason: str) -> None:
+    """Hosts that shipped `rid` but will never run it: remove it (it never served), so they
+    are left exactly as they were; journaled. Best effort: a leftover is pruned later."""
+
+    def withdraw(m: Member) -> None:
+        host = m.host
+        now = m.deps.clock.now()
+        steps = [
+            commands.prune_releases(host.layout, [rid]),
+            host.journal_cmd(now, "deploy", rid, None, result="withdrawn", reason=reason),
+        ]
+        host.run_batch("withdraw", steps, f"remove {rid}")
+
+    for m, res in zip(members, each(members, withdraw), strict=True):
+        if isinstance(res, ReleasegateError):
+            m.deps.reporter.warn(f"could not remove the unused {rid}: {res.message}")
+
+
+# ---------------------------------------------------------------------------- rollback
+
+
+def rollback(fleet: Fleet, to: str | None = None) -> Outcome:
+    """Every host to the newest release that is good on all of them (older than the newest
+    one any host runs), or to `to`; each gated. Checked on every host before any changes."""
+    inv = fleet.inventory
+    members = fleet.members
+    flow.check_release_id(to, inv.env)
+    with locked_all(fleet, "rollback"):
+        read = each(members, lambda m: m.host.state_at_lock or m.host.read_state())
+        _all_done(read, members, "reading the host state")
+        states = {m.name: s for m, s in zip(members, read, strict=True) if isinstance(s, HostState)}
+        marked = [name for name, s in states.items() if s.needs_human() is not None]
+        if marked and to is None:
+            return _report(
+                fleet,
+                Outcome(
+                    op="rollback",
+                    result="needs-human",
+                    exit_code=6,
+                    release=None,
+                    live=None,
+                    message=(
+                        f"{', '.join(marked)} {'is' if len(marked) == 1 else 'are'} marked "
+                        f"needs-human: a plain rollback was refused and no host was changed "
+                        f"(`releasegate status {inv.env}` shows why; `rollback --to ID` goes "
+                        f"to a release you choose)"
+                    ),
+                ),
+            )
+        target = to or common_target(states)
+        if target is None:
+            raise HumanNeeded(
+                f"no release is good on every host and older than what they run "
+                f"({_currents(states)}); nothing was changed. `releasegate releases {inv.env}` "
+                f"lists each host's releases; `rollback --to ID` picks one"
+            )
+        absent = "absent"
+        missing = [
+            name
+            for name, s in states.items()
+            if s.state_of(target) not in (ReleaseState.GOOD, ReleaseState.ROLLED_BACK)
+            and not (s.needs_human() is not None and s.current == target)
+        ]
+        if missing:
+            raise ConfigError(
+                f"release {target} is not good (or rolled back) on "
+                f"{', '.join(f'{n} ({states[n].state_of(target) or absent})' for n in missing)}; "
+                f"a fleet rollback only goes to a release every host can run. Nothing was changed"
+            )
+        before = {name: s.current for name, s in states.items()}
+        with fleet.reporter.stage(f"roll back {len(members)} hosts to {target}"):
+            done = each(members, lambda m: _put_back(m, target))
+    hosts = tuple(
+        _live_after(m.name, before[m.name], res) for m, res in zip(members, done, strict=True)
+    )
+    if all(h.live == target and h.verified for h in hosts):
+        return _report(
+            fleet,
+            Outcome(
+                op="rollback",
+                result="rolled-back",
+                exit_code=0,
+                release=target,
+                live=target,
+                message=f"rolled back {len(hosts)} hosts to {target}, each verified",
+                hosts=hosts,
+                evidence=tuple(h.line() for h in hosts),
+            ),
+        )
+    wrong = [h for h in hosts if not (h.live == target and h.verified)]
+    return _report(
+        fleet,
+        Outcome(
+            op="rollback",
+            result="rollback-failed",
+            exit_code=6,
+            release=target,
+            live=None,
+            message=(
+                f"the rollback to {target} did not end with every host on it, verified: "
+                f"{'; '.join(h.line() for h in wrong)}. A human is needed "
+                f"(`releasegate status {inv.env}`)"
+            ),
+            hosts=hosts,
+            evidence=tuple(h.line() for h in hosts)
+            + tuple(
+                f"{m.name}: {line}"
+                for m, res in zip(members, done, strict=True)
+                for line in _evidence(res)[-6:]
+            ),
+        ),
+    )
+
+
+def common_target(states: dict[str, HostState]) -> str | None:
+    """The newest release good on every host and older than the newest any host runs."""
+    goods = [set(s.good_releases()) for s in states.values()]
+    common = set.intersection(*goods) if goods else set()
+    newest = max((s.current for s in states.values() if s.current), default=None)
+    older = sorted((rid for rid in common if newest is None or rid < newest), reverse=True)
+    return older[0] if older else None
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def status(fleet: Fleet) -> int:
+    """Each host's status, a table of them all, and a warning when they run different
+    releases (drift)."""
+    members = fleet.members
+    found = each(members, lambda m: flow.status(m.deps))
+    rows = []
+    currents: dict[str, str | None] = {}
+    code = 0
+    for m, st in zip(members, found, strict=True):
+        if isinstance(st, BaseException):
+            if not isinstance(st, ReleasegateError):
+                raise st
+            fleet.reporter.warn(f"{m.name}: status unavailable: {st.message}")
+            rows.append([m.name, "?", "?", "?", "?"])
+            code = max(code, st.exit_code)
+            continue
+        fleet.reporter.status(st)
+        currents[m.name] = st.current
+        holder = st.lock_holder
+        rows.append(
+            [
+                m.name,
+                st.current or "(none)",
+                st.last_good or "(none)",
+                f"held by {holder.get('actor', '?')}" if holder else "free",
+                "YES" if st.needs_human else "no",
+            ]
+        )
+    fleet.reporter.table(
+        f"hosts of {fleet.inventory.env}",
+        ["host", "current", "last good", "lock", "needs human"],
+        rows,
+    )
+    warn_drift(fleet, currents)
+    return code
+
+
+def warn_drift(fleet: Fleet, currents: dict[str, str | None] | None = None) -> str | None:
+    """Hosts running different releases: said as a warning (and returned)."""
+    if currents is None:
+        read = each(fleet.members, lambda m: m.host.read_state().current)
+        currents = {
+            m.name: c
+            for m, c in zip(fleet.members, read, strict=True)
+            if not isinstance(c, BaseException)
+        }
+    text = drift(currents)
+    if text:
+        fleet.reporter.warn(text)
+    return text
+
+
+def drift(currents: dict[str, str | None]) -> str | None:
+    groups: dict[str | None, list[str]] = {}
+    for name, current in currents.items():
+        groups.setdefault(current, []).append(name)
+    if len(groups) < 2:
+        return None
+    parts = "; ".join(
+        f"{', '.join(names)} on {rid or '(nothing)'}" for rid, names in groups.items()
+    )
+    return (
+        f"drift: the hosts run different releases ({parts}). Deploy again, or roll every host "
+        f"to one release with `rollback --to ID`"
+    )
+
+
+def _currents(states: dict[str, HostState]) -> str:
+    return ", ".join(f"{n} on {s.current or '(nothing)'}" for n, s in states.items())
+
+
+def _report(fleet: Fleet, outcome: Outcome) -> Outcome:
+    """The fleet's outcome ends the operation: a table of the hosts, then the outcome."""
+    if outcome.hosts:
+        fleet.reporter.table(
+            f"hosts after {outcome.op}",
+            ["host", "before", "live", "result", "verified"],
+            [
+                [
+                    h.host,
+                    h.before or "(none)",
+                    h.live or "?",
+                    h.result,
+                    "yes" if h.verified else "NO",
+                ]
+                for h in outcome.hosts
+            ],
+        )
+    fleet.reporter.outcome(outcome)
+    return outcome

@@ -1,0 +1,222 @@
+"""Many hosts (deploy.fleet) against three fake hosts: the order across hosts, the
+all-or-nothing rollback, and what each host runs afterwards."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy import fleet
+from deploy.artifact import Source
+from deploy.errors import ConnectionLost, HostUnreachable, LockHeld, PreflightFailed
+from deploy.flow import Deps, host_ops
+from deploy.inventory import Inventory, parse
+from deploy.model import Outcome
+from deploy.report import RecordingReporter
+from tests.conftest import git
+from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
+
+INVENTORY = """
+host_defaults: {user: deploy, root: /srv/app}
+hosts: [{name: web1, address: 10.0.0.5}, {name: web2, address: 10.0.0.6},
+        {name: web3, address: 10.0.0.7}]
+rollout: {batch: 1}
+app: {name: app, repo: ., install: npm ci}
+process: {command: server.js, port: 3000, instances: 2}
+health: {deadline: 5, interval: 0.5, successes: 3}
+"""
+
+
+class World:
+    def __init__(self, tmp_path: Path, repo: Path, inventory: str = INVENTORY) -> None:
+        self.inv: Inventory = parse(
+            inventory, source=tmp_path / "inventories" / "prod.yml", env="prod"
+        )
+        self.repo = repo
+        self.reporter = RecordingReporter()
+        self.hosts = [FakeHost() for _ in self.inv.hosts]
+        self.clocks = [FakeClock() for _ in self.inv.hosts]
+        self.remotes = [FakeRemote(h, c) for h, c in zip(self.hosts, self.clocks, strict=True)]
+        lock = threading.Lock()
+        members = []
+        shared: dict = {}
+        for i, host in enumerate(self.inv.hosts):
+            remote = self.remotes[i]
+            d = Deps(
+                inventory=self.inv.for_host(host.name),
+                remote=remote,
+                reporter=fleet.HostReporter(self.reporter, host.name, lock),
+                clock=self.clocks[i],
+                actor="tester",
+                workdir=tmp_path / "work" / host.name,
+                http=functools.partial(_client, remote),
+                gate_packs=shared,
+            )
+            members.append(fleet.Member(d, host_ops(d)))
+        self.fleet = fleet.Fleet(inventory=self.inv, members=members, reporter=self.reporter)
+
+    def ship(self, faults: dict[int, str] | None = None) -> Outcome:
+        for clock in self.clocks:
+            clock.sleep(2)  # a new release id
+        for i, remote in enumerate(self.remotes):
+            remote.next_fault = (faults or {}).get(i, "")
+        (self.repo / "version.txt").write_text(f"{self.clocks[0].t}\n")
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "-m", "release")
+        for member in self.fleet.members:  # a new operation: hosts are read again
+            member.host.state_at_lock = None
+        return fleet.deploy(self.fleet, Source(repo=self.repo, revision="HEAD"))
+
+    def currents(self) -> list[str | None]:
+        return [h.current for h in self.hosts]
+
+    def journal_states(self, index: int, rid: str) -> list[str]:
+        entries = map(json.loads, self.hosts[index].journal)
+        return [e["state"] for e in entries if e["release"] == rid and e["state"]]
+
+
+def _client(remote: FakeRemote, base: str, timeout: float) -> httpx.Client:
+    return httpx.Client(base_url=base, transport=app_handler(remote))
+
+
+@pytest.fixture
+def world(tmp_path: Path, app_repo: Path) -> World:
+    return World(tmp_path, app_repo)
+
+
+def test_rolling_deploy_promotes_the_same_release_on_every_host(world):
+    out = world.ship()
+    assert out.exit_code == 0 and out.result == "promoted"
+    assert world.currents() == [out.release] * 3
+    assert [h.running for h in world.hosts] == [out.release] * 3
+    assert [h.live for h in out.hosts] == [out.release] * 3 and all(h.verified for h in out.hosts)
+    assert all(h.lock is None for h in world.hosts)
+    # one host at a time: each activation is its own batch, in listed order
+    assert [s for s in world.reporter.stages if s.startswith("activate")] == [
+        f"activate {out.release} on web{i} (batch {i} of 3)" for i in (1, 2, 3)
+    ]
+
+
+def test_failure_on_host_two_rolls_back_every_switched_host_and_leaves_three(world):
+    good = world.ship().release
+    before3 = list(world.remotes[2].names())
+    out = world.ship(faults={1: "ready_503"})
+    bad = out.release
+    assert out.exit_code == 3 and out.result == "rolled-back"
+    assert world.currents() == [good, good, good]
+    assert [h.running for h in world.hosts] == [good, good, good]
+    assert [(h.host, h.live, h.verified) for h in out.hosts] == [
+        ("web1", good, True),
+        ("web2", good, True),
+        ("web3", good, True),
+    ]
+    assert [h.result for h in out.hosts] == ["rolled-back", "rolled-back", "untouched"]
+    # host one passed its gate, then went back: the release is rolled-back there, bad on two
+    assert world.journal_states(0, bad)[-1] == "rolled-back"
+    assert world.journal_states(1, bad)[-1] == "bad"
+    # host three was never switched: no activation, and the unused copy is gone
+    after3 = world.remotes[2].names()[len(before3) :]
+    assert "current.switch" not in after3 and "pm2.activate" not in after3
+    assert bad not in world.hosts[2].releases
+    assert all(h.lock is None for h in world.hosts)
+    assert "web2" in out.message and "503" in out.message
+
+
+def test_unreachable_or_failing_preflight_on_host_three_changes_nothing(world):
+    good = world.ship().release
+    journals = [list(h.journal) for h in world.hosts]
+    world.remotes[2].facts = {**world.remotes[2].facts, "root": "not-writable"}
+    with pytest.raises(PreflightFailed) as err:
+        world.ship()
+    assert err.value.exit_code == 5
+    assert "web3" in err.value.message and "nothing was changed" in err.value.message
+    assert world.currents() == [good] * 3
+    assert [h.journal for h in world.hosts] == journals  # not even a lock was taken
+    assert all("lock.acquire" not in r.names()[-6:] for r in world.remotes)
+
+
+def test_connect_failure_on_one_host_closes_the_others(world):
+    closed = []
+
+    class Closing(FakeRemote):
+        def close(self) -> None:
+            closed.append(self)
+
+    def open_one(part: Inventory) -> FakeRemote:
+        if part.host.name == "web3":
+            raise HostUnreachable("connection refused")
+        return Closing(FakeHost(), FakeClock())
+
+    with pytest.raises(HostUnreachable) as err:
+        fleet.connect(world.inv, open_one)
+    assert err.value.exit_code == 5 and "web3 (1 of 3 hosts)" in err.value.message
+    assert len(closed) == 2
+
+
+def test_lock_held_on_host_two_releases_host_one_and_changes_nothing(world):
+    good = world.ship().release
+    world.hosts[1].hold("f" * 32, {"actor": "alice", "op": "lock", "pid": 1}, None, 0)
+    with pytest.raises(LockHeld) as err:
+        world.ship()
+    assert err.value.exit_code == 4
+    assert "web2" in err.value.message and "alice" in err.value.message
+    assert "locks taken on web1 were released" in err.value.message
+    assert world.hosts[0].lock is None and world.hosts[2].lock is None
+    assert world.hosts[1].lock is not None  # alice's lock stands
+    assert "lock.acquire" not in world.remotes[2].names()[-3:]
+    assert world.currents() == [good] * 3
+
+
+def test_lost_ssh_after_activation_exit_6_with_what_each_host_runs(world):
+    good = world.ship().release
+    world.remotes[1].interrupt_on["pm2.activate"] = functools.partial(
+        ConnectionLost, "the SSH connection dropped"
+    )
+    out = world.ship()
+    assert out.exit_code == 6 and out.result == "rollback-failed"
+    by_host = {h.host: h for h in out.hosts}
+    assert by_host["web1"].live == good and by_host["web1"].verified  # put back
+    assert by_host["web2"].result == "unknown" and not by_host["web2"].verified
+    assert by_host["web3"].result == "untouched" and by_host["web3"].live == good
+    assert world.currents()[0] == world.currents()[2] == good
+    table = world.reporter.tables[-1]
+    assert table[0] == ["host", "before", "live", "result", "verified"]
+    assert [row[0] for row in table[1]] == ["web1", "web2", "web3"]
+
+
+def test_max_failed_lets_one_host_fail_alone(tmp_path, app_repo):
+    world = World(
+        tmp_path, app_repo, INVENTORY.replace("{batch: 1}", "{batch: all, max_failed: 1}")
+    )
+    good = world.ship().release
+    out = world.ship(faults={1: "ready_503"})
+    assert out.exit_code == 0 and "web2 failed" in out.message
+    assert world.currents() == [out.release, good, out.release]
+    assert f"activate {out.release} on web1, web2, web3 (batch 1 of 1)" in world.reporter.stages
+
+
+def test_manual_rollback_moves_every_host_to_the_newest_release_good_on_all(world):
+    first = world.ship().release
+    second = world.ship().release
+    for member in world.fleet.members:
+        member.host.state_at_lock = None
+    out = fleet.rollback(world.fleet)
+    assert out.exit_code == 0 and out.release == first
+    assert world.currents() == [first] * 3
+    assert all(world.journal_states(i, second)[-1] == "rolled-back" for i in range(3))
+
+
+def test_status_flags_drift(world):
+    first = world.ship().release
+    second = world.ship().release
+    world.hosts[2].current = first  # changed by hand
+    assert fleet.status(world.fleet) == 0
+    warning = next(line for line in world.reporter.lines if "drift" in line)
+    assert f"web1, web2 on {second}" in warning and f"web3 on {first}" in warning
+    columns, rows = world.reporter.tables[-1]
+    assert [r[1] for r in rows] == [second, second, first]
