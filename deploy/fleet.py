@@ -339,6 +339,22 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
     before = {name: plan.state.current for name, plan in plans.items()}
     untouched = [m for m in members if m.name not in results]
     _withdraw(untouched, rid, "the rollout stopped before this host")
+    if not stop and fleet.members[0].deps.dry_run:
+        return _report(
+            fleet,
+            Outcome(
+                op="deploy",
+                result="planned",
+                exit_code=0,
+                release=rid,
+                live=None,
+                message=(
+                    f"dry run: nothing was changed on any host; a real deploy would activate "
+                    f"{rid} on {len(members)} hosts in {len(batches)} batch(es) of "
+                    f"{rollout.batch}, rolling every host back if one fails its gate"
+                ),
+            ),
+        )
     if not stop:
         hosts = tuple(_live_after(m.name, before[m.name], results[m.name]) for m in members)
         alone = [m.name for m in failed]
@@ -454,8 +470,8 @@ def _live_after(name: str, before: str | None, res: Outcome | BaseException | No
         return HostLive(name, before, None, "unknown", False)
     if res.exit_code == 0:
         return HostLive(name, before, res.live, res.result, True)
-    if res.exit_code == 3 or res.exit_code > 128:
-        return HostLive(name, before, res.live, "rolled-back", res.live is not None)
+    if res.exit_code == 3 or res.exit_code > 128:  # rolled back, or rejected before traffic
+        return HostLive(name, before, res.live, res.result, res.live is not None)
     return HostLive(name, before, res.live, res.result, False)
 
 

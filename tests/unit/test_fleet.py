@@ -17,6 +17,7 @@ from deploy.errors import ConnectionLost, HostUnreachable, LockHeld, PreflightFa
 from deploy.flow import Deps, host_ops
 from deploy.inventory import Inventory, parse
 from deploy.model import Outcome
+from deploy.plan import PlanRemote
 from deploy.report import RecordingReporter
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
@@ -33,13 +34,15 @@ health: {deadline: 5, interval: 0.5, successes: 3}
 
 
 class World:
-    def __init__(self, tmp_path: Path, repo: Path, inventory: str = INVENTORY) -> None:
+    def __init__(
+        self, tmp_path: Path, repo: Path, inventory: str = INVENTORY, **host: object
+    ) -> None:
         self.inv: Inventory = parse(
             inventory, source=tmp_path / "inventories" / "prod.yml", env="prod"
         )
         self.repo = repo
         self.reporter = RecordingReporter()
-        self.hosts = [FakeHost() for _ in self.inv.hosts]
+        self.hosts = [FakeHost(**host) for _ in self.inv.hosts]  # type: ignore[arg-type]
         self.clocks = [FakeClock() for _ in self.inv.hosts]
         self.remotes = [FakeRemote(h, c) for h, c in zip(self.hosts, self.clocks, strict=True)]
         lock = threading.Lock()
@@ -220,3 +223,45 @@ def test_status_flags_drift(world):
     assert f"web1, web2 on {second}" in warning and f"web3 on {first}" in warning
     columns, rows = world.reporter.tables[-1]
     assert [r[1] for r in rows] == [second, second, first]
+
+
+BLUE_GREEN = """
+strategy:
+  kind: blue-green
+  slots: {blue: 3001, green: 3002}
+  public_port: 8080
+  bake: {seconds: 2}
+"""
+
+
+def test_blue_green_per_host_failure_on_host_two_puts_host_one_back(tmp_path, app_repo):
+    world = World(
+        tmp_path,
+        app_repo,
+        INVENTORY.replace("successes: 3}", "successes: 3, stable_for: 1}") + BLUE_GREEN,
+        upstream=(3001, None),  # as `releasegate setup` leaves it
+    )
+    good = world.ship().release
+    later = world.clocks[0].t + 100
+    assert [h.serving(h.upstream[0], later) for h in world.hosts if h.upstream] == [good] * 3
+    out = world.ship(faults={1: "ready_503"})
+    assert out.exit_code == 3, world.reporter.lines
+    assert [(h.host, h.result, h.live) for h in out.hosts] == [
+        ("web1", "rolled-back", good),
+        ("web2", "rejected", good),  # failed in its idle slot: never took traffic
+        ("web3", "untouched", good),
+    ]
+    # the front door of every host answers with the release it was on
+    later = world.clocks[0].t + 100
+    assert [h.serving(h.upstream[0], later) for h in world.hosts if h.upstream] == [good] * 3
+
+
+def test_dry_run_changes_nothing_and_says_so(world):
+    good = world.ship().release
+    for member in world.fleet.members:
+        member.deps.dry_run = True
+        member.deps.remote = PlanRemote(member.deps.remote, member.deps.reporter)
+        member.host.remote = member.deps.remote
+    out = world.ship()
+    assert out.exit_code == 0 and out.result == "planned", world.reporter.lines
+    assert world.currents() == [good] * 3
