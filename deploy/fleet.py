@@ -33,6 +33,7 @@ from deploy import commands, flow
 from deploy.errors import (
     AbortedBeforeLive,
     ConfigError,
+    GateFailed,
     HostKeyRefused,
     HostUnreachable,
     HumanNeeded,
@@ -48,6 +49,7 @@ from deploy.journal import HostState
 from deploy.model import HostLive, HostStatus, Outcome, ReleaseState
 from deploy.remote import Remote
 from deploy.report import Reporter
+from smoke.runner import run_packs
 
 T = TypeVar("T")
 
@@ -163,7 +165,7 @@ def connect(
     """One SSH connection per host, opened in parallel, each for the whole operation. Any
     host that cannot be reached (or whose key is refused) stops everything before any host
     is touched."""
-    parts = [inv.for_host(h.name) for h in inv.hosts]
+    parts = [host_part(inv, h.name) for h in inv.hosts]
     with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="connect") as pool:
         futures = [pool.submit(open_one, part) for part in parts]
         wait(futures)
@@ -194,6 +196,17 @@ def connect(
         f"host is up and its address, port, user and key in {inv.source}",
         evidence=lines,
     )
+
+
+def host_part(inv: Inventory, name: str) -> Inventory:
+    """What one host's flow runs on: the inventory narrowed to the host, without
+    smoke.base_url — the load balancer reaches every host, so each host's gate (smoke pack
+    included) goes through its own tunnel, and the base URL is smoked once every host
+    switched (`_smoke_front_door`)."""
+    part = inv.for_host(name)
+    if part.smoke.base_url is None:
+        return part
+    return part.model_copy(update={"smoke": part.smoke.model_copy(update={"base_url": None})})
 
 
 @contextlib.contextmanager
@@ -336,6 +349,14 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
         if unsafe or len(failed) > rollout.max_failed:
             stop = True
             break
+    reason = "; ".join(f"{m.name}: {_what(results[m.name])}" for m in failed)
+    evidence: tuple[str, ...] = ()
+    if not stop and not fleet.members[0].deps.dry_run:
+        front = _smoke_front_door(fleet, rid)
+        if front is not None:  # the whole fleet switched, but users would see it fail
+            stop = True
+            reason = f"smoke.base_url ({fleet.inventory.smoke.base_url}): {front.message}"
+            evidence = tuple(f"front door: {line}" for line in front.evidence)
     before = {name: plan.state.current for name, plan in plans.items()}
     untouched = [m for m in members if m.name not in results]
     _withdraw(untouched, rid, "the rollout stopped before this host")
@@ -378,7 +399,6 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
             ),
         )
     # ---------------------------- all or nothing: every host switched goes back ----------
-    reason = "; ".join(f"{m.name}: {_what(results[m.name])}" for m in failed)
     back: dict[str, Outcome | BaseException] = {}
     # a host without a release to go back to (its first deploy) keeps the new one: reported
     returning = [m for m in switched if plans[m.name].previous_good is not None]
@@ -399,11 +419,15 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
         ),
         0,
     )
-    evidence = tuple(h.line() for h in hosts) + tuple(
-        f"{m.name}: {line}"
-        for m in failed
-        if isinstance(results[m.name], Outcome | ReleasegateError)
-        for line in _evidence(results[m.name])[-10:]
+    evidence = (
+        tuple(h.line() for h in hosts)
+        + evidence
+        + tuple(
+            f"{m.name}: {line}"
+            for m in failed
+            if isinstance(results[m.name], Outcome | ReleasegateError)
+            for line in _evidence(results[m.name])[-10:]
+        )
     )
     never = [m.name for m in untouched]
     if safe:
@@ -442,6 +466,39 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
             hosts=hosts,
             evidence=evidence,
         ),
+    )
+
+
+def _smoke_front_door(fleet: Fleet, rid: str) -> GateFailed | None:
+    """Once every host switched: the packs `rid` carries, through smoke.base_url (the load
+    balancer: what users reach). Each host passed them through its own tunnel already."""
+    inv = fleet.inventory
+    base = inv.smoke.base_url
+    d = fleet.members[0].deps
+    packs = d.gate_packs.get(rid)
+    if not base or packs is None or not packs.packs:
+        return None
+    r = fleet.reporter
+    with r.stage(f"smoke {rid} through {base}"):
+        with d.http(base, inv.health.probe_timeout) as client:
+            result = run_packs(
+                list(packs.packs),
+                base_url=base,
+                client=client,
+                concurrency=inv.smoke.concurrency,
+                clock=d.clock,
+                extra_secrets=(d.health_token,) if d.health_token else (),
+            )
+        r.info(result.summary())
+    for check in result.warned:
+        r.warn(f"smoke (warn only): {check.line()}")
+    if not result.failed_enforced:
+        return None
+    names = ", ".join(c.name for c in result.failed_enforced)
+    return GateFailed(
+        "smoke",
+        f"{len(result.failed_enforced)} enforced check(s) failed: {names}",
+        evidence=result.lines(),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from deploy.report import RecordingReporter
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
 
+Handler = Callable[[httpx.Request], httpx.Response]
 INVENTORY = """
 host_defaults: {user: deploy, root: /srv/app}
 hosts: [{name: web1, address: 10.0.0.5}, {name: web2, address: 10.0.0.6},
@@ -42,6 +44,8 @@ class World:
         )
         self.repo = repo
         self.reporter = RecordingReporter()
+        self.lb_status = 200  # what the load balancer (smoke.base_url) answers on /api
+        self.lb_seen: list[str] = []
         self.hosts = [FakeHost(**host) for _ in self.inv.hosts]  # type: ignore[arg-type]
         self.clocks = [FakeClock() for _ in self.inv.hosts]
         self.remotes = [FakeRemote(h, c) for h, c in zip(self.hosts, self.clocks, strict=True)]
@@ -51,13 +55,13 @@ class World:
         for i, host in enumerate(self.inv.hosts):
             remote = self.remotes[i]
             d = Deps(
-                inventory=self.inv.for_host(host.name),
+                inventory=fleet.host_part(self.inv, host.name),
                 remote=remote,
                 reporter=fleet.HostReporter(self.reporter, host.name, lock),
                 clock=self.clocks[i],
                 actor="tester",
                 workdir=tmp_path / "work" / host.name,
-                http=functools.partial(_client, remote),
+                http=functools.partial(_client, remote, self.front_door),
                 gate_packs=shared,
             )
             members.append(fleet.Member(d, host_ops(d)))
@@ -82,9 +86,14 @@ class World:
         entries = map(json.loads, self.hosts[index].journal)
         return [e["state"] for e in entries if e["release"] == rid and e["state"]]
 
+    def front_door(self, request: httpx.Request) -> httpx.Response:
+        self.lb_seen.append(request.url.path)
+        return httpx.Response(self.lb_status, json={"items": []})
 
-def _client(remote: FakeRemote, base: str, timeout: float) -> httpx.Client:
-    return httpx.Client(base_url=base, transport=app_handler(remote))
+
+def _client(remote: FakeRemote, lb: Handler, base: str, timeout: float) -> httpx.Client:
+    transport = httpx.MockTransport(lb) if base.startswith("http://lb") else app_handler(remote)
+    return httpx.Client(base_url=base, transport=transport)
 
 
 @pytest.fixture
@@ -265,3 +274,28 @@ def test_dry_run_changes_nothing_and_says_so(world):
     out = world.ship()
     assert out.exit_code == 0 and out.result == "planned", world.reporter.lines
     assert world.currents() == [good] * 3
+
+
+PACK = """
+version: 1
+name: contract
+checks:
+  - name: items
+    request: {path: /api/items}
+    expect: {status: 200}
+"""
+
+
+def test_smoke_through_the_load_balancer_once_every_host_switched(tmp_path, app_repo):
+    pack = app_repo / "smoke.yml"
+    pack.write_text(PACK)
+    smoke = f"smoke: {{base_url: 'http://lb.test', packs: [{pack}]}}\n"
+    world = World(tmp_path, app_repo, INVENTORY + smoke)
+    good = world.ship().release
+    assert world.lb_seen == ["/api/items"]  # once for the fleet; each host through its tunnel
+    world.lb_status = 500  # users would see errors through the load balancer
+    out = world.ship()
+    assert out.exit_code == 3, world.reporter.lines
+    assert "smoke.base_url (http://lb.test)" in out.message
+    assert world.currents() == [good] * 3
+    assert [h.result for h in out.hosts] == ["rolled-back"] * 3
