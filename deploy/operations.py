@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -498,15 +498,17 @@ def run_preflight(
                 )
             except ReleasegateError as exc:
                 results.append(Check("revision", False, exc.message))
-            try:
-                remote = open_remote(inv, redact, rep)
-            except ReleasegateError as exc:
-                results.append(Check("host", False, exc.message))
-            else:
+            for part in [inv.for_host(h.name) for h in inv.hosts]:  # many hosts: each
+                on = f"{part.host.name}: " if inv.many else ""
                 try:
-                    results.append(Check("host", True, f"{remote.host_label}, key verified"))
+                    remote = open_remote(part, redact, rep)
+                except ReleasegateError as exc:
+                    results.append(Check(f"{on}host", False, exc.message))
+                    continue
+                try:
+                    results.append(Check(f"{on}host", True, f"{remote.host_label}, key verified"))
                     deps = Deps(
-                        inventory=inv,
+                        inventory=part,
                         remote=remote,
                         reporter=rep,
                         clock=SystemClock(),
@@ -514,12 +516,13 @@ def run_preflight(
                         workdir=Path(work),
                         redact=redact,
                     )
-                    results += flow.preflight_checks(deps, flow.host_ops(deps), size)
+                    found = flow.preflight_checks(deps, flow.host_ops(deps), size)
+                    results += [replace(c, name=f"{on}{c.name}") for c in found]
                 finally:
                     remote.close()
         failed = [c for c in results if not c.ok]
         rep.table(
-            f"preflight of {env} ({inv.host.label})",
+            f"preflight of {env} ({', '.join(h.label for h in inv.hosts)})",
             ["", "check", "detail", "fix"],
             [["ok" if c.ok else "FAIL", c.name, c.detail, "" if c.ok else c.fix] for c in results],
         )
@@ -690,7 +693,9 @@ def run_trust_host(
 
     def run() -> int:
         inv = inventory.load(env, opts.inventories)
-        host = inv.host
+        return max(trust(inv, host) for host in inv.hosts)  # many hosts: each in turn
+
+    def trust(inv: Inventory, host: inventory.HostConfig) -> int:
         key = fetch_host_key(host.address, host.port, inv.ssh.connect_timeout)
         name = known_hosts_name(host.address, host.port)
         pin_file = inv.pin_file()

@@ -232,6 +232,13 @@ def test_unreachable_third_host_changes_nothing_anywhere(fleet: Fleet):
     assert any("web3" in line and "nothing was changed on any host" in line for line in rep.lines)
     for i in range(3):
         assert "No such file" in fleet.listing(i)  # not even the deploy root was created
+    # `preflight` goes through every host and names the one it cannot reach
+    rep = RecordingReporter()
+    code = operations.run_preflight("test", Options(inventories=fleet.inv_dir), reporter=rep)
+    assert code == 5
+    rows = {row[1]: row[0] for row in rep.tables[-1][1]}
+    assert rows["web1: host"] == rows["web2: host"] == "ok" and rows["web3: host"] == "FAIL"
+    assert rows["web1: deploy root"] == "ok"
 
 
 def test_manual_lock_on_host_two_exit_4_and_no_host_changed(fleet: Fleet):
