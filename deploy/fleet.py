@@ -135,11 +135,13 @@ class HostReporter:
         pass
 
 
-def each(members: Sequence[Member], work: Callable[[Member], T]) -> list[T | BaseException]:
+def each(
+    members: Sequence[Member], work: Callable[[Member], T], seen: list[int] | None = None
+) -> list[T | BaseException]:
     """`work` on every member at once (a thread each), waiting for all of them; what each
     returned or raised, in the members' order. A signal that reaches this (main) thread
     meanwhile is handed to every member's flow, which takes its own safe path: no host is
-    abandoned half-way."""
+    abandoned half-way (and noted in `seen`, for the caller to stop there)."""
     if not members:
         return []
     with ThreadPoolExecutor(max_workers=len(members), thread_name_prefix="host") as pool:
@@ -150,8 +152,12 @@ def each(members: Sequence[Member], work: Callable[[Member], T]) -> list[T | Bas
                 _done, pending = wait(pending, timeout=0.5)
             except (KeyboardInterrupt, Signalled) as exc:
                 signum = exc.signum if isinstance(exc, Signalled) else int(signal.SIGINT)
+                if seen is not None:
+                    seen.append(signum)
                 for m in members:
                     m.deps.signals.append(signum)
+    for m in members:  # handled, or it came too late: it must not stop what comes next
+        m.deps.signals.clear()
     out: list[T | BaseException] = []
     for future in futures:
         error = future.exception()
@@ -268,6 +274,8 @@ def _all_done(results: Sequence[object], members: Sequence[Member], doing: str) 
         lines.append(f"{m.name}: {exc.message}")
         lines += [f"{m.name}: {line}" for line in exc.evidence]
     names = ", ".join(m.name for m, _ in failed)
+    if any(isinstance(e, HumanNeeded) for _, e in failed):  # a host that needs a look
+        raise HumanNeeded(f"{doing} failed on {names}", evidence=tuple(lines))
     message = f"{doing} failed on {names}; nothing live changed on any host"
     if all(isinstance(e, PreflightFailed) for _, e in failed):
         raise PreflightFailed(f"{message} (nothing was changed at all)", evidence=tuple(lines))
@@ -337,20 +345,25 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
     switched: list[Member] = []
     failed: list[Member] = []
     stop = False
+    signals: list[int] = []
     for number, batch in enumerate(batches, 1):
         group = [members[i] for i in batch]
         names = ", ".join(m.name for m in group)
         with r.stage(f"activate {rid} on {names} (batch {number} of {len(batches)})"):
-            done = each(group, lambda m: flow.activate_release(m.deps, m.host, plans[m.name]))
+            done = each(
+                group, lambda m: flow.activate_release(m.deps, m.host, plans[m.name]), signals
+            )
         for m, res in zip(group, done, strict=True):
             results[m.name] = res
             (switched if isinstance(res, Outcome) and res.exit_code == 0 else failed).append(m)
         unsafe = [m for m in failed if not _back_safely(results[m.name])]
-        if unsafe or len(failed) > rollout.max_failed:
+        if unsafe or len(failed) > rollout.max_failed or signals:
             stop = True
             break
     reason = "; ".join(f"{m.name}: {_what(results[m.name])}" for m in failed)
     evidence: tuple[str, ...] = ()
+    if signals and not failed:
+        reason = f"the rollout: interrupted by {signal.Signals(signals[0]).name}"
     if not stop and not fleet.members[0].deps.dry_run:
         front = _smoke_front_door(fleet, rid)
         if front is not None:  # the whole fleet switched, but users would see it fail
@@ -411,13 +424,17 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
         _live_after(m.name, before[m.name], back.get(m.name, results.get(m.name))) for m in members
     )
     safe = all(h.verified and h.live == before[h.host] for h in hosts)
-    signum = next(
-        (
-            res.exit_code - 128
-            for res in results.values()
-            if isinstance(res, Outcome) and res.exit_code > 128
-        ),
-        0,
+    signum = (
+        signals[0]
+        if signals
+        else next(
+            (
+                res.exit_code - 128
+                for res in results.values()
+                if isinstance(res, Outcome) and res.exit_code > 128
+            ),
+            0,
+        )
     )
     evidence = (
         tuple(h.line() for h in hosts)

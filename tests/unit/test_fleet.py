@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from deploy import fleet
 from deploy.artifact import Source
 from deploy.errors import ConnectionLost, HostUnreachable, LockHeld, PreflightFailed
-from deploy.flow import Deps, host_ops
+from deploy.flow import Deps, Signalled, host_ops
 from deploy.inventory import Inventory, parse
 from deploy.model import Outcome
 from deploy.plan import PlanRemote
@@ -299,3 +300,13 @@ def test_smoke_through_the_load_balancer_once_every_host_switched(tmp_path, app_
     assert "smoke.base_url (http://lb.test)" in out.message
     assert world.currents() == [good] * 3
     assert [h.result for h in out.hosts] == ["rolled-back"] * 3
+
+
+def test_sigterm_on_host_two_puts_every_switched_host_back_exit_143(world):
+    good = world.ship().release
+    world.remotes[1].interrupt_on["pm2.jlist"] = functools.partial(Signalled, signal.SIGTERM)
+    out = world.ship()
+    assert out.exit_code == 143 and out.result == "rolled-back", world.reporter.lines
+    assert world.currents() == [good] * 3
+    assert [h.result for h in out.hosts] == ["rolled-back", "rolled-back", "untouched"]
+    assert all(h.lock is None for h in world.hosts)
