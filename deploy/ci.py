@@ -30,7 +30,7 @@ import paramiko
 
 from deploy import inventory, templates
 from deploy.errors import ConfigError, ReleasegateError
-from deploy.inventory import Inventory
+from deploy.inventory import HostConfig, Inventory
 from deploy.model import Outcome
 from deploy.operations import Options, make_reporter
 from deploy.redact import Redactor
@@ -162,7 +162,12 @@ def _relative(path: Path, root: Path, what: str, fix: str) -> str:
         ) from None
 
 
-def _pinned(pin_file: Path, inv: Inventory) -> bool:
+def _pin_names(inv: Inventory) -> str:
+    """Every host's name in known_hosts, space-separated (the workflow checks each)."""
+    return " ".join(known_hosts_name(h.address, h.port) for h in inv.hosts)
+
+
+def _pinned(pin_file: Path, inv: Inventory, host: HostConfig) -> bool:
     if not pin_file.is_file():
         return False
     keys = paramiko.HostKeys()
@@ -170,24 +175,25 @@ def _pinned(pin_file: Path, inv: Inventory) -> bool:
         keys.load(str(pin_file))
     except (OSError, paramiko.SSHException):
         return False
-    return keys.lookup(known_hosts_name(inv.host.address, inv.host.port)) is not None
+    return keys.lookup(known_hosts_name(host.address, host.port)) is not None
 
 
 def _environment_notes(inv: Inventory, root: Path) -> list[str]:
     src = inv.source
     notes = []
-    if not _pinned(inv.pin_file(), inv):
-        notes.append(
-            f"{inv.pin_file()} pins no key for "
-            f"{known_hosts_name(inv.host.address, inv.host.port)}: run `releasegate trust-host "
-            f"{inv.env}` and commit the file, or the workflow stops before connecting"
-        )
-    if inv.host.identity_file:
-        notes.append(
-            f"{src}: hosts[0].identity_file is set, but on the runner the key comes from "
-            f"ssh-agent (secret {SSH_KEY_SECRET}) and that file will not exist; remove it "
-            f"(ssh-agent and ~/.ssh/config are used when it is unset)"
-        )
+    for index, host in enumerate(inv.hosts):  # many hosts: each
+        if not _pinned(inv.pin_file(), inv, host):
+            notes.append(
+                f"{inv.pin_file()} pins no key for "
+                f"{known_hosts_name(host.address, host.port)}: run `releasegate trust-host "
+                f"{inv.env}` and commit the file, or the workflow stops before connecting"
+            )
+        if host.identity_file:
+            notes.append(
+                f"{src}: hosts[{index}].identity_file is set, but on the runner the key comes "
+                f"from ssh-agent (secret {SSH_KEY_SECRET}) and that file will not exist; remove "
+                f"it (ssh-agent and ~/.ssh/config are used when it is unset)"
+            )
     if inv.ssh.accept_unknown_hosts:
         notes.append(
             f"{src}: ssh.accept_unknown_hosts is true: a runner would pin an unverified key "
@@ -286,8 +292,8 @@ def plan(
         inventories=rel_inventories,
         known_hosts=known_hosts,
         smoke_known_hosts=smoke_known_hosts,
-        pin_name=known_hosts_name(inv.host.address, inv.host.port),
-        smoke_pin_name=known_hosts_name(smoke_inv.host.address, smoke_inv.host.port),
+        pin_name=_pin_names(inv),
+        smoke_pin_name=_pin_names(smoke_inv),
         deploy_vars=deploy_vars,
         smoke_vars=smoke_vars,
         smoke_ssh=smoke_ssh,
