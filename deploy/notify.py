@@ -180,6 +180,17 @@ def json_payload(notice: Notice, redact: Redactor) -> dict[str, Any]:
                     {"slot": r.slot, "port": r.port, "role": r.role, "release": r.release}
                     for r in o.slots
                 ],
+                # many hosts: what each host runs afterwards
+                "hosts": [
+                    {
+                        "host": h.host,
+                        "before": h.before,
+                        "live": h.live,
+                        "result": h.result,
+                        "verified": h.verified,
+                    }
+                    for h in o.hosts
+                ],
                 "actor": c.actor,
                 "at": c.at,
                 "run_url": c.run_url,
@@ -241,6 +252,11 @@ def slack_payload(notice: Notice, redact: Redactor) -> dict[str, str]:
         f"<{redact(c.run_url)}|run>" if c.run_url else "",
     ]
     lines.append(" · ".join(f for f in facts if f))
+    lines += [  # many hosts: one line each
+        f"• {esc(h.host)} `{code(h.live or '?')}` {esc(h.result)}"
+        + ("" if h.verified else " *NOT verified*")
+        for h in o.hosts
+    ]
     return {"text": "\n".join(lines)}
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy import fleet
+from deploy import fleet, notify
 from deploy.artifact import Source
 from deploy.errors import ConnectionLost, HostUnreachable, LockHeld, PreflightFailed
 from deploy.flow import Deps, Signalled, host_ops
 from deploy.inventory import Inventory, parse
 from deploy.model import Outcome
 from deploy.plan import PlanRemote
+from deploy.redact import Redactor
 from deploy.report import RecordingReporter
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
@@ -310,3 +311,18 @@ def test_sigterm_on_host_two_puts_every_switched_host_back_exit_143(world):
     assert world.currents() == [good] * 3
     assert [h.result for h in out.hosts] == ["rolled-back", "rolled-back", "untouched"]
     assert all(h.lock is None for h in world.hosts)
+
+
+def test_webhook_payloads_say_what_each_host_runs(world):
+    good = world.ship().release
+    out = world.ship(faults={1: "ready_503"})
+    context = notify.Context(env="prod", app="app", host="web1, web2, web3", actor="t", at="now")
+    notice = notify.Notice(event="rolled-back", outcome=out, context=context)
+    payload = notify.json_payload(notice, Redactor())
+    assert [(h["host"], h["live"], h["verified"]) for h in payload["hosts"]] == [
+        ("web1", good, True),
+        ("web2", good, True),
+        ("web3", good, True),
+    ]
+    text = notify.slack_payload(notice, Redactor())["text"]
+    assert f"• web2 `{good}` rolled-back" in text and f"• web3 `{good}` untouched" in text
