@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -144,25 +144,41 @@ def each(
     abandoned half-way (and noted in `seen`, for the caller to stop there)."""
     if not members:
         return []
+    got: dict[str, T | BaseException] = {}
     with ThreadPoolExecutor(max_workers=len(members), thread_name_prefix="host") as pool:
-        futures = [pool.submit(work, m) for m in members]
-        pending = set(futures)
-        while pending:
-            try:
-                _done, pending = wait(pending, timeout=0.5)
-            except (KeyboardInterrupt, Signalled) as exc:
-                signum = exc.signum if isinstance(exc, Signalled) else int(signal.SIGINT)
-                if seen is not None:
-                    seen.append(signum)
-                for m in members:
-                    m.deps.signals.append(signum)
+        futures = {pool.submit(work, m): m for m in members}
+        _wait(futures, seen, lambda m, res: got.__setitem__(m.name, res))
     for m in members:  # handled, or it came too late: it must not stop what comes next
         m.deps.signals.clear()
-    out: list[T | BaseException] = []
-    for future in futures:
-        error = future.exception()
-        out.append(error if error is not None else future.result())
-    return out
+    return [got[m.name] for m in members]
+
+
+def _wait(
+    futures: Mapping[Future[T], Member],
+    seen: list[int] | None,
+    done: Callable[[Member, T | BaseException], None],
+    *,
+    forward: bool = True,
+    then: Callable[[], None] | None = None,
+) -> None:
+    """Wait for every future, telling `done` each result as it comes (then calling `then`).
+    A signal meanwhile goes to the flows still running (`forward`), and into `seen`."""
+    pending = set(futures)
+    while pending:
+        try:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        except (KeyboardInterrupt, Signalled) as exc:
+            signum = exc.signum if isinstance(exc, Signalled) else int(signal.SIGINT)
+            if seen is not None:
+                seen.append(signum)
+            for future in pending if forward else ():
+                futures[future].deps.signals.append(signum)
+            continue
+        for future in finished:
+            error = future.exception()
+            done(futures[future], error if error is not None else future.result())
+        if then is not None:
+            then()
 
 
 def connect(
@@ -341,35 +357,26 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
     rollout = fleet.inventory.rollout
     members = fleet.members
     batches = rollout.batches(len(members))
-    results: dict[str, Outcome | BaseException] = {}
-    switched: list[Member] = []
-    failed: list[Member] = []
-    stop = False
-    signals: list[int] = []
-    for number, batch in enumerate(batches, 1):
-        group = [members[i] for i in batch]
-        names = ", ".join(m.name for m in group)
-        with r.stage(f"activate {rid} on {names} (batch {number} of {len(batches)})"):
-            done = each(
-                group, lambda m: flow.activate_release(m.deps, m.host, plans[m.name]), signals
-            )
-        for m, res in zip(group, done, strict=True):
-            results[m.name] = res
-            (switched if isinstance(res, Outcome) and res.exit_code == 0 else failed).append(m)
-        unsafe = [m for m in failed if not _back_safely(results[m.name])]
-        if unsafe or len(failed) > rollout.max_failed or signals:
-            stop = True
-            break
-    reason = "; ".join(f"{m.name}: {_what(results[m.name])}" for m in failed)
-    evidence: tuple[str, ...] = ()
-    if signals and not failed:
-        reason = f"the rollout: interrupted by {signal.Signals(signals[0]).name}"
-    if not stop and not fleet.members[0].deps.dry_run:
-        front = _smoke_front_door(fleet, rid)
-        if front is not None:  # the whole fleet switched, but users would see it fail
-            stop = True
-            reason = f"smoke.base_url ({fleet.inventory.smoke.base_url}): {front.message}"
-            evidence = tuple(f"front door: {line}" for line in front.evidence)
+    with ThreadPoolExecutor(max_workers=2 * len(members), thread_name_prefix="host") as pool:
+        run = _Rollout(fleet, rid, plans, pool)
+        stop = run.activate(batches)
+        results, switched, failed, signals = run.results, run.switched, run.failed, run.signals
+        reason = "; ".join(f"{m.name}: {_what(results[m.name])}" for m in failed)
+        evidence: tuple[str, ...] = ()
+        if signals and not failed:
+            reason = f"the rollout: interrupted by {signal.Signals(signals[0]).name}"
+        if not stop and not fleet.members[0].deps.dry_run:
+            front = _smoke_front_door(fleet, rid)
+            if front is not None:  # the whole fleet switched, but users would see it fail
+                stop = True
+                reason = f"smoke.base_url ({fleet.inventory.smoke.base_url}): {front.message}"
+                evidence = tuple(f"front door: {line}" for line in front.evidence)
+        back: dict[str, Outcome | BaseException] = {}
+        if stop:  # every host switched goes back (most are on their way already)
+            run.put_back()
+            if run.back:
+                with r.stage(f"roll back {', '.join(run.back)} (switched by this deploy)"):
+                    back = run.wait_back()
     before = {name: plan.state.current for name, plan in plans.items()}
     untouched = [m for m in members if m.name not in results]
     _withdraw(untouched, rid, "the rollout stopped before this host")
@@ -411,15 +418,7 @@ def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
                 evidence=tuple(h.line() for h in hosts),
             ),
         )
-    # ---------------------------- all or nothing: every host switched goes back ----------
-    back: dict[str, Outcome | BaseException] = {}
-    # a host without a release to go back to (its first deploy) keeps the new one: reported
-    returning = [m for m in switched if plans[m.name].previous_good is not None]
-    if returning:
-        names = ", ".join(m.name for m in returning)
-        with r.stage(f"roll back {names} (switched by this deploy)"):
-            done = each(returning, lambda m: _put_back(m, plans[m.name].previous_good))
-        back = dict(zip([m.name for m in returning], done, strict=True))
+    # ---------------------------- all or nothing: every host switched went back ----------
     hosts = tuple(
         _live_after(m.name, before[m.name], back.get(m.name, results.get(m.name))) for m in members
     )
@@ -517,6 +516,90 @@ def _smoke_front_door(fleet: Fleet, rid: str) -> GateFailed | None:
         f"{len(result.failed_enforced)} enforced check(s) failed: {names}",
         evidence=result.lines(),
     )
+
+
+class _Rollout:
+    """The activation of one release, batch by batch. Once more hosts failed than
+    rollout.max_failed — counted the moment a host's release fails (Deps.on_failure), before
+    that host's own rollback — every host already switched starts going back at once, beside
+    it; a host of the batch that passes its gate after that goes back as soon as it is done."""
+
+    def __init__(
+        self, fleet: Fleet, rid: str, plans: dict[str, DeployPlan], pool: ThreadPoolExecutor
+    ) -> None:
+        self.fleet, self.rid, self.plans, self.pool = fleet, rid, plans, pool
+        self.max_failed = fleet.inventory.rollout.max_failed
+        self.results: dict[str, Outcome | BaseException] = {}
+        self.switched: list[Member] = []
+        self.failed: list[Member] = []
+        self.signals: list[int] = []
+        self.back: dict[str, Future[Outcome]] = {}
+        self._failing = 0
+        self._lock = threading.Lock()
+        self._too_many = threading.Event()
+
+    def activate(self, batches: list[range]) -> bool:
+        """Every batch in turn; True when the rollout stopped (the fleet goes back)."""
+        members = self.fleet.members
+        for number, batch in enumerate(batches, 1):
+            group = [members[i] for i in batch]
+            names = ", ".join(m.name for m in group)
+            for m in group:
+                m.deps.on_failure = self._failed_now
+            try:
+                with self.fleet.reporter.stage(
+                    f"activate {self.rid} on {names} (batch {number} of {len(batches)})"
+                ):
+                    futures = {
+                        self.pool.submit(
+                            flow.activate_release, m.deps, m.host, self.plans[m.name]
+                        ): m
+                        for m in group
+                    }
+                    _wait(futures, self.signals, self._activated, then=self._stopping)
+            finally:
+                for m in group:
+                    m.deps.on_failure = None
+                    m.deps.signals.clear()
+            if self._must_stop():
+                return True
+        return False
+
+    def _failed_now(self, _rid: str) -> None:  # in the failing host's thread
+        with self._lock:
+            self._failing += 1
+            if self._failing > self.max_failed:
+                self._too_many.set()
+
+    def _activated(self, m: Member, res: Outcome | BaseException) -> None:
+        self.results[m.name] = res
+        ok = isinstance(res, Outcome) and res.exit_code == 0
+        (self.switched if ok else self.failed).append(m)
+
+    def _must_stop(self) -> bool:
+        unsafe = [m for m in self.failed if not _back_safely(self.results[m.name])]
+        return bool(unsafe or len(self.failed) > self.max_failed or self.signals)
+
+    def _stopping(self) -> None:
+        if self._too_many.is_set() or self._must_stop():
+            self.put_back()
+
+    def put_back(self) -> None:
+        """Start putting back every switched host not on its way yet (a host without a
+        release to go back to — its first deploy — keeps the new one, reported)."""
+        for m in self.switched:
+            previous = self.plans[m.name].previous_good
+            if m.name not in self.back and previous is not None:
+                self.back[m.name] = self.pool.submit(_put_back, m, previous)
+
+    def wait_back(self) -> dict[str, Outcome | BaseException]:
+        """Wait for the hosts going back; a signal now is noted, not obeyed (as a second
+        signal while a single host is made safe)."""
+        by_name = {m.name: m for m in self.fleet.members}
+        got: dict[str, Outcome | BaseException] = {}
+        futures = {future: by_name[name] for name, future in self.back.items()}
+        _wait(futures, self.signals, lambda m, res: got.__setitem__(m.name, res), forward=False)
+        return got
 
 
 def _put_back(m: Member, previous: str | None) -> Outcome:

@@ -130,6 +130,9 @@ class Deps:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     # release id -> the packs that gate it, loaded before the point of no return
     gate_packs: dict[str, GatePacks] = field(default_factory=dict)
+    # told the failed release as soon as one fails after its switch, before its rollback
+    # (deploy.fleet starts putting the other hosts back meanwhile)
+    on_failure: Callable[[str], None] | None = None
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -974,6 +977,8 @@ def _recover(
         # A bug of ours must not leave the host on an unverified release: roll back anyway.
         reason = f"internal error {type(exc).__name__}: {exc}"
     r.warn(f"{op} of {failed} failed: {reason}")
+    if d.on_failure is not None:
+        d.on_failure(failed)
     d.signals.clear()  # this signal is being handled: it must not interrupt the rollback
     # In place the rollback replaces the failed processes, so what they left is read first; in
     # blue/green they keep running in their slot, and the users are switched back first.

@@ -15,12 +15,14 @@ import pytest
 
 from deploy import fleet, notify
 from deploy.artifact import Source
+from deploy.commands import Cmd
 from deploy.errors import ConnectionLost, HostUnreachable, LockHeld, PreflightFailed
 from deploy.flow import Deps, Signalled, host_ops
 from deploy.inventory import Inventory, parse
 from deploy.model import Outcome
 from deploy.plan import PlanRemote
 from deploy.redact import Redactor
+from deploy.remote import Result
 from deploy.report import RecordingReporter
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
@@ -39,7 +41,12 @@ health: {deadline: 5, interval: 0.5, successes: 3}
 
 class World:
     def __init__(
-        self, tmp_path: Path, repo: Path, inventory: str = INVENTORY, **host: object
+        self,
+        tmp_path: Path,
+        repo: Path,
+        inventory: str = INVENTORY,
+        remotes: tuple[type[FakeRemote], ...] = (),
+        **host: object,
     ) -> None:
         self.inv: Inventory = parse(
             inventory, source=tmp_path / "inventories" / "prod.yml", env="prod"
@@ -50,7 +57,10 @@ class World:
         self.lb_seen: list[str] = []
         self.hosts = [FakeHost(**host) for _ in self.inv.hosts]  # type: ignore[arg-type]
         self.clocks = [FakeClock() for _ in self.inv.hosts]
-        self.remotes = [FakeRemote(h, c) for h, c in zip(self.hosts, self.clocks, strict=True)]
+        kinds = [*remotes, *[FakeRemote] * len(self.hosts)]
+        self.remotes = [
+            kind(h, c) for kind, h, c in zip(kinds, self.hosts, self.clocks, strict=False)
+        ]
         lock = threading.Lock()
         members = []
         shared: dict = {}
@@ -326,3 +336,49 @@ def test_webhook_payloads_say_what_each_host_runs(world):
     ]
     text = notify.slack_payload(notice, Redactor())["text"]
     assert f"• web2 `{good}` rolled-back" in text and f"• web3 `{good}` untouched" in text
+
+
+SWITCHED_BACK = threading.Event()  # host one's put-back switched `current`
+
+
+class HostOne(FakeRemote):
+    """Notes when `current` switches for the second time after it is armed."""
+
+    armed = False
+    switches = 0
+
+    def _one(self, cmd: Cmd) -> Result:
+        if self.armed and cmd.name == "current.switch":
+            self.switches += 1
+            if self.switches == 2:  # 1: the new release; 2: back to the previous one
+                SWITCHED_BACK.set()
+        return super()._one(cmd)
+
+
+class HostTwo(FakeRemote):
+    """Its own rollback (its second switch once armed) waits until host one went back."""
+
+    armed = False
+    switches = 0
+    waited: bool | None = None
+
+    def _one(self, cmd: Cmd) -> Result:
+        if self.armed and cmd.name == "current.switch":
+            self.switches += 1
+            if self.switches == 2:
+                self.waited = SWITCHED_BACK.wait(timeout=10)
+        return super()._one(cmd)
+
+
+def test_switched_hosts_go_back_while_the_failing_host_rolls_back(tmp_path, app_repo):
+    SWITCHED_BACK.clear()
+    world = World(tmp_path, app_repo, remotes=(HostOne, HostTwo))
+    good = world.ship().release
+    one, two = world.remotes[0], world.remotes[1]
+    assert isinstance(one, HostOne) and isinstance(two, HostTwo)
+    one.armed = two.armed = True
+    out = world.ship(faults={1: "ready_503"})
+    assert out.exit_code == 3, world.reporter.lines
+    assert world.currents() == [good] * 3
+    # host two's own rollback did not hold host one back: it went back meanwhile
+    assert two.waited is True
