@@ -774,6 +774,45 @@ def common_target(states: dict[str, HostState]) -> str | None:
     return older[0] if older else None
 
 
+# ---------------------------------------------------------------------------- lock
+
+
+def lock(fleet: Fleet, message: str) -> Outcome:
+    """`lock` on every host, in listed order: all of them, or none (the manual locks this
+    command took are released again when one host cannot be locked)."""
+    taken: list[Member] = []
+    for m in fleet.members:
+        try:
+            flow.lock_manually(m.deps, message)
+        except ReleasegateError as exc:
+            for held in reversed(taken):
+                with contextlib.suppress(ReleasegateError):
+                    flow.unlock(held.deps, force=False, reason=None)
+            freed = (
+                f" The locks this command took on {', '.join(t.name for t in taken)} were "
+                f"released again;"
+                if taken
+                else ""
+            )
+            text = f"{m.name}: {exc.message}{freed} no host was locked."
+            if isinstance(exc, LockHeld):
+                raise LockHeld(text, evidence=exc.evidence) from None
+            raise AbortedBeforeLive(text, evidence=exc.evidence) from None
+        taken.append(m)
+    names = ", ".join(m.name for m in fleet.members)
+    return _report(
+        fleet,
+        Outcome(
+            op="lock",
+            result="locked",
+            exit_code=0,
+            release=None,
+            live=None,
+            message=f"deploys to {names} are blocked: {message!r}",
+        ),
+    )
+
+
 # ---------------------------------------------------------------------------- status
 
 

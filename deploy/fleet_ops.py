@@ -23,7 +23,7 @@ FleetBody = Callable[[fleet.Fleet], Outcome | int]
 HostBody = Callable[[Deps], Outcome | int]
 # operations whose single-host body, run host by host, is the many-host operation; the
 # read-only ones also say when the hosts run different releases
-PER_HOST = ("setup", "lock", "unlock", "resolve", "releases", "history")
+PER_HOST = ("setup", "unlock", "resolve", "releases", "history")
 READ_ONLY = ("releases", "history")
 
 

@@ -569,8 +569,9 @@ def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None
     if not message.strip():
         return _guard(reporter or make_reporter(opts, Redactor()), _needs_message, "lock")
     return _operation(
-        "lock", env, opts, lambda d: flow.lock_manually(d, message), reporter=reporter
-    )
+        "lock", env, opts, lambda d: flow.lock_manually(d, message), reporter=reporter,
+        fleet_body=lambda fl: fleet.lock(fl, message),
+    )  # fmt: skip
 
 
 def _needs_message() -> int:

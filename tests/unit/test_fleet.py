@@ -382,3 +382,14 @@ def test_switched_hosts_go_back_while_the_failing_host_rolls_back(tmp_path, app_
     assert world.currents() == [good] * 3
     # host two's own rollback did not hold host one back: it went back meanwhile
     assert two.waited is True
+
+
+def test_manual_lock_is_all_or_nothing(world):
+    world.hosts[2].hold("f" * 32, {"actor": "alice", "op": "lock", "pid": 1}, None, 0)
+    with pytest.raises(LockHeld) as err:
+        fleet.lock(world.fleet, "db migration")
+    assert "web3" in err.value.message and "web1, web2 were released again" in err.value.message
+    assert world.hosts[0].lock is None and world.hosts[1].lock is None
+    world.hosts[2].lock = None
+    out = fleet.lock(world.fleet, "db migration")
+    assert out.result == "locked" and all(h.lock is not None for h in world.hosts)
