@@ -150,6 +150,24 @@ class Bench:
             )
 
 
+def breakdown(rep: TimedReporter, total: float) -> dict[str, float]:
+    """Where a deploy's time went: build, ship, activate + gate (every batch), the rest
+    (connect, preflight, lock, state reads, promote, unlock)."""
+
+    def spent(*prefixes: str) -> float:
+        return sum(
+            (s.end or s.start) - s.start for s in rep.spans if s.name.startswith(prefixes)
+        )
+
+    parts = {
+        "build": spent("build artifact"),
+        "ship": spent("ship "),
+        "activate_gate": spent("activate ", "gate "),
+    }
+    parts["rest"] = total - sum(parts.values())
+    return parts
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "median": round(statistics.median(values), 2),
@@ -178,12 +196,19 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 bench.deploy("rolling", expect=0)  # cold: installs everywhere
                 runs: dict[str, list[float]] = {env: [] for env in ENVS}
+                parts: dict[str, dict[str, list[float]]] = {env: {} for env in ENVS}
                 for _ in range(args.iterations):
                     for env in ("one", "all", "rolling"):
-                        seconds, _rep = bench.deploy(env, expect=0)
+                        seconds, rep = bench.deploy(env, expect=0)
                         runs[env].append(seconds)
+                        for key, value in breakdown(rep, seconds).items():
+                            parts[env].setdefault(key, []).append(value)
                     bench.deploy("rolling", expect=0)  # every host on one release again
                 figures["warm_deploy_s"] = {ENVS[env][0]: summary(v) for env, v in runs.items()}
+                figures["warm_deploy_breakdown_s"] = {
+                    ENVS[env][0]: {k: summary(v) for k, v in by.items()}
+                    for env, by in parts.items()
+                }
                 one = statistics.median(runs["one"])
                 figures["ratio_all_vs_one"] = round(statistics.median(runs["all"]) / one, 2)
                 figures["ratio_rolling_vs_one"] = round(statistics.median(runs["rolling"]) / one, 2)
