@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from deploy import artifact as artifacts
@@ -72,6 +72,9 @@ class Fleet:
     inventory: Inventory  # every host
     members: list[Member]  # in listed order
     reporter: Reporter  # the operation's; each member has its own (HostReporter) over it
+    # read-only operations (status, releases, history) go on without the hosts they cannot
+    # reach: host name -> why (deploy and rollback never start without every host)
+    unreachable: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- plumbing
@@ -187,29 +190,15 @@ def connect(
     """One SSH connection per host, opened in parallel, each for the whole operation. Any
     host that cannot be reached (or whose key is refused) stops everything before any host
     is touched."""
-    parts = [host_part(inv, h.name) for h in inv.hosts]
-    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="connect") as pool:
-        futures = [pool.submit(open_one, part) for part in parts]
-        wait(futures)
-    opened, failed = [], []
-    for part, future in zip(parts, futures, strict=True):
-        error = future.exception()
-        if error is None:
-            opened.append((part, future.result()))
-        else:
-            failed.append((part, error))
+    opened, failed = connect_some(inv, open_one)
     if not failed:
         return opened
     for _part, remote in opened:
         with contextlib.suppress(Exception):
             remote.close()
-    for _part, exc in failed:
-        if not isinstance(exc, ReleasegateError):
-            raise exc
-    lines = tuple(f"{p.host.name}: {getattr(e, 'message', e)}" for p, e in failed)
-    names = ", ".join(p.host.name for p, _ in failed)
-    what = f"{names} ({len(failed)} of {len(parts)} hosts)"
-    if any(isinstance(e, HostKeyRefused) for _, e in failed):
+    lines = tuple(f"{name}: {message}" for name, (message, _e) in failed.items())
+    what = f"{', '.join(failed)} ({len(failed)} of {len(inv.hosts)} hosts)"
+    if any(isinstance(e, HostKeyRefused) for _m, e in failed.values()):
         raise HostKeyRefused(
             f"the SSH key of {what} was refused; nothing was changed on any host", evidence=lines
         )
@@ -218,6 +207,30 @@ def connect(
         f"host is up and its address, port, user and key in {inv.source}",
         evidence=lines,
     )
+
+
+def connect_some(
+    inv: Inventory, open_one: Callable[[Inventory], Remote]
+) -> tuple[list[tuple[Inventory, Remote]], dict[str, tuple[str, ReleasegateError]]]:
+    """Every host's connection, opened in parallel: those opened, and why each other one
+    was not (host name -> message, error)."""
+    parts = [host_part(inv, h.name) for h in inv.hosts]
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="connect") as pool:
+        futures = [pool.submit(open_one, part) for part in parts]
+        wait(futures)
+    opened, failed = [], {}
+    for part, future in zip(parts, futures, strict=True):
+        error = future.exception()
+        if error is None:
+            opened.append((part, future.result()))
+        elif isinstance(error, ReleasegateError):
+            failed[part.host.name] = (error.message, error)
+        else:  # a bug of ours: not a host's state
+            for _part, remote in opened:
+                with contextlib.suppress(Exception):
+                    remote.close()
+            raise error
+    return opened, failed
 
 
 def host_part(inv: Inventory, name: str) -> Inventory:
@@ -237,18 +250,30 @@ def opened(
     reporter: Reporter,
     open_one: Callable[[Inventory, Reporter], Remote],
     make_deps: Callable[[Inventory, Remote, Reporter, int], Deps],
+    *,
+    partial: bool = False,
 ) -> Iterator[Fleet]:
-    """The fleet for one operation: its connections (closed at the end) and members."""
+    """The fleet for one operation: its connections (closed at the end) and members. With
+    `partial` (read-only operations), the hosts that cannot be reached are left out."""
     lock = threading.Lock()
     reporters = {h.name: HostReporter(reporter, h.name, lock) for h in inv.hosts}
+    unreachable: dict[str, str] = {}
     with reporter.stage(f"connect {len(inv.hosts)} hosts"):
-        pairs = connect(inv, lambda part: open_one(part, reporters[part.host.name]))
+        if partial:
+            pairs, failed = connect_some(
+                inv, lambda part: open_one(part, reporters[part.host.name])
+            )
+            unreachable = {name: message for name, (message, _e) in failed.items()}
+        else:
+            pairs = connect(inv, lambda part: open_one(part, reporters[part.host.name]))
+    for name, message in unreachable.items():
+        reporter.warn(f"{name}: unreachable, left out: {message}")
     try:
         members = []
         for index, (part, remote) in enumerate(pairs):
             d = make_deps(part, remote, reporters[part.host.name], index)
             members.append(Member(d, flow.host_ops(d)))
-        yield Fleet(inventory=inv, members=members, reporter=reporter)
+        yield Fleet(inventory=inv, members=members, reporter=reporter, unreachable=unreachable)
     finally:
         for _part, remote in pairs:
             with contextlib.suppress(Exception):
@@ -821,9 +846,9 @@ def status(fleet: Fleet) -> int:
     releases (drift)."""
     members = fleet.members
     found = each(members, lambda m: flow.status(m.deps))
-    rows = []
+    rows = [[name, "?", "?", "unreachable", "?"] for name in fleet.unreachable]
     currents: dict[str, str | None] = {}
-    code = 0
+    code = 5 if fleet.unreachable else 0  # the view is incomplete
     for m, st in zip(members, found, strict=True):
         if isinstance(st, BaseException):
             if not isinstance(st, ReleasegateError):
@@ -844,6 +869,8 @@ def status(fleet: Fleet) -> int:
                 "YES" if st.needs_human else "no",
             ]
         )
+    order = {h.name: i for i, h in enumerate(fleet.inventory.hosts)}
+    rows.sort(key=lambda row: order[row[0]])
     fleet.reporter.table(
         f"hosts of {fleet.inventory.env}",
         ["host", "current", "last good", "lock", "needs human"],

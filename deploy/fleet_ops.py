@@ -74,12 +74,13 @@ def execute(
 
         for host in inv.hosts:
             (Path(work) / host.name).mkdir()
-        with fleet.opened(inv, reporter, open_one, make_deps) as fl:
+        partial = op in ("status", *READ_ONLY)  # they show what they can reach
+        with fleet.opened(inv, reporter, open_one, make_deps, partial=partial) as fl:
             if fleet_body is not None:
                 return fleet_body(fl)
             if op not in PER_HOST:
                 raise AssertionError(f"{op} has no many-host form")
-            code = 0
+            code = 5 if fl.unreachable else 0  # a read-only view that misses hosts
             for member in fl.members:
                 result = host_body(member.deps)
                 code = max(code, result if isinstance(result, int) else result.exit_code)

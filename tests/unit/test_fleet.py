@@ -393,3 +393,29 @@ def test_manual_lock_is_all_or_nothing(world):
     world.hosts[2].lock = None
     out = fleet.lock(world.fleet, "db migration")
     assert out.result == "locked" and all(h.lock is not None for h in world.hosts)
+
+
+def test_status_shows_the_hosts_it_reaches_and_names_the_others(world):
+    good = world.ship().release
+    by_name = {m.name: m for m in world.fleet.members}
+
+    def open_one(part: Inventory, _rep: object) -> FakeRemote:
+        if part.host.name == "web2":
+            raise HostUnreachable("connection refused")
+        remote = by_name[part.host.name].deps.remote
+        assert isinstance(remote, FakeRemote)
+        return remote
+
+    def make_deps(part: Inventory, _remote: object, _rep: object, _index: int) -> Deps:
+        return by_name[part.host.name].deps
+
+    with fleet.opened(world.inv, world.reporter, open_one, make_deps, partial=True) as fl:
+        assert [m.name for m in fl.members] == ["web1", "web3"]
+        assert fleet.status(fl) == 5  # the view is incomplete
+    columns, rows = world.reporter.tables[-1]
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("web1", good, "free"),
+        ("web2", "?", "unreachable"),
+        ("web3", good, "free"),
+    ]
+    assert any("web2: unreachable, left out: connection refused" in x for x in world.reporter.lines)
