@@ -236,3 +236,11 @@ def test_example_documents_every_blue_green_key():
     assert set(data) == set(inventory.StrategyConfig.model_fields)
     assert set(data["bake"]) == set(inventory.BakeConfig.model_fields)
     assert parsed.slots == inventory.SlotsConfig(blue=3001, green=3002)
+
+
+def test_example_documents_every_many_hosts_key():
+    text = (ROOT / "inventories" / "example.yml").read_text()
+    data = yaml.safe_load(text)
+    assert set(data["rollout"]) == set(inventory.RolloutConfig.model_fields)
+    block = text[text.index("\nhost_defaults:") : text.index("\nrollout:")]
+    assert all(key in block for key in inventory.HostDefaults.model_fields)
