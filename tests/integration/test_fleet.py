@@ -10,20 +10,23 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from deploy import demo, operations, sandbox
+from deploy import demo, inventory, operations, proxy, sandbox
+from deploy.model import Layout
 from deploy.operations import Options
 from deploy.report import RecordingReporter
 
 pytestmark = pytest.mark.integration
 
 PORTS = itertools.count(4650)
+SLOT_PORTS = itertools.count(4670, 2)
+PUBLIC_PORTS = itertools.count(8690)
 
 
 def extra_specs(base: str, state_root: Path) -> list[sandbox.SandboxSpec]:
@@ -177,6 +180,8 @@ def run(op: str, f: Fleet, env: str = "test", **kw: Any) -> tuple[int, Recording
         code = operations.run_status(env, opts, reporter=rep)
     elif op == "lock":
         code = operations.run_lock(env, opts, reporter=rep, **kw)
+    elif op == "setup":
+        code = operations.run_setup(env, opts, reporter=rep)
     else:
         raise AssertionError(op)
     return code, rep
@@ -255,3 +260,49 @@ def test_manual_lock_on_host_two_exit_4_and_no_host_changed(fleet: Fleet):
         "releases:\n.\n..\n" in fleet.listing(i) or "No such file" in fleet.listing(i)
         for i in range(2)
     )
+
+
+def test_blue_green_per_host_failure_on_host_two_puts_host_one_back(fleet: Fleet):
+    blue, public = next(SLOT_PORTS), next(PUBLIC_PORTS)
+    fleet.data["strategy"] = {
+        "kind": "blue-green",
+        "slots": {"blue": blue, "green": blue + 1},
+        "public_port": public,
+        "bake": {"seconds": 1},
+    }
+    fleet.data["process"]["env"] = {}  # the slots listen on loopback; nginx is the front door
+    fleet.write()
+    code, rep = run("setup", fleet)
+    assert code == 0, rep.lines
+    for i, info in enumerate(fleet.hosts):  # what root does once per host
+        demo.install_site(info, inventory.load(f"web{i + 1}", fleet.inv_dir))
+
+    def front_door(i: int) -> str:
+        url = f"http://{fleet.hosts[i].address}:{public}/version"
+        return str(httpx.get(url, timeout=5).json()["release"])
+
+    try:
+        code, rep = run("deploy", fleet)
+        assert code == 0, rep.lines
+        good = rep.outcomes[-1].release
+        assert [front_door(i) for i in range(3)] == [good] * 3
+
+        fleet.ssh(1, f"echo FAULT=ready_503 > {fleet.root}/shared/.env")
+        code, rep = run("deploy", fleet)
+        out = rep.outcomes[-1]
+        assert code == 3, rep.lines
+        assert [(h.host, h.result, h.live) for h in out.hosts] == [
+            ("web1", "rolled-back", good),
+            ("web2", "rejected", good),  # failed in its idle slot: never took traffic
+            ("web3", "untouched", good),
+        ]
+        assert [front_door(i) for i in range(3)] == [good] * 3
+    finally:
+        site = proxy.proxy_paths(Layout(PurePosixPath(fleet.root)), fleet.app).site
+        for i, info in enumerate(fleet.hosts):
+            fleet.ssh(i, f"pm2 delete {fleet.app}-blue {fleet.app}-green >/dev/null 2>&1", False)
+            subprocess.run(
+                info.ssh_argv(f"rm -f {site}; nginx -t -q && systemctl reload nginx", user="root"),
+                capture_output=True,
+                timeout=60,
+            )
