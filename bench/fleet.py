@@ -155,9 +155,7 @@ def breakdown(rep: TimedReporter, total: float) -> dict[str, float]:
     (connect, preflight, lock, state reads, promote, unlock)."""
 
     def spent(*prefixes: str) -> float:
-        return sum(
-            (s.end or s.start) - s.start for s in rep.spans if s.name.startswith(prefixes)
-        )
+        return sum((s.end or s.start) - s.start for s in rep.spans if s.name.startswith(prefixes))
 
     parts = {
         "build": spent("build artifact"),
