@@ -10,7 +10,10 @@ and the flow switches back:
   attempt is the signal, and answers of the old slot alone prove nothing: requests nginx's
   previous workers were still finishing after the switch are logged with it too);
 - the new slot's share of 5xx answers is above `max_error_ratio` (judged as soon as it served
-  `min_requests` requests, and once more at the end over whatever it served).
+  `min_requests` requests, and once more at the end over whatever it served);
+- where `bake.metrics` is configured, the same ratio by the app's own request counter
+  (deploy/metrics.py), read on the new slot's port: the difference since the start of the
+  bake, a counter that went backwards (a restart) or cannot be read being a failure too.
 
 Like deploy.gate, it takes its inputs as functions (probe, process snapshot, access-log reader),
 so it knows nothing about SSH, nginx or PM2, and a fake clock runs it without waiting.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 
 from deploy.clock import Clock
 from deploy.errors import GateFailed
+from deploy.metrics import MetricsWatch
 from deploy.model import ProcessSnapshot
 from deploy.proxy import TrafficSample
 
@@ -85,6 +89,7 @@ def watch(
     *,
     instances: int,
     on_event: Callable[[str], None] | None = None,
+    metrics: MetricsWatch | None = None,
 ) -> list[str]:
     """Run the bake; its evidence lines when it passes, GateFailed("bake", …) when not."""
     start = clock.monotonic()
@@ -106,6 +111,8 @@ def watch(
     baseline = snapshot()
     if not baseline.all_up(instances):
         raise fail(f"the new slot is not all online: {baseline.describe()}")
+    if metrics is not None and (why := metrics.begin()) is not None:
+        raise fail(why)
     rounds = 0
     while True:
         rounds += 1
@@ -130,7 +137,11 @@ def watch(
                 f"5xx ratio {tally.error_ratio:.3f} above {policy.max_error_ratio:g}: "
                 f"{tally.line()}"
             )
+        if metrics is not None and (why := metrics.check(done=done)) is not None:
+            raise fail(why)
         if done:
             event(f"ok after {rounds} rounds: {tally.line()}")
+            if metrics is not None:
+                event(f"ok {metrics.line()}")
             return [*lines, *(f"bake: {n}" for n in tally.notes)]
         clock.sleep(min(policy.interval, max(0.0, policy.seconds - elapsed())))

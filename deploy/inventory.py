@@ -424,6 +424,31 @@ class SlotsConfig(Strict):
         return self
 
 
+MetricName = Annotated[
+    str,
+    _pattern(
+        re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]{0,199}$"),
+        "use a Prometheus metric name such as http_requests_total",
+    ),
+]
+LabelName = Annotated[
+    str,
+    _pattern(re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"), "use a label name such as status"),
+]
+
+
+class BakeMetricsConfig(Strict):
+    """strategy.bake.metrics: the app's own request counter (Prometheus text), read on the new
+    slot's port at the start of the bake and at each round (deploy/metrics.py)."""
+
+    path: UrlPath = "/metrics"
+    counter: MetricName = "http_requests_total"  # a counter with a status label
+    status_label: LabelName = "status"
+    # 5xx per request counted by the app since the bake started, above which it fails
+    max_error_ratio: float = Field(0.05, ge=0, le=1)
+    min_requests: int = Field(20, ge=1, le=1_000_000)  # judged early once it counted this many
+
+
 class BakeConfig(Strict):
     """strategy.bake: how long the new release serves with the old one kept as backup."""
 
@@ -432,6 +457,7 @@ class BakeConfig(Strict):
     # served min_requests, and at the end of the window over whatever it served).
     max_error_ratio: float = Field(0.01, ge=0, le=1)
     min_requests: int = Field(20, ge=1, le=1_000_000)
+    metrics: BakeMetricsConfig | None = None  # off unless configured
 
 
 StrategyKind = Literal["in-place", "blue-green"]
@@ -584,6 +610,14 @@ class Inventory(Strict):
                 f"health.port ({self.health.port}) cannot be used with strategy.kind: "
                 "blue-green: each slot answers readiness on its own port (strategy.slots). "
                 "Remove health.port"
+            )
+        if self.strategy.bake.metrics is not None and self.expected_instances > 1:
+            raise ValueError(
+                f"strategy.bake.metrics cannot be used with process.instances: "
+                f"{self.process.instances}: each PM2 cluster worker keeps its own counters and "
+                "a read reaches one of them at random, so the bake could not tell a restart "
+                "from another worker. Remove strategy.bake.metrics (the access log still "
+                "counts 5xx answers) or run one instance"
             )
         return self
 

@@ -44,6 +44,15 @@ class SlotProc:
     release: str
     pids: tuple[int, ...]
     started_at: float
+    answered: dict[int, int] = field(default_factory=dict)  # status -> count (its /metrics)
+
+    def metrics(self) -> str:
+        lines = ["# TYPE http_requests_total counter"]
+        lines += [
+            f'http_requests_total{{route="/api/items",status="{status}"}} {n}'
+            for status, n in sorted(self.answered.items())
+        ]
+        return "\n".join(lines) + "\n"
 
 
 def app_status(fault: str, path: str) -> int:
@@ -138,6 +147,8 @@ class FakeHost:
                 tried.append((port, "502", "-"))
                 continue
             status = app_status(self.faults.get(rid, ""), path)
+            proc = self.slot_procs[self.slot_at(port) or ""]
+            proc.answered[status] = proc.answered.get(status, 0) + 1
             tried.append((port, str(status), "0.001"))
             answered = rid
             break
@@ -635,6 +646,8 @@ def app_handler(remote: FakeRemote) -> httpx.MockTransport:
             return httpx.Response(
                 200, json={"release": release, "revision": revision, "tag": tag}, headers=stamp
             )
+        if request.url.path == "/metrics" and (slot := h.slot_at(port)) is not None:
+            return httpx.Response(200, text=h.slot_procs[slot].metrics())
         if request.url.path.startswith("/api"):
             status = app_status(fault, request.url.path)
             return httpx.Response(status, json={"items": []}, headers=stamp)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from deploy import bake, commands, proxy
+from deploy import bake, commands, metrics, proxy
 from deploy.clock import Clock
 from deploy.commands import Cmd
 from deploy.errors import GateFailed, NotSwitched, RemoteCommandError
@@ -266,17 +266,38 @@ class BlueGreen:
                 max_error_ratio=self.config.bake.max_error_ratio,
                 min_requests=self.config.bake.min_requests,
             )
-            evidence += bake.watch(
-                probe,
-                lambda: self.host.slot_snapshot(new, timeout=self._read_timeout()),
-                traffic,
-                policy_b,
-                self.clock,
-                tally,
-                instances=inv.expected_instances,
-                on_event=self.reporter.command,
-            )
+            with contextlib.ExitStack() as stack:
+                evidence += bake.watch(
+                    probe,
+                    lambda: self.host.slot_snapshot(new, timeout=self._read_timeout()),
+                    traffic,
+                    policy_b,
+                    self.clock,
+                    tally,
+                    instances=inv.expected_instances,
+                    on_event=self.reporter.command,
+                    metrics=self._metrics_watch(stack, new),
+                )
         return evidence
+
+    def _metrics_watch(
+        self, stack: contextlib.ExitStack[bool | None], slot: Slot
+    ) -> metrics.MetricsWatch | None:
+        """The app's request counter on the new slot's own port (through its own tunnel, as
+        the gate probes readiness), when strategy.bake.metrics is configured."""
+        config = self.config.bake.metrics
+        if config is None:
+            return None
+        port = stack.enter_context(self.host.remote.tunnel(slot.port))
+        timeout = self.host.inventory.health.probe_timeout
+        client = stack.enter_context(self.http(f"http://127.0.0.1:{port}", timeout))
+        policy = metrics.MetricsPolicy(
+            counter=config.counter,
+            status_label=config.status_label,
+            max_error_ratio=config.max_error_ratio,
+            min_requests=config.min_requests,
+        )
+        return metrics.MetricsWatch(metrics.http_reader(client, config.path), policy)
 
     def _identity(self, client: httpx.Client, rid: str) -> str:
         """Which code answers through the front door: health.version when configured, else

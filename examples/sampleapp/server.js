@@ -56,7 +56,7 @@ function parseFault(raw) {
   const name = (colon === -1 ? raw : raw.slice(0, colon)).trim();
   const arg = colon === -1 ? '' : raw.slice(colon + 1).trim();
   if (['ready_503', 'ready_hang', 'boot_crash', 'wrong_contract', 'wrong_version'].includes(name) && !arg) return { name, raw };
-  if (['slow_ready', 'crash_after', 'errors_after', 'slow_api'].includes(name)) {
+  if (['slow_ready', 'crash_after', 'errors_after', 'slow_api', 'flaky_after'].includes(name)) {
     const delayMs = parseDuration(arg);
     if (delayMs !== null) return { name, raw, delayMs };
   }
@@ -102,6 +102,15 @@ function isReady() {
 // errors_after: healthy at first, then (a leak, a dependency gone bad) readiness 503 and the API 500.
 function degraded() {
   return Boolean(FAULT && FAULT.name === 'errors_after' && Date.now() - START >= FAULT.delayMs);
+}
+
+// flaky_after: after N seconds, one GET /api/items in three answers 500 while readiness stays
+// 200 — only the users (the access log, the app's own /metrics) see it.
+let apiCalls = 0;
+function flakyNow() {
+  if (!(FAULT && FAULT.name === 'flaky_after' && Date.now() - START >= FAULT.delayMs)) return false;
+  apiCalls += 1;
+  return apiCalls % 3 === 0;
 }
 
 // --------------------------------------------------------------- helpers --
@@ -232,7 +241,7 @@ const routes = [
   }],
   ['/api/items', {
     GET: (req, res) => {
-      if (degraded()) return send(res, 500, { error: 'internal' });
+      if (degraded() || flakyNow()) return send(res, 500, { error: 'internal' });
       const list = [...items.values()];
       if (FAULT && FAULT.name === 'wrong_contract') return send(res, 200, { data: list.map(brokenItem) });
       send(res, 200, { items: list });

@@ -5,6 +5,7 @@ really serves — the slot's own port before the switch, the front door after it
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,9 @@ class World:
     reporter: RecordingReporter
 
 
-def make_world(tmp_path: Path, repo: Path, strategy: str = "") -> World:
-    text = INVENTORY + "".join(f"  {line}\n" for line in strategy.splitlines() if line)
+def make_world(tmp_path: Path, repo: Path, strategy: str = "", *, instances: int = 2) -> World:
+    text = INVENTORY.replace("instances: 2", f"instances: {instances}")
+    text += "".join(f"  {line}\n" for line in strategy.splitlines() if line)
     inv = parse(text, source=tmp_path / "inventories" / "prod.yml", env="prod")
     clock = FakeClock()
     host = FakeHost(upstream=(BLUE, None))  # as `releasegate setup` leaves it
@@ -248,6 +250,49 @@ def test_server_errors_of_real_traffic_fail_the_bake(world: World):
     assert "5xx ratio" in out.message and world.host.current == good
     world.host.user_requests = 0
     assert answers(world) == {good}
+
+
+METRICS_ONLY = """bake:
+  seconds: 3
+  max_error_ratio: 1     # the access log's 5xx judgement off: only the app's counter speaks
+  metrics: {max_error_ratio: 0.05, min_requests: 20}
+"""
+
+
+def test_the_apps_own_counter_fails_the_bake_when_the_access_log_does_not(
+    tmp_path: Path, app_repo: Path
+):
+    w = make_world(tmp_path, app_repo, METRICS_ONLY, instances=1)
+    good = ship(w).release
+    w.host.user_requests = 10
+    out = ship(w, "errors_5xx")
+    assert out.exit_code == 3 and out.result == "rolled-back", w.reporter.lines
+    assert re.search(r"metrics: 5xx ratio 0\.\d+ > 0\.05 over \d+ requests", out.message)
+    assert any("FAIL metrics: 5xx ratio" in line for line in out.evidence)
+    assert w.host.current == good
+    w.host.user_requests = 0
+    assert answers(w) == {good}
+
+
+def test_without_the_metrics_signal_the_same_release_is_promoted(tmp_path: Path, app_repo: Path):
+    # the counterpart of the test above: what the metrics signal adds
+    w = make_world(tmp_path, app_repo, "bake: {seconds: 3, max_error_ratio: 1}", instances=1)
+    ship(w)
+    w.host.user_requests = 10
+    out = ship(w, "errors_5xx")
+    assert out.exit_code == 0 and out.result == "promoted", w.reporter.lines
+
+
+def test_a_healthy_release_passes_the_metrics_signal(tmp_path: Path, app_repo: Path):
+    w = make_world(tmp_path, app_repo, METRICS_ONLY, instances=1)
+    ship(w)
+    w.host.user_requests = 10
+    out = ship(w)
+    assert out.exit_code == 0 and out.result == "promoted", w.reporter.lines
+    assert any(
+        "metrics: " in line and "requests since the bake started, 0 5xx" in line
+        for line in out.evidence
+    ), out.evidence
 
 
 def test_nginx_refusing_the_switch_changes_nothing_live(world: World):

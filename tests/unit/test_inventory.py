@@ -197,6 +197,14 @@ def test_blue_green_settings_validate_and_default():
         ("{kind: blue-green, slots: {blue: 1, green: 2}, retire: never}", "retire"),
         ("{kind: blue-green, slots: {blue: 1, green: 2}, bake: {secs: 3}}", "bake.secs: unknown"),
         ("{kind: canary}", "strategy.kind"),
+        (
+            "{kind: blue-green, slots: {blue: 1, green: 2}, bake: {metrics: {counter: 'a b'}}}",
+            "use a Prometheus metric name",
+        ),
+        (
+            "{kind: blue-green, slots: {blue: 1, green: 2}, bake: {metrics: {label: code}}}",
+            "bake.metrics.label: unknown",
+        ),
     ],
 )
 def test_strategy_errors_name_the_key_and_the_fix(strategy, words):
@@ -235,6 +243,7 @@ def test_example_documents_every_blue_green_key():
     parsed = inventory.StrategyConfig.model_validate({**data, "kind": "blue-green"})
     assert set(data) == set(inventory.StrategyConfig.model_fields)
     assert set(data["bake"]) == set(inventory.BakeConfig.model_fields)
+    assert set(data["bake"]["metrics"]) == set(inventory.BakeMetricsConfig.model_fields)
     assert parsed.slots == inventory.SlotsConfig(blue=3001, green=3002)
 
 
@@ -244,3 +253,26 @@ def test_example_documents_every_many_hosts_key():
     assert set(data["rollout"]) == set(inventory.RolloutConfig.model_fields)
     block = text[text.index("\nhost_defaults:") : text.index("\nrollout:")]
     assert all(key in block for key in inventory.HostDefaults.model_fields)
+
+
+def test_the_bake_metrics_signal_is_off_unless_configured_and_defaults_to_the_common_names():
+    bare = inventory.StrategyConfig.model_validate(BLUE_GREEN)
+    assert bare.bake.metrics is None
+    on = inventory.StrategyConfig.model_validate({**BLUE_GREEN, "bake": {"metrics": {}}})
+    assert on.bake.metrics == inventory.BakeMetricsConfig(
+        path="/metrics",
+        counter="http_requests_total",
+        status_label="status",
+        max_error_ratio=0.05,
+        min_requests=20,
+    )
+
+
+def test_the_bake_metrics_signal_is_refused_in_pm2_cluster_mode():
+    # each worker counts alone: a read reaches one at random, so deltas would mean nothing
+    msg = err(
+        GOOD.replace("port: 3000}", "port: 3000, instances: 4}")
+        + "strategy: {kind: blue-green, slots: {blue: 3001, green: 3002}, bake: {metrics: {}}}\n"
+    )
+    assert "strategy.bake.metrics cannot be used with process.instances: 4" in msg
+    assert "Remove strategy.bake.metrics" in msg
