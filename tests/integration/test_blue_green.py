@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -366,6 +367,46 @@ def test_a_release_that_goes_bad_after_the_switch_is_caught_by_the_bake(
         f"{fault}: reverted during the bake; revert decision -> switch back done "
         f"{(switched - decided) * 1000:.0f} ms, -> last answer of the new release "
         f"{only_old * 1000:.0f} ms (new connections, 20 ms apart); {seen.line()}",
+    )
+
+
+def test_the_apps_own_counter_reverts_a_release_the_access_log_signal_does_not_judge(
+    app: App, capsys: pytest.CaptureFixture[str]
+):
+    """flaky_after:7 answers 500 to one GET /api/items in three once it has run 7 s (after
+    the switch), readiness staying 200. The access log's 5xx judgement is off
+    (max_error_ratio: 1); the app's own /metrics, read on its slot's port, reverts it."""
+    good = app.good()
+    app.configure(
+        process={"instances": 1},  # one process per slot: the counter is the slot's count
+        strategy={
+            "bake": {
+                "seconds": 15,
+                "max_error_ratio": 1,
+                "metrics": {"max_error_ratio": 0.05, "min_requests": 20},
+            }
+        },
+    )
+    address = app.t.vps.address
+    api = Load(address, app.public_port, "/api/items", rate=20, max_seconds=240, timeout=5)
+    with app.traffic() as seen, api:
+        code, rep = app.deploy("flaky_after:7")
+    out = rep.outcomes[-1]
+    assert code == 3 and out.result == "rolled-back", "\n".join(rep.lines)
+    assert re.search(
+        r"bake gate failed: metrics: 5xx ratio 0\.\d+ > 0\.05 over \d+ requests", out.message
+    ), out.message
+    assert app.live() == good and app.t.current() == good
+    assert app.t.state_of(str(out.release)) == "bad"
+    assert seen.failed == [], seen.failed[:5]  # /version never failed
+    # users of the API saw the 500s until the revert, and only 200s once the old slot served
+    errors = [h for h in api.hits() if h.status == 500]
+    assert errors, "the release never answered 500: the test proved nothing"
+    assert {h.status for h in api.hits() if h.sent > errors[-1].done} <= {200}
+    assert len(app.slot_apps()) == 1  # its slot was stopped
+    report(
+        capsys,
+        f"flaky_after:7: reverted by the metrics signal; {len(errors)} API 500s; {seen.line()}",
     )
 
 
