@@ -50,10 +50,10 @@ def test_the_counter_name_may_be_given_without_its_total_suffix():
 
 
 def test_a_counter_that_went_backwards_is_a_restart_not_a_negative_count():
-    with pytest.raises(metrics.MetricsUnreadable, match="went backwards.*500.*40 -> 3"):
+    with pytest.raises(metrics.MetricsUnreadable, match=r"went backwards.*500.*40 -> 3"):
         metrics.compare(reading(page(500, 40)), reading(page(600, 3)))
     # a series that vanished (a new process that has not answered a 500 yet) is the same
-    with pytest.raises(metrics.MetricsUnreadable, match="went backwards.*-> gone"):
+    with pytest.raises(metrics.MetricsUnreadable, match=r"went backwards.*-> gone"):
         metrics.compare(reading(page(500, 40)), reading(page(600)))
 
 
