@@ -83,6 +83,7 @@ class App:
     t: Target
     public_port: int
     slots: dict[str, int]
+    pm2: str = "pm2"
 
     @property
     def paths(self) -> proxy.ProxyPaths:
@@ -131,7 +132,7 @@ class App:
         return {line.split()[0]: line.split()[1].rsplit("/", 1)[-1] for line in out.splitlines()}
 
     def slot_apps(self) -> dict[str, list[dict[str, Any]]]:
-        procs = json.loads(self.t.ssh("pm2 jlist").stdout)
+        procs = json.loads(self.t.ssh(f"{self.pm2} jlist").stdout)
         out: dict[str, list[dict[str, Any]]] = {}
         for p in procs:
             if p["name"].startswith(f"{self.t.app}-"):
@@ -189,9 +190,9 @@ def _slot_at(slots: dict[str, int], port: int) -> str | None:
     return next((name for name, p in slots.items() if p == port), None)
 
 
-@pytest.fixture(scope="module")
-def bg(vps: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    tmp = tmp_path_factory.mktemp("bg")
+@contextlib.contextmanager
+def _bg_app(vps: SandboxInfo, tmp: Path, pm2: str = "pm2") -> Iterator[App]:
+    """A blue/green app on the sandbox, its site installed by root; gone afterwards."""
     tag = uuid.uuid4().hex[:6]
     repo = demo.make_app_repo(tmp)
     blue = next(SLOTS)
@@ -213,7 +214,7 @@ def bg(vps: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
             "repo": str(repo),
             "install": "npm ci --omit=dev --offline --no-audit --no-fund",
         },
-        "process": {"command": "server.js", "port": 4899, "instances": 2},
+        "process": {"command": "server.js", "port": 4899, "instances": 2, "pm2": pm2},
         "health": dict(HEALTH),
         "smoke": {"packs": [str(repo / "smoke.yml")]},
         "strategy": {
@@ -225,7 +226,7 @@ def bg(vps: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     }
     t = Target(vps=vps, data=data, dir=tmp, repo=repo)
     t.write()
-    app = App(t, public, slots)
+    app = App(t, public, slots, pm2)
     rep = RecordingReporter()
     assert operations.run_setup("test", Options(inventories=t.inv_dir), reporter=rep) == 0
     assert "wrote" in rep.outcomes[-1].message, "\n".join(rep.lines)
@@ -236,13 +237,20 @@ def bg(vps: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
         yield app
     finally:
         t.ssh(
-            f"pm2 delete {t.app}-blue {t.app}-green >/dev/null 2>&1; pm2 save --force", check=False
+            f"{pm2} delete {t.app}-blue {t.app}-green >/dev/null 2>&1; {pm2} save --force",
+            check=False,
         )
         with contextlib.suppress(AssertionError):
             app.as_root(
                 f"rm -f {app.paths.site} {app.paths.access_log}; nginx -t -q && "
                 f"systemctl reload nginx; rm -rf {t.root}"
             )
+
+
+@pytest.fixture(scope="module")
+def bg(vps: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    with _bg_app(vps, tmp_path_factory.mktemp("bg")) as app:
+        yield app
 
 
 @pytest.fixture
@@ -368,6 +376,57 @@ def test_a_release_that_goes_bad_after_the_switch_is_caught_by_the_bake(
         f"{(switched - decided) * 1000:.0f} ms, -> last answer of the new release "
         f"{only_old * 1000:.0f} ms (new connections, 20 ms apart); {seen.line()}",
     )
+
+
+# PM2 with a daemon of its own whose cluster master leaves connections to the kernel
+# (docs/blue-green.md, "PM2 cluster mode and a release that crashes").
+PM2_SCHED_NONE = """#!/bin/sh
+export NODE_CLUSTER_SCHED_POLICY=none PM2_HOME="$HOME/.pm2-sched-none"
+exec pm2 "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def bg_sched_none(vps: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    wrapper = f"/home/{vps.user}/bin/pm2-sched-none"
+    install = subprocess.run(
+        [*vps.ssh_argv(f"mkdir -p ~/bin && cat > {wrapper} && chmod 0755 {wrapper}")],
+        input=PM2_SCHED_NONE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert install.returncode == 0, install.stderr
+    try:
+        with _bg_app(vps, tmp_path_factory.mktemp("bgnone"), pm2=wrapper) as app:
+            yield app
+    finally:
+        subprocess.run([*vps.ssh_argv(f"{wrapper} kill")], capture_output=True, timeout=60)
+
+
+def test_a_cluster_release_that_crashes_after_the_switch_fails_no_request_under_sched_none(
+    bg_sched_none: App, capsys: pytest.CaptureFixture[str]
+):
+    """The cluster-mode variant of crash_after:7, with the PM2 daemon's cluster master set to
+    leave connections to the kernel (NODE_CLUSTER_SCHED_POLICY=none): a worker that dies
+    takes its connections with it (reset: nginx retries them on the backup) instead of
+    leaving one open, unanswered, in the daemon. Every instance dies 7 s after it started."""
+    app = bg_sched_none
+    good = app.good()
+    environ = "/proc/$(cat ~/.pm2-sched-none/pm2.pid)/environ"
+    daemon = app.t.ssh(f"tr '\\0' '\\n' < {environ} | grep -cx NODE_CLUSTER_SCHED_POLICY=none")
+    assert daemon.stdout.strip() == "1", "the test's PM2 daemon does not run with SCHED_NONE"
+    app.configure(strategy={"bake": {"seconds": 15}})
+    with app.traffic() as seen:
+        code, rep = app.deploy("crash_after:7")
+    out = rep.outcomes[-1]
+    assert code == 3 and out.result == "rolled-back", "\n".join(rep.lines)
+    assert "bake gate failed" in out.message
+    assert seen.failed == [], seen.failed[:5]
+    assert app.live() == good and app.t.current() == good
+    procs = app.slot_apps()
+    assert len(procs) == 1 and len(next(iter(procs.values()))) == 2  # cluster, its slot stopped
+    report(capsys, f"crash_after:7 (cluster, SCHED_NONE): reverted by the bake; {seen.line()}")
 
 
 def test_the_apps_own_counter_reverts_a_release_the_access_log_signal_does_not_judge(
