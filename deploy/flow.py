@@ -445,6 +445,8 @@ def setup_front_door(d: Deps, host: HostOps) -> str:
             "(mode 0440, check with `visudo -cf`): the systemd slots' allowlist "
             "(docs/systemd.md):\n" + "\n".join(host.manager.sudoers())
         )
+    if (note := way.cluster_note()) is not None:
+        d.reporter.info(note)
     return (
         f"{'wrote' if written else 'kept the existing'} {way.paths.upstream}"
         + (f" (slot blue, 127.0.0.1:{way.slots.blue.port})" if written else "")

@@ -500,6 +500,23 @@ class BlueGreen:
             checks += self.host.manager.judge_slots_allowlist(stdout)
         return checks
 
+    def cluster_note(self) -> str | None:
+        """`releasegate setup`, PM2 cluster mode: the PM2 daemon is Node's cluster primary; with
+        Node's default round-robin scheduling, a worker that dies while the daemon hands it a
+        connection leaves that request unanswered (docs/blue-green.md)."""
+        inv = self.host.inventory
+        if inv.process.manager != "pm2" or inv.process.instances < 2:
+            return None
+        return (
+            f"PM2 cluster mode (instances: {inv.process.instances}): start the PM2 daemon with "
+            "NODE_CLUSTER_SCHED_POLICY=none in its environment (in the unit `pm2 startup` "
+            "wrote: `Environment=NODE_CLUSTER_SCHED_POLICY=none`, then `pm2 kill` and start "
+            "that unit). With Node's default round-robin, a worker that crashes while the "
+            "daemon hands it a connection leaves that request unanswered until nginx's "
+            "proxy_read_timeout (60 s): a release that crashes after the switch can then cost "
+            "one request, where it costs none in fork mode (docs/blue-green.md)"
+        )
+
     def setup_steps(self) -> list[Cmd]:
         """`releasegate setup`: the first upstream file (the blue slot), only if none exists."""
         return [proxy.ensure_upstream(self.paths, proxy.Upstream(self.slots.blue.port))]

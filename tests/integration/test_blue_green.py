@@ -336,10 +336,12 @@ def test_a_release_that_goes_bad_after_the_switch_is_caught_by_the_bake(
     (crash_after: nginx passes each request to the backup, PM2 restarts it) or it answers
     readiness 503 and its API 500 (errors_after). The bake catches it and switches back.
 
-    crash_after runs in fork mode: in PM2 cluster mode the PM2 daemon is Node's cluster master,
-    and a worker that dies at the instant the master hands it a connection leaves that
-    connection open in the master, unanswered (seen once in about a dozen runs): nginx then
-    waits proxy_read_timeout before it retries on the backup. docs/blue-green.md says so."""
+    crash_after runs in fork mode here: in PM2 cluster mode under Node's default round-robin,
+    a worker that dies at the instant the daemon hands it a connection leaves that connection
+    open in the daemon, unanswered (once in about a dozen runs); nginx then waits
+    proxy_read_timeout before it retries on the backup. The cluster variant, under a daemon
+    with NODE_CLUSTER_SCHED_POLICY=none, is test_a_cluster_release_that_crashes_… below
+    (docs/blue-green.md, "PM2 cluster mode and a release that crashes")."""
     good = app.good()
     app.configure(strategy={"bake": {"seconds": 15}})
     if fault.startswith("crash_after"):

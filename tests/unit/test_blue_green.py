@@ -481,3 +481,18 @@ def test_ctrl_c_while_gating_in_the_slot_stops_it_and_changes_nothing_live(world
     new = next(r for r in h.releases if r != good)
     assert state_of(h, new) == "ready"  # not judged: not bad
     assert h.lock is None
+
+
+@pytest.mark.parametrize("instances", [2, 1])
+def test_setup_tells_a_cluster_mode_app_how_to_start_the_pm2_daemon(
+    tmp_path: Path, app_repo: Path, instances: int
+):
+    # a cluster worker that crashes while the daemon hands it a connection hangs that request
+    # under Node's round-robin (docs/blue-green.md); fork mode has no such handoff
+    w = make_world(tmp_path, app_repo, instances=instances)
+    flow.setup_front_door(w.deps, flow.host_ops(w.deps))
+    text = "\n".join(w.reporter.lines)
+    if instances > 1:
+        assert "Environment=NODE_CLUSTER_SCHED_POLICY=none" in text
+    else:
+        assert "NODE_CLUSTER_SCHED_POLICY" not in text
