@@ -55,7 +55,7 @@ RELOAD_ARGV = (NGINX, "-s", "reload")
 SWITCH_WRITE_FAILED = 80  # the new file could not be written; nothing changed
 SWITCH_REFUSED = 81  # `nginx -t` refused the new upstream; previous file back, no reload
 SWITCH_RELOAD_FAILED = 82  # the reload failed; previous file back and reloaded back
-SWITCH_NOT_ALLOWED = 83  # the sudo allowlist is missing; nothing touched
+SWITCH_NOT_ALLOWED = 83  # the sudo allowlist is missing; previous file back, no reload
 SWITCH_RESTORE_FAILED = 84  # the previous file could not be put back: state unknown
 SWITCHED = "@@switched"
 
@@ -158,12 +158,15 @@ SWITCH_SCRIPT = r"""
 trap '' HUP PIPE
 file="$1"; text="$2"; log="$3"; pidfile="$4"; ticks="$5"
 prev="$file.prev"; next="$file.next"
-if ! sudo -n -l /usr/sbin/nginx -t >/dev/null 2>&1 ||
-   ! sudo -n -l /usr/sbin/nginx -s reload >/dev/null 2>&1; then
+# The allowlist is asked about (`sudo -l`, ~15-40 ms each) only when a sudo call failed: a
+# revert must not pay for it. Until the reload ran, putting the previous file back is all it
+# takes for nothing to have changed.
+not_allowed() {
+  sudo -n -l /usr/sbin/nginx -t >/dev/null 2>&1 &&
+    sudo -n -l /usr/sbin/nginx -s reload >/dev/null 2>&1 && return 1
   echo "sudo -n may not run '/usr/sbin/nginx -t' and '/usr/sbin/nginx -s reload' as" \
     "$(id -un) here: install the sudoers allowlist (docs/blue-green.md)" >&2
-  exit 83
-fi
+}
 mkdir -p -- "${file%/*}" || exit 80
 had=0
 if [ -e "$file" ]; then cp -p -- "$file" "$prev" || exit 80; had=1; fi
@@ -176,6 +179,7 @@ restore() {
   if [ "$had" = 1 ]; then mv -f -- "$prev" "$file"; else rm -f -- "$file"; fi
 }
 if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then
+  if not_allowed; then restore || exit 84; exit 83; fi
   if ! restore; then
     printf 'nginx -t refused the new upstream and %s could not be put back:\n%s\n' \
       "$file" "$out" >&2
@@ -187,8 +191,9 @@ if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then
 fi
 offset=$(stat -c %s -- "$log" 2>/dev/null || echo 0)
 old=$(pgrep -P "$(cat -- "$pidfile" 2>/dev/null)" 2>/dev/null | tr '\n' ' ')
-applied=
+applied=; ran=
 if out=$(sudo -n /usr/sbin/nginx -s reload 2>&1); then
+  ran=1
   # nginx starts new workers, gives them 100 ms, then tells the old ones to stop accepting
   # ("worker process is shutting down"). Waiting for that makes a switch that returns mean
   # "every new connection gets the new upstream", and turns a reload nginx did not apply
@@ -211,6 +216,7 @@ if out=$(sudo -n /usr/sbin/nginx -s reload 2>&1); then
   done
 fi
 if [ -z "$applied" ]; then
+  if [ -z "$ran" ] && not_allowed; then restore || exit 84; exit 83; fi
   if ! restore; then
     printf 'nginx reload failed and %s could not be put back:\n%s\n' "$file" "$out" >&2
     exit 84

@@ -260,7 +260,7 @@ FAKE_SUDO = r"""#!/bin/sh
 [ "$1" = -n ] || { echo "fake sudo: -n missing, would prompt" >&2; exit 2; }
 shift
 listing=
-if [ "$1" = -l ]; then listing=1; shift; fi
+if [ "$1" = -l ]; then listing=1; shift; echo "sudo -l $*" >>"$LOG.listing"; fi
 if ! grep -qxF -- "$*" "$ALLOW"; then echo "sudo: a password is required" >&2; exit 1; fi
 [ -n "$listing" ] && { echo "$*"; exit 0; }
 echo "sudo $*" >>"$LOG"
@@ -316,6 +316,10 @@ class Box:
 
     def sudo_calls(self) -> list[str]:
         return self.log.read_text().splitlines()
+
+    def sudo_listings(self) -> list[str]:
+        listing = self.log.with_name(self.log.name + ".listing")
+        return listing.read_text().splitlines() if listing.exists() else []
 
     def nginx(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -461,14 +465,36 @@ def test_a_reload_nginx_does_not_apply_is_a_failed_switch(box: Box, slots: dict[
     assert get(box) == "blue"
 
 
-def test_without_the_allowlist_nothing_is_touched(box: Box):
+@pytest.mark.parametrize(
+    "allowed, ran",
+    [
+        ("/usr/sbin/nginx -t\n", ["sudo /usr/sbin/nginx -t"]),  # the reload line is missing
+        ("/usr/sbin/nginx -s reload\n", []),  # the test line is missing
+        ("", []),
+    ],
+)
+def test_without_the_allowlist_nothing_changes(box: Box, allowed: str, ran: list[str]):
+    # The allowlist is only asked about once a sudo call failed (a switch must not pay for
+    # `sudo -l` twice): the previous file is back and nginx was never reloaded.
     write_upstream(box, proxy.Upstream(3001))
-    box.allow.write_text("/usr/sbin/nginx -t\n")  # the reload line is missing
+    box.allow.write_text(allowed)
     res = box.run(proxy.switch(box.paths, proxy.Upstream(3002)))
-    assert res.returncode == proxy.SWITCH_NOT_ALLOWED
+    assert res.returncode == proxy.SWITCH_NOT_ALLOWED, res.stderr
     assert "docs/blue-green.md" in res.stderr
     assert proxy.parse_upstream(box.upstream.read_text()) == proxy.Upstream(3001)
-    assert box.sudo_calls() == []
+    assert box.sudo_calls() == ran
+    assert not (box.upstream.parent / "upstream.conf.prev").exists()
+
+
+def test_a_switch_asks_sudo_for_nothing_but_the_test_and_the_reload(
+    box: Box, slots: dict[str, int]
+):
+    write_upstream(box, proxy.Upstream(slots["blue"]))
+    assert box.nginx().returncode == 0
+    res = box.run(proxy.switch(box.paths, proxy.Upstream(slots["green"])))
+    assert res.returncode == 0, res.stderr
+    assert box.sudo_calls() == ["sudo /usr/sbin/nginx -t", "sudo /usr/sbin/nginx -s reload"]
+    assert box.sudo_listings() == []
 
 
 def test_an_unwritable_upstream_directory_changes_nothing(box: Box):
