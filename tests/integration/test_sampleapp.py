@@ -468,6 +468,21 @@ def test_fault_errors_after(start_app: Callable[..., App]) -> None:
     assert app.get("/version").status_code == 200 and app.get("/health/live").status_code == 200
 
 
+def test_fault_flaky_after(start_app: Callable[..., App]) -> None:
+    from deploy import metrics
+
+    app = start_app(env={"FAULT": "flaky_after:1"})
+    assert [app.get("/api/items").status_code for _ in range(6)] == [200] * 6
+    wait_until(lambda: app.get("/api/items").status_code == 500, 10, what="flaky")
+    statuses = [app.get("/api/items").status_code for _ in range(30)]
+    assert statuses.count(500) == 10 and statuses.count(200) == 20  # one in three
+    assert app.get("/health/ready").status_code == 200  # readiness never shows it
+    # the app's own counter says so, in text prometheus_client's parser reads
+    reading = metrics.parse(app.get("/metrics").text, "http_requests_total", "status")
+    errors = sum(v for k, v in reading.series.items() if reading.status_of(k) == "500")
+    assert errors >= 11
+
+
 def test_fault_slow_ready(start_app: Callable[..., App]) -> None:
     app = start_app(env={"FAULT": "slow_ready:2"})
     started = time.monotonic()
