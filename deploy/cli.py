@@ -6,13 +6,17 @@ import sys
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from deploy import operations
-from deploy.operations import Options
+# Only click and light modules at import time: every command imports what it needs when it
+# runs (deploy.operations does the same), so --help and config errors start fast.
+from deploy.options import Options
 from smoke.cli import attach
-from smoke.commands import Target
+
+if TYPE_CHECKING:
+    from smoke.commands import Target
 
 EXIT_CODES = """\b
 Exit codes:
@@ -83,6 +87,8 @@ def deploy(
     dry_run: bool,
 ) -> None:
     """Ship, activate and gate a release of ENV; roll back automatically if the gate fails."""
+    from deploy import operations
+
     opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run, clean_install=clean_install)
     sys.exit(operations.run_deploy(env, opts, revision=revision, allow_dirty=allow_dirty))
 
@@ -95,6 +101,8 @@ def deploy(
 @click.pass_obj
 def rollback(opts: Options, env: str, to: str | None, lock_wait: float, dry_run: bool) -> None:
     """Activate the previous good release (or --to ID) and gate it like a deploy."""
+    from deploy import operations
+
     opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run)
     sys.exit(operations.run_rollback(env, opts, to=to))
 
@@ -111,6 +119,8 @@ def rollback(opts: Options, env: str, to: str | None, lock_wait: float, dry_run:
 @click.pass_obj
 def resolve(opts: Options, env: str, mark_good: str | None, reason: str | None) -> None:
     """Clear ENV's needs-human mark left by a failed rollback, after you fixed the cause."""
+    from deploy import operations
+
     sys.exit(operations.run_resolve(env, opts, mark_good=mark_good, reason=reason))
 
 
@@ -121,6 +131,8 @@ def resolve(opts: Options, env: str, mark_good: str | None, reason: str | None) 
 @click.pass_obj
 def preflight(opts: Options, env: str, revision: str | None, allow_dirty: bool) -> None:
     """Run every preflight check and list ok/fail, detail and fix (exit 5 on a failure)."""
+    from deploy import operations
+
     sys.exit(operations.run_preflight(env, opts, revision=revision, allow_dirty=allow_dirty))
 
 
@@ -129,6 +141,8 @@ def preflight(opts: Options, env: str, revision: str | None, allow_dirty: bool) 
 @click.pass_obj
 def setup(opts: Options, env: str) -> None:
     """Create the deploy root's layout on the host (releases/, shared/, .releasegate/)."""
+    from deploy import operations
+
     sys.exit(operations.run_setup(env, opts))
 
 
@@ -137,6 +151,8 @@ def setup(opts: Options, env: str) -> None:
 @click.pass_obj
 def releases(opts: Options, env: str) -> None:
     """Releases on the host: id, revision, state, created, actor, duration, markers."""
+    from deploy import operations
+
     sys.exit(operations.run_releases(env, opts))
 
 
@@ -148,6 +164,8 @@ def releases(opts: Options, env: str) -> None:
 @click.pass_obj
 def history(opts: Options, env: str, op: str | None, release: str | None, limit: int) -> None:
     """The host's journal, newest first."""
+    from deploy import operations
+
     sys.exit(operations.run_history(env, opts, op=op, release=release, limit=limit))
 
 
@@ -157,6 +175,8 @@ def history(opts: Options, env: str, op: str | None, release: str | None, limit:
 @click.pass_obj
 def lock_cmd(opts: Options, env: str, message: str) -> None:
     """Take a manual lock that blocks deploys and rollbacks until `unlock`."""
+    from deploy import operations
+
     sys.exit(operations.run_lock(env, opts, message=message))
 
 
@@ -167,6 +187,8 @@ def lock_cmd(opts: Options, env: str, message: str) -> None:
 @click.pass_obj
 def unlock(opts: Options, env: str, force: bool, reason: str | None) -> None:
     """Release your manual lock, or (--force --reason) an abandoned one."""
+    from deploy import operations
+
     sys.exit(operations.run_unlock(env, opts, force=force, reason=reason))
 
 
@@ -175,6 +197,8 @@ def unlock(opts: Options, env: str, force: bool, reason: str | None) -> None:
 @click.pass_obj
 def status(opts: Options, env: str) -> None:
     """Current release, last good, process state, lock holder and releases."""
+    from deploy import operations
+
     sys.exit(operations.run_status(env, opts))
 
 
@@ -185,6 +209,8 @@ def status(opts: Options, env: str) -> None:
 @click.pass_obj
 def trust_host(opts: Options, env: str, yes: bool, replace: bool) -> None:
     """Show the host's SHA256 key fingerprint and pin it in known_hosts."""
+    from deploy import operations
+
     sys.exit(
         operations.run_trust_host(
             env,
@@ -301,6 +327,8 @@ def demo(opts: Options, where: str) -> None:
 
 
 def _smoke_target(env: str) -> AbstractContextManager[Target]:
+    from deploy import operations
+
     opts = click.get_current_context().find_root().obj
     return operations.smoke_target(env, opts)
 

@@ -128,3 +128,11 @@ class GateFailed(ReleasegateError):
         super().__init__(f"{gate} gate failed: {reason}", evidence=evidence)
         self.gate = gate
         self.reason = reason
+
+
+class Signalled(BaseException):
+    """SIGTERM as an exception, like KeyboardInterrupt is for SIGINT (the CLI installs it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

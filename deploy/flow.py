@@ -40,6 +40,7 @@ from deploy.errors import (
     NotSwitched,
     PreflightFailed,
     ReleasegateError,
+    Signalled,
 )
 from deploy.gate import (
     MIN_READ_TIMEOUT,
@@ -77,15 +78,6 @@ from deploy.strategies.in_place import InPlace
 from smoke.model import Pack
 from smoke.pack import PackError
 from smoke.runner import run_packs
-
-
-class Signalled(BaseException):
-    """SIGTERM as an exception, like KeyboardInterrupt is for SIGINT (the CLI installs it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
 
 HttpFactory = Callable[[str, float], httpx.Client]
 

@@ -24,10 +24,11 @@ from pydantic import (
 )
 
 from deploy.errors import ConfigError
+from deploy.inventory_files import inventory_path as inventory_path
+from deploy.inventory_files import locate
 from deploy.release_env import RESERVED as RESERVED_ENV
 from smoke.config import SmokeSettings
 
-ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ADDRESS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9a-fA-F:]+\]?$")
@@ -660,24 +661,8 @@ class Inventory(Strict):
         return (self.base_dir / Path(self.host.identity_file).expanduser()).resolve()
 
 
-def inventory_path(env: str, directory: Path) -> Path:
-    if not ENV_NAME.match(env):
-        raise ConfigError(
-            f"environment name {env!r} is not valid: use lowercase letters, digits, '-' or '_' "
-            f"(for example prod or staging); it names the file inventories/<env>.yml"
-        )
-    return directory / f"{env}.yml"
-
-
 def load(env: str, directory: Path) -> Inventory:
-    path = inventory_path(env, directory)
-    if not path.is_file():
-        known = sorted(p.stem for p in directory.glob("*.yml")) if directory.is_dir() else []
-        hint = f"known environments: {', '.join(known)}" if known else "no inventories found"
-        raise ConfigError(
-            f"{path}: no such inventory file. Create it from inventories/example.yml, "
-            f"or pick an existing environment ({hint})."
-        )
+    path = locate(env, directory)
     return parse(path.read_text(encoding="utf-8"), source=path, env=env)
 
 

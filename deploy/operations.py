@@ -1,4 +1,5 @@
-"""Composition: the functions behind both doors (Click in deploy.cli, Invoke in tasks.py).
+"""Composition: the functions behind both doors (Click in deploy.cli; Invoke in deploy.tasks,
+generated from the Click commands).
 
 Each `run_*` reads the inventory, builds the real seams (SSH, clock, reporter), calls the
 flow and returns the exit code. Errors a user can cause end here as one clear paragraph.
@@ -6,64 +7,60 @@ flow and returns the exit code. Errors a user can cause end here as one clear pa
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import signal
-import socket
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING
 
-import paramiko
-
-from deploy import fleet, fleet_ops, flow, github, inventory, journal, notify, secrets
-from deploy.artifact import Source
-from deploy.artifact import build as artifact_build
-from deploy.clock import SystemClock
+# Only what every command needs is imported here: SSH, validation models, HTTP and the flow
+# are imported by the function that uses them, so `--help` and a config error start fast
+# (docs/performance.md; tests/unit/test_cli_startup.py keeps it so).
 from deploy.errors import (
     AbortedBeforeLive,
     ConfigError,
     HostKeyRefused,
     PreflightFailed,
     ReleasegateError,
+    Signalled,
 )
-from deploy.flow import Deps, Signalled
-from deploy.inventory import Inventory
-from deploy.model import Outcome
-from deploy.plan import PlanRemote
-from deploy.preflight import Check
+from deploy.inventory_files import locate
+from deploy.options import DEFAULT_INVENTORIES as DEFAULT_INVENTORIES
+from deploy.options import Options as Options
 from deploy.redact import Redactor
-from deploy.remote import SshRemote, fingerprint, known_hosts_name
 from deploy.report import JsonReporter, PlainReporter, Reporter, RichReporter
-from smoke.commands import Target, TargetUnavailable, target_from_settings
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from deploy import fleet_ops, inventory, notify
+    from deploy.artifact import Source
+    from deploy.flow import Deps
+    from deploy.inventory import Inventory
+    from deploy.model import Outcome
+    from deploy.preflight import Check
+    from deploy.remote import SshRemote
+    from smoke.commands import Target
 
 PROJECT = Path(__file__).resolve().parent.parent
-DEFAULT_INVENTORIES = Path("inventories")
-
-
-@dataclass(frozen=True)
-class Options:
-    inventories: Path = DEFAULT_INVENTORIES
-    plain: bool = False
-    verbose: bool = False
-    lock_wait: float = 0.0
-    json: bool = False
-    dry_run: bool = False
-    clean_install: bool = False
 
 
 def machine() -> str:
     """This machine's name in lock records: RELEASEGATE_MACHINE when set (containers that share
     a hostname; tests that play a second machine), else the hostname."""
+    import socket
+
     return os.environ.get("RELEASEGATE_MACHINE") or socket.gethostname()
 
 
 def actor() -> str:
+    import getpass
+    import socket
+
     who = os.environ.get("RELEASEGATE_ACTOR")
     if who:
         return who
@@ -87,8 +84,10 @@ def make_reporter(
         inner = RichReporter(redact=redact, verbose=opts.verbose)
     else:
         inner = PlainReporter(redact=redact, verbose=opts.verbose)
-    if not github.under_actions(environ):
+    if environ.get("GITHUB_ACTIONS") != "true":
         return inner
+    from deploy import github
+
     summary = environ.get("GITHUB_STEP_SUMMARY")
     return github.ActionsReporter(
         inner, redact=redact, summary_path=Path(summary) if summary else None, env=env
@@ -112,6 +111,9 @@ def local_preflight(inv: Inventory, redact: Redactor) -> tuple[tuple[Check, ...]
     """The checks made on this machine, and the secrets part of the release's env snapshot
     built from the secret sources (its values go into the redaction filter before anything
     else happens)."""
+    from deploy import secrets
+    from deploy.preflight import Check
+
     checks = [Check("inventory", True, f"{inv.source} is valid")]
     missing = [n for n in inv.preflight.required_env if not os.environ.get(n)]
     checks.append(
@@ -151,6 +153,9 @@ def local_preflight(inv: Inventory, redact: Redactor) -> tuple[tuple[Check, ...]
 def smoke_target(env: str, opts: Options) -> Iterator[Target]:
     """`smoke ENV` / `perf ENV`: the environment's base URL, or a tunnel to its app port (with
     blue/green: to nginx's public port, so the live slot answers)."""
+    from deploy import inventory
+    from smoke.commands import TargetUnavailable, target_from_settings
+
     try:
         inv = inventory.load(env, opts.inventories)
         token = health_token(inv)
@@ -181,6 +186,8 @@ def smoke_target(env: str, opts: Options) -> Iterator[Target]:
 
 
 def open_remote(inv: Inventory, redact: Redactor, reporter: Reporter | None = None) -> SshRemote:
+    from deploy.remote import SshRemote, fingerprint, known_hosts_name
+
     host = inv.host
     pin = None
     if inv.ssh.accept_unknown_hosts:
@@ -281,6 +288,10 @@ def _operation(
     seen: list[int] = []  # signals the handler saw (flow.Deps.signals)
 
     def run() -> int:
+        if inv_override is None:
+            locate(env, opts.inventories)  # a mistyped environment fails before the imports
+        from deploy import inventory
+
         inv = inv_override or inventory.load(env, opts.inventories)
         if validate is not None:
             validate(inv)  # bad arguments are refused before any SSH connection
@@ -303,6 +314,13 @@ def _operation(
         return result.exit_code
 
     def execute(inv: Inventory) -> Outcome | int:
+        import tempfile
+
+        from deploy import fleet_ops
+        from deploy.clock import SystemClock
+        from deploy.flow import Deps
+        from deploy.plan import PlanRemote
+
         token = health_token(inv)
         redact.add(token)
         checks, env_file = local_preflight(inv, redact)
@@ -341,9 +359,18 @@ def _operation(
     return _guard(rep, run, op, seen)
 
 
+def _fleet() -> ModuleType:
+    """deploy.fleet, imported when a many-host inventory runs (it pulls in the flow)."""
+    from deploy import fleet
+
+    return fleet
+
+
 def _webhooks(op: str, inv: Inventory, opts: Options, redact: Redactor) -> tuple[notify.Hook, ...]:
     """The webhooks a deploy or rollback announces its outcome to (none for a dry run).
     Their URLs are secrets and join the redaction filter before anything is printed."""
+    from deploy import notify
+
     if op not in ("deploy", "rollback") or opts.dry_run:
         return ()
     hooks = notify.resolve(inv.notify, os.environ)
@@ -354,6 +381,8 @@ def _webhooks(op: str, inv: Inventory, opts: Options, redact: Redactor) -> tuple
 
 def _ended(op: str, exit_code: int, message: str, evidence: tuple[str, ...]) -> Outcome:
     """An operation that ended with an error, as an outcome to announce."""
+    from deploy.model import Outcome
+
     return Outcome(
         op=op,
         result="error",
@@ -373,6 +402,9 @@ def _notify(
     redact: Redactor,
 ) -> None:
     """Announce the outcome; a webhook's failure is a warning, never a different exit code."""
+    from deploy import github, notify
+    from deploy.clock import SystemClock
+
     event = notify.event_for(outcome)
     if event is None:
         return
@@ -403,6 +435,8 @@ def run_deploy(
     inv_override: Inventory | None = None,
 ) -> int:
     def source_of(inv: Inventory) -> Source:
+        from deploy.artifact import Source
+
         app = inv.app
         return Source(
             repo=inv.repo_path(),
@@ -414,9 +448,13 @@ def run_deploy(
         )
 
     def body(d: Deps) -> Outcome:
+        from deploy import flow
+
         return flow.deploy(d, source_of(d.inventory))
 
     def validate(inv: Inventory) -> None:
+        from deploy import inventory
+
         if revision is not None and not inventory.REVISION.match(revision):
             raise ConfigError(
                 f"--revision {revision!r} is not a branch, tag or commit name: use letters, "
@@ -425,22 +463,27 @@ def run_deploy(
 
     return _operation(
         "deploy", env, opts, body, reporter=reporter, inv_override=inv_override, validate=validate,
-        fleet_body=lambda fl: fleet.deploy(fl, source_of(fl.inventory)),
+        fleet_body=lambda fl: _fleet().deploy(fl, source_of(fl.inventory)),
     )  # fmt: skip
 
 
 def run_rollback(
     env: str, opts: Options, *, to: str | None = None, reporter: Reporter | None = None
 ) -> int:
+    def body(d: Deps) -> Outcome:
+        from deploy import flow
+
+        return flow.rollback(d, to)
+
+    def validate(inv: Inventory) -> None:
+        from deploy.flow import check_release_id
+
+        check_release_id(to, inv.env)
+
     return _operation(
-        "rollback",
-        env,
-        opts,
-        lambda d: flow.rollback(d, to),
-        reporter=reporter,
-        validate=lambda inv: flow.check_release_id(to, inv.env),
-        fleet_body=lambda fl: fleet.rollback(fl, to),
-    )
+        "rollback", env, opts, body, reporter=reporter, validate=validate,
+        fleet_body=lambda fl: _fleet().rollback(fl, to),
+    )  # fmt: skip
 
 
 def run_resolve(
@@ -453,14 +496,18 @@ def run_resolve(
 ) -> int:
     """Clear the host's needs-human mark (optionally recording a release good), journaled
     with the actor and the reason."""
-    return _operation(
-        "resolve",
-        env,
-        opts,
-        lambda d: flow.resolve(d, mark_good=mark_good, reason=reason),
-        reporter=reporter,
-        validate=lambda inv: flow.check_release_id(mark_good, inv.env, option="--mark-good"),
-    )
+
+    def body(d: Deps) -> Outcome:
+        from deploy import flow
+
+        return flow.resolve(d, mark_good=mark_good, reason=reason)
+
+    def validate(inv: Inventory) -> None:
+        from deploy.flow import check_release_id
+
+        check_release_id(mark_good, inv.env, option="--mark-good")
+
+    return _operation("resolve", env, opts, body, reporter=reporter, validate=validate)
 
 
 def run_preflight(
@@ -476,6 +523,17 @@ def run_preflight(
     rep = reporter or make_reporter(opts, redact)
 
     def run() -> int:
+        locate(env, opts.inventories)
+        import tempfile
+        from dataclasses import replace
+
+        from deploy import flow, inventory
+        from deploy.artifact import Source
+        from deploy.artifact import build as artifact_build
+        from deploy.clock import SystemClock
+        from deploy.flow import Deps
+        from deploy.preflight import Check
+
         inv = inventory.load(env, opts.inventories)
         checks, _env_file = local_preflight(inv, redact)
         results = list(checks)
@@ -523,7 +581,7 @@ def run_preflight(
         failed = [c for c in results if not c.ok]
         rep.table(
             f"preflight of {env} ({', '.join(h.label for h in inv.hosts)})",
-            ["", "check", "detail", "fix"],
+            ["result", "check", "detail", "fix"],
             [["ok" if c.ok else "FAIL", c.name, c.detail, "" if c.ok else c.fix] for c in results],
         )
         if failed:
@@ -540,6 +598,9 @@ def run_setup(env: str, opts: Options, *, reporter: Reporter | None = None) -> i
     """Create the deploy root's layout (releases/, shared/, .releasegate/ 0700)."""
 
     def body(d: Deps) -> Outcome:
+        from deploy import flow
+        from deploy.model import Outcome
+
         host = flow.host_ops(d)
         try:
             host.prepare()
@@ -568,9 +629,15 @@ def run_setup(env: str, opts: Options, *, reporter: Reporter | None = None) -> i
 def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None = None) -> int:
     if not message.strip():
         return _guard(reporter or make_reporter(opts, Redactor()), _needs_message, "lock")
+
+    def body(d: Deps) -> Outcome:
+        from deploy import flow
+
+        return flow.lock_manually(d, message)
+
     return _operation(
-        "lock", env, opts, lambda d: flow.lock_manually(d, message), reporter=reporter,
-        fleet_body=lambda fl: fleet.lock(fl, message),
+        "lock", env, opts, body, reporter=reporter,
+        fleet_body=lambda fl: _fleet().lock(fl, message),
     )  # fmt: skip
 
 
@@ -581,9 +648,12 @@ def _needs_message() -> int:
 def run_unlock(
     env: str, opts: Options, *, force: bool, reason: str | None, reporter: Reporter | None = None
 ) -> int:
-    return _operation(
-        "unlock", env, opts, lambda d: flow.unlock(d, force=force, reason=reason), reporter=reporter
-    )
+    def body(d: Deps) -> Outcome:
+        from deploy import flow
+
+        return flow.unlock(d, force=force, reason=reason)
+
+    return _operation("unlock", env, opts, body, reporter=reporter)
 
 
 def run_status(
@@ -594,17 +664,21 @@ def run_status(
     inv_override: Inventory | None = None,
 ) -> int:
     def body(d: Deps) -> int:
+        from deploy import flow
+
         d.reporter.status(flow.status(d))
         return 0
 
     return _operation(
         "status", env, opts, body, reporter=reporter, inv_override=inv_override,
-        fleet_body=fleet.status,
+        fleet_body=lambda fl: _fleet().status(fl),
     )  # fmt: skip
 
 
 def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
     def body(d: Deps) -> int:
+        from deploy import flow, journal
+
         host = flow.host_ops(d)
         state = host.read_state()
         rows = journal.release_rows(state)
@@ -616,7 +690,7 @@ def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -
         }
         d.reporter.table(
             f"releases of {d.inventory.app.name} on {d.inventory.host.name}",
-            ["id", "revision", "state", "created", "actor", "duration", ""],
+            ["id", "revision", "state", "created", "actor", "duration", "markers"],
             [
                 [
                     r.id,
@@ -654,6 +728,8 @@ def run_history(
     reporter: Reporter | None = None,
 ) -> int:
     def body(d: Deps) -> int:
+        from deploy import flow, journal
+
         entries = journal.history(
             flow.host_ops(d).read_state(), op=op, release=release, limit=limit
         )
@@ -693,10 +769,17 @@ def run_trust_host(
     rep = reporter or make_reporter(opts, redact)
 
     def run() -> int:
+        locate(env, opts.inventories)
+        from deploy import inventory
+
         inv = inventory.load(env, opts.inventories)
         return max(trust(inv, host) for host in inv.hosts)  # many hosts: each in turn
 
     def trust(inv: Inventory, host: inventory.HostConfig) -> int:
+        import paramiko
+
+        from deploy.remote import fingerprint, known_hosts_name
+
         key = fetch_host_key(host.address, host.port, inv.ssh.connect_timeout)
         name = known_hosts_name(host.address, host.port)
         pin_file = inv.pin_file()
@@ -728,6 +811,10 @@ def run_trust_host(
 
 def fetch_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:
     """The host's key, read from the SSH handshake without authenticating."""
+    import socket
+
+    import paramiko
+
     try:
         sock = socket.create_connection((address, port), timeout=timeout)
     except OSError as exc:

@@ -24,9 +24,11 @@ import json
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from smoke.perf import PerfResult
+if TYPE_CHECKING:  # annotations only: Policy sets the CLI's defaults, which must not import httpx
+    from smoke.perf import PerfResult
+
 
 BASELINE_FORMAT = "releasegate-perf-baseline/1"
 RUN_FORMAT = "releasegate-perf-run/1"

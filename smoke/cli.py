@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from smoke import commands
 from smoke.baseline import Policy
-from smoke.commands import BaselineOptions, Resolver
-from smoke.config import AuditSettings
+
+if TYPE_CHECKING:
+    from smoke.commands import Resolver
+
+# smoke.commands (httpx, pydantic, jsonschema) is imported when a command runs, not when the
+# CLI is built: `releasegate --help` must not pay for it (tests/unit/test_cli_startup.py).
+PERF_MODES = ("informational", "blocking")  # smoke.commands.PERF_MODES
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -105,6 +110,9 @@ def smoke_command(resolve_env: Resolver | None = None) -> click.Command:
         PACK is a pack file or a built-in pack name; with ENV and no PACK, the inventory's
         smoke.packs run.
         """
+        from smoke import commands
+        from smoke.config import AuditSettings
+
         env, packs = _split(ctx, args, base_url, resolve_env)
         if env is not None:
             assert resolve_env is not None
@@ -140,7 +148,7 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
     @click.option("--base-url", metavar="URL", help="Measure this URL instead of ENV.")
     @click.option(
         "--mode",
-        type=click.Choice(commands.PERF_MODES),
+        type=click.Choice(PERF_MODES),
         help="informational (report, exit 0) or blocking (exit 1 on a breach) "
         "[inventory smoke.perf.mode, else informational]",
     )
@@ -220,6 +228,9 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
         """Measure the hot endpoints named in the packs' perf: sections: N requests at
         concurrency C, p50/p95/p99 and error rate against the thresholds and, with
         --baseline, against a saved run under the regression policy."""
+        from smoke import commands
+        from smoke.commands import BaselineOptions
+
         keep = BaselineOptions(
             compare=baseline,
             save=save_baseline,
@@ -275,6 +286,8 @@ def perf_trend_command() -> click.Command:
     def perf_trend(ctx: click.Context, history: Path, baseline: Path | None) -> None:
         """Markdown with a Mermaid chart of p95 per endpoint over the runs kept in HISTORY
         (written by `perf --history`); append it to $GITHUB_STEP_SUMMARY to see it."""
+        from smoke import commands
+
         ctx.exit(commands.run_perf_trend(history, baseline=baseline))
 
     return perf_trend
