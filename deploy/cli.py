@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem
 
 # Only click and light modules at import time: every command imports what it needs when it
 # runs (deploy.operations does the same), so --help and config errors start fast.
-from deploy.options import Options
+from deploy.options import DEFAULT_INVENTORIES, Options
 from smoke.cli import attach
 
 if TYPE_CHECKING:
@@ -33,18 +35,60 @@ Exit codes:
 """
 
 
-@click.group(epilog=EXIT_CODES)
-@click.option(
-    "--inventories",
-    "inventories",
-    type=click.Path(path_type=Path),
-    default=Path("inventories"),
-    show_default=True,
-    help="Directory holding <env>.yml inventories.",
+# The options every command takes, before or after its name (`releasegate -v status prod` and
+# `releasegate status prod -v`): declared once, on the group and (see accept_global_options) as a
+# copy on every command. Each maps to the Options field it sets.
+GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
+    (
+        ("--inventories", "inventories"),
+        "inventories",
+        {
+            "type": click.Path(path_type=Path),
+            "default": DEFAULT_INVENTORIES,
+            "show_default": True,
+            "help": "Directory holding <env>.yml inventories.",
+        },
+    ),
+    (("--plain",), "plain", {"is_flag": True, "help": "Plain lines even on a terminal."}),
+    (
+        ("-v", "--verbose"),
+        "verbose",
+        {"is_flag": True, "help": "Show every remote command (masked)."},
+    ),
+    (
+        ("--json", "json_out"),
+        "json",
+        {"is_flag": True, "help": "JSON lines: events, then one final outcome object."},
+    ),
 )
-@click.option("--plain", is_flag=True, help="Plain lines even on a terminal.")
-@click.option("-v", "--verbose", is_flag=True, help="Show every remote command (masked).")
-@click.option("--json", "json_out", is_flag=True, help="JSON lines: events + a final outcome.")
+
+
+def _global_options(f: Callable[..., None]) -> Callable[..., None]:
+    for decls, _field, kwargs in reversed(GLOBAL_OPTIONS):
+        f = click.option(*decls, **kwargs)(f)
+    return f
+
+
+def complete_env(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion for ENV: the environments of the inventories directory in use."""
+    from deploy.inventory_files import known_environments
+
+    directory = ctx.find_root().params.get("inventories") or DEFAULT_INVENTORIES
+    return [
+        CompletionItem(env)
+        for env in known_environments(Path(directory))
+        if env.startswith(incomplete)
+    ]
+
+
+ENV = click.argument("env", shell_complete=complete_env)
+
+
+@click.group(epilog=EXIT_CODES)
+@click.version_option(package_name="releasegate", prog_name="releasegate")
+@_global_options
 @click.pass_context
 def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool, json_out: bool) -> None:
     """Gated deploys with automatic rollback for apps on a VPS under PM2."""
@@ -66,7 +110,7 @@ LOCK_WAIT = click.option(
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.option("--revision", help="Branch, tag or sha to deploy (default: app.revision).")
 @click.option("--allow-dirty", is_flag=True, help="Ship the commit even if the tree has changes.")
 @click.option(
@@ -94,7 +138,7 @@ def deploy(
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.option("--to", "to", metavar="ID", help="Release id to go back to (default: previous good).")
 @LOCK_WAIT
 @DRY_RUN
@@ -108,7 +152,7 @@ def rollback(opts: Options, env: str, to: str | None, lock_wait: float, dry_run:
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.option(
     "--mark-good",
     "mark_good",
@@ -125,7 +169,7 @@ def resolve(opts: Options, env: str, mark_good: str | None, reason: str | None) 
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.option("--revision", help="Branch, tag or sha to check (default: app.revision).")
 @click.option("--allow-dirty", is_flag=True, help="Accept uncommitted changes in the tree.")
 @click.pass_obj
@@ -137,7 +181,7 @@ def preflight(opts: Options, env: str, revision: str | None, allow_dirty: bool) 
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.pass_obj
 def setup(opts: Options, env: str) -> None:
     """Create the deploy root's layout on the host (releases/, shared/, .releasegate/)."""
@@ -147,7 +191,7 @@ def setup(opts: Options, env: str) -> None:
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.pass_obj
 def releases(opts: Options, env: str) -> None:
     """Releases on the host: id, revision, state, created, actor, duration, markers."""
@@ -157,7 +201,7 @@ def releases(opts: Options, env: str) -> None:
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.option("--op", help="Only entries of this operation (deploy, rollback, prune, unlock…).")
 @click.option("--release", "release", metavar="ID", help="Only entries about this release.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
@@ -170,7 +214,7 @@ def history(opts: Options, env: str, op: str | None, release: str | None, limit:
 
 
 @main.command("lock")
-@click.argument("env")
+@ENV
 @click.option("--message", "-m", required=True, help="Why deploys are blocked.")
 @click.pass_obj
 def lock_cmd(opts: Options, env: str, message: str) -> None:
@@ -181,7 +225,7 @@ def lock_cmd(opts: Options, env: str, message: str) -> None:
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.option("--force", is_flag=True, help="Remove a lock you do not hold (needs --reason).")
 @click.option("--reason", help="Recorded in the journal with a forced unlock.")
 @click.pass_obj
@@ -193,7 +237,7 @@ def unlock(opts: Options, env: str, force: bool, reason: str | None) -> None:
 
 
 @main.command()
-@click.argument("env")
+@ENV
 @click.pass_obj
 def status(opts: Options, env: str) -> None:
     """Current release, last good, process state, lock holder and releases."""
@@ -203,7 +247,7 @@ def status(opts: Options, env: str) -> None:
 
 
 @main.command("trust-host")
-@click.argument("env")
+@ENV
 @click.option("--yes", is_flag=True, help="Pin without asking (you checked the fingerprint).")
 @click.option("--replace", is_flag=True, help="Replace a pinned key that changed.")
 @click.pass_obj
@@ -333,7 +377,45 @@ def _smoke_target(env: str) -> AbstractContextManager[Target]:
     return operations.smoke_target(env, opts)
 
 
-attach(main, resolve_env=_smoke_target)
+attach(main, resolve_env=_smoke_target, complete_env=complete_env)
+
+
+class LateGlobalOption(click.Option):
+    """A global option repeated on a command so it may follow the command's name; it sets the
+    same Options field (and the group's parameter) as the one before the name."""
+
+    def __init__(self, decls: tuple[str, ...], field: str, kwargs: dict[str, Any]) -> None:
+        self.options_field = field
+        late = {**kwargs, "default": False if kwargs.get("is_flag") else None}
+        late["show_default"] = False
+        super().__init__(decls, expose_value=False, callback=self._store, **late)
+
+    def _store(self, ctx: click.Context, param: click.Parameter, value: object) -> None:
+        if value is None or value is False:
+            return  # not given after the command: the group's value stands
+        root = ctx.find_root()
+        assert self.name is not None
+        root.params[self.name] = value
+        if isinstance(ctx.obj, Options):
+            change: dict[str, Any] = {self.options_field: value}
+            ctx.obj = root.obj = replace(ctx.obj, **change)
+
+
+def accept_global_options(group: click.Group) -> None:
+    """Give every command of the tree a copy of each global option it does not define itself
+    (smoke and perf have their own --json and --plain, which read the group's too)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            accept_global_options(command)
+            continue
+        taken = {opt for p in command.params for opt in p.opts}
+        for decls, field, kwargs in GLOBAL_OPTIONS:
+            flags = tuple(d for d in decls if d.startswith("-"))
+            if not taken.intersection(flags):
+                command.params.append(LateGlobalOption(decls, field, kwargs))
+
+
+accept_global_options(main)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ their own (no ENV form). The commands are thin: they parse arguments and call sm
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.shell_completion import CompletionItem
 
 from smoke.baseline import Policy
 
@@ -48,13 +50,16 @@ DEFAULT_POLICY = Policy()
 
 def _split(
     ctx: click.Context, args: tuple[str, ...], base_url: str | None, resolve: Resolver | None
-) -> tuple[str | None, tuple[str, ...]]:
-    """ENV and packs from the positional arguments. With --base-url every argument is a pack;
-    without it the first argument is the environment."""
+) -> tuple[str | None, tuple[str, ...], str | None]:
+    """ENV, packs and base URL from the arguments. With --base-url every argument is a pack;
+    without it the first argument is the environment, or a URL (`smoke http://… PACK`, the
+    same as --base-url)."""
     if base_url is not None:
-        return None, args
+        return None, args, base_url
     if not args:
         raise click.UsageError("give an environment (ENV) or --base-url URL", ctx=ctx)
+    if args[0].startswith(("http://", "https://")):
+        return None, args[1:], args[0]
     if resolve is None:
         raise click.UsageError(
             "this command has no environments wired in; use --base-url URL", ctx=ctx
@@ -66,7 +71,7 @@ def _split(
             f"against a URL use --base-url URL {env}",
             ctx=ctx,
         )
-    return env, tuple(packs)
+    return env, tuple(packs), None
 
 
 def _plain(ctx: click.Context, plain: bool) -> bool:
@@ -79,9 +84,14 @@ def _json(ctx: click.Context, json_out: bool) -> bool:
     return json_out or bool(ctx.find_root().params.get("json_out"))
 
 
-def smoke_command(resolve_env: Resolver | None = None) -> click.Command:
+Completer = Callable[[click.Context, click.Parameter, str], list[CompletionItem]]
+
+
+def smoke_command(
+    resolve_env: Resolver | None = None, complete_env: Completer | None = None
+) -> click.Command:
     @click.command("smoke", epilog=SMOKE_EPILOG)
-    @click.argument("args", nargs=-1, metavar="[ENV] [PACK]...")
+    @click.argument("args", nargs=-1, metavar="[ENV] [PACK]...", shell_complete=complete_env)
     @click.option("--base-url", metavar="URL", help="Run against this URL instead of ENV.")
     @click.option(
         "--junit", type=click.Path(path_type=Path, dir_okay=False), help="Write JUnit XML here."
@@ -105,7 +115,8 @@ def smoke_command(resolve_env: Resolver | None = None) -> click.Command:
         audit: bool | None,
         plain: bool,
     ) -> None:
-        """Run contract smoke packs against ENV (its tunnel or base_url) or --base-url URL.
+        """Run contract smoke packs against ENV (its tunnel or base_url) or a URL (--base-url URL,
+        or a URL in place of ENV).
 
         PACK is a pack file or a built-in pack name; with ENV and no PACK, the inventory's
         smoke.packs run.
@@ -113,7 +124,7 @@ def smoke_command(resolve_env: Resolver | None = None) -> click.Command:
         from smoke import commands
         from smoke.config import AuditSettings
 
-        env, packs = _split(ctx, args, base_url, resolve_env)
+        env, packs, base_url = _split(ctx, args, base_url, resolve_env)
         if env is not None:
             assert resolve_env is not None
             code = commands.run_smoke_env(
@@ -142,9 +153,11 @@ def smoke_command(resolve_env: Resolver | None = None) -> click.Command:
     return smoke
 
 
-def perf_command(resolve_env: Resolver | None = None) -> click.Command:
+def perf_command(
+    resolve_env: Resolver | None = None, complete_env: Completer | None = None
+) -> click.Command:
     @click.command("perf", epilog=PERF_EPILOG)
-    @click.argument("args", nargs=-1, metavar="[ENV] [PACK]...")
+    @click.argument("args", nargs=-1, metavar="[ENV] [PACK]...", shell_complete=complete_env)
     @click.option("--base-url", metavar="URL", help="Measure this URL instead of ENV.")
     @click.option(
         "--mode",
@@ -243,7 +256,7 @@ def perf_command(resolve_env: Resolver | None = None) -> click.Command:
                 consecutive=consecutive,
             ),
         )
-        env, packs = _split(ctx, args, base_url, resolve_env)
+        env, packs, base_url = _split(ctx, args, base_url, resolve_env)
         if env is not None:
             assert resolve_env is not None
             code = commands.run_perf_env(
@@ -293,10 +306,13 @@ def perf_trend_command() -> click.Command:
     return perf_trend
 
 
-def attach(group: click.Group, resolve_env: Resolver | None = None) -> None:
-    """Add `smoke`, `perf` and `perf-trend` to a Click group (the `releasegate` console script)."""
-    group.add_command(smoke_command(resolve_env))
-    group.add_command(perf_command(resolve_env))
+def attach(
+    group: click.Group, resolve_env: Resolver | None = None, complete_env: Completer | None = None
+) -> None:
+    """Add `smoke`, `perf` and `perf-trend` to a Click group (the `releasegate` console
+    script); `complete_env` completes ENV in the shell."""
+    group.add_command(smoke_command(resolve_env, complete_env))
+    group.add_command(perf_command(resolve_env, complete_env))
     group.add_command(perf_trend_command())
 
 
