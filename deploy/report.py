@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import IO, Protocol
 
 from deploy.model import HostStatus, Outcome
 from deploy.redact import Redactor
+from smoke.jsonlines import JsonLines
 
 
 class Reporter(Protocol):
@@ -202,13 +202,11 @@ def status_lines(status: HostStatus) -> list[str]:
 
 class JsonReporter:
     """One JSON object per line on stdout: events, then one final `outcome` object (also for
-    errors). Field names are stable; docs/json-output.md lists them. CI parses this."""
+    errors). Written by smoke.jsonlines, the one JSON writer of deploy and smoke; the format is
+    docs/json-output.md and smoke/output.schema.json. CI parses this."""
 
     def __init__(self, stream: IO[str] | None = None, redact: Redactor | None = None) -> None:
-        self._out = stream or sys.stdout
-        self._redact = redact or Redactor()
-        self._start = time.monotonic()
-        self._ended = False
+        self._lines = JsonLines(stream, redact)
         self._error: tuple[str, list[str]] | None = None
         self._outcome: Outcome | None = None
 
@@ -216,24 +214,18 @@ class JsonReporter:
         if self._outcome is not None:
             self._emit("outcome", **dataclasses.asdict(self._outcome))
             return
-        if not self._ended:
+        if not self._lines.ended:
             message, evidence = self._error or ("", [])
-            self._emit(
-                "outcome",
+            self._lines.outcome(
                 op=op,
                 result="ok" if exit_code == 0 else "error",
                 exit_code=exit_code,
-                release=None,
-                live=None,
                 message=message,
                 evidence=evidence,
             )
 
     def _emit(self, event: str, **fields: object) -> None:
-        self._ended = self._ended or event == "outcome"
-        record = {"event": event, "t": round(time.monotonic() - self._start, 3), **fields}
-        text = json.dumps(record, default=str, ensure_ascii=False)
-        print(self._redact(text), file=self._out, flush=True)
+        self._lines.emit(event, **fields)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

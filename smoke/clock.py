@@ -1,9 +1,12 @@
-"""Time as a seam for the runner's backoff and timings. Structural, so deploy's clocks (and
-the tests' fake clocks) fit without smoke/ importing deploy/."""
+"""Time as a seam: the runner's backoff and timings, the deploy gate and the flow take a Clock
+so tests can run them without waiting. The one system clock of releasegate lives here (smoke/
+never imports deploy/); deploy.clock re-exports it. The protocol is structural, so the tests'
+fake clocks fit."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -19,3 +22,6 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)

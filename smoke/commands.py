@@ -32,6 +32,7 @@ from smoke.audit import audit_pack
 from smoke.baseline import Baseline, BaselineError, Policy
 from smoke.clock import Clock
 from smoke.config import AuditSettings, PerfSettings, SmokeSettings
+from smoke.jsonlines import JsonLines
 from smoke.model import Pack, PackResult
 from smoke.pack import PackError, load_pack, resolve_ref
 from smoke.perf import perf_packs
@@ -144,12 +145,15 @@ def run_smoke(
     environ: Mapping[str, str] | None = None,
     extra_secrets: Iterable[str] = (),
     base_dir: Path | None = None,
+    lines: JsonLines | None = None,
 ) -> int:
     """Run packs (and the audit, when `audit.enabled`) against base_url; print the results
     (Rich table on a TTY, plain lines, or JSON lines), write JUnit XML if asked."""
     out = out or sys.stdout
     err = err or sys.stderr
     secrets = tuple(extra_secrets)
+    if json_out and lines is None:
+        lines = JsonLines(out)
     try:
         base = check_base_url(base_url)
         _check_junit(junit)
@@ -162,7 +166,7 @@ def run_smoke(
                 "enable the readiness audit (--audit, or smoke.audit.enabled in the inventory)"
             )
     except (PackError, BaseUrlError, ArgumentError) as exc:
-        report.error(str(exc), err, secrets)
+        report.error(str(exc), err, secrets, lines=lines)
         return 2
     result = run_packs(
         loaded,
@@ -172,13 +176,20 @@ def run_smoke(
         clock=clock,
         extra_secrets=secrets,
     )
-    report.smoke_result(result, out, report.choose_style(out, json_out=json_out, plain=plain))
+    junit_failed = None
     if junit is not None:
         try:
             report.write_junit(result, junit)
         except OSError as exc:
-            report.error(f"could not write the JUnit report {junit}: {exc}", err, secrets)
-            return 2
+            junit_failed = f"could not write the JUnit report {junit}: {exc}"
+    style = report.choose_style(out, json_out=json_out, plain=plain)
+    if style == "json" and lines is not None:
+        report.write_smoke_json(result, lines, defer_outcome=junit_failed is not None)
+    else:
+        report.smoke_result(result, out, style)
+    if junit_failed is not None:
+        report.error(junit_failed, err, result.secret_values, lines=lines)
+        return 2
     _under_actions(result, err, os.environ if environ is None else environ)
     return result.exit_code
 
@@ -324,6 +335,7 @@ def run_perf(
     baseline: BaselineOptions | None = None,
     now: Callable[[], datetime] | None = None,
     timer: Callable[[], float] | None = None,
+    lines: JsonLines | None = None,
 ) -> int:
     """Measure the hot endpoints of the packs' perf: sections; print p50/p95/p99 and error
     rate against the thresholds and, with a baseline, the regressions. informational: exit 0;
@@ -332,6 +344,8 @@ def run_perf(
     err = err or sys.stderr
     secrets = tuple(extra_secrets)
     keep = baseline or BaselineOptions()
+    if json_out and lines is None:
+        lines = JsonLines(out)
     try:
         base = check_base_url(base_url)
         if mode not in PERF_MODES:
@@ -347,7 +361,7 @@ def run_perf(
             )
         reference, history = _read_baseline(keep)
     except (PackError, BaseUrlError, ArgumentError, BaselineError) as exc:
-        report.error(str(exc), err, secrets)
+        report.error(str(exc), err, secrets, lines=lines, op="perf")
         return 2
     result = measure(
         loaded,
@@ -368,11 +382,19 @@ def run_perf(
         try:
             kept = _keep_baseline(keep, run, history, machine=perf_machine())
         except OSError as exc:
-            report.error(f"could not write the perf baseline or history: {exc}", err, secrets)
+            report.error(
+                f"could not write the perf baseline or history: {exc}",
+                err,
+                secrets,
+                lines=lines,
+                op="perf",
+            )
             return 2
     code = baselines.exit_code(result, comparison, mode)
     style = report.choose_style(out, json_out=json_out, plain=plain)
-    report.perf_result(result, mode, out, style, comparison=comparison, kept=kept, code=code)
+    report.perf_result(
+        result, mode, out, style, comparison=comparison, kept=kept, code=code, lines=lines
+    )
     env = os.environ if environ is None else environ
     if env.get("GITHUB_ACTIONS") == "true":
         summary = env.get("GITHUB_STEP_SUMMARY") or None
@@ -433,6 +455,7 @@ def run_smoke_env(
     """`smoke ENV [PACK…]`: packs given here replace the inventory's; `audit` True/False
     overrides the inventory's smoke.audit.enabled."""
     err = err or sys.stderr
+    lines = JsonLines(out or sys.stdout) if json_out else None
     try:
         with resolve(env) as target:
             settings = target.audit or AuditSettings()
@@ -448,9 +471,10 @@ def run_smoke_env(
                 err=err,
                 plain=plain,
                 extra_secrets=target.secrets,
+                lines=lines,
             )
     except TargetUnavailable as exc:
-        report.error(exc.message, err)
+        report.error(exc.message, err, lines=lines, exit_code=exc.exit_code)
         return exc.exit_code
 
 
@@ -469,10 +493,11 @@ def run_perf_env(
     baseline: BaselineOptions | None = None,
 ) -> int:
     err = err or sys.stderr
+    lines = JsonLines(out or sys.stdout) if json_out else None
     try:
         _read_baseline(baseline or BaselineOptions())  # a bad file is said before connecting
     except (BaselineError, ArgumentError) as exc:
-        report.error(str(exc), err)
+        report.error(str(exc), err, lines=lines, op="perf")
         return 2
     try:
         with resolve(env) as target:
@@ -488,7 +513,8 @@ def run_perf_env(
                 plain=plain,
                 extra_secrets=target.secrets,
                 baseline=baseline,
+                lines=lines,
             )
     except TargetUnavailable as exc:
-        report.error(exc.message, err)
+        report.error(exc.message, err, lines=lines, op="perf", exit_code=exc.exit_code)
         return exc.exit_code

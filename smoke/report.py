@@ -4,7 +4,7 @@ seeded with the secrets of the packs that ran, on its way out."""
 
 from __future__ import annotations
 
-import json
+import io
 import re
 import xml.etree.ElementTree as ET  # only builds XML; never parses untrusted input
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smoke.baseline import Comparison, EndpointVerdict, comparison_lines
+from smoke.jsonlines import JsonLines
 from smoke.model import CheckResult, PackResult
 from smoke.perf import EndpointStats, PerfResult
 from smoke.secrets import Redactor
@@ -41,19 +42,34 @@ def _isatty(out: IO[str]) -> bool:
         return False
 
 
-def error(message: str, err: IO[str], secrets: Iterable[str] = ()) -> None:
-    """A problem that stops the run (bad pack, bad arguments): one paragraph on stderr."""
+def error(
+    message: str,
+    err: IO[str],
+    secrets: Iterable[str] = (),
+    *,
+    lines: JsonLines | None = None,
+    op: str = "smoke",
+    exit_code: int = 2,
+) -> None:
+    """A problem that stops the run (bad pack, bad arguments): one paragraph on stderr and,
+    with --json, an `error` event and the `outcome` on stdout (never an empty stdout)."""
+    secrets = tuple(secrets)
     print(f"error: {Redactor(secrets)(message)}", file=err, flush=True)
+    if lines is not None and not lines.ended:
+        lines.redact.add(*secrets)
+        lines.error(message)
+        lines.outcome(op=op, result="error", exit_code=exit_code, message=message)
 
 
 # ------------------------------------------------------------------ smoke results --
 
 
-def smoke_result(result: PackResult, out: IO[str], style: Style) -> None:
+def smoke_result(
+    result: PackResult, out: IO[str], style: Style, lines: JsonLines | None = None
+) -> None:
     redact = Redactor(result.secret_values)
     if style == "json":
-        for line in smoke_json_lines(result):
-            print(line, file=out, flush=True)
+        write_smoke_json(result, lines or JsonLines(out))
     elif style == "rich":
         _smoke_table(result, out, redact)
     else:
@@ -92,7 +108,6 @@ def _smoke_table(result: PackResult, out: IO[str], redact: Callable[[str], str])
 
 def check_record(c: CheckResult) -> dict[str, Any]:
     return {
-        "type": "check",
         "pack": c.pack,
         "check": c.name,
         "mode": c.mode,
@@ -110,7 +125,6 @@ def check_record(c: CheckResult) -> dict[str, Any]:
 
 def summary_record(result: PackResult) -> dict[str, Any]:
     return {
-        "type": "summary",
         "packs": list(result.packs),
         "base_url": result.base_url,
         "total": len(result.checks),
@@ -120,15 +134,32 @@ def summary_record(result: PackResult) -> dict[str, Any]:
         "failed_checks": [c.name for c in result.failed_enforced],
         "warned_checks": [c.name for c in result.warned],
         "duration_ms": round(result.duration_ms, 1),
-        "exit_code": result.exit_code,
     }
 
 
+def write_smoke_json(result: PackResult, lines: JsonLines, *, defer_outcome: bool = False) -> None:
+    """A `check` event per check, then the outcome (`smoke` holds the summary). With
+    defer_outcome the caller writes the outcome (a JUnit file that could not be written)."""
+    lines.redact.add(*result.secret_values)
+    for c in result.checks:
+        lines.emit("check", **check_record(c))
+    if defer_outcome:
+        return
+    lines.outcome(
+        op="smoke",
+        result="passed" if result.exit_code == 0 else "failed",
+        exit_code=result.exit_code,
+        message=result.summary(),
+        evidence=[c.line() for c in result.failed_enforced],
+        smoke=summary_record(result),
+    )
+
+
 def smoke_json_lines(result: PackResult) -> list[str]:
-    """One JSON object per check, then a summary object."""
-    redact = Redactor(result.secret_values)
-    records = [check_record(c) for c in result.checks] + [summary_record(result)]
-    return [redact(json.dumps(r, ensure_ascii=False, sort_keys=False)) for r in records]
+    """The JSON lines of a smoke run: one `check` event per check, then the outcome."""
+    buffer = io.StringIO()
+    write_smoke_json(result, JsonLines(buffer))
+    return buffer.getvalue().splitlines()
 
 
 def junit_xml(result: PackResult, *, timestamp: datetime | None = None) -> str:
@@ -329,7 +360,6 @@ def perf_record(e: EndpointStats, comparison: Comparison | None = None) -> dict[
     th = e.thresholds
     verdict = comparison.of(f"{e.pack}/{e.endpoint}") if comparison is not None else None
     return {
-        "type": "perf",
         "pack": e.pack,
         "endpoint": e.endpoint,
         "method": e.method,
@@ -361,6 +391,44 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def write_perf_json(
+    result: PerfResult,
+    mode: str,
+    lines: JsonLines,
+    *,
+    started_at: datetime | None = None,
+    comparison: Comparison | None = None,
+    code: int | None = None,
+) -> None:
+    """A `perf` event per endpoint, then the outcome (`perf` holds the summary)."""
+    lines.redact.add(*result.secret_values)
+    when = (started_at or datetime.now(UTC)).isoformat(timespec="seconds")
+    for e in result.endpoints:
+        lines.emit("perf", **perf_record(e, comparison))
+    regressed = comparison.regressed if comparison is not None else ()
+    lines.outcome(
+        op="perf",
+        result="breached" if result.breached else "regressed" if regressed else "passed",
+        exit_code=result.exit_code(mode) if code is None else code,
+        message=perf_summary(result, mode, comparison, code),
+        evidence=[
+            *(f"{e.endpoint}: " + "; ".join(e.breaches) for e in result.breached),
+            *(comparison_lines(comparison) if comparison is not None else []),
+        ],
+        perf={
+            "base_url": result.base_url,
+            "started_at": when,
+            "mode": mode,
+            "endpoints": len(result.endpoints),
+            "breached": [e.endpoint for e in result.breached],
+            "duration_ms": round(result.duration_ms, 1),
+            "release": result.release,
+            "revision": result.revision,
+            "baseline": comparison.as_json() if comparison is not None else None,
+        },
+    )
+
+
 def perf_json_lines(
     result: PerfResult,
     mode: str,
@@ -369,25 +437,11 @@ def perf_json_lines(
     comparison: Comparison | None = None,
     code: int | None = None,
 ) -> list[str]:
-    redact = Redactor(result.secret_values)
-    when = (started_at or datetime.now(UTC)).isoformat(timespec="seconds")
-    records: list[dict[str, Any]] = [perf_record(e, comparison) for e in result.endpoints]
-    records.append(
-        {
-            "type": "perf-summary",
-            "base_url": result.base_url,
-            "started_at": when,
-            "mode": mode,
-            "endpoints": len(result.endpoints),
-            "breached": [e.endpoint for e in result.breached],
-            "duration_ms": round(result.duration_ms, 1),
-            "exit_code": result.exit_code(mode) if code is None else code,
-            "release": result.release,
-            "revision": result.revision,
-            "baseline": comparison.as_json() if comparison is not None else None,
-        }
+    buffer = io.StringIO()
+    write_perf_json(
+        result, mode, JsonLines(buffer), started_at=started_at, comparison=comparison, code=code
     )
-    return [redact(json.dumps(r, ensure_ascii=False)) for r in records]
+    return buffer.getvalue().splitlines()
 
 
 def perf_result(
@@ -399,12 +453,12 @@ def perf_result(
     comparison: Comparison | None = None,
     kept: Sequence[str] = (),
     code: int | None = None,
+    lines: JsonLines | None = None,
 ) -> None:
     """The run's table (or JSON lines), then the baseline comparison and what was saved."""
     redact = Redactor(result.secret_values)
     if style == "json":
-        for line in perf_json_lines(result, mode, comparison=comparison, code=code):
-            print(line, file=out, flush=True)
+        write_perf_json(result, mode, lines or JsonLines(out), comparison=comparison, code=code)
         return
     extra = [*(comparison_lines(comparison) if comparison is not None else []), *kept]
     if style == "rich":

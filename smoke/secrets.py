@@ -1,9 +1,9 @@
 """Secrets in smoke packs: `${ENV:NAME}` references resolved from the environment, and the
 filter that masks every resolved value in every output (table, JSON, JUnit, error messages).
 
-smoke/ never imports deploy/, so this is its own small filter with the same policy as
-deploy.redact: values shorter than 4 characters are refused, because masking them would mask
-ordinary words.
+This is the one redaction filter of releasegate: smoke/ never imports deploy/, so it lives
+here and deploy.redact re-exports it. Values shorter than 4 characters are refused, because
+masking them would mask ordinary words.
 """
 
 from __future__ import annotations
@@ -43,6 +43,18 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+    def deep(self, value: object) -> object:
+        """`value` with every string in it (dict keys included) masked: for structured
+        records such as journal entries and JSON lines, masked before they are serialised,
+        so a secret is found whatever JSON escaping would have done to it."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self.deep(k): self.deep(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.deep(item) for item in value]
+        return value
 
 
 def has_reference(value: str) -> bool:

@@ -60,8 +60,8 @@ def test_contract_pack_passes(start_app: StartApp, tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output
     records = json_records(result.output)
-    summary = records[-1]
-    assert summary["type"] == "summary"
+    assert (records[-1]["event"], records[-1]["result"]) == ("outcome", "passed")
+    summary = records[-1]["smoke"]
     assert summary["failed"] == 0 and summary["passed"] == summary["total"] == 9
     assert {r["check"] for r in records[:-1]} >= {"items-list", "item-get", "version"}
     suite = ET.parse(junit).getroot().find("testsuite")
@@ -104,7 +104,7 @@ def test_audit_catches_the_app_left_open(start_app: StartApp) -> None:
     code = run_smoke(base_url=app.base_url, audit=AUDIT, out=out, json_out=True, environ=TOKENS)
     assert code == 1
     records = json_records(out.getvalue())
-    assert set(records[-1]["failed_checks"]) == {
+    assert set(records[-1]["smoke"]["failed_checks"]) == {
         "ready-refuses-anonymous",
         "metrics-refuses-anonymous",
         "cors-allowed-origin",
@@ -135,7 +135,7 @@ def test_perf_against_the_sample_app(start_app: StartApp, tmp_path: Path) -> Non
     code = run_perf(base_url=app.base_url, packs=[PACK], json_out=True, out=out)
     assert code == 0
     records = json_records(out.getvalue())
-    perf = [r for r in records if r["type"] == "perf"]
+    perf = [r for r in records if r["event"] == "perf"]
     assert [r["endpoint"] for r in perf] == ["items-list", "item-get"]
     for r in perf:
         assert r["requests"] == 200 and r["errors"] == 0
@@ -197,9 +197,9 @@ def test_attached_commands_honour_the_root_flags(start_app: StartApp) -> None:
     attach(root)
     result = CliRunner().invoke(root, ["--json", "smoke", "--base-url", app.base_url, str(PACK)])
     assert result.exit_code == 0, result.output
-    assert json_records(result.output)[-1]["type"] == "summary"
+    assert json_records(result.output)[-1]["op"] == "smoke"
     result = CliRunner().invoke(
         root, ["--json", "perf", "--base-url", app.base_url, str(PACK), "-n", "5", "-c", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert json_records(result.output)[-1]["type"] == "perf-summary"
+    assert json_records(result.output)[-1]["op"] == "perf"

@@ -75,4 +75,5 @@ def test_help_and_a_mistyped_environment_import_nothing_heavy(tmp_path: Path, ar
 
 
 def test_the_invoke_tasks_import_nothing_heavy_until_a_task_runs(tmp_path: Path):
-    assert imported_heavy("import deploy.tasks", tmp_path) == []
+    # Invoke itself reads YAML config files, so it imports yaml; nothing else heavy.
+    assert imported_heavy("import deploy.tasks", tmp_path) in ([], ["yaml"])

@@ -391,14 +391,16 @@ def test_json_output_carries_the_comparison(tmp_path: Path) -> None:
     keep = BaselineOptions(compare=saved, policy=Policy(consecutive=1))
     code, out, _ = perf(tmp_path, App(ms=40), baseline=keep, mode="blocking", json_out=True)
     records = [json.loads(line) for line in out.splitlines()]
-    endpoint, summary = records
+    endpoint, outcome = records
+    summary = outcome["perf"]
+    assert (outcome["event"], outcome["op"], outcome["result"]) == ("outcome", "perf", "regressed")
     assert endpoint["baseline"]["status"] == "regressed"
     assert endpoint["baseline"]["p95_ms"] == pytest.approx(10)
     assert endpoint["baseline"]["p95_delta_ms"] == pytest.approx(30)
     assert summary["baseline"]["regressed"] == ["items"]
     assert summary["baseline"]["file"] == str(saved)
     assert summary["baseline"]["policy"]["consecutive"] == 1
-    assert summary["exit_code"] == code == 1
+    assert outcome["exit_code"] == code == 1
     assert summary["release"] == "20261130020000-abcdef1"
 
 

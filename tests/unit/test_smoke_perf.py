@@ -157,7 +157,7 @@ def test_run_perf_command_exit_codes(tmp_path: Path) -> None:
     code, text = run("blocking", json_out=True, requests=3, concurrency=2)
     records = [json.loads(line) for line in text.splitlines()]
     assert (records[0]["requests"], records[0]["concurrency"]) == (3, 2)
-    assert records[-1]["type"] == "perf-summary"
+    assert (records[-1]["event"], records[-1]["op"]) == ("outcome", "perf")
     assert run("sometimes")[0] == 2
     assert run("blocking", requests=0)[0] == 2
 

@@ -87,8 +87,9 @@ def test_json_lines() -> None:
     records = [json.loads(line) for line in report.smoke_json_lines(RESULT)]
     assert len(records) == 6
     first = records[0]
+    assert isinstance(first.pop("t"), float | int)
     assert first == {
-        "type": "check",
+        "event": "check",
         "pack": "api",
         "check": "ok",
         "mode": "enforce",
@@ -104,19 +105,28 @@ def test_json_lines() -> None:
     }
     assert records[2]["outcome"] == "error" and records[2]["status"] is None
     assert records[3]["verdict"] == "WARN"
-    summary = records[-1]
-    assert summary == {
-        "type": "summary",
-        "packs": ["api", "readiness-audit"],
-        "base_url": "http://127.0.0.1:3000",
-        "total": 5,
-        "passed": 2,
-        "failed": 2,
-        "warned": 1,
-        "failed_checks": ["broken", "down"],
-        "warned_checks": ["slow"],
-        "duration_ms": 1234.5,
+    outcome = records[-1]
+    outcome.pop("t")
+    assert outcome == {
+        "event": "outcome",
+        "op": "smoke",
+        "result": "failed",
         "exit_code": 1,
+        "release": None,
+        "live": None,
+        "message": RESULT.summary(),
+        "evidence": [c.line() for c in RESULT.failed_enforced],
+        "smoke": {
+            "packs": ["api", "readiness-audit"],
+            "base_url": "http://127.0.0.1:3000",
+            "total": 5,
+            "passed": 2,
+            "failed": 2,
+            "warned": 1,
+            "failed_checks": ["broken", "down"],
+            "warned_checks": ["slow"],
+            "duration_ms": 1234.5,
+        },
     }
 
 
@@ -204,7 +214,7 @@ def test_perf_json_and_rich() -> None:
     records = [
         json.loads(x) for x in report.perf_json_lines(PERF, "informational", started_at=when)
     ]
-    assert records[0]["type"] == "perf"
+    assert records[0]["event"] == "perf"
     assert records[0]["p95_ms"] == 120.0
     assert records[0]["error_rate"] == 0.01
     assert records[0]["thresholds"] == {
@@ -215,15 +225,20 @@ def test_perf_json_and_rich() -> None:
     }
     assert records[0]["breaches"] == ["p95 120.0 ms > 100 ms"]
     assert records[0]["ok"] is False
-    assert records[1] == {
-        "type": "perf-summary",
+    assert (records[1]["event"], records[1]["op"], records[1]["result"]) == (
+        "outcome",
+        "perf",
+        "breached",
+    )
+    assert records[1]["exit_code"] == 0
+    assert records[1]["evidence"] == ["items-list: p95 120.0 ms > 100 ms"]
+    assert records[1]["perf"] == {
         "base_url": "http://x",
         "started_at": "2026-01-02T00:00:00+00:00",
         "mode": "informational",
         "endpoints": 1,
         "breached": ["items-list"],
         "duration_ms": 2500,
-        "exit_code": 0,
         "release": None,
         "revision": None,
         "baseline": None,
