@@ -320,31 +320,34 @@ def sandbox() -> None:
 @sandbox.command("up")
 @click.option("--name", default="rg-local", show_default=True)
 @click.option("--index", default=5, show_default=True, help="Uses 10.231.<index>.0/24.")
-def sandbox_up(name: str, index: int) -> None:
+@click.pass_obj
+def sandbox_up(opts: Options, name: str, index: int) -> None:
     """Boot the sandbox (idempotent)."""
     from deploy import sandbox_cli
 
-    sys.exit(sandbox_cli.up(name, index))
+    sys.exit(sandbox_cli.up(name, index, json_out=opts.json))
 
 
 @sandbox.command("down")
 @click.option("--name", default="rg-local", show_default=True)
 @click.option("--index", default=5, show_default=True)
-def sandbox_down(name: str, index: int) -> None:
+@click.pass_obj
+def sandbox_down(opts: Options, name: str, index: int) -> None:
     """Stop the sandbox and remove everything it created on this machine."""
     from deploy import sandbox_cli
 
-    sys.exit(sandbox_cli.down(name, index))
+    sys.exit(sandbox_cli.down(name, index, json_out=opts.json))
 
 
 @sandbox.command("status")
 @click.option("--name", default="rg-local", show_default=True)
 @click.option("--index", default=5, show_default=True)
-def sandbox_status(name: str, index: int) -> None:
+@click.pass_obj
+def sandbox_status(opts: Options, name: str, index: int) -> None:
     """Say whether the sandbox is up and how to reach it."""
     from deploy import sandbox_cli
 
-    sys.exit(sandbox_cli.status(name, index))
+    sys.exit(sandbox_cli.status(name, index, json_out=opts.json))
 
 
 @main.command()
