@@ -1,4 +1,5 @@
-"""`releasegate` console script (Click): a thin door onto deploy.operations, like tasks.py."""
+"""`releasegate` console script (Click): a thin door onto deploy.operations; deploy.tasks makes
+the Invoke door from these same commands."""
 
 from __future__ import annotations
 

@@ -10,11 +10,12 @@ import dataclasses
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from deploy.model import HostStatus, Outcome
 from deploy.redact import Redactor
-from smoke.jsonlines import JsonLines
+
+if TYPE_CHECKING:  # annotations only: the reporter is on the start-up path of every command
+    from deploy.model import HostStatus, Outcome
 
 
 class Reporter(Protocol):
@@ -206,6 +207,8 @@ class JsonReporter:
     docs/json-output.md and smoke/output.schema.json. CI parses this."""
 
     def __init__(self, stream: IO[str] | None = None, redact: Redactor | None = None) -> None:
+        from smoke.jsonlines import JsonLines
+
         self._lines = JsonLines(stream, redact)
         self._error: tuple[str, list[str]] | None = None
         self._outcome: Outcome | None = None
