@@ -108,10 +108,12 @@ def sample(param: click.Option) -> str:
     kind = param.type
     if isinstance(kind, click.Choice):
         return str(kind.choices[-1])
-    if isinstance(kind, click.types.FloatParamType):
-        return "1.5"
+    if isinstance(kind, click.types.FloatParamType):  # inside a FloatRange's bounds
+        lo, hi = getattr(kind, "min", None) or 0, getattr(kind, "max", None)
+        return str(lo + 1.5 if hi is None else (lo + hi) / 2)
     if isinstance(kind, click.types.IntParamType):
-        return "3"
+        lo, hi = getattr(kind, "min", None) or 0, getattr(kind, "max", None)
+        return str(lo + 2 if hi is None else min(hi, lo + 2))
     return "some-value"
 
 

@@ -247,6 +247,12 @@ def test_perf_json_in_the_one_format(site: str, tmp_path: Path):
     assert code == 0
     assert got[-1]["op"] == "perf" and got[-1]["result"] == "passed"
     assert [r["event"] for r in got[:-1]] == ["perf"]
+    saved = tmp_path / "baseline.json"
+    code, got = cli(["perf", "--base-url", site, str(pack), "--save-baseline", str(saved)])
+    assert code == 0 and saved.is_file()
+    code, got = cli(["perf", "--base-url", site, str(pack), "--baseline", str(saved)])
+    assert code == 0 and got[-1]["perf"]["baseline"]["file"] == str(saved)
+    assert got[0]["baseline"]["status"] in ("ok", "over", "regressed")
     code, got = cli(["perf", "--base-url", site, "health"])  # no perf: section
     assert code == 2 and got[-1]["result"] == "error"
 
