@@ -301,7 +301,7 @@ def perf_trend_command() -> click.Command:
         (written by `perf --history`); append it to $GITHUB_STEP_SUMMARY to see it."""
         from smoke import commands
 
-        ctx.exit(commands.run_perf_trend(history, baseline=baseline))
+        ctx.exit(commands.run_perf_trend(history, baseline=baseline, json_out=_json(ctx, False)))
 
     return perf_trend
 

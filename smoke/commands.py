@@ -413,11 +413,14 @@ def run_perf_trend(
     baseline: Path | None = None,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
+    json_out: bool = False,
 ) -> int:
     """`perf-trend HISTORY`: Markdown with a Mermaid chart of p95 per endpoint over the kept
-    runs (GitHub renders it in a step summary, an issue or a PR comment)."""
+    runs (GitHub renders it in a step summary, an issue or a PR comment). With --json, the
+    Markdown is the outcome's `markdown`."""
     out = out or sys.stdout
     err = err or sys.stderr
+    lines = JsonLines(out) if json_out else None
     try:
         try:
             runs = baselines.parse_history(history.read_text(encoding="utf-8"), str(history))
@@ -430,9 +433,19 @@ def run_perf_trend(
         if baseline is not None:
             reference, _ = _read_baseline(BaselineOptions(compare=baseline))
     except (BaselineError, ArgumentError) as exc:
-        report.error(str(exc), err)
+        report.error(str(exc), err, lines=lines, op="perf-trend")
         return 2
-    print(trend.markdown(runs, reference), file=out, end="", flush=True)
+    markdown = trend.markdown(runs, reference)
+    if lines is not None:
+        lines.outcome(
+            op="perf-trend",
+            result="ok",
+            exit_code=0,
+            message=f"p95 over {len(runs)} run(s) of {history}",
+            markdown=markdown,
+        )
+        return 0
+    print(markdown, file=out, end="", flush=True)
     return 0
 
 

@@ -27,6 +27,9 @@ def run(target: Target, *args: str, door: str = "releasegate") -> tuple[int, lis
 
 
 def test_setup_preflight_deploy_status_releases_history_smoke_in_one_format(target: Target):
+    code, got = run(target, "trust-host", "test", "--yes")  # the sandbox's key is pinned
+    assert (code, got[-1]["op"], got[-1]["result"]) == (0, "trust-host", "ok")
+
     code, got = run(target, "setup", "test")
     assert code == 0 and got[-1]["result"] == "ok"
 

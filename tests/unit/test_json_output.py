@@ -30,6 +30,7 @@ from deploy.report import JsonReporter
 from smoke import jsonlines
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
+from tests.unit import test_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = jsonlines.schema()
@@ -253,7 +254,32 @@ def test_perf_json_in_the_one_format(site: str, tmp_path: Path):
     code, got = cli(["perf", "--base-url", site, str(pack), "--baseline", str(saved)])
     assert code == 0 and got[-1]["perf"]["baseline"]["file"] == str(saved)
     assert got[0]["baseline"]["status"] in ("ok", "over", "regressed")
+    code, got = cli(["perf-trend", str(tmp_path / "baseline.history.jsonl")])
+    assert code == 0 and got[-1]["op"] == "perf-trend" and "```mermaid" in got[-1]["markdown"]
+    code, got = cli(["perf-trend", str(tmp_path / "no-history.jsonl")])
+    assert code == 2 and got[-1]["result"] == "error"
     code, got = cli(["perf", "--base-url", site, "health"])  # no perf: section
+    assert code == 2 and got[-1]["result"] == "error"
+
+
+@pytest.fixture
+def ci_repo(tmp_path: Path) -> Path:
+    """An app repository with a prod inventory and a pinned key (as in test_ci.py)."""
+    root = tmp_path / "shop"
+    (root / "inventories").mkdir(parents=True)
+    (root / "smoke").mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "inventories" / "prod.yml").write_text(test_ci.INVENTORY)
+    (root / "smoke" / "contract.yml").write_text(test_ci.PACK)
+    (root / "inventories" / "known_hosts").write_text(test_ci.pinned_line("10.0.0.5"))
+    return root
+
+
+def test_ci_github_json(ci_repo: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(ci_repo)
+    code, got = cli(["ci", "github", "--env", "prod"])
+    assert code == 0 and (got[-1]["op"], got[-1]["result"]) == ("ci", "ok")
+    code, got = cli(["ci", "github", "--env", "prod"])  # the files exist now: refused
     assert code == 2 and got[-1]["result"] == "error"
 
 
