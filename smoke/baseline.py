@@ -26,7 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # annotations only: Policy sets the CLI's defaults, which must not import httpx
+from smoke.policy import Policy as Policy
+
+if TYPE_CHECKING:  # annotations only: reading a baseline needs no HTTP client
     from smoke.perf import PerfResult
 
 
@@ -93,31 +95,6 @@ class Baseline:
     base_url: str = ""
     runs: int = 1
     machine: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Defaults derived from repeat runs against the sandbox (docs/smoke.md)."""
-
-    p95_increase_pct: float = 50.0
-    p95_increase_ms: float = 10.0
-    error_rate_increase: float = 0.01
-    consecutive: int = 3
-
-    def describe(self) -> str:
-        return (
-            f"p95 worse by > {self.p95_increase_pct:g} % and > {self.p95_increase_ms:g} ms, or "
-            f"error rate up by > {self.error_rate_increase * 100:g} percentage point(s), on "
-            f"{self.consecutive} consecutive run(s)"
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "p95_increase_pct": self.p95_increase_pct,
-            "p95_increase_ms": self.p95_increase_ms,
-            "error_rate_increase": self.error_rate_increase,
-            "consecutive": self.consecutive,
-        }
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 from click.shell_completion import CompletionItem
 
-from smoke.baseline import Policy
+from smoke.policy import Policy
 
 if TYPE_CHECKING:
     from smoke.commands import Resolver

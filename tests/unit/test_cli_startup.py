@@ -24,6 +24,7 @@ HEAVY = (
     "deploy.flow",
     "deploy.inventory",
     "smoke.commands",
+    "smoke.baseline",
 )
 
 PROBE = """
