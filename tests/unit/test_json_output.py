@@ -301,3 +301,18 @@ def test_docs_list_no_result_the_code_cannot_produce():
     assert listed is not None
     named = set(re.findall(r"`([a-z-]+)`", listed.group(1)))
     assert named <= set(SCHEMA["$defs"]["result"]["enum"])
+
+
+def test_a_many_host_outcome_matches_the_schema():
+    from deploy.model import HostLive, Outcome
+
+    out = io.StringIO()
+    rep = JsonReporter(stream=out)
+    hosts = (
+        HostLive("web1", "r1", "r2", "promoted", True),
+        HostLive("web2", "r1", None, "unknown", False),
+    )
+    rep.table("hosts after deploy", ["host", "live"], [["web1", "r2"], ["web2", "?"]])
+    rep.outcome(Outcome("deploy", "promoted", 0, "r2", "r2", "ok", hosts=hosts))
+    rep.finish("deploy", 0)
+    assert records(out.getvalue())[-1]["hosts"][1]["live"] is None
