@@ -30,7 +30,7 @@ Exit codes:
      previous release serves, verified
   4  lock held by someone else
   5  failed before activation (preflight, ship); nothing live changed
-  6  rollback failed or unsafe; a human is needed (then `resolve`)
+  6  rollback failed, unsafe or across an incompatible schema change; a human is needed
   7  host key unknown or changed; refused
   130/143  interrupted by SIGINT/SIGTERM after the safe cleanup for that phase
 """
@@ -141,14 +141,22 @@ def deploy(
 @main.command()
 @ENV
 @click.option("--to", "to", metavar="ID", help="Release id to go back to (default: previous good).")
+@click.option(
+    "--across-schema",
+    is_flag=True,
+    help="Go back across a schema change not declared backward compatible (after you ran the "
+    "down migration: the database matches the target again).",
+)
 @LOCK_WAIT
 @DRY_RUN
 @click.pass_obj
-def rollback(opts: Options, env: str, to: str | None, lock_wait: float, dry_run: bool) -> None:
+def rollback(
+    opts: Options, env: str, to: str | None, across_schema: bool, lock_wait: float, dry_run: bool
+) -> None:
     """Activate the previous good release (or --to ID) and gate it like a deploy."""
     from deploy import operations
 
-    opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run)
+    opts = replace(opts, lock_wait=lock_wait, dry_run=dry_run, across_schema=across_schema)
     sys.exit(operations.run_rollback(env, opts, to=to))
 
 

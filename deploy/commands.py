@@ -837,3 +837,108 @@ def install_release_env(
         + origin
         + " + release settings)",
     )
+
+
+# The release's env snapshot read the way systemd's EnvironmentFile= and the PM2 config read it
+# (templates/pm2/ecosystem.config.js.j2, the same state machine), printed as `export K='v'`
+# lines that the caller evals: values reach the environment of the migration, never a command
+# line, and nothing in the file is ever run as shell code.
+ENV_FILE_AWK = r"""
+function emit(k, v,   i, c, r) {
+  r = ""
+  for (i = 1; i <= length(v); i++) { c = substr(v, i, 1); r = r (c == q ? q "\\" q q : c) }
+  printf "export %s=%s%s%s\n", k, q, r, q
+}
+function push(   name) {
+  name = key; sub(/^[ \t\r\n]+/, "", name); sub(/[ \t\r\n]+$/, "", name)
+  sub(/^export[ \t]+/, "", name)
+  if (name ~ /^[A-Za-z_][A-Za-z0-9_]*$/) emit(name, val)
+  key = ""; val = ""; trail = -1; st = "pre-key"
+}
+function blank(c) { return c == " " || c == "\t" || c == "\n" || c == "\r" }
+BEGIN { q = sprintf("%c", 39); st = "pre-key"; key = ""; val = ""; trail = -1 }
+{
+  text = $0 "\n"
+  for (i = 1; i <= length(text); i++) {
+    c = substr(text, i, 1); nl = (c == "\n" || c == "\r")
+    if (st == "pre-key") {
+      if (c == "#" || c == ";") st = "comment"; else if (!blank(c)) { st = "key"; key = c }
+    } else if (st == "key") {
+      if (nl) { st = "pre-key"; key = "" }
+      else if (c == "=") { st = "pre-value"; val = ""; trail = -1 }
+      else key = key c
+    } else if (st == "pre-value") {
+      if (nl) push()
+      else if (c == q) st = "single"
+      else if (c == "\"") st = "double"
+      else if (c == "\\") st = "escape"
+      else if (!blank(c)) { st = "value"; val = val c }
+    } else if (st == "value") {
+      if (nl) { if (trail >= 0) val = substr(val, 1, trail); push() }
+      else if (c == "\\") { st = "escape"; trail = -1 }
+      else { if (!blank(c)) trail = -1; else if (trail < 0) trail = length(val); val = val c }
+    } else if (st == "escape") {
+      st = "value"; if (!nl) val = val c
+    } else if (st == "single") {
+      if (c == q) st = "pre-value"; else val = val c
+    } else if (st == "double") {
+      if (c == "\"") st = "pre-value"; else if (c == "\\") st = "double-escape"; else val = val c
+    } else if (st == "double-escape") {
+      st = "double"
+      if (c == "\"" || c == "\\" || c == "`" || c == "$") val = val c
+      else if (c != "\n") val = val "\\" c
+    } else if (st == "comment") {
+      if (c == "\\") st = "comment-escape"; else if (nl) st = "pre-key"
+    } else if (st == "comment-escape") {
+      st = nl ? "pre-key" : "comment"
+    }
+  }
+}
+END {
+  if (st == "value" && trail >= 0) val = substr(val, 1, trail)
+  if (st == "pre-value" || st == "value" || st == "escape" || st == "single" ||
+      st == "double" || st == "double-escape") push()
+}
+"""
+
+MIGRATE_EXIT = "@@migrate-exit="
+SCHEMA_MARK = "@@schema-"  # @@schema-before=<exit> <version>, @@schema-after=…
+
+MIGRATE_SCRIPT = r"""
+exec 2>&1
+rg_dir="$1"; rg_limit="$2"; rg_version="$3"; rg_migrate="$4"; rg_awk="$5"
+cd -- "$rg_dir" || exit 90
+if [ -f .releasegate.env ]; then
+  rg_vars=$(awk "$rg_awk" .releasegate.env) || exit 91
+  eval "$rg_vars"
+fi
+rg_schema() {
+  rg_v=$(timeout -k 5 "$rg_limit" sh -c "$rg_version" </dev/null); rg_c=$?
+  rg_v=$(printf '%s\n' "$rg_v" | sed -e 's/\r$//' -e '/^[[:space:]]*$/d' | tail -n 1)
+  printf '%s%s=%s %s\n' "@@schema-" "$1" "$rg_c" "$rg_v"
+  return $rg_c
+}
+rg_schema before || exit 0
+timeout -k 5 "$rg_limit" sh -c "$rg_migrate" </dev/null; rg_code=$?
+echo "@@migrate-exit=$rg_code"
+rg_schema after || true
+"""
+
+
+def migrate(
+    release_dir: PurePosixPath, *, command: str, version_command: str, seconds: float
+) -> Cmd:
+    """In `release_dir`, with that release's env snapshot: the schema version, the migration,
+    the schema version again — each under the host's `timeout`. Always exits 0 once it could
+    enter the release (exit 90: no such release, 91: unreadable env snapshot); the outcome is
+    in the `@@` marker lines, the rest of stdout is what the commands printed."""
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"migration timeout must be 0 < seconds <= 86400: {seconds}")
+    cmd = _script(
+        "release.migrate",
+        MIGRATE_SCRIPT,
+        [_p(release_dir), f"{seconds:g}", version_command, command, ENV_FILE_AWK],
+        f"run the migration `{command}` in {release_dir.name} (with its env snapshot)",
+    )
+    # three bounded commands: the client waits for all of them and their kill grace
+    return replace(cmd, limit=3 * seconds + 2 * KILL_AFTER)

@@ -1,9 +1,11 @@
 """`releasegate demo`: the whole promise in one run against the local sandbox.
 
 Boots the sandbox, prepares its front door (the upstream file with `releasegate setup`, the
-nginx site config as root, as an operator does once), deploys the sample app blue/green
-(inventories/local.yml), then, under a steady load through nginx (a new connection per
-request, as users arrive): a good release (promoted), a release that crashes at boot and one
+nginx site config as root, as an operator does once) and an empty PostgreSQL database for the
+sample app (its URL a secret; every deploy runs the release's migrations before it starts),
+deploys the sample app blue/green (inventories/local.yml), then, under a steady load through
+nginx (a new connection per request, as users arrive): a good release with a migration
+(migrated, then promoted), a release that crashes at boot and one
 that is ready but breaks its API contract (both rejected before any user meets them), each
 with the number of requests that failed while it happened. Then status.
 The sample app is copied into a throwaway git repository so each release is a real commit.
@@ -22,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -75,6 +78,16 @@ def commit_fault(repo: Path, fault: str) -> None:
 
 
 DEMO_SECRETS = ("HEALTH_TOKEN", "METRICS_TOKEN")
+DATABASE_URL = "DATABASE_URL"
+DEMO_DB = "sampleapp"  # the demo's database and role on the sandbox's PostgreSQL
+# A fresh database for each demo (the role's password is new each time too); SQL on stdin.
+DATABASE_SQL = """\
+SELECT 'CREATE ROLE {db} LOGIN' WHERE NOT EXISTS
+  (SELECT FROM pg_roles WHERE rolname = '{db}')\\gexec
+ALTER ROLE {db} PASSWORD '{password}';
+DROP DATABASE IF EXISTS {db} WITH (FORCE);
+CREATE DATABASE {db} OWNER {db};
+"""
 
 
 class FrontDoorError(Exception):
@@ -105,6 +118,37 @@ def install_site(info: sandbox.SandboxInfo, inv: Inventory) -> str:
             f"could not install {paths.site} on the sandbox: {res.stderr.strip() or res.stdout}"
         )
     return str(paths.site)
+
+
+def prepare_database(info: sandbox.SandboxInfo) -> str:
+    """As root on the sandbox: an empty database and its role for the sample app (the
+    sandbox's systemd runs PostgreSQL). Returns the DATABASE_URL the app gets as a secret."""
+    password = secrets.token_hex(16)
+    res = subprocess.run(
+        info.ssh_argv(
+            "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres", user="root"
+        ),
+        input=DATABASE_SQL.format(db=DEMO_DB, password=password),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise FrontDoorError(
+            f"could not prepare the sample app's database on the sandbox: "
+            f"{res.stderr.strip() or res.stdout.strip()}"
+        )
+    return f"postgres://{DEMO_DB}:{password}@127.0.0.1:5432/{DEMO_DB}"
+
+
+# The demo's second release adds a column: the first release ignores it, so the change is
+# declared backward compatible (releasegate-migration.json) and a rollback may cross it.
+MIGRATION_2 = {
+    "db/migrations/002_note_author.sql": "ALTER TABLE notes ADD COLUMN author text;\n",
+    "db/migrations/002_note_author.down.sql": "ALTER TABLE notes DROP COLUMN author;\n",
+    "releasegate-migration.json": '{"backward_compatible": true}\n',
+}
 
 
 @dataclass(frozen=True)
@@ -193,6 +237,16 @@ def demo_inventory(source: Path, info: sandbox.SandboxInfo, repo: Path, into: Pa
         for pack in smoke.get("packs", [])
     ]
     data.setdefault("health", {})["deadline"] = 8.0
+    # the sample app's real database on the sandbox's PostgreSQL (prepare_database): its URL
+    # travels as a secret, and each deploy runs the release's migrations before it starts
+    secrets_cfg = data.setdefault("secrets", {})
+    secrets_cfg["from_env"] = [*secrets_cfg.get("from_env", []), DATABASE_URL]
+    data["migrations"] = {
+        "command": "node db/migrate.js up",
+        "schema_version_command": "node db/migrate.js version",
+        "down_command": "node db/migrate.js down",
+        "timeout": 60,
+    }
     into.mkdir(parents=True, exist_ok=True)
     (into / "local.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     return into
@@ -214,6 +268,9 @@ def run(opts: Options, spec: sandbox.SandboxSpec | None = None) -> int:
             with reporter.stage("sandbox up"):
                 info = sandbox.up(spec, log=reporter.info)
                 reporter.info(f"sandbox at {info.user}@{info.address}")
+            with reporter.stage("database: an empty PostgreSQL database for the sample app"):
+                os.environ[DATABASE_URL] = prepare_database(info)
+                redact.add(os.environ[DATABASE_URL], urlsplit(os.environ[DATABASE_URL]).password)
             repo = make_app_repo(Path(tmp))
             here = demo_inventory(
                 inventory.inventory_path("local", inventories), info, repo, Path(tmp) / "inv"
@@ -253,7 +310,13 @@ def _deploys(
     if code != 0:
         return [Step("first deploy", code, 0, first, None, False, Tally(0, 0, {}))]
     plan = [
-        ("a good release", "", 0, "a good release: expect it promoted"),
+        (
+            "a good release",
+            "",
+            0,
+            "a good release with a migration (schema 1 → 2, declared backward compatible): "
+            "expect it migrated before it starts, then promoted",
+        ),
         ("boot_crash", "boot_crash", 3, "a release that crashes at boot: expect it rejected"),
         (
             "wrong_contract",
@@ -273,6 +336,9 @@ def _deploys(
             reporter.warn(f"the first release ({first}) does not answer through nginx yet")
         live = _serving(load.hits())
         for n, (what, fault, expected, say) in enumerate(plan, start=2):
+            if n == 2:
+                for rel, text in MIGRATION_2.items():
+                    (repo / rel).write_text(text)
             commit_fault(repo, fault)
             commit = _head(repo)
             reporter.info(f"{n}/4 deploying {say}")

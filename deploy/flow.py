@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from deploy import artifact as artifacts
-from deploy import commands, lock, proxy, prune, release_packs, verdict
+from deploy import commands, lock, migrations, proxy, prune, release_packs, verdict
 from deploy.clock import Clock
 from deploy.commands import Cmd
 from deploy.errors import (
@@ -125,6 +125,12 @@ class Deps:
     # told the failed release as soon as one fails after its switch, before its rollback
     # (deploy.fleet starts putting the other hosts back meanwhile)
     on_failure: Callable[[str], None] | None = None
+    # rollback --across-schema: the operator ran the down migration (deploy/migrations.py)
+    across_schema: bool = False
+    # fallback release id -> the schema changes an automatic rollback to it would cross
+    crossings: dict[str, migrations.Crossing | None] = field(default_factory=dict)
+    # release id -> its migration declaration, read when it was built (migrations on)
+    declarations: dict[str, migrations.Declaration] = field(default_factory=dict)
 
 
 def host_ops(d: Deps) -> HostOps:
@@ -153,6 +159,9 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
         if isinstance(plan, Outcome):
             return plan
         ship_release(d, host, plan, art, bundle)
+        failed = migrate_release(d, host, plan)
+        if failed is not None:
+            return failed
         # in-place: the point of no return is the activation; blue-green: the front door's
         # switch, after the release passed its gate in the idle slot (see _activate_and_gate)
         return activate_release(d, host, plan)
@@ -179,10 +188,17 @@ def build_release(d: Deps, source: artifacts.Source) -> tuple[artifacts.Artifact
             source, d.workdir, d.clock.now(), sha=sha, extra={SMOKE_BUNDLE: bundle.to_json()}
         )
         d.gate_packs[art.release_id] = GatePacks(packs)
+        declaration = (
+            migrations.read_declaration(d.inventory, source, sha)
+            if d.inventory.migrations.enabled
+            else None
+        )
         r.info(
             f"release {art.release_id} from {art.revision[:12]}: {art.members} files, "
             f"{art.size / 1024:.0f} KiB, sha256 {art.sha256[:12]}…"
         )
+    if declaration is not None:
+        d.declarations[art.release_id] = declaration
     return art, bundle
 
 
@@ -208,10 +224,35 @@ def ship_release(
     """Ship; a failure aborts (the partial release removed, nothing live changed, exit 5)."""
     try:
         with d.reporter.stage(f"ship {plan.rid}"):
-            _ship(d, host, plan.state, art, bundle, reuse_from=plan.previous_good)
+            _ship(
+                d,
+                host,
+                plan.state,
+                art,
+                bundle,
+                reuse_from=plan.previous_good,
+                declaration=d.declarations.get(plan.rid),
+            )
     except BaseException as exc:
         _abort(d, host, plan.rid, exc)
         raise AssertionError("unreachable") from exc
+
+
+def migrate_release(d: Deps, host: HostOps, plan: DeployPlan) -> Outcome | None:
+    """After the ship, before the release starts or takes traffic: its migration. A failed
+    one is the deploy's outcome (the release never activated); otherwise None, and an
+    automatic rollback now knows the schema changes it would cross."""
+    migrated = _migrate(d, host, plan.rid, d.declarations.get(plan.rid))
+    if migrated is not None and not migrated.ok:
+        live = plan.state.current
+        return _report(
+            d, migrations.failed_outcome(migrated, live=live, label=host.label, env=d.inventory.env)
+        )
+    if plan.previous_good is not None:
+        d.crossings[plan.previous_good] = migrations.crossing(
+            plan.state.journal, plan.previous_good, migrated
+        )
+    return None
 
 
 def activate_release(d: Deps, host: HostOps, plan: DeployPlan) -> Outcome:
@@ -236,6 +277,7 @@ def _ship(
     bundle: Bundle,
     *,
     reuse_from: str | None,
+    declaration: migrations.Declaration | None = None,
 ) -> None:
     """Uploads over SFTP, then every host step of the phase in one round trip. Everything
     is written inside the new release: nothing live changes before the switch."""
@@ -257,7 +299,13 @@ def _ship(
     # Dependencies are only ever reused from a good release (never a bad or unverified one).
     source = None if d.clean_install else reuse_from
     steps += host.ship_steps(
-        art, upload, now, reuse_from=source, env_upload=env_upload, smoke=bundle
+        art,
+        upload,
+        now,
+        reuse_from=source,
+        env_upload=env_upload,
+        smoke=bundle,
+        migration=declaration.as_manifest() if declaration is not None else None,
     )
     steps.append(host.journal_cmd(now, "deploy", rid, ReleaseState.READY))
     res = host.run_batch("ship", steps, f"ship {rid}")
@@ -275,6 +323,43 @@ def _ship(
                 f"install command, {', '.join(app.deps_runtimes) or 'no runtime'} version on the "
                 f"host): install skipped (--clean-install forces it)"
             )
+
+
+def _migrate(
+    d: Deps, host: HostOps, rid: str, declaration: migrations.Declaration | None
+) -> migrations.Migration | None:
+    """After the ship, before `rid` starts or takes traffic: its migration, in its directory
+    with its env snapshot (deploy/migrations.py), then its journal line and manifest."""
+    cfg = d.inventory.migrations
+    if declaration is None:
+        return None
+    if d.dry_run:
+        d.reporter.info(f"would run the migration `{cfg.command}` in {rid} before it starts")
+        return None
+    with d.reporter.stage(f"migrate the database for {rid}"):
+        try:
+            done = migrations.run(host, rid, cfg, declaration)
+        except BaseException as exc:
+            d.signals.clear()
+            with _shielded(d.reporter), contextlib.suppress(ReleasegateError):
+                if not isinstance(exc, ConnectionLost):
+                    host.record(
+                        d.clock.now(),
+                        migrations.MIGRATE,
+                        rid,
+                        ReleaseState.BAD,
+                        result="interrupted",
+                        reason=_reason(exc),
+                    )
+            why = migrations.interrupted(rid, cfg, _reason(exc))
+            if _signum(exc):
+                raise Interrupted(why, signum=_signum(exc)) from None
+            raise HumanNeeded(why) from None
+        steps = migrations.record_steps(host, d.clock.now(), done)
+        host.run_batch("migrate.record", steps, f"record the migration of {rid}")
+    for line in done.evidence() if done.ok else ():
+        d.reporter.info(line)
+    return done
 
 
 def _collect_packs(d: Deps, source: artifacts.Source, sha: str) -> tuple[Bundle, tuple[Pack, ...]]:
@@ -487,6 +572,14 @@ def rollback_locked(d: Deps, host: HostOps, to: str | None) -> Outcome:
         target = _previous_good(d, host, state)
     if target == current:
         d.reporter.info(f"{target} is already current; activating and gating it again")
+    crossing = migrations.crossing(state.journal, target) if target != current else None
+    if crossing is not None and not crossing.compatible and not d.across_schema:
+        return _report(
+            d,
+            migrations.refused_rollback(
+                d.inventory, crossing, root=str(host.layout.root), live=current
+            ),
+        )
     fallback = current if current and state.state_of(current) == ReleaseState.GOOD else None
     if fallback == target or mark is not None:
         fallback = None  # while marked, an operator's rollback is never followed by another
@@ -500,8 +593,24 @@ def rollback_locked(d: Deps, host: HostOps, to: str | None) -> Outcome:
         op="rollback",
         fallback=fallback,
         hold="an operator's rollback while the host needs a human" if mark else None,
-        on_success=lambda: _rollback_verdicts(d, host, state, target, mark),
+        on_success=lambda: (
+            _rollback_verdicts(d, host, state, target, mark) + _crossed(d, host, target, crossing)
+        ),
     )
+
+
+def _crossed(
+    d: Deps, host: HostOps, target: str, crossing: migrations.Crossing | None
+) -> list[Cmd]:
+    """A rollback that crossed schema changes says so in the journal: allowed because each was
+    declared backward compatible (the database stays at the new version), or on the operator's
+    --across-schema (the database matches `target` again: later rollbacks start from here)."""
+    if crossing is None:
+        return []
+    how = migrations.ACROSS if d.across_schema else "backward compatible"
+    return [
+        host.journal_cmd(d.clock.now(), migrations.SCHEMA, target, None, **crossing.journal(how))
+    ]
 
 
 def _already_rolled_back(verified: Outcome) -> Outcome:
@@ -628,6 +737,8 @@ def _resolve_interrupted(
         + (f" — it was {hold}: if it fails, releasegate stops for a human" if hold else "")
     )
     _load_stored_packs(d, state, [current, None if hold else fallback])
+    if fallback is not None:
+        d.crossings[fallback] = migrations.crossing(state.journal, fallback)
     outcome = _activate_and_gate(
         d,
         host,
@@ -992,6 +1103,24 @@ def _recover(
                 evidence=evidence,
                 forensics=forensics,
             )
+        crossing = d.crossings.get(fallback) if fallback is not None else None
+        if crossing is not None and not crossing.compatible:
+            if not early:
+                forensics = _forensics(d, failed, target)
+                evidence += forensics.lines
+            return _refuse_crossing(
+                d,
+                host,
+                way,
+                failed,
+                crossing,
+                op=op,
+                reason=reason,
+                evidence=evidence,
+                forensics=forensics,
+            )
+        if crossing is not None:
+            r.info(f"rolling back across a backward-compatible schema change: {crossing.note()}")
         if fallback is None:
             way.stop(failed)
             host.record(
@@ -1030,6 +1159,7 @@ def _recover(
                     reason=f"{op} of {failed} failed",
                     automatic=True,
                     after=failed,
+                    **({"schema": crossing.journal("backward compatible")} if crossing else {}),
                 )
                 back_evidence = _revert(d, host, way, fallback, record)
         except Exception as again:
@@ -1292,6 +1422,7 @@ def _reject(
             message=(
                 f"{rid} was rejected before it took traffic ({reason}); {taken}. {live} kept "
                 f"every request and answers through the front door, verified"
+                + migrations.stays_note(d.crossings.get(live))
             ),
             evidence=evidence + tuple(f"live: {line}" for line in verified[-3:]),
         ),
@@ -1376,7 +1507,13 @@ def _hold(
 
 
 def _mark(
-    d: Deps, host: HostOps, *, live: str | None, failed: str | None, reason: str
+    d: Deps,
+    host: HostOps,
+    *,
+    live: str | None,
+    failed: str | None,
+    reason: str,
+    commands: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
     """Record the sticky needs-human mark with the exact commands to run; returns them.
     (If the journal cannot be written, the commands are still shown.)"""
@@ -1384,7 +1521,7 @@ def _mark(
     with contextlib.suppress(ReleasegateError):
         state = host.read_state()
         others = [r for r in state.good_releases() if r not in (live, failed)]
-    commands = verdict.mark_commands(d.inventory.env, live=live, others=others)
+    commands = commands or verdict.mark_commands(d.inventory.env, live=live, others=others)
     try:
         host.record(
             d.clock.now(),
@@ -1402,6 +1539,42 @@ def _mark(
             f"{exc.message}. Do not deploy before you have checked the host."
         )
     return commands
+
+
+def _refuse_crossing(
+    d: Deps,
+    host: HostOps,
+    way: Strategy,
+    failed: str,
+    crossing: migrations.Crossing,
+    *,
+    op: str,
+    reason: str,
+    evidence: tuple[str, ...],
+    forensics: Forensics,
+) -> Outcome:
+    """The automatic rollback would cross a schema change not declared backward compatible:
+    refused. `failed` stays live (unverified, not marked bad), and the host is marked
+    needs-human with the choices: the down migration then `rollback --to … --across-schema`,
+    or roll forward."""
+    with contextlib.suppress(ReleasegateError):
+        host.record(
+            d.clock.now(),
+            op,
+            failed,
+            None,
+            result="gate-failed",
+            reason=reason,
+            evidence=list(evidence)[-20:],
+            forensics=forensics.journal,
+            rollback_refused=crossing.journal("refused"),
+        )
+    refusal = migrations.refusal(crossing, what="the automatic rollback")
+    choices = migrations.choices(d.inventory, crossing, root=str(host.layout.root), live=failed)
+    why = f"{failed} failed its gate ({reason}); {refusal}"
+    commands = _mark(d, host, live=failed, failed=failed, reason=why, commands=choices)
+    outcome = migrations.refused_automatic(op, failed, reason, refusal, evidence, commands)
+    return _report_slots(d, way, outcome)
 
 
 def _promote(
@@ -1492,6 +1665,7 @@ def status(d: Deps) -> HostStatus:
         process=snap,
         lock_holder=state.lock_owner,
         slots=slots,
+        schema=migrations.database_schema(state.journal),
         releases=tuple(
             (
                 rid,

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -55,6 +56,8 @@ class HostOps:
     machine: str = field(default_factory=socket.gethostname)  # in the lock's owner record
     lease_s: int = field(default=0)  # the lease of the lock we hold (0: none, a manual lock)
     uploads: list[PurePosixPath] = field(default_factory=list)  # this run's, on the host
+    # the manifest each release shipped by this run was given (a migration adds its schema)
+    shipped: dict[str, Manifest] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -249,6 +252,7 @@ class HostOps:
         reuse_from: str | None,
         env_upload: PurePosixPath | None = None,
         smoke: Bundle | None = None,
+        migration: Mapping[str, object] | None = None,
     ) -> list[Cmd]:
         """Verify, extract, write the release's env snapshot, link shared, write the process
         config, install (or reuse the dependencies of `reuse_from`, a good release), write the
@@ -297,7 +301,9 @@ class HostOps:
             tags=artifact.tags,
             smoke_sha256=smoke.sha256 if smoke is not None else None,
             smoke_packs=smoke.names() if smoke is not None else (),
+            migration=migration,
         )
+        self.shipped[rid] = manifest
         # The manifest is written last: its presence is what makes a release complete.
         steps.append(commands.write_manifest(partial, manifest))
         steps.append(commands.finalize_release(partial, self.layout.release(rid)))

@@ -37,6 +37,8 @@ HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._@+/-]+$")
 REVISION = re.compile(r"^(?!-)[A-Za-z0-9._/@^~-]{1,200}$")
 RUNTIME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# a file of the app, relative to its directory in the repository; no `..` segment
+DECLARATION = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._@+/-]{1,200}$")
 
 
 def _abs_posix_path(value: str) -> str:
@@ -359,6 +361,44 @@ class PreflightConfig(Strict):
         return value
 
 
+class MigrationsConfig(Strict):
+    """Database migrations run by the deploy (deploy/migrations.py): on the host, in the new
+    release's directory with that release's env snapshot, under the lock, after the ship and
+    before the release takes traffic. Off unless `command` is set."""
+
+    command: str | None = None  # e.g. `npm run -s db:migrate`; non-zero = the migration failed
+    # prints the database's schema version (last line of stdout); run before and after
+    schema_version_command: str | None = None
+    timeout: float = Field(300, gt=0, le=86400)  # host-side `timeout` for each of them
+    # the release's own declaration, a JSON file in the app's repository read at the revision
+    # being deployed: {"backward_compatible": true} lets an automatic rollback cross its change
+    declaration: Annotated[
+        str, _pattern(DECLARATION, "use a path inside the app such as releasegate-migration.json")
+    ] = "releasegate-migration.json"
+    down_command: str | None = None  # shown in the choices when a rollback is refused
+
+    @field_validator("command", "schema_version_command", "down_command")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\n" in value or "\x00" in value or not value.strip()):
+            raise ValueError("must be a single non-empty command line")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_version(self) -> MigrationsConfig:
+        if self.command is not None and self.schema_version_command is None:
+            raise ValueError(
+                "migrations.command needs migrations.schema_version_command: releasegate "
+                "records the schema version each release ran and refuses a rollback across "
+                "a change it cannot see"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.command is not None
+
+
 class SecretsConfig(Strict):
     """Secrets built locally from these sources into each release's env snapshot (0600)."""
 
@@ -549,6 +589,7 @@ class Inventory(Strict):
     health: HealthConfig = HealthConfig()
     smoke: SmokeSettings = SmokeSettings()
     preflight: PreflightConfig = PreflightConfig()
+    migrations: MigrationsConfig = MigrationsConfig()
     secrets: SecretsConfig = SecretsConfig()
     notify: NotifyConfig = NotifyConfig()
     strategy: StrategyConfig = StrategyConfig()
@@ -601,6 +642,17 @@ class Inventory(Strict):
     @property
     def many(self) -> bool:
         return len(self.hosts) > 1
+
+    @model_validator(mode="after")
+    def _migrations_one_host(self) -> Inventory:
+        if self.migrations.enabled and len(self.hosts) > 1:
+            raise ValueError(
+                "migrations: cannot be used with more than one host yet: the hosts share the "
+                "database, so a fleet deploy would have to migrate it once and every host's "
+                "journal would have to know. Keep migrations in a one-host inventory (or run "
+                "them outside releasegate) for now"
+            )
+        return self
 
     @model_validator(mode="after")
     def _strategy_available(self) -> Inventory:

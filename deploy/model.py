@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -143,6 +144,8 @@ class Manifest:
     # sha256 of the smoke bundle the release carries (SMOKE_BUNDLE) and the packs in it
     smoke_sha256: str | None = None
     smoke_packs: tuple[str, ...] = ()
+    # the release's migration declaration (deploy/migrations.py), when migrations are on
+    migration: Mapping[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -157,6 +160,8 @@ class Manifest:
         if self.smoke_sha256 is not None:
             out["smoke_sha256"] = self.smoke_sha256
             out["smoke_packs"] = list(self.smoke_packs)
+        if self.migration is not None:
+            out["migration"] = dict(self.migration)
         return out
 
 
@@ -291,6 +296,8 @@ class HostStatus:
     releases: tuple[tuple[str, str], ...]  # (id, state), newest first
     needs_human: NeedsHuman | None = None
     slots: tuple[SlotView, ...] = ()  # blue/green: each slot, its release and role
+    # the database's schema version as the journal last recorded it (deploy/migrations.py)
+    schema: str | None = None
 
 
 @dataclass(frozen=True)

@@ -346,6 +346,7 @@ def _operation(
                     lock_wait=opts.lock_wait,
                     dry_run=opts.dry_run,
                     clean_install=opts.clean_install,
+                    across_schema=opts.across_schema,
                     signals=seen,
                     redact=redact,
                     local_checks=checks,

@@ -17,3 +17,4 @@ class Options:
     json: bool = False
     dry_run: bool = False
     clean_install: bool = False
+    across_schema: bool = False  # rollback: cross a schema change (deploy/migrations.py)

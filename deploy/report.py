@@ -171,6 +171,8 @@ def status_lines(status: HostStatus) -> list[str]:
             else "free"
         ),
     ]
+    if status.schema is not None:
+        lines.append(f"schema      {status.schema} (the database, as last journaled)")
     mark = status.needs_human
     if mark is not None:
         lines.append(

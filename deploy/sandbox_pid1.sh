@@ -31,7 +31,7 @@ stage_launch() {
 # Enablement links from the host are dropped anyway (see customise); masking also stops units
 # that are pulled in statically or by generators.
 MASK_UNITS=(
-  apache2.service postgresql.service mysql.service mariadb.service
+  apache2.service mysql.service mariadb.service
   redis-server.service docker.service containerd.service cron.service anacron.service
   atd.service unattended-upgrades.service e2scrub_reap.service systemd-pstore.service
   systemd-timesyncd.service systemd-networkd.service systemd-networkd-wait-online.service
@@ -87,6 +87,15 @@ customise() {
     ln -sfn /lib/systemd/system/nginx.service "$sd/system/multi-user.target.wants/nginx.service"
     rm -f "$R/etc/nginx/sites-enabled/default"
     nginx_user=1
+  fi
+  # PostgreSQL, when this machine has it (scripts/setup.sh installs it; it never runs on the
+  # host itself): the sample app's real database. Debian's postgresql.service pulls in every
+  # cluster whose start.conf says auto (its generator); the data lives in the tmpfs like
+  # everything else, so each boot starts from the host's freshly created cluster.
+  if [ -e "$R/lib/systemd/system/postgresql.service" ] && [ -d "$R/etc/postgresql" ]; then
+    rm -rf "$sd/system/postgresql.service" "$sd/system/postgresql.service.d"
+    ln -sfn /lib/systemd/system/postgresql.service \
+      "$sd/system/multi-user.target.wants/postgresql.service"
   fi
   # Persistent journal (in the tmpfs) so journald splits per-user files and `journalctl --user`
   # works for the deploy user; volatile storage would keep a single root-only file.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up releasegate on a fresh Debian 12 machine, as root: the host tools the sandbox VPS
-# needs (sshd, systemd, iproute2, Node, PM2, nginx), then releasegate itself in .venv.
+# needs (sshd, systemd, iproute2, Node, PM2, nginx, PostgreSQL), then releasegate itself in .venv.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +30,10 @@ want curl curl
 # nginx is the blue/green front door (docs/blue-green.md). The sandbox VPS boots this machine's
 # OS files and runs it under its own systemd; on this machine itself it must not run.
 want /usr/sbin/nginx nginx
+# PostgreSQL is the sample app's real database (docs/design.md, "Migrations"): the same rule,
+# the sandbox's systemd runs the cluster the package creates; this machine never runs it.
+want /usr/lib/postgresql/15/bin/postgres postgresql
+want psql postgresql-client
 if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then packages+=(python3-venv python3-pip); fi
 if [ ${#packages[@]} -gt 0 ]; then
@@ -46,12 +50,23 @@ if [ ${#packages[@]} -gt 0 ]; then
     trap 'rm -f "$policy"' EXIT
   fi
   nginx_before=$(pgrep -x nginx || true)
+  postgres_before=$(pgrep -x postgres || true)
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
   if [ -z "$nginx_before" ] && pgrep -x nginx >/dev/null; then
     echo "setup: stopping the nginx the package started on this machine"
     /usr/sbin/nginx -s quit || echo "setup: warning: nginx runs on this machine; stop it" >&2
   fi
+  if [ -z "$postgres_before" ] && pgrep -x postgres >/dev/null; then
+    echo "setup: stopping the PostgreSQL the package started on this machine"
+    pg_ctlcluster 15 main stop || echo "setup: warning: postgres runs on this machine" >&2
+  fi
+fi
+# The cluster the sandbox starts (the package makes one; a machine where it was dropped gets
+# it back). Created stopped.
+if [ -x /usr/lib/postgresql/15/bin/postgres ] && ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+  echo "setup: pg_createcluster 15 main"
+  pg_createcluster 15 main >/dev/null
 fi
 
 if ! command -v pm2 >/dev/null 2>&1; then

@@ -208,7 +208,11 @@ def _checks(s: AuditSettings, ready_token: str | None, metrics_token: str | None
             _check(
                 "ready-with-token",
                 _get(s.ready_path, (s.ready_token_header, ready_token)),
-                Hinted(ok, f"the app is not ready, or does not accept {s.ready_token_header}"),
+                Hinted(
+                    ok,
+                    f"the app is not ready (a dependency it checks, such as its database, "
+                    f"may be down), or does not accept {s.ready_token_header}",
+                ),
             )
         )
     page = _get(s.headers_path)

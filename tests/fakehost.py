@@ -100,6 +100,10 @@ class FakeHost:
     nginx_refuses: bool = False  # `nginx -t` fails at the next switch
     user_requests: int = 0  # requests real users send through the front door per log read
     user_path: str = "/api/items"
+    # the database of deploy/migrations.py: its schema version, and whether it answers
+    schema: str = "1"
+    db_up: bool = True
+    migrated: list[str] = field(default_factory=list)  # release dirs migrations ran in
 
     def fault_of_running(self) -> str:
         return self.faults.get(self.running or "", "")
@@ -183,6 +187,10 @@ class FakeRemote:
         self.interrupt_on: dict[str, type[BaseException]] = {}
         self.uploads: list[PurePosixPath] = []
         self.next_fault = ""  # fault of the next extracted release
+        # the next migration: the schema version it moves the database to (None: none), its
+        # exit code, and what it prints (the host runs the real script in the unit tests of
+        # test_migrations.py; here only its report)
+        self.next_migration: tuple[str | None, int, str] = (None, 0, "")
         self.corrupt = False
         # SIGKILL stand-in: after this command nothing more reaches the host (the orchestrator
         # is dead); later calls return success without effect, so the flow runs on blind.
@@ -295,6 +303,20 @@ class FakeRemote:
         match cmd.name:
             case "layout.prepare" | "release.link_shared" | "release.install":
                 return ok
+            case "release.migrate":
+                h.migrated.append(args[0])
+                to, code, printed = self.next_migration
+
+                def schema(when: str) -> str:
+                    return f"@@schema-{when}=0 {h.schema}" if h.db_up else f"@@schema-{when}=1 "
+
+                out = [schema("before")]
+                if h.db_up:
+                    out.append(printed)
+                    if to is not None:
+                        h.schema = to
+                    out += [f"@@migrate-exit={code}", schema("after")]
+                return Result("\n".join(out) + "\n", "", 0)
             case "file.write":
                 path = PurePosixPath(args[0])
                 if path.name == ".release.json":

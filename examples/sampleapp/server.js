@@ -30,6 +30,11 @@ const METRICS_TOKEN = env.METRICS_TOKEN || '';
 const READY_REQUIRES = env.READY_REQUIRES || '';
 const CORS_ORIGINS = new Set((env.CORS_ORIGINS || '').split(',').map((s) => s.trim()).filter(Boolean));
 const MAX_BODY_BYTES = 16 * 1024;
+// The real dependency: with DATABASE_URL set (releasegate's secrets), readiness also needs the
+// database to answer within DB_TIMEOUT_MS and its schema to be at least the version this
+// release's own migrations (db/migrations/NNN_*.sql) reach.
+const DATABASE_URL = env.DATABASE_URL || '';
+const DB_TIMEOUT_MS = 1000;
 const MAX_ITEMS = 10000;
 
 // ---------------------------------------------------------------- faults --
@@ -88,6 +93,45 @@ let listening = false;
 let shuttingDown = false;
 const hanging = new Set(); // ready_hang: readiness requests left without an answer
 const requestCounts = new Map(); // "method\0route\0status" -> count
+
+// -------------------------------------------------------------- database --
+const SCHEMA_NEEDED = (() => {
+  const dir = path.join(__dirname, 'db', 'migrations');
+  if (!fs.existsSync(dir)) return 0;
+  const versions = fs.readdirSync(dir)
+    .filter((f) => /^\d{3}_[a-z0-9_]+\.sql$/.test(f) && !f.endsWith('.down.sql'))
+    .map((f) => Number(f.slice(0, 3)));
+  return versions.length ? Math.max(...versions) : 0;
+})();
+let pool = null;
+let databaseOk = !DATABASE_URL; // the last check's verdict (for /metrics)
+if (DATABASE_URL) {
+  const { Pool } = require('pg');
+  pool = new Pool({
+    connectionString: DATABASE_URL,
+    max: 2,
+    connectionTimeoutMillis: DB_TIMEOUT_MS,
+    query_timeout: DB_TIMEOUT_MS,
+    idleTimeoutMillis: 5000,
+  });
+  // An idle connection lost with the database must not crash the app: the next check says so.
+  pool.on('error', () => {});
+}
+
+// Resolves to '' when the database is fine, else why not (never the URL or its password).
+async function databaseProblem() {
+  if (!pool) return '';
+  let version;
+  try {
+    const r = await pool.query('SELECT coalesce(max(version), 0) AS v FROM schema_migrations');
+    version = Number(r.rows[0].v);
+  } catch (err) {
+    if (err && err.code === '42P01') version = 0; // no schema_migrations yet
+    else return 'database unavailable';
+  }
+  if (version < SCHEMA_NEEDED) return `database schema ${version}, this release needs ${SCHEMA_NEEDED}`;
+  return '';
+}
 
 function isReady() {
   if (!listening || shuttingDown) return false;
@@ -193,7 +237,7 @@ function renderMetrics() {
     `process_resident_memory_bytes ${process.memoryUsage().rss}`,
     '# HELP sampleapp_ready Whether /health/ready currently answers 200.',
     '# TYPE sampleapp_ready gauge',
-    `sampleapp_ready ${isReady() ? 1 : 0}`,
+    `sampleapp_ready ${isReady() && databaseOk ? 1 : 0}`,
     '# HELP sampleapp_info Release information.',
     '# TYPE sampleapp_info gauge',
     `sampleapp_info{release="${escapeLabel(REPORTED_RELEASE)}",revision="${escapeLabel(REPORTED_REVISION || '')}"} 1`
@@ -217,7 +261,12 @@ const routes = [
         return;
       }
       if (!isReady()) return send(res, 503, { status: 'not-ready' });
-      send(res, 200, { status: 'ready', release: REPORTED_RELEASE });
+      if (!pool) return send(res, 200, { status: 'ready', release: REPORTED_RELEASE });
+      databaseProblem().then((problem) => {
+        databaseOk = !problem;
+        if (problem) return send(res, 503, { status: 'not-ready', reason: problem });
+        send(res, 200, { status: 'ready', release: REPORTED_RELEASE, schema: SCHEMA_NEEDED });
+      });
     },
   }],
   ['/version', {

@@ -37,6 +37,10 @@ def test_the_demo_deploys_local_yml_blue_green_on_the_booted_sandbox(tmp_path: P
     assert inv.smoke.packs == (str(ROOT / "examples" / "sampleapp" / "smoke.yml"),)
     assert inv.strategy.kind == "blue-green" and inv.strategy.public_port == 80
     assert inv.health.deadline == 8.0
+    # the sample app's database: its URL a secret, its migrations run by every deploy
+    assert "DATABASE_URL" in inv.secrets.from_env
+    assert inv.migrations.command == "node db/migrate.js up"
+    assert inv.migrations.schema_version_command == "node db/migrate.js version"
     # everything else is local.yml's
     local = inventory.load("local", ROOT / "inventories")
     assert inv.strategy == local.strategy and inv.process == local.process

@@ -1,0 +1,5 @@
+-- The sample app's first table: notes kept by the demo.
+CREATE TABLE notes (
+  id serial PRIMARY KEY,
+  body text NOT NULL
+);
