@@ -14,11 +14,11 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from deploy.errors import ShipError
+from deploy.errors import ConfigError, ShipError
 from deploy.model import Artifact, new_release_id
 
 
@@ -37,6 +37,45 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
 
 
+def check_revision(repo: Path, revision: str) -> None:
+    """Refuse, before anything is contacted, a repository or revision that does not exist
+    (exit 2: a config or argument problem)."""
+    if not (repo / ".git").exists() and _git(repo, "rev-parse").returncode != 0:
+        raise ConfigError(
+            f"{repo} is not a git repository: set app.repo in the inventory to the "
+            f"app's git checkout (relative paths start at the inventory's directory). "
+            f"Nothing was contacted."
+        )
+    res = _git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    if res.returncode != 0:
+        raise ConfigError(
+            f"revision {revision!r} does not exist in {repo}: commit or fetch it, or set "
+            f"app.revision (or --revision) to an existing branch, tag or sha. Nothing was "
+            f"contacted."
+        )
+
+
+def uncommitted(source: Source) -> str | None:
+    """The first uncommitted change in the tree (within app.path), or None when it is clean."""
+    scope = [source.path] if source.path else []
+    status = _git(source.repo, "status", "--porcelain", "--untracked-files=normal", "--", *scope)
+    dirty = status.stdout.decode().strip()
+    return dirty.splitlines()[0] if dirty else None
+
+
+def for_preview(source: Source) -> tuple[Source, str | None]:
+    """A dry run previews the commit even when the tree is dirty (e.g. right after trust-host
+    wrote inventories/known_hosts): the source to plan with, and the warning to show."""
+    first = None if source.allow_dirty else uncommitted(source)
+    if first is None:
+        return source, None
+    return replace(source, allow_dirty=True), (
+        f"the working tree of {source.repo} has uncommitted changes (e.g. `{first}`): this "
+        f"plan ships the commit without them; a real deploy refuses (exit 5) until you "
+        f"commit or stash them, or pass --allow-dirty"
+    )
+
+
 def resolve(source: Source) -> str:
     """The full commit sha of the revision; refuses a dirty tree unless allowed."""
     if not (source.repo / ".git").exists() and _git(source.repo, "rev-parse").returncode != 0:
@@ -52,13 +91,8 @@ def resolve(source: Source) -> str:
         )
     sha = res.stdout.decode().strip()
     if not source.allow_dirty:
-        scope = [source.path] if source.path else []
-        status = _git(
-            source.repo, "status", "--porcelain", "--untracked-files=normal", "--", *scope
-        )
-        dirty = status.stdout.decode().strip()
-        if dirty:
-            first = dirty.splitlines()[0]
+        first = uncommitted(source)
+        if first:
             raise ShipError(
                 f"the working tree of {source.repo} has uncommitted changes (e.g. `{first}`); "
                 f"a release is built from the commit, so those changes would silently not ship. "

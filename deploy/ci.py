@@ -28,13 +28,12 @@ from pathlib import Path
 
 import paramiko
 
-from deploy import inventory, templates
+from deploy import install_source, inventory, ssh_config, templates
 from deploy.errors import ConfigError, ReleasegateError
 from deploy.inventory import HostConfig, Inventory
 from deploy.model import Outcome
 from deploy.operations import Options, make_reporter
 from deploy.redact import Redactor
-from deploy.remote import known_hosts_name
 from deploy.report import Reporter
 from smoke.commands import pack_paths
 from smoke.secrets import ENV_REF
@@ -67,11 +66,11 @@ class Actions:
     cache_save: str = "actions/cache/save@v5"
 
 
-def default_install() -> str:
+def version() -> str:
     try:
-        return f"releasegate=={metadata.version('releasegate')}"
+        return metadata.version("releasegate")
     except metadata.PackageNotFoundError:
-        return "releasegate"
+        return "dev"
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class Settings:
     env: str
     smoke_env: str
     branch: str
-    install: str
+    install: str  # the pip requirement the runner installs (deploy.install_source)
     inventories: str  # relative to the repository root
     known_hosts: str  # the deploy environment's pinned host keys, relative to the root
     smoke_known_hosts: str
@@ -92,6 +91,7 @@ class Settings:
     smoke_ssh: bool  # the smoke job tunnels over SSH (no smoke.base_url)
     build: bool  # app.build runs on the runner
     version: str = "dev"
+    install_origin: str = "as given with --install"
     python: str = PYTHON
     lock_wait: int = LOCK_WAIT
     ssh_key_secret: str = SSH_KEY_SECRET
@@ -164,7 +164,7 @@ def _relative(path: Path, root: Path, what: str, fix: str) -> str:
 
 def _pin_names(inv: Inventory) -> str:
     """Every host's name in known_hosts, space-separated (the workflow checks each)."""
-    return " ".join(known_hosts_name(h.address, h.port) for h in inv.hosts)
+    return " ".join(ssh_config.pin_name(h.address, h.port) for h in inv.hosts)
 
 
 def _pinned(pin_file: Path, inv: Inventory, host: HostConfig) -> bool:
@@ -175,7 +175,7 @@ def _pinned(pin_file: Path, inv: Inventory, host: HostConfig) -> bool:
         keys.load(str(pin_file))
     except (OSError, paramiko.SSHException):
         return False
-    return keys.lookup(known_hosts_name(host.address, host.port)) is not None
+    return keys.lookup(ssh_config.pin_name(host.address, host.port)) is not None
 
 
 def _environment_notes(inv: Inventory, root: Path) -> list[str]:
@@ -185,7 +185,7 @@ def _environment_notes(inv: Inventory, root: Path) -> list[str]:
         if not _pinned(inv.pin_file(), inv, host):
             notes.append(
                 f"{inv.pin_file()} pins no key for "
-                f"{known_hosts_name(host.address, host.port)}: run `releasegate trust-host "
+                f"{ssh_config.pin_name(host.address, host.port)}: run `releasegate trust-host "
                 f"{inv.env}` and commit the file, or the workflow stops before connecting"
             )
         if host.identity_file:
@@ -231,9 +231,9 @@ def plan(
         )
     if not PIP_SPEC.match(install):
         raise ConfigError(
-            f"--install {install!r} is not a pip requirement such as releasegate==0.1.0 or "
-            f"'releasegate @ git+https://github.com/you/releasegate@v0.1.0' (no quotes, $, `, "
-            f"; | & or newlines)"
+            f"--install {install!r} is not `git` or a pip requirement such as "
+            f"'releasegate @ git+https://github.com/you/releasegate@v0.1.0' or "
+            f"./ci/releasegate-0.1.0-py3-none-any.whl (no quotes, $, `, ; | & or newlines)"
         )
     inv = inventory.load(env, inventories)
     smoke_inv = inv if smoke_env in (None, env) else inventory.load(str(smoke_env), inventories)
@@ -243,7 +243,8 @@ def plan(
     fix = "Keep the pinned host keys in the repository (ssh.known_hosts)."
     known_hosts = _relative(inv.pin_file(), root, "the known_hosts file", fix)
     smoke_known_hosts = _relative(smoke_inv.pin_file(), root, "the known_hosts file", fix)
-    notes = _environment_notes(inv, root)
+    source = install_source.decide(install, root=root)
+    notes = [*source.warnings, *_environment_notes(inv, root)]
     smoke_ssh = smoke_inv.smoke.base_url is None
     if smoke_inv is not inv and smoke_ssh:
         notes += _environment_notes(smoke_inv, root)[:1]
@@ -288,7 +289,8 @@ def plan(
         env=inv.env,
         smoke_env=smoke_inv.env,
         branch=branch,
-        install=install,
+        install=source.spec,
+        install_origin=source.origin,
         inventories=rel_inventories,
         known_hosts=known_hosts,
         smoke_known_hosts=smoke_known_hosts,
@@ -298,7 +300,7 @@ def plan(
         smoke_vars=smoke_vars,
         smoke_ssh=smoke_ssh,
         build=inv.app.build is not None,
-        version=default_install().partition("==")[2] or "dev",
+        version=version(),
     )
     return Plan(settings=settings, notes=tuple(dict.fromkeys(notes)))
 
@@ -382,7 +384,7 @@ def run_github(
             inventories=here / opts.inventories,
             root=root,
             branch=branch,
-            install=install or default_install(),
+            install=install or install_source.GIT,
         )
         paths = write(render(decided.settings), target, force=force)
     except ReleasegateError as exc:
@@ -399,7 +401,10 @@ def run_github(
         )
     for note in decided.notes:
         reporter.warn(note)
-    reporter.info(f"the workflows install {s.install} (change it with --install)")
+    reporter.info(
+        f"the workflows install {s.install} ({s.install_origin}; choose another source "
+        f"with --install)"
+    )
     outcome = Outcome(
         op="ci",
         result="ok",

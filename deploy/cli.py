@@ -92,7 +92,7 @@ ENV = click.argument("env", shell_complete=complete_env)
 @_global_options
 @click.pass_context
 def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool, json_out: bool) -> None:
-    """Gated deploys with automatic rollback for apps on a VPS under PM2."""
+    """Gated deploys with automatic rollback for apps on a VPS under PM2 or systemd."""
     ctx.obj = Options(inventories=inventories, plain=plain, verbose=verbose, json=json_out)
 
 
@@ -191,11 +191,19 @@ def preflight(opts: Options, env: str, revision: str | None, allow_dirty: bool) 
 
 @main.command()
 @ENV
+@click.option(
+    "--print-sudoers",
+    is_flag=True,
+    help="Only print the sudoers allowlists root installs (systemd system scope, nginx for "
+    "blue/green), from the inventory; contact nothing.",
+)
 @click.pass_obj
-def setup(opts: Options, env: str) -> None:
+def setup(opts: Options, env: str, print_sudoers: bool) -> None:
     """Create the deploy root's layout on the host (releases/, shared/, .releasegate/)."""
     from deploy import operations
 
+    if print_sudoers:
+        sys.exit(operations.run_print_sudoers(env, opts))
     sys.exit(operations.run_setup(env, opts))
 
 
@@ -271,6 +279,38 @@ def trust_host(opts: Options, env: str, yes: bool, replace: bool) -> None:
             yes=yes,
             replace=replace,
             confirm=lambda q: click.confirm(q, default=False),
+            interactive=sys.stdin.isatty(),
+        )
+    )
+
+
+@main.command()
+@click.argument("env", default="prod")
+@click.option("--host", metavar="ADDRESS", help="The host: address or ~/.ssh/config alias.")
+@click.option("--app", metavar="NAME", help="App name (default: this directory's name).")
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+@click.option("--health", metavar="PATH", default="/health/ready", show_default=True)
+@click.pass_obj
+def init(
+    opts: Options, env: str, host: str | None, app: str | None, port: int, health: str
+) -> None:
+    """Start a project here: a commented inventories/ENV.yml, a starter smoke pack for the
+    health endpoint and .gitignore lines. Asks on a terminal (nothing otherwise); never
+    overwrites a file (exit 2)."""
+    from deploy import scaffold
+
+    given = scaffold.Answers(
+        address=host or scaffold.Answers.address,
+        app=app or scaffold.default_app(Path.cwd()),
+        port=port,
+        health=health,
+    )
+    sys.exit(
+        scaffold.run(
+            opts,
+            env,
+            given=given,
+            prompt=(lambda q, d: click.prompt(q, default=d)) if sys.stdin.isatty() else None,
         )
     )
 
@@ -293,7 +333,15 @@ def ci() -> None:
 )
 @click.option("--force", is_flag=True, help="Overwrite existing workflow files.")
 @click.option("--branch", default="main", show_default=True, help="Deploy on pushes to it.")
-@click.option("--install", metavar="SPEC", help="pip requirement for releasegate on the runner.")
+@click.option(
+    "--install",
+    metavar="git|SPEC",
+    default="git",
+    show_default=True,
+    help="Where the runner installs releasegate from: `git` (the git repository this "
+    "releasegate runs from, pinned to its commit; exit 2 if it cannot tell), or a pip "
+    "requirement: a git URL pinned to a tag or commit, or a wheel committed to the repository.",
+)
 @click.pass_obj
 def ci_github(
     opts: Options,

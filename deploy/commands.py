@@ -114,6 +114,28 @@ def client_deadline(cmd: Cmd, short: float) -> float:
     return short + sum(s.limit + KILL_AFTER for s in (cmd.steps or (cmd,)) if s.limit is not None)
 
 
+def shown(cmd: Cmd) -> tuple[str, ...]:
+    """What `-v` prints for `cmd`: every command that runs on the host (each step of a batch),
+    as it runs — its real arguments (the reporter masks secrets) and working directory, with
+    a constant script named instead of spelled out (`<script NAME>`; its text is in the
+    source) so that one line stays one line."""
+    lines = []
+    for step in cmd.steps or (cmd,):
+        argv = list(step.argv)
+        line = shlex.join(argv)
+        for i in range(len(argv) - 3):
+            if argv[i : i + 2] == ["sh", "-c"] and argv[i + 3] == "releasegate":
+                before, after = shlex.join(argv[:i]), shlex.join(argv[i + 4 :])
+                line = " ".join(
+                    part for part in (before, f"sh -c <script {step.name}>", after) if part
+                )
+                break
+        if step.cwd is not None:
+            line = f"cd {shlex.quote(step.cwd)} && {line}"
+        lines.append(line)
+    return tuple(lines)
+
+
 def without_marks(text: str) -> str:
     return "\n".join(ln for ln in text.splitlines() if not ln.startswith(STEP_MARK))
 

@@ -181,6 +181,10 @@ class DeployPlan:
 def build_release(d: Deps, source: artifacts.Source) -> tuple[artifacts.Artifact, Bundle]:
     """The artifact (built once, shipped to every host) and the smoke packs it carries."""
     r = d.reporter
+    if d.dry_run:
+        source, dirty = artifacts.for_preview(source)
+        if dirty:
+            r.warn(dirty)
     with r.stage("build artifact"):
         sha = artifacts.resolve(source)
         bundle, packs = _collect_packs(d, source, sha)
@@ -1732,9 +1736,22 @@ def take_lock(d: Deps, host: HostOps, op: str, message: str = "") -> None:
     if d.dry_run:
         held = host.read_state().lock_raw
         if held:
+            holder = lock.assess(held, d.clock.now(), d.machine)
+            if not (holder.dead or holder.expired) and (holder.manual or d.lock_wait <= 0):
+                # what the real run would do, with its exit code (docs/exit-codes.md)
+                raise LockHeld(
+                    f"dry run: {host.layout.lock} on {host.label} is held by "
+                    f"{holder.describe()}, so a real {op} would stop here with exit 4; "
+                    f"nothing was changed."
+                    + (
+                        f" Ask its holder, or `releasegate unlock {d.inventory.env}`."
+                        if holder.manual
+                        else " Retry later, or wait for it with --lock-wait SECONDS."
+                    )
+                )
             d.reporter.warn(
-                f"the lock is held by {lock.assess(held, d.clock.now(), d.machine).describe()}: "
-                f"a real {op} would wait (--lock-wait) or stop here with exit 4"
+                f"the lock is held by {holder.describe()}: a real {op} would wait "
+                f"(--lock-wait) or break it once its holder is gone"
             )
     deadline = d.clock.monotonic() + d.lock_wait
     tried_to_break: set[str] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -19,10 +20,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from deploy import reference, ssh_config
 from deploy.errors import ConfigError
 from deploy.inventory_files import inventory_path as inventory_path
 from deploy.inventory_files import locate
@@ -101,10 +104,26 @@ class Strict(BaseModel):
 class HostConfig(Strict):
     name: AppName
     address: Address
+    # port and user: the inventory's value, else ~/.ssh/config's Port/User for the address
+    # (filled in by `parse`), else 22 and deploy
     port: int = Field(22, ge=1, le=65535)
     user: UserName = "deploy"
     root: AbsPath
     identity_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ssh_config_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        lookup = (info.context or {}).get("ssh_config")
+        if lookup is None or not isinstance(data, dict) or not isinstance(data.get("address"), str):
+            return data
+        route = lookup(data["address"])
+        filled = dict(data)
+        if "port" not in data and route.port is not None:
+            filled["port"] = route.port
+        if "user" not in data and route.user:
+            filled["user"] = route.user
+        return filled
 
     @property
     def label(self) -> str:
@@ -238,7 +257,8 @@ class ProcessConfig(Strict):
                 raise ValueError(
                     "manager: systemd needs a systemd: section choosing the scope, e.g. "
                     "`systemd: {scope: system}` (sudo allowlist) or `systemd: {scope: user}` "
-                    "(systemctl --user with linger); see docs/systemd.md"
+                    "(systemctl --user with linger); see "
+                    + reference.shown(reference.doc("systemd.md"))
                 )
             if self.instances != 1:
                 raise ValueError(
@@ -612,7 +632,9 @@ class Inventory(Strict):
     @model_validator(mode="after")
     def _hosts(self) -> Inventory:
         if not self.hosts:
-            raise ValueError("hosts: is empty; list the host to deploy to (see example.yml)")
+            raise ValueError(
+                f"hosts: is empty; list the host to deploy to (see {reference.example_hint()})"
+            )
         names = [h.name for h in self.hosts]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -718,7 +740,15 @@ def load(env: str, directory: Path) -> Inventory:
     return parse(path.read_text(encoding="utf-8"), source=path, env=env)
 
 
-def parse(text: str, *, source: Path, env: str) -> Inventory:
+def parse(
+    text: str,
+    *,
+    source: Path,
+    env: str,
+    ssh: Callable[[str], ssh_config.Route] | None = ssh_config.lookup,
+) -> Inventory:
+    """`ssh`: where hosts' Port and User come from when the inventory does not set them
+    (default: the user's SSH configuration; None: only the inventory's defaults)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -726,18 +756,20 @@ def parse(text: str, *, source: Path, env: str) -> Inventory:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(
             f"{source}: is not valid YAML{where} ({getattr(exc, 'problem', exc)}). "
-            f"Fix the syntax; inventories/example.yml shows the expected shape."
+            f"Fix the syntax; {reference.example_hint()} shows the expected shape."
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: must be a mapping with hosts, app, process and health sections "
-            f"(see inventories/example.yml)."
+            f"(see {reference.example_hint()})."
         )
     for reserved in ("env", "source"):
         if reserved in data:
             raise ConfigError(f"{source}: {reserved}: is not an inventory key; remove it.")
     try:
-        return Inventory.model_validate({**data, "env": env, "source": str(source)})
+        return Inventory.model_validate(
+            {**data, "env": env, "source": str(source)}, context={"ssh_config": ssh}
+        )
     except ValidationError as exc:
         raise ConfigError(format_errors(source, exc)) from None
 
@@ -765,10 +797,11 @@ def _explain(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return (
-            "unknown key; remove it or fix its spelling (inventories/example.yml lists every key)"
+            "unknown key; remove it or fix its spelling "
+            f"({reference.example_hint()} lists every key)"
         )
     if kind == "missing":
-        return "is required; add it (inventories/example.yml shows an example)"
+        return f"is required; add it ({reference.example_hint()} shows an example)"
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from deploy import reference
 from deploy.errors import ConfigError
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -38,7 +39,8 @@ def locate(env: str, directory: Path) -> Path:
         known = known_environments(directory)
         hint = f"known environments: {', '.join(known)}" if known else "no inventories found"
         raise ConfigError(
-            f"{path}: no such inventory file. Create it from inventories/example.yml, "
-            f"or pick an existing environment ({hint})."
+            f"{path}: no such inventory file. Create it with `releasegate init {env}` (a "
+            f"commented inventory, from {reference.example_hint()}), or pick an existing "
+            f"environment ({hint})."
         )
     return path

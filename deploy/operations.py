@@ -13,9 +13,9 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType, ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 # Only what every command needs is imported here: SSH, validation models, HTTP and the flow
 # are imported by the function that uses them, so `--help` and a config error start fast
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from deploy import fleet_ops, inventory, notify
     from deploy.artifact import Source
+    from deploy.commands import Cmd
     from deploy.flow import Deps
     from deploy.inventory import Inventory
     from deploy.model import Outcome
@@ -152,19 +153,31 @@ def local_preflight(inv: Inventory, redact: Redactor) -> tuple[tuple[Check, ...]
 @contextmanager
 def smoke_target(env: str, opts: Options) -> Iterator[Target]:
     """`smoke ENV` / `perf ENV`: the environment's base URL, or a tunnel to its app port (with
-    blue/green: to nginx's public port, so the live slot answers)."""
+    blue/green: to nginx's public port, so the live slot answers). Output names the
+    environment; a tunnel whose connections the host refused is explained in one line."""
     from deploy import inventory
-    from smoke.commands import TargetUnavailable, target_from_settings
+    from smoke import report as smoke_report
+    from smoke.commands import TargetUnavailable, packs_from_settings, target_from_settings
+    from smoke.pack import PackError
 
+    _quiet_libraries()
     try:
         inv = inventory.load(env, opts.inventories)
         token = health_token(inv)
     except ReleasegateError as exc:
         raise TargetUnavailable(exc.message, exit_code=exc.exit_code) from None
     secrets = (token,) if token else ()
+    try:  # a bad pack is exit 2 before the environment is contacted
+        packs_from_settings(inv.smoke, base_dir=inv.base_dir)
+    except PackError as exc:
+        raise TargetUnavailable(f"{inv.source}: smoke.packs: {exc}", exit_code=2) from None
     if inv.smoke.base_url:
         yield target_from_settings(
-            inv.smoke, base_dir=inv.base_dir, base_url=inv.smoke.base_url, secrets=secrets
+            inv.smoke,
+            base_dir=inv.base_dir,
+            base_url=inv.smoke.base_url,
+            secrets=secrets,
+            label=f"{env} ({inv.smoke.base_url})",
         )
         return
     try:
@@ -173,27 +186,57 @@ def smoke_target(env: str, opts: Options) -> Iterator[Target]:
         raise TargetUnavailable(exc.message, exit_code=exc.exit_code) from None
     # blue/green: through the front door (what users reach); in place: the app's port
     blue_green = inv.strategy.kind == "blue-green"
+    app_port = inv.strategy.public_port if blue_green else inv.process.port
     try:
-        with remote.tunnel(inv.strategy.public_port if blue_green else inv.process.port) as port:
+        with remote.tunnel(app_port) as port:
             yield target_from_settings(
                 inv.smoke,
                 base_dir=inv.base_dir,
                 base_url=f"http://127.0.0.1:{port}",
                 secrets=secrets,
+                label=f"{env} ({inv.host.name}, 127.0.0.1:{app_port} through an SSH tunnel)",
             )
     finally:
         remote.close()
+        if remote.tunnel_failure:
+            smoke_report.error(
+                f"{env}: nothing answered on 127.0.0.1:{app_port} on {inv.host.label} through "
+                f"the SSH tunnel ({remote.tunnel_failure}); is the app running? "
+                f"`releasegate status {env}` shows its process",
+                sys.stderr,
+                secrets,
+            )
+
+
+def check_identity(inv: Inventory) -> None:
+    """Every key file the inventory names must exist: a config error (exit 2) before anything
+    is contacted, not an SSH failure."""
+    for index, host in enumerate(inv.hosts):
+        if host.identity_file is None:
+            continue
+        path = (inv.base_dir / Path(host.identity_file).expanduser()).resolve()
+        if not path.is_file():
+            where = f"hosts[{index}].identity_file" + (
+                f" (host {host.name})" if len(inv.hosts) > 1 or index else ""
+            )
+            raise ConfigError(
+                f"{inv.source}: {where}: {path} does not exist or is not a file. Fix the path "
+                f"(a relative path starts at the inventory's directory), or remove the key to "
+                f"use ssh-agent and ~/.ssh/config. Nothing was contacted."
+            )
 
 
 def open_remote(inv: Inventory, redact: Redactor, reporter: Reporter | None = None) -> SshRemote:
-    from deploy.remote import SshRemote, fingerprint, known_hosts_name
+    from deploy import ssh_config
+    from deploy.remote import SshRemote, fingerprint
 
+    check_identity(inv)
     host = inv.host
     pin = None
     if inv.ssh.accept_unknown_hosts:
 
         def pin(hostname: str, key: paramiko.PKey) -> None:
-            _append_pin(inv.pin_file(), known_hosts_name(host.address, host.port), key)
+            _append_pin(inv.pin_file(), ssh_config.pin_name(host.address, host.port), key)
             if reporter is not None:
                 reporter.warn(
                     f"ssh.accept_unknown_hosts: pinned the unknown key {fingerprint(key)} of "
@@ -212,11 +255,20 @@ def open_remote(inv: Inventory, redact: Redactor, reporter: Reporter | None = No
         keepalive=inv.ssh.keepalive,
         redact=redact,
         env_name=inv.env,
-        on_command=(lambda cmd: reporter.command(cmd.display)) if reporter else None,
+        on_command=(lambda cmd: _show_command(reporter, cmd)) if reporter else None,
         pin_unknown=pin,
     )
     remote.open()
     return remote
+
+
+def _show_command(reporter: Reporter, cmd: Cmd) -> None:
+    """-v (and JSON `command` events): the commands as they run on the host, masked by the
+    reporter."""
+    from deploy import commands
+
+    for line in commands.shown(cmd):
+        reporter.command(line)
 
 
 @contextmanager
@@ -293,6 +345,7 @@ def _operation(
         from deploy import inventory
 
         inv = inv_override or inventory.load(env, opts.inventories)
+        check_identity(inv)  # a missing key file is exit 2, not "could not reach" (exit 5)
         if validate is not None:
             validate(inv)  # bad arguments are refused before any SSH connection
         hooks = _webhooks(op, inv, opts, redact)
@@ -454,6 +507,7 @@ def run_deploy(
         return flow.deploy(d, source_of(d.inventory))
 
     def validate(inv: Inventory) -> None:
+        from deploy import artifact as artifacts
         from deploy import inventory
 
         if revision is not None and not inventory.REVISION.match(revision):
@@ -461,6 +515,7 @@ def run_deploy(
                 f"--revision {revision!r} is not a branch, tag or commit name: use letters, "
                 f"digits and . _ / @ ^ ~ - only, not starting with '-' (e.g. main, v1.4.0, a1b2c3d)"
             )
+        artifacts.check_revision(inv.repo_path(), revision or inv.app.revision)
 
     return _operation(
         "deploy", env, opts, body, reporter=reporter, inv_override=inv_override, validate=validate,
@@ -536,6 +591,7 @@ def run_preflight(
         from deploy.preflight import Check
 
         inv = inventory.load(env, opts.inventories)
+        check_identity(inv)
         checks, _env_file = local_preflight(inv, redact)
         results = list(checks)
         with tempfile.TemporaryDirectory(prefix="releasegate-") as work:
@@ -625,6 +681,59 @@ def run_setup(env: str, opts: Options, *, reporter: Reporter | None = None) -> i
         return outcome
 
     return _operation("setup", env, opts, body, reporter=reporter)
+
+
+def sudoers_text(inv: Inventory) -> str:
+    """Every sudoers line this inventory's deploys need, as files root installs (comments name
+    each file); "" when no root is needed (PM2, systemd user scope, in place)."""
+    from deploy import proxy
+    from deploy.process.systemd import sudoers_lines
+
+    user, app = inv.host.user, inv.app.name
+    blue_green = inv.strategy.kind == "blue-green"
+    parts = []
+    systemd = inv.process.systemd
+    if inv.process.manager == "systemd" and systemd is not None and systemd.scope == "system":
+        lines = sudoers_lines(
+            user=user, app=app, root=PurePosixPath(inv.host.root), slots=blue_green
+        )
+        what = "the systemd slots' allowlist" if blue_green else "the systemd unit's allowlist"
+        parts.append(
+            f"# /etc/sudoers.d/releasegate-{app} (mode 0440; check with visudo -cf): "
+            f"{what} (docs/systemd.md)\n" + "\n".join(lines)
+        )
+    if blue_green:
+        parts.append(
+            "# /etc/sudoers.d/releasegate-nginx (mode 0440; check with visudo -cf): nginx -t "
+            f"and its reload (docs/blue-green.md); also `usermod -aG adm {user}` for its logs\n"
+            + "\n".join(proxy.sudoers_lines(user))
+        )
+    return "\n\n".join(parts) + "\n" if parts else ""
+
+
+def run_print_sudoers(
+    env: str, opts: Options, *, out: TextIO | None = None, reporter: Reporter | None = None
+) -> int:
+    """`setup ENV --print-sudoers`: the allowlists, from the inventory alone (nothing is
+    contacted), on stdout as sudoers text."""
+    rep = reporter or make_reporter(opts, Redactor())
+
+    def run() -> int:
+        from deploy import inventory
+
+        inv = inventory.load(env, opts.inventories)
+        text = sudoers_text(inv)
+        if not text:
+            rep.info(
+                f"{inv.source}: no sudoers lines needed ({inv.process.manager}"
+                + (f", systemd scope {inv.process.systemd.scope}" if inv.process.systemd else "")
+                + f", {inv.strategy.kind}): deploys run as {inv.host.user} alone"
+            )
+            return 0
+        (out or sys.stdout).write(text)
+        return 0
+
+    return _guard(rep, run)
 
 
 def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None = None) -> int:
@@ -764,8 +873,11 @@ def run_trust_host(
     yes: bool,
     replace: bool,
     confirm: Callable[[str], bool],
+    interactive: bool = True,
     reporter: Reporter | None = None,
 ) -> int:
+    """`interactive` False (stdin is not a terminal): nobody can answer the question, so
+    without `yes` the key is shown and the command stops with exit 2 and the fix."""
     redact = Redactor()
     rep = reporter or make_reporter(opts, redact)
 
@@ -779,10 +891,14 @@ def run_trust_host(
     def trust(inv: Inventory, host: inventory.HostConfig) -> int:
         import paramiko
 
-        from deploy.remote import fingerprint, known_hosts_name
+        from deploy import reference, ssh_config
+        from deploy.remote import fingerprint
 
-        key = fetch_host_key(host.address, host.port, inv.ssh.connect_timeout)
-        name = known_hosts_name(host.address, host.port)
+        # ~/.ssh/config's HostName: the host the connection reaches, and its pin's name
+        key = fetch_host_key(
+            ssh_config.lookup(host.address).hostname, host.port, inv.ssh.connect_timeout
+        )
+        name = ssh_config.pin_name(host.address, host.port)
         pin_file = inv.pin_file()
         rep.info(f"{name} presents {key.get_name()} {fingerprint(key)}")
         pinned = paramiko.HostKeys()
@@ -800,11 +916,22 @@ def run_trust_host(
                 f"rebuilt and you verified the new fingerprint out of band, run "
                 f"`releasegate trust-host {env} --replace`."
             )
+        if not yes and not interactive:
+            raise ConfigError(
+                f"not pinned: stdin is not a terminal, so nobody can confirm the key. Check "
+                f"that {fingerprint(key)} is the key of {name} (ask the host's owner, or run "
+                f"`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on it), then run "
+                f"`releasegate trust-host {env} --yes`."
+            )
         if not yes and not confirm(f"Pin {fingerprint(key)} for {name} in {pin_file}?"):
             rep.warn("not pinned")
             return 7
         _append_pin(pin_file, name, key, replace=replace)
         rep.info(f"pinned {key.get_name()} {fingerprint(key)} for {name} in {pin_file}")
+        rep.info(
+            f"commit {reference.shown(pin_file)} so every machine and CI verifies the same key "
+            f"(a deploy refuses an uncommitted tree; `deploy --dry-run` only warns)"
+        )
         return 0
 
     return _guard(rep, run, "trust-host")

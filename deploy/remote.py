@@ -119,17 +119,21 @@ class SshRemote:
             connect_timeout=connect_timeout,
             connect_kwargs=connect_kwargs,
         )
+        if identity_file is not None:
+            # the inventory's key only: Fabric would add ~/.ssh/config's IdentityFile keys
+            self._conn.connect_kwargs["key_filename"] = [str(identity_file)]
         # Replace Fabric's trust-anything client: verified keys only.
-        client = paramiko.SSHClient()
-        for path in known_hosts:
-            if path.exists():
-                client.get_host_keys().load(str(path))
-        client.set_missing_host_key_policy(
-            paramiko.RejectPolicy() if pin_unknown is None else _PinOnFirstUse(pin_unknown)
-        )
-        self._conn.client = client
+        self._conn.client = _verified_client(known_hosts, pin_unknown)
+        # ~/.ssh/config ProxyJump: Fabric opens each hop with a trust-anything client too;
+        # a jump host's key must be pinned like the host's (never trusted on first use).
+        hop = self._conn.gateway
+        while isinstance(hop, Connection):
+            hop.client = _verified_client(known_hosts, None)
+            hop = hop.gateway
         self.commands_run = 0
         self._opened = False
+        # why the last tunnel's connections to the host port failed (None: they did not)
+        self.tunnel_failure: str | None = None
 
     def open(self) -> None:
         try:
@@ -301,10 +305,24 @@ class SshRemote:
             yield forward.local_port
         finally:
             forward.close()
+            self.tunnel_failure = forward.failure
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
+
+
+def _verified_client(
+    known_hosts: tuple[Path, ...], pin_unknown: Callable[[str, paramiko.PKey], None] | None
+) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    for path in known_hosts:
+        if path.exists():
+            client.get_host_keys().load(str(path))
+    client.set_missing_host_key_policy(
+        paramiko.RejectPolicy() if pin_unknown is None else _PinOnFirstUse(pin_unknown)
+    )
+    return client
 
 
 class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):
@@ -354,6 +372,7 @@ class _Forwarder:
         self._listener.settimeout(0.2)
         self.local_port: int = self._listener.getsockname()[1]
         self._stop = threading.Event()
+        self.failure: str | None = None  # the first connection the host refused, and why
         self._threads: list[threading.Thread] = []
         self._clients: list[socket.socket] = []
         self._accepter = threading.Thread(target=self._accept, daemon=True, name="rg-tunnel")
@@ -378,9 +397,12 @@ class _Forwarder:
             channel = self._transport.open_channel(
                 "direct-tcpip", ("127.0.0.1", self._remote_port), peer, timeout=self._open_timeout
             )
-        except Exception:
+        except Exception as exc:
             # Nothing listens on the host port (or the link dropped): the client sees a
-            # closed connection, which the gate records as an error, not a failure.
+            # closed connection, which the gate records as an error, not a failure; the
+            # caller can say why, once (paramiko's own log lines are silenced).
+            if self.failure is None:
+                self.failure = f"{type(exc).__name__}: {exc}".rstrip(": ")
             client.close()
             return
         try:

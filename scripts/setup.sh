@@ -78,5 +78,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
 echo "setup: ready (.venv/bin/releasegate, .venv/bin/invoke, .venv/bin/python -m pytest)"

@@ -32,7 +32,9 @@ SMOKE_EPILOG = """\b
 Exit codes:
   0  every enforced check passed (warn-mode failures are shown, never block)
   1  an enforced check failed
-  2  bad pack or arguments; nothing was contacted
+  2  bad pack, arguments or inventory; nothing was contacted
+  5  smoke ENV: could not reach ENV over SSH (down, refused, auth); nothing was tested
+  7  smoke ENV: the host's SSH key is unknown or changed; refused
 """
 PERF_EPILOG = """\b
 Exit codes:

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -52,6 +52,7 @@ class Target:
     concurrency: int = 4
     perf: PerfSettings = field(default_factory=PerfSettings)
     secrets: tuple[str, ...] = field(default=(), repr=False)  # e.g. a health token, to mask
+    label: str = ""  # how output names it (the environment), instead of base_url
 
 
 class TargetUnavailable(Exception):
@@ -113,10 +114,16 @@ def packs_from_settings(
 
 
 def target_from_settings(
-    settings: SmokeSettings, *, base_dir: Path, base_url: str, secrets: Iterable[str] = ()
+    settings: SmokeSettings,
+    *,
+    base_dir: Path,
+    base_url: str,
+    secrets: Iterable[str] = (),
+    label: str = "",
 ) -> Target:
     """A Target for a Resolver to yield, from the inventory's smoke: section."""
     return Target(
+        label=label,
         base_url=base_url,
         packs=pack_paths(settings, base_dir),
         audit=settings.audit if settings.audit.enabled else None,
@@ -146,6 +153,7 @@ def run_smoke(
     extra_secrets: Iterable[str] = (),
     base_dir: Path | None = None,
     lines: JsonLines | None = None,
+    label: str = "",
 ) -> int:
     """Run packs (and the audit, when `audit.enabled`) against base_url; print the results
     (Rich table on a TTY, plain lines, or JSON lines), write JUnit XML if asked."""
@@ -176,6 +184,8 @@ def run_smoke(
         clock=clock,
         extra_secrets=secrets,
     )
+    if label:
+        result = replace(result, label=label)
     junit_failed = None
     if junit is not None:
         try:
@@ -470,6 +480,11 @@ def run_smoke_env(
     err = err or sys.stderr
     lines = JsonLines(out or sys.stdout) if json_out else None
     try:
+        load_packs(packs)  # a bad pack is exit 2 before the environment is contacted
+    except PackError as exc:
+        report.error(str(exc), err, lines=lines)
+        return 2
+    try:
         with resolve(env) as target:
             settings = target.audit or AuditSettings()
             use_audit = (target.audit is not None) if audit is None else audit
@@ -485,6 +500,7 @@ def run_smoke_env(
                 plain=plain,
                 extra_secrets=target.secrets,
                 lines=lines,
+                label=target.label,
             )
     except TargetUnavailable as exc:
         report.error(exc.message, err, lines=lines, exit_code=exc.exit_code)
@@ -509,7 +525,8 @@ def run_perf_env(
     lines = JsonLines(out or sys.stdout) if json_out else None
     try:
         _read_baseline(baseline or BaselineOptions())  # a bad file is said before connecting
-    except (BaselineError, ArgumentError) as exc:
+        load_packs(packs)  # and so is a bad pack
+    except (BaselineError, ArgumentError, PackError) as exc:
         report.error(str(exc), err, lines=lines, op="perf")
         return 2
     try:

@@ -181,6 +181,13 @@ class PackResult:
     checks: tuple[CheckResult, ...]
     duration_ms: float
     secret_values: tuple[str, ...] = field(default=(), repr=False)
+    # what the output calls the target: `smoke ENV` names the environment, not the URL of
+    # its SSH tunnel's random local port ("" : the base URL)
+    label: str = ""
+
+    @property
+    def target(self) -> str:
+        return self.label or self.base_url
 
     @property
     def failed_enforced(self) -> tuple[CheckResult, ...]:

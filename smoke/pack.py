@@ -9,6 +9,7 @@ docs/smoke.md is the format reference.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -49,7 +50,22 @@ from smoke.model import (
 )
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "packs"
-DOCS = "docs/smoke.md"
+
+
+def _docs() -> str:
+    """docs/smoke.md of a source checkout, else the copy a wheel installs (releasegate_docs)."""
+    source = Path(__file__).resolve().parent.parent / "docs" / "smoke.md"
+    spec = None if source.is_file() else importlib.util.find_spec("releasegate_docs")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "smoke.md").is_file():
+            return str(Path(location) / "smoke.md")
+    try:
+        return str(source.relative_to(Path.cwd()))
+    except ValueError:
+        return str(source)
+
+
+DOCS = _docs()
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/()-]{0,99}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 BUILTIN_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -73,15 +74,37 @@ def smoke_result(
     elif style == "rich":
         _smoke_table(result, out, redact)
     else:
-        print(redact(f"smoke against {result.base_url}"), file=out)
+        print(redact(f"smoke against {result.target}"), file=out)
         for check in result.checks:
             print(redact(check.line()), file=out)
         print(redact(result.summary()), file=out, flush=True)
 
 
+# Below this many columns the table would squeeze `detail` (expected vs got) into a sliver:
+# each check is one line instead, its detail wrapped on the lines under it.
+NARROW = 100
+
+
+def _smoke_lines(result: PackResult, console: Console, redact: Callable[[str], str]) -> None:
+    console.print(Text(redact(f"smoke against {result.target}"), style="bold"))
+    multi = len(result.packs) > 1
+    for c in result.checks:
+        row = Text(f"{c.verdict:5} ", style=_COLORS[c.verdict])
+        name = f"{c.pack}/{c.name}" if multi else c.name
+        row.append(redact(f"{name}  {c.method} {c.path}  {c.attempts}x {c.duration_ms:.0f} ms"))
+        console.print(row, overflow="fold")
+        if c.detail:
+            console.print(Padding(Text(redact(c.detail)), (0, 0, 0, 6)), overflow="fold")
+
+
 def _smoke_table(result: PackResult, out: IO[str], redact: Callable[[str], str]) -> None:
     console = Console(file=out, highlight=False, force_terminal=True)
-    table = Table(title=Text(redact(f"smoke against {result.base_url}")), title_justify="left")
+    if console.width < NARROW:
+        _smoke_lines(result, console, redact)
+        style = "bold red" if result.failed_enforced else "green"
+        console.print(Text(redact(result.summary()), style=style))
+        return
+    table = Table(title=Text(redact(f"smoke against {result.target}")), title_justify="left")
     for name, kw in (
         ("result", {"no_wrap": True}),
         ("check", {"overflow": "fold"}),

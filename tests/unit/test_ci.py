@@ -77,9 +77,15 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
+CLI = (sys.executable, "-m", "deploy.cli")
+PINNED = "releasegate @ git+https://github.com/acme/releasegate@v0.1.0"
+
+
 def generate(repo: Path, **kw: Any) -> tuple[int, RecordingReporter]:
     rep = RecordingReporter()
-    code = ci.run_github(Options(), reporter=rep, cwd=repo, **{"env": "prod", **kw})
+    code = ci.run_github(
+        Options(), reporter=rep, cwd=repo, **{"env": "prod", "install": PINNED, **kw}
+    )
     return code, rep
 
 
@@ -108,13 +114,16 @@ def test_deploy_workflow_has_the_jobs_triggers_and_concurrency(repo: Path):
     doc = load(repo / ".github/workflows/releasegate-prod.yml")
     assert doc["on"] == {"push": {"branches": ["main"]}, "workflow_dispatch": None}
     assert doc["permissions"] == {"contents": "read"}
-    assert set(doc["jobs"]) == {"deploy", "smoke"}
-    deploy, smoke = doc["jobs"]["deploy"], doc["jobs"]["smoke"]
+    # the post-deploy smoke runs in the deploy job: the environment's reviewers are asked once
+    assert set(doc["jobs"]) == {"branch", "deploy"}
+    deploy = smoke = doc["jobs"]["deploy"]
     assert deploy["concurrency"] == {
         "group": "releasegate-deploy-prod",
         "cancel-in-progress": False,
     }
-    assert smoke["needs"] == "deploy"
+    assert deploy["needs"] == "branch" and "environment" not in doc["jobs"]["branch"]
+    names = [s.get("name", "") for s in deploy["steps"]]
+    assert names.index("Deploy prod") < names.index("Smoke pack against prod")
 
     run = step(deploy, "Deploy prod")
     assert 'releasegate --inventories "$RELEASEGATE_INVENTORIES" --json' in run["run"]
@@ -177,6 +186,30 @@ def test_smoke_job_against_a_base_url_needs_no_ssh(repo: Path):
     assert not any("ssh-agent" in n for n in names)
     assert doc["jobs"]["smoke"]["environment"] == "public"
     assert step(doc["jobs"]["smoke"], "Smoke pack")["env"]["SMOKE_ENV"] == "public"
+
+
+@pytest.mark.parametrize(
+    ("ref_type", "ref", "branch", "ok"),
+    [
+        ("branch", "main", "main", True),
+        ("branch", "feature/x", "main", False),
+        ("tag", "main", "main", False),
+        ("branch", "release/1.2", "release/*", True),
+        ("branch", "main; touch pwned", "main", False),
+    ],
+)
+def test_a_manual_run_deploys_only_the_configured_branch(
+    repo: Path, ref_type: str, ref: str, branch: str, ok: bool
+):
+    assert generate(repo, branch=branch)[0] == 0
+    doc = load(repo / ".github/workflows/releasegate-prod.yml")
+    check = step(doc["jobs"]["branch"], "Refuse other branches")
+    env = {**doc["env"], **check["env"], "GITHUB_REF_TYPE": ref_type, "GITHUB_REF_NAME": ref}
+    res = bash(check["run"], env, repo)
+    assert res.returncode == (0 if ok else 1), res.stdout + res.stderr
+    assert not (repo / "pwned").exists()
+    if not ok:
+        assert res.stdout.startswith("::error title=wrong branch::")
 
 
 def test_the_release_pattern_is_the_release_id_pattern():
@@ -438,7 +471,7 @@ def test_inventories_outside_the_repository_are_refused(repo: Path, tmp_path: Pa
 
 def test_both_doors_write_the_workflows(repo: Path):
     res = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "--plain", "ci", "github", "--env", "prod"],
+        [*CLI, "--plain", "ci", "github", "--env", "prod", "--install", PINNED],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -277,9 +277,10 @@ def ci_repo(tmp_path: Path) -> Path:
 
 def test_ci_github_json(ci_repo: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(ci_repo)
-    code, got = cli(["ci", "github", "--env", "prod"])
+    pinned = ["--install", "releasegate @ git+https://github.com/acme/releasegate@v0.1.0"]
+    code, got = cli(["ci", "github", "--env", "prod", *pinned])
     assert code == 0 and (got[-1]["op"], got[-1]["result"]) == ("ci", "ok")
-    code, got = cli(["ci", "github", "--env", "prod"])  # the files exist now: refused
+    code, got = cli(["ci", "github", "--env", "prod", *pinned])  # they exist now: refused
     assert code == 2 and got[-1]["result"] == "error"
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
+
+import pytest
 
 from smoke import report
 from smoke.model import CheckResult, PackResult, Thresholds
@@ -64,12 +67,35 @@ def test_plain_lines() -> None:
     assert lines[-1] == ("smoke api, readiness-audit: 2/5 passed, 2 failed, 1 warned in 1234 ms")
 
 
-def test_rich_table() -> None:
+def test_rich_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
     out = io.StringIO()
     report.smoke_result(RESULT, out, "rich")
     text = out.getvalue()
     for word in ("result", "check", "PASS", "FAIL", "ERROR", "WARN", "api/broken", "2/5 passed"):
         assert word in text
+
+
+def test_a_narrow_terminal_gets_the_detail_under_each_row(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    long = (
+        "expected body matching the inline schema got a mismatch at $.items[0]: 'id' is a "
+        "required property"
+    )
+    result = PackResult(
+        packs=("api",),
+        base_url="http://x",
+        duration_ms=5,
+        checks=(check("items", "fail", detail=long),),
+    )
+    out = io.StringIO()
+    report.smoke_result(result, out, "rich")
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln) for ln in out.getvalue().splitlines()]
+    assert lines[1].startswith("FAIL  items  GET /")
+    details = [ln for ln in lines[2:-1]]
+    assert len(details) >= 2 and all(ln.startswith("      ") for ln in details)
+    assert all(len(ln) <= 60 for ln in lines)
+    assert " ".join(ln.strip() for ln in details) == long
 
 
 def test_choose_style() -> None:

@@ -94,9 +94,13 @@ def assert_clean(text: str) -> None:
     assert CANARY[:12] not in text
 
 
-@pytest.mark.parametrize("style", ["plain", "rich", "json"])
-def test_canary_never_in_output_or_junit(pack_file: Path, tmp_path: Path, style: str) -> None:
-    out = Tty() if style == "rich" else io.StringIO()
+@pytest.mark.parametrize("style", ["plain", "rich", "rich-narrow", "json"])
+def test_canary_never_in_output_or_junit(
+    pack_file: Path, tmp_path: Path, style: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a wide terminal gets the table, a narrow one each detail under its row
+    monkeypatch.setenv("COLUMNS", "70" if style == "rich-narrow" else "160")
+    out = Tty() if style.startswith("rich") else io.StringIO()
     err = io.StringIO()
     junit = tmp_path / "junit.xml"
     code = run_smoke(
@@ -115,6 +119,8 @@ def test_canary_never_in_output_or_junit(pack_file: Path, tmp_path: Path, style:
     assert "echo-status" in text and MASK in text  # it ran, and masked what it showed
     if style == "rich":
         assert "┃" in text or "│" in text
+    if style == "rich-narrow":
+        assert "\n      expected" in text
     for output in (text, err.getvalue(), junit.read_text()):
         assert_clean(output)
 

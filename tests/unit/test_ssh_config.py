@@ -1,0 +1,121 @@
+"""~/.ssh/config is honoured (Port, User, IdentityFile, HostName, ProxyJump) unless the
+inventory sets the value: checked against a real SSH server on 127.0.0.1 that records who
+logged in with which key, with HOME pointing at a temporary home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import paramiko
+import pytest
+from click.testing import CliRunner
+
+from deploy import inventory, operations
+from deploy.cli import main
+from deploy.errors import HostKeyRefused
+from deploy.redact import Redactor
+from tests.sshserver import Server, ssh_server
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)  # only the keys we name
+    return home
+
+
+def key_in(home: Path, name: str) -> paramiko.PKey:
+    pkey = paramiko.RSAKey.generate(1024)
+    pkey.write_private_key_file(str(home / ".ssh" / name))
+    return pkey
+
+
+def project(tmp_path: Path, host: str) -> Path:
+    inv = tmp_path / "proj" / "inventories"
+    inv.mkdir(parents=True)
+    (inv / "prod.yml").write_text(
+        f"hosts: [{host}]\napp: {{name: app}}\nprocess: {{command: server.js, port: 3000}}\n"
+    )
+    return inv
+
+
+def pin(inv: Path, server: Server, name: str = "127.0.0.1") -> None:
+    key = server.host_key
+    line = f"[{name}]:{server.port} {key.get_name()} {key.get_base64()}\n"
+    (inv / "known_hosts").write_text(line)
+
+
+def test_port_user_identity_and_hostname_come_from_ssh_config(tmp_path, home):
+    alias_key = key_in(home, "alias_key")
+    with ssh_server() as server:
+        (home / ".ssh" / "config").write_text(
+            f"Host web-alias\n  HostName 127.0.0.1\n  Port {server.port}\n  User alice\n"
+            f"  IdentityFile ~/.ssh/alias_key\n"
+        )
+        inv_dir = project(tmp_path, "{name: web1, address: web-alias, root: /srv/app}")
+        pin(inv_dir, server)
+        inv = inventory.load("prod", inv_dir)
+        assert (inv.host.port, inv.host.user) == (server.port, "alice")
+        assert inv.host.label == f"web1 (alice@web-alias:{server.port})"
+        remote = operations.open_remote(inv, Redactor())
+        remote.close()
+    assert server.logins and {u for u, _ in server.logins} == {"alice"}
+    assert server.logins[-1][1] == alias_key.get_base64()
+
+
+def test_the_inventory_wins_where_it_sets_a_value(tmp_path, home):
+    key_in(home, "alias_key")
+    own = key_in(home, "inventory_key")
+    with ssh_server() as server:
+        (home / ".ssh" / "config").write_text(
+            "Host 127.0.0.1\n  Port 1\n  User alice\n  IdentityFile ~/.ssh/alias_key\n"
+        )
+        inv_dir = project(
+            tmp_path,
+            f"{{name: web1, address: 127.0.0.1, port: {server.port}, user: deploy, "
+            f"root: /srv/app, identity_file: {home}/.ssh/inventory_key}}",
+        )
+        pin(inv_dir, server)
+        inv = inventory.load("prod", inv_dir)
+        assert (inv.host.port, inv.host.user) == (server.port, "deploy")
+        remote = operations.open_remote(inv, Redactor())
+        remote.close()
+    assert {k for _, k in server.logins} == {own.get_base64()}  # never the alias's key
+    assert {u for u, _ in server.logins} == {"deploy"}
+
+
+def test_without_ssh_config_the_defaults_are_22_and_deploy(tmp_path, home):
+    inv = inventory.load("prod", project(tmp_path, "{name: web1, address: 10.0.0.5, root: /a}"))
+    assert (inv.host.port, inv.host.user) == (22, "deploy")
+
+
+def test_a_proxyjump_hosts_key_is_verified_too(tmp_path, home):
+    key_in(home, "alias_key")
+    with ssh_server() as jump, ssh_server() as server:
+        (home / ".ssh" / "config").write_text(
+            f"Host jumper\n  HostName 127.0.0.1\n  Port {jump.port}\n"
+            f"  IdentityFile ~/.ssh/alias_key\n"
+            f"Host web-alias\n  HostName 127.0.0.1\n  Port {server.port}\n"
+            f"  IdentityFile ~/.ssh/alias_key\n  ProxyJump jumper\n"
+        )
+        inv_dir = project(tmp_path, "{name: web1, address: web-alias, root: /srv/app}")
+        pin(inv_dir, server)  # the host is pinned, the jump host is not
+        inv = inventory.load("prod", inv_dir)
+        with pytest.raises(HostKeyRefused):
+            operations.open_remote(inv, Redactor())
+    assert jump.logins == []  # refused at the jump host's key, before authenticating
+
+
+def test_trust_host_pins_the_host_the_alias_reaches(tmp_path, home):
+    with ssh_server() as server:
+        (home / ".ssh" / "config").write_text(
+            f"Host web-alias\n  HostName 127.0.0.1\n  Port {server.port}\n"
+        )
+        inv_dir = project(tmp_path, "{name: web1, address: web-alias, root: /srv/app}")
+        res = CliRunner().invoke(
+            main, ["--plain", "--inventories", str(inv_dir), "trust-host", "prod", "--yes"]
+        )
+        assert res.exit_code == 0, res.output
+        assert (inv_dir / "known_hosts").read_text().startswith(f"[127.0.0.1]:{server.port} ")
