@@ -316,12 +316,14 @@ def test_the_readiness_audit_fails_while_the_database_is_down(db: Db) -> None:
 
     code, text = audit()
     assert code == 0, text
-    checks = {r["check"]: r for r in map(json.loads, text.splitlines()) if r.get("event") == "check"}
+    records = map(json.loads, text.splitlines())
+    checks = {r["check"]: r for r in records if r.get("event") == "check"}
     assert checks["ready-with-token"]["passed"] is True
     database_running(t, False)
     code, text = audit()
     assert code != 0
-    checks = {r["check"]: r for r in map(json.loads, text.splitlines()) if r.get("event") == "check"}
+    records = map(json.loads, text.splitlines())
+    checks = {r["check"]: r for r in records if r.get("event") == "check"}
     ready_check = checks["ready-with-token"]
     assert ready_check["passed"] is False and ready_check["status"] == 503, ready_check
     assert "database" in ready_check["detail"], ready_check
