@@ -380,7 +380,7 @@ def sandbox() -> None:
 @click.pass_obj
 def sandbox_up(opts: Options, name: str, index: int) -> None:
     """Boot the sandbox (idempotent)."""
-    from deploy import sandbox_cli
+    from deploy.sandbox import cli as sandbox_cli
 
     sys.exit(sandbox_cli.up(name, index, json_out=opts.json))
 
@@ -391,7 +391,7 @@ def sandbox_up(opts: Options, name: str, index: int) -> None:
 @click.pass_obj
 def sandbox_down(opts: Options, name: str, index: int) -> None:
     """Stop the sandbox and remove everything it created on this machine."""
-    from deploy import sandbox_cli
+    from deploy.sandbox import cli as sandbox_cli
 
     sys.exit(sandbox_cli.down(name, index, json_out=opts.json))
 
@@ -402,7 +402,7 @@ def sandbox_down(opts: Options, name: str, index: int) -> None:
 @click.pass_obj
 def sandbox_status(opts: Options, name: str, index: int) -> None:
     """Say whether the sandbox is up and how to reach it."""
-    from deploy import sandbox_cli
+    from deploy.sandbox import cli as sandbox_cli
 
     sys.exit(sandbox_cli.status(name, index, json_out=opts.json))
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from deploy import sandbox
-from deploy.sandbox import SandboxError, SandboxInfo, SandboxSpec
+from deploy.sandbox import SandboxError, SandboxInfo, SandboxSpec, namespaces
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +126,7 @@ def test_bad_spec_fields_are_rejected(field: str, value: Any, message: str) -> N
 
 
 def test_non_root_is_told_to_use_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(namespaces.os, "geteuid", lambda: 1000)
     spec = SandboxSpec(name="rgsbx", index=9, state_root=tmp_path / "state")
     for call in (sandbox.up, sandbox.down):
         with pytest.raises(SandboxError, match="needs root"):
@@ -137,10 +137,10 @@ def test_non_root_is_told_to_use_root(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_missing_host_program_names_the_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
-    real_which = sandbox._which
+    monkeypatch.setattr(namespaces.os, "geteuid", lambda: 0)
+    real_which = namespaces._which
     monkeypatch.setattr(
-        sandbox, "_which", lambda program: None if program == "pm2" else real_which(program)
+        namespaces, "_which", lambda program: None if program == "pm2" else real_which(program)
     )
     spec = SandboxSpec(name="rgsbx", index=9, state_root=tmp_path / "state")
     with pytest.raises(SandboxError, match=r"pm2 \(fix: npm install -g pm2\)"):

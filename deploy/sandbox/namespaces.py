@@ -6,7 +6,7 @@ address (10.231.<index>.2) on a veth pair to this machine. Nothing is downloaded
 written to disk except keys: the container's root is an overlay (lower = the host's ``/``
 read-only, upper = tmpfs) inside private namespaces, so ``down()`` leaves no trace.
 
-The namespace side lives in ``sandbox_pid1.sh`` (package data next to this module). Needs root.
+The namespace side lives in ``pid1.sh`` (package data next to this module). Needs root.
 """
 
 from __future__ import annotations
@@ -21,22 +21,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from deploy import proxy
-from deploy.process.systemd import sudoers_lines
+from deploy.sandbox.base import Log, SandboxError, SandboxInfo, SandboxSpec, sudoers_text
 
-__all__ = ["SandboxError", "SandboxInfo", "SandboxSpec", "down", "status", "up"]
+__all__ = ["down", "status", "up"]
 
-Log = Callable[[str], None]
-
-PID1_SCRIPT = Path(__file__).with_name("sandbox_pid1.sh")
+PID1_SCRIPT = Path(__file__).with_name("pid1.sh")
 SSH_PORT = 22
 BOOT_TIMEOUT = 90.0  # generous: a busy 2-core CI box boots in 1-3 s, but never hang forever
 STOP_TIMEOUT = 20.0  # graceful poweroff budget before SIGKILL of the container's PID 1
@@ -68,10 +64,6 @@ _TOOLS: dict[str, tuple[str, str]] = {
     "node": ("node", "apt-get install nodejs"),
     "pm2": ("pm2", "npm install -g pm2"),
 }
-# The systemd example (inventories/local-systemd.yml, system scope). The deploy user's sudo is
-# exactly the allowlist docs/systemd.md tells an operator to install for it, nothing more.
-SYSTEMD_EXAMPLE_APP = "sampleapp-sd"
-SYSTEMD_EXAMPLE_ROOT = PurePosixPath("/srv/sampleapp-sd")
 # Needed inside the sandbox's PATH for deploys, optional for booting it.
 _OPTIONAL_SESSION_TOOLS = ("npm",)
 _PAM_SYSTEMD_GLOBS = (
@@ -80,62 +72,6 @@ _PAM_SYSTEMD_GLOBS = (
     "lib/security/pam_systemd.so",
     "usr/lib/security/pam_systemd.so",
 )
-
-
-class SandboxError(Exception):
-    """The sandbox could not be created, inspected or removed; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class SandboxSpec:
-    name: str = "rg-local"
-    index: int = 5  # 1..254 -> 10.231.<index>.0/24, host side .1, sandbox .2
-    user: str = "deploy"
-    state_root: Path = Path("/var/lib/releasegate/sandbox")
-
-
-@dataclass(frozen=True)
-class SandboxInfo:
-    name: str
-    address: str
-    port: int
-    user: str
-    identity_file: Path
-    known_hosts: Path
-    pid1: int
-    state_dir: Path
-
-    def ssh_argv(self, *command: str, user: str | None = None) -> list[str]:
-        """`ssh` argv that trusts only this sandbox's pinned host key and ignores ssh configs.
-
-        Like plain ssh, the remote command words are joined with spaces and run by the remote
-        login shell, so quote them for that shell.
-        """
-        return [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.identity_file),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-            str(self.port),
-            f"{user or self.user}@{self.address}",
-            *(["--", *command] if command else []),
-        ]
 
 
 @dataclass(frozen=True)
@@ -869,18 +805,6 @@ def _signal(pid: int, sig: int) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def sudoers_text(user: str) -> str:
-    """/etc/sudoers.d/releasegate-sandbox: the systemd example's allowlist for `user`, and
-    the nginx allowlist of blue/green deploys."""
-    lines = sudoers_lines(user=user, app=SYSTEMD_EXAMPLE_APP, root=SYSTEMD_EXAMPLE_ROOT)
-    header = (
-        "# releasegate sandbox: exactly what inventories/local-systemd.yml needs as root "
-        "(docs/systemd.md)"
-    )
-    nginx = "# and what blue/green deploys need for nginx (docs/blue-green.md)"
-    return "\n".join([header, *lines, nginx, *proxy.sudoers_lines(user)]) + "\n"
-
-
 def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     try:
         result = subprocess.run(
@@ -948,37 +872,3 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
     except OSError:
         return "(no boot log)"
-
-
-def _main(argv: list[str]) -> int:
-    """Developer entry point: python -m deploy.sandbox up|down|status [--name N --index I]."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m deploy.sandbox")
-    parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--name", default=SandboxSpec.name)
-    parser.add_argument("--index", type=int, default=SandboxSpec.index)
-    parser.add_argument("--state-root", type=Path, default=SandboxSpec.state_root)
-    args = parser.parse_args(argv)
-    spec = SandboxSpec(name=args.name, index=args.index, state_root=args.state_root)
-
-    def log(line: str) -> None:
-        print(line, file=sys.stderr)
-
-    try:
-        if args.command == "up":
-            print(up(spec, log))
-        elif args.command == "down":
-            down(spec, log)
-        else:
-            info = status(spec)
-            print(info if info else f"sandbox {spec.name} is not running")
-            return 0 if info else 3
-    except SandboxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# releasegate sandbox VPS: the namespace side of deploy/sandbox.py. Not meant to be run by hand.
+# releasegate sandbox VPS: the namespace side of deploy/sandbox/namespaces.py (not run by hand).
 #
-#   sandbox_pid1.sh launch   host side; sandbox.py starts it in a new session.
+#   pid1.sh launch   host side; namespaces.py starts it in a new session.
 #       Joins the sandbox's own cgroup, then re-executes this script as "init" inside new
 #       pid/mount/uts/ipc/cgroup namespaces, within the sandbox's prepared network namespace.
-#   sandbox_pid1.sh init     PID 1 of the new pid namespace.
+#   pid1.sh init     PID 1 of the new pid namespace.
 #       Builds a throwaway copy of the host's own OS (overlayfs: lower = the host's / read-only,
 #       upper = tmpfs), customises it into a small "VPS", pivots into it and execs systemd.
 #
 # Everything this script mounts lives in the private mount namespace and every write lands in
 # the tmpfs, so the host's filesystem and mount table are never changed. All parameters come
-# from RG_* environment variables that sandbox.py has already validated (safe characters only).
+# from RG_* environment variables that namespaces.py has already validated (safe characters only).
 set -euo pipefail
 
 stage_launch() {
   : "${RG_CGROUP:?}" "${RG_NETNS:?}"
   # Join the cgroup *before* `unshare --cgroup`: the sandbox's cgroup namespace is rooted at
-  # the current cgroup, so the inner systemd then manages only this subtree, and sandbox.py
+  # the current cgroup, so the inner systemd then manages only this subtree, and namespaces.py
   # finds every sandbox process (and nothing else) by reading it.
   echo $$ >"$RG_CGROUP/cgroup.procs"
   # nsenter joins the prepared netns. (`unshare --net=PATH` would not join it: it creates a
@@ -110,7 +110,7 @@ customise() {
   install -m 0600 "$RG_HOST_KEY" "$R/etc/ssh/ssh_host_ed25519_key"
   install -m 0644 "$RG_HOST_KEY.pub" "$R/etc/ssh/ssh_host_ed25519_key.pub"
   cat >"$R/etc/ssh/sshd_config" <<'EOF'
-# Written by releasegate's sandbox (deploy/sandbox_pid1.sh) for this throwaway host.
+# Written by releasegate's sandbox (deploy/sandbox/pid1.sh) for this throwaway host.
 Port 22
 HostKey /etc/ssh/ssh_host_ed25519_key
 PubkeyAuthentication yes
@@ -148,7 +148,7 @@ EOF
   mkdir -p "$R/var/lib/systemd/linger"
   touch "$R/var/lib/systemd/linger/$u"
   # sudo: exactly the allowlists of the systemd example inventory and of nginx (rendered by
-  # sandbox.py);
+  # namespaces.py);
   # a broken sudoers file would disable sudo altogether, so check it before booting.
   printf '%s' "$RG_SUDOERS" >"$R/etc/sudoers.d/releasegate-sandbox"
   chmod 0440 "$R/etc/sudoers.d/releasegate-sandbox"
@@ -198,11 +198,11 @@ stage_init() {
   : "${RG_NAME:?}" "${RG_USER:?}" "${RG_ADDRESS:?}" "${RG_MNT:?}" "${RG_STATE_ROOT:?}"
   : "${RG_HOST_KEY:?}" "${RG_CLIENT_PUBKEY:?}" "${RG_MACHINE_ID:?}" "${RG_SUDOERS:?}"
   local O=$RG_MNT R=$RG_MNT/root m i=0 go=
-  # Wait until sandbox.py has moved our launcher out of this cgroup (see _release_init in
-  # sandbox.py); EOF instead of "go" means sandbox.py gave up, so do not boot.
+  # Wait until namespaces.py has moved our launcher out of this cgroup (see _release_init in
+  # namespaces.py); EOF instead of "go" means namespaces.py gave up, so do not boot.
   read -r -t 60 go || true
   if [ "$go" != go ]; then
-    echo "releasegate sandbox $RG_NAME: no go from sandbox.py, not booting" >&2
+    echo "releasegate sandbox $RG_NAME: no go from namespaces.py, not booting" >&2
     exit 1
   fi
   exec </dev/null
@@ -241,7 +241,7 @@ case "${1:-}" in
   launch) stage_launch ;;
   init) stage_init ;;
   *)
-    echo "usage: $0 launch|init (started by deploy/sandbox.py)" >&2
+    echo "usage: $0 launch|init (started by deploy/sandbox/namespaces.py)" >&2
     exit 2
     ;;
 esac

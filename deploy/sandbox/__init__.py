@@ -1,0 +1,86 @@
+"""The sandbox VPS: a throwaway local host to rehearse deploys on (docs/sandbox.md).
+
+One interface, one module per provider: ``up`` boots a sandbox (or returns the running one),
+``down`` removes every trace of it, ``status`` says whether it is up; each hands back a
+``SandboxInfo`` (address, port, user, client key, pinned known_hosts).
+
+- ``namespaces`` (namespaces.py + pid1.sh): this machine's own OS booted in Linux namespaces;
+  needs root on Linux, boots in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol, cast
+
+from deploy.sandbox.base import (
+    SYSTEMD_EXAMPLE_APP,
+    SYSTEMD_EXAMPLE_ROOT,
+    Log,
+    SandboxError,
+    SandboxInfo,
+    SandboxSpec,
+    nolog,
+    sudoers_text,
+)
+
+__all__ = [
+    "PROVIDERS",
+    "SYSTEMD_EXAMPLE_APP",
+    "SYSTEMD_EXAMPLE_ROOT",
+    "SandboxError",
+    "SandboxInfo",
+    "SandboxSpec",
+    "default_provider",
+    "down",
+    "status",
+    "sudoers_text",
+    "up",
+]
+
+PROVIDERS = ("namespaces",)
+
+
+class Provider(Protocol):
+    def up(self, spec: SandboxSpec, log: Log = ..., timeout: float = ...) -> SandboxInfo: ...
+
+    def down(self, spec: SandboxSpec, log: Log = ...) -> None: ...
+
+    def status(self, spec: SandboxSpec) -> SandboxInfo | None: ...
+
+
+def default_provider() -> str:
+    """The provider `sandbox up` uses when none is named."""
+    return "namespaces"
+
+
+def provider(name: str | None = None) -> Provider:
+    """The provider module called `name` (the default one for None); imported on demand."""
+    name = name or default_provider()
+    if name not in PROVIDERS:
+        raise SandboxError(
+            f"Unknown sandbox provider {name!r}: use one of {', '.join(PROVIDERS)}."
+        )
+    return cast(Provider, importlib.import_module(f"deploy.sandbox.{name}"))
+
+
+def up(
+    spec: SandboxSpec,
+    log: Log = nolog,
+    timeout: float | None = None,
+    *,
+    provider_name: str | None = None,
+) -> SandboxInfo:
+    """Boot the sandbox (or return the running one) and wait until its systemd finished booting."""
+    chosen = provider(provider_name)
+    return chosen.up(spec, log) if timeout is None else chosen.up(spec, log, timeout)
+
+
+def down(spec: SandboxSpec, log: Log = nolog, *, provider_name: str | None = None) -> None:
+    """Stop the sandbox and remove every runtime trace; keys and known_hosts are kept."""
+    provider(provider_name).down(spec, log)
+
+
+def status(spec: SandboxSpec, *, provider_name: str | None = None) -> SandboxInfo | None:
+    """The running sandbox's info, or None unless it is up and its sshd answers."""
+    return provider(provider_name).status(spec)
