@@ -369,42 +369,53 @@ def ci_github(
     )
 
 
+_provider = click.option(
+    "--provider",
+    type=click.Choice(["namespaces", "docker"]),
+    default=None,
+    help="namespaces (root on Linux) or docker (docs/sandbox.md); default: namespaces as root",
+)
+
+
 @main.group()
 def sandbox() -> None:
-    """A throwaway local VPS (real systemd, sshd, PM2) in Linux namespaces; needs root."""
+    """A throwaway local VPS (real systemd, sshd, PM2): Linux namespaces (root) or Docker."""
 
 
 @sandbox.command("up")
 @click.option("--name", default="rg-local", show_default=True)
 @click.option("--index", default=5, show_default=True, help="Uses 10.231.<index>.0/24.")
+@_provider
 @click.pass_obj
-def sandbox_up(opts: Options, name: str, index: int) -> None:
+def sandbox_up(opts: Options, name: str, index: int, provider: str | None) -> None:
     """Boot the sandbox (idempotent)."""
     from deploy.sandbox import cli as sandbox_cli
 
-    sys.exit(sandbox_cli.up(name, index, json_out=opts.json))
+    sys.exit(sandbox_cli.up(name, index, json_out=opts.json, provider=provider))
 
 
 @sandbox.command("down")
 @click.option("--name", default="rg-local", show_default=True)
 @click.option("--index", default=5, show_default=True)
+@_provider
 @click.pass_obj
-def sandbox_down(opts: Options, name: str, index: int) -> None:
+def sandbox_down(opts: Options, name: str, index: int, provider: str | None) -> None:
     """Stop the sandbox and remove everything it created on this machine."""
     from deploy.sandbox import cli as sandbox_cli
 
-    sys.exit(sandbox_cli.down(name, index, json_out=opts.json))
+    sys.exit(sandbox_cli.down(name, index, json_out=opts.json, provider=provider))
 
 
 @sandbox.command("status")
 @click.option("--name", default="rg-local", show_default=True)
 @click.option("--index", default=5, show_default=True)
+@_provider
 @click.pass_obj
-def sandbox_status(opts: Options, name: str, index: int) -> None:
+def sandbox_status(opts: Options, name: str, index: int, provider: str | None) -> None:
     """Say whether the sandbox is up and how to reach it."""
     from deploy.sandbox import cli as sandbox_cli
 
-    sys.exit(sandbox_cli.status(name, index, json_out=opts.json))
+    sys.exit(sandbox_cli.status(name, index, json_out=opts.json, provider=provider))
 
 
 @main.command()
@@ -416,8 +427,9 @@ def sandbox_status(opts: Options, name: str, index: int) -> None:
     metavar="NAME:INDEX",
     help="the sandbox VPS to boot (10.231.<INDEX>.2); inventories/local.yml names rg-local:5",
 )
+@_provider
 @click.pass_obj
-def demo(opts: Options, where: str) -> None:
+def demo(opts: Options, where: str, provider: str | None) -> None:
     """Boot the sandbox and deploy the sample app blue/green under a steady load: a good
     release, one that crashes at boot, one that breaks its API contract; failed requests
     are counted for each."""
@@ -427,7 +439,8 @@ def demo(opts: Options, where: str) -> None:
     name, _, index = where.partition(":")
     if not index.isdigit():
         raise click.BadParameter("use NAME:INDEX, e.g. rg-local:5", param_hint="--sandbox")
-    sys.exit(demo_mod.run(opts, sandbox_mod.SandboxSpec(name=name, index=int(index))))
+    spec = sandbox_mod.SandboxSpec(name=name, index=int(index))
+    sys.exit(demo_mod.run(opts, spec, provider=provider))
 
 
 def _smoke_target(env: str) -> AbstractContextManager[Target]:

@@ -226,7 +226,9 @@ def demo_inventory(source: Path, info: sandbox.SandboxInfo, repo: Path, into: Pa
     short readiness deadline. Returns the directory holding the copy (as `local.yml`)."""
     data = yaml.safe_load(source.read_text())
     host = data["hosts"][0]
+    host.pop("sandbox", None)  # the booted sandbox is named by its address here
     host["address"] = info.address
+    host["port"] = info.port
     host["identity_file"] = str(info.identity_file)
     data.setdefault("ssh", {})["known_hosts"] = str(info.known_hosts)
     data["app"]["repo"] = str(repo)
@@ -252,7 +254,7 @@ def demo_inventory(source: Path, info: sandbox.SandboxInfo, repo: Path, into: Pa
     return into
 
 
-def run(opts: Options, spec: sandbox.SandboxSpec | None = None) -> int:
+def run(opts: Options, spec: sandbox.SandboxSpec | None = None, provider: str | None = None) -> int:
     spec = spec or sandbox.SandboxSpec()
     redact = Redactor()
     for name in DEMO_SECRETS:
@@ -266,8 +268,10 @@ def run(opts: Options, spec: sandbox.SandboxSpec | None = None) -> int:
         try:
             inventory.load("local", inventories)  # a broken local.yml is said before booting
             with reporter.stage("sandbox up"):
-                info = sandbox.up(spec, log=reporter.info)
-                reporter.info(f"sandbox at {info.user}@{info.address}")
+                info = sandbox.up(spec, log=reporter.info, provider_name=provider)
+                reporter.info(
+                    f"sandbox ({info.provider}) at {info.user}@{info.address}:{info.port}"
+                )
             with reporter.stage("database: an empty PostgreSQL database for the sample app"):
                 os.environ[DATABASE_URL] = prepare_database(info)
                 redact.add(os.environ[DATABASE_URL], urlsplit(os.environ[DATABASE_URL]).password)
@@ -302,7 +306,7 @@ def _deploys(
     def deploy() -> int:
         return operations.run_deploy("local", opts, reporter=reporter)
 
-    front = (info.address, inv.strategy.public_port)
+    front = (info.service_address, inv.strategy.public_port)
     url = f"http://{front[0]}:{front[1]}/version"
     reporter.info(f"1/4 deploying a healthy release: the first, nothing serves {url} yet")
     first = _head(repo)
@@ -380,8 +384,8 @@ def _verdict(
     if all(step.held for step in steps):
         explore = (
             "Explore with `releasegate status local`, or `curl "
-            f"http://{info.address}:{inv.strategy.public_port}/version`; stop the sandbox with "
-            "`releasegate sandbox down`."
+            f"http://{info.service_address}:{inv.strategy.public_port}/version`; stop the "
+            "sandbox with `releasegate sandbox down`."
             if default
             else f"The sandbox {info.name} keeps running at {info.address}."
         )

@@ -34,6 +34,8 @@ want /usr/sbin/nginx nginx
 # the sandbox's systemd runs the cluster the package creates; this machine never runs it.
 want /usr/lib/postgresql/15/bin/postgres postgresql
 want psql postgresql-client
+# The Docker engine, for the docker sandbox provider (docs/sandbox.md).
+want dockerd docker.io
 if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then packages+=(python3-venv python3-pip); fi
 if [ ${#packages[@]} -gt 0 ]; then
@@ -72,6 +74,24 @@ fi
 if ! command -v pm2 >/dev/null 2>&1; then
   echo "setup: npm install -g pm2@7.0.4"
   npm install -g --no-audit --no-fund --loglevel=error pm2@7.0.4 >/dev/null
+fi
+
+# The Docker engine must run for the docker sandbox provider: as a service where systemd is
+# PID 1, else as a daemon of its own with a pid file (this kind of machine has no init system).
+docker_answers() { curl -fsS --max-time 2 --unix-socket /var/run/docker.sock http://docker/_ping >/dev/null 2>&1; }
+if ! docker_answers; then
+  if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+    echo "setup: systemctl start docker"
+    systemctl start docker
+  elif ! { [ -s /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; }; then
+    echo "setup: starting dockerd (pid file /var/run/docker.pid, log /var/log/dockerd.log)"
+    setsid dockerd --pidfile /var/run/docker.pid </dev/null >>/var/log/dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 120); do docker_answers && break; sleep 0.25; done
+  if ! docker_answers; then
+    echo "setup: the Docker engine did not answer within 30 s; see /var/log/dockerd.log" >&2
+    exit 1
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

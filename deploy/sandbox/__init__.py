@@ -6,13 +6,18 @@ One interface, one module per provider: ``up`` boots a sandbox (or returns the r
 
 - ``namespaces`` (namespaces.py + pid1.sh): this machine's own OS booted in Linux namespaces;
   needs root on Linux, boots in about a second.
+- ``docker`` (docker.py + image.py + image_setup.sh): a container from an image built once
+  from Debian packages; needs a Docker engine, not root.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Protocol, cast
 
+from deploy.sandbox import state
 from deploy.sandbox.base import (
     SYSTEMD_EXAMPLE_APP,
     SYSTEMD_EXAMPLE_ROOT,
@@ -38,7 +43,7 @@ __all__ = [
     "up",
 ]
 
-PROVIDERS = ("namespaces",)
+PROVIDERS = ("namespaces", "docker")
 
 
 class Provider(Protocol):
@@ -50,17 +55,18 @@ class Provider(Protocol):
 
 
 def default_provider() -> str:
-    """The provider `sandbox up` uses when none is named."""
-    return "namespaces"
+    """The provider `sandbox up` uses when none is named: namespaces where it can run (root on
+    Linux), docker everywhere else."""
+    if sys.platform.startswith("linux") and os.geteuid() == 0:
+        return "namespaces"
+    return "docker"
 
 
 def provider(name: str | None = None) -> Provider:
     """The provider module called `name` (the default one for None); imported on demand."""
     name = name or default_provider()
     if name not in PROVIDERS:
-        raise SandboxError(
-            f"Unknown sandbox provider {name!r}: use one of {', '.join(PROVIDERS)}."
-        )
+        raise SandboxError(f"Unknown sandbox provider {name!r}: use one of {', '.join(PROVIDERS)}.")
     return cast(Provider, importlib.import_module(f"deploy.sandbox.{name}"))
 
 
@@ -71,16 +77,33 @@ def up(
     *,
     provider_name: str | None = None,
 ) -> SandboxInfo:
-    """Boot the sandbox (or return the running one) and wait until its systemd finished booting."""
-    chosen = provider(provider_name)
-    return chosen.up(spec, log) if timeout is None else chosen.up(spec, log, timeout)
+    """Boot the sandbox (or return the running one) and wait until its systemd finished booting.
+
+    Refuses a sandbox of the same name already up on another provider: both would share
+    one state dir (keys, known_hosts) and one subnet.
+    """
+    name = provider_name or default_provider()
+    other = state.recorded_provider(spec)
+    if other is not None and other != name and provider(other).status(spec) is not None:
+        raise SandboxError(
+            f"Sandbox {spec.name!r} is already up on the {other} provider. Stop it first "
+            f"(`releasegate sandbox down --name {spec.name}`) or use it as it is."
+        )
+    chosen = provider(name)
+    info = chosen.up(spec, log) if timeout is None else chosen.up(spec, log, timeout)
+    state.write(spec, info)
+    return info
 
 
 def down(spec: SandboxSpec, log: Log = nolog, *, provider_name: str | None = None) -> None:
-    """Stop the sandbox and remove every runtime trace; keys and known_hosts are kept."""
-    provider(provider_name).down(spec, log)
+    """Stop the sandbox and remove every runtime trace; keys and known_hosts are kept.
+
+    Without a provider name, the one that started it (its record says) stops it.
+    """
+    provider(provider_name or state.recorded_provider(spec)).down(spec, log)
+    state.clear(spec)
 
 
 def status(spec: SandboxSpec, *, provider_name: str | None = None) -> SandboxInfo | None:
     """The running sandbox's info, or None unless it is up and its sshd answers."""
-    return provider(provider_name).status(spec)
+    return provider(provider_name or state.recorded_provider(spec)).status(spec)

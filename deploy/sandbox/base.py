@@ -4,7 +4,13 @@ reach the running sandbox), and what every sandbox installs the same way (its su
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +28,13 @@ __all__ = [
 ]
 
 Log = Callable[[str], None]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")  # "<name>-h" must fit IFNAMSIZ (15 chars)
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Paths end up in overlayfs mount options, ssh -o values and shell variables: none of these
+# can quote, so only plain characters are allowed.
+SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+
 
 # The systemd example (inventories/local-systemd.yml, system scope). The deploy user's sudo is
 # exactly the allowlist docs/systemd.md tells an operator to install for it, nothing more.
@@ -51,6 +64,14 @@ class SandboxInfo:
     known_hosts: Path
     pid1: int
     state_dir: Path
+    provider: str = "namespaces"
+    # Where this machine reaches the sandbox's TCP services (apps, nginx) when that is not
+    # `address`: the docker provider publishes only SSH, on loopback.
+    services_at: str | None = None
+
+    @property
+    def service_address(self) -> str:
+        return self.services_at or self.address
 
     def ssh_argv(self, *command: str, user: str | None = None) -> list[str]:
         """`ssh` argv that trusts only this sandbox's pinned host key and ignores ssh configs.
@@ -99,3 +120,72 @@ def sudoers_text(user: str) -> str:
 
 def nolog(_line: str) -> None:
     pass
+
+
+def validate(spec: SandboxSpec) -> None:
+    # Runs before anything touches the system: these values become interface, netns and
+    # cgroup names, mount options and environment of a root shell script.
+    if not isinstance(spec.name, str) or not _NAME_RE.match(spec.name):
+        raise SandboxError(
+            f"Invalid sandbox name {spec.name!r}: use 1-10 characters, a lowercase letter first, "
+            "then lowercase letters, digits or '-' (it becomes the network interface "
+            f"'<name>-h', which Linux limits to 15 characters)."
+        )
+    if (
+        isinstance(spec.index, bool)
+        or not isinstance(spec.index, int)
+        or not 1 <= spec.index <= 254
+    ):
+        raise SandboxError(
+            f"Invalid sandbox index {spec.index!r}: use an integer from 1 to 254; the sandbox "
+            "gets the private subnet 10.231.<index>.0/24."
+        )
+    if not isinstance(spec.user, str) or not _USER_RE.match(spec.user) or spec.user == "root":
+        raise SandboxError(
+            f"Invalid sandbox user {spec.user!r}: use a lowercase Unix user name other than "
+            "root (letters, digits, '_' or '-', at most 32 characters)."
+        )
+    root = str(spec.state_root)
+    if not SAFE_PATH_RE.match(root) or root == "/" or ".." in Path(root).parts or len(root) > 200:
+        raise SandboxError(
+            f"Invalid sandbox state_root {root!r}: use an absolute path other than '/' made of "
+            "letters, digits and . _ - + / only (it is used in mount options and ssh options, "
+            "which cannot quote), for example /var/lib/releasegate/sandbox."
+        )
+
+
+def sshd_answers(address: str, port: int, timeout: float) -> bool:
+    """True once an SSH server greets on address:port.
+
+    Reading the greeting (not just connecting) proves it is sshd; answering with our own
+    identification line makes sshd log a plain disconnect instead of a key-exchange error.
+    """
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as conn:
+            greeting = conn.recv(256)
+            if greeting.startswith(b"SSH-"):
+                conn.sendall(b"SSH-2.0-releasegate-sandbox-probe\r\n")
+                return True
+            return False
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    # Serialises up/down of the same sandbox across processes (flock on the state dir itself).
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

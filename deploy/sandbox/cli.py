@@ -47,7 +47,9 @@ def _spec(name: str, index: int) -> SandboxSpec:
 def _fields(info: SandboxInfo) -> dict[str, object]:
     return {
         "name": info.name,
+        "provider": info.provider,
         "address": info.address,
+        "port": info.port,
         "user": info.user,
         "pid1": info.pid1,
         "identity_file": str(info.identity_file),
@@ -62,37 +64,39 @@ def _guarded(out: _Out, body: Callable[[], int]) -> int:
         return out.end("error", 2, str(exc))
 
 
-def up(name: str, index: int, json_out: bool = False) -> int:
+def up(name: str, index: int, json_out: bool = False, provider: str | None = None) -> int:
     out = _Out("sandbox-up", json_out)
 
     def body() -> int:
-        info = sandbox.up(_spec(name, index), log=out.log)
+        info = sandbox.up(_spec(name, index), log=out.log, provider_name=provider)
         return out.end(
             "up",
             0,
-            f"sandbox {info.name} is up: ssh -i {info.identity_file} "
-            f"-o UserKnownHostsFile={info.known_hosts} {info.user}@{info.address}",
+            f"sandbox {info.name} is up ({info.provider}): ssh -i {info.identity_file} "
+            f"-o UserKnownHostsFile={info.known_hosts} -p {info.port} {info.user}@{info.address}",
             sandbox=_fields(info),
         )
 
     return _guarded(out, body)
 
 
-def down(name: str, index: int, json_out: bool = False) -> int:
+def down(name: str, index: int, json_out: bool = False, provider: str | None = None) -> int:
     out = _Out("sandbox-down", json_out)
 
     def body() -> int:
-        sandbox.down(_spec(name, index), log=out.log)
+        sandbox.down(_spec(name, index), log=out.log, provider_name=provider)
         return out.end("down", 0, f"sandbox {name} is down")
 
     return _guarded(out, body)
 
 
-def status(name: str, index: int, json_out: bool = False) -> int:
+def status(
+    name: str, index: int, json_out: bool = False, provider: str | None = None
+) -> int:
     out = _Out("sandbox-status", json_out)
 
     def body() -> int:
-        info = sandbox.status(_spec(name, index))
+        info = sandbox.status(_spec(name, index), provider_name=provider)
         if info is None:
             return out.end(
                 "not-running",
@@ -102,7 +106,8 @@ def status(name: str, index: int, json_out: bool = False) -> int:
         return out.end(
             "up",
             0,
-            f"sandbox {info.name} is up at {info.user}@{info.address} (systemd pid {info.pid1})",
+            f"sandbox {info.name} is up ({info.provider}) at {info.user}@{info.address}:"
+            f"{info.port} (systemd pid {info.pid1})",
             sandbox=_fields(info),
         )
 

@@ -12,23 +12,26 @@ The namespace side lives in ``pid1.sh`` (package data next to this module). Need
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.sandbox.base import SAFE_PATH_RE as _SAFE_PATH_RE
 from deploy.sandbox.base import Log, SandboxError, SandboxInfo, SandboxSpec, sudoers_text
+from deploy.sandbox.base import locked as _locked
+from deploy.sandbox.base import sshd_answers as _sshd_answers
+from deploy.sandbox.base import validate as _validate
+from deploy.sandbox.base import wait_until as _wait_until
 
 __all__ = ["down", "status", "up"]
 
@@ -37,11 +40,6 @@ SSH_PORT = 22
 BOOT_TIMEOUT = 90.0  # generous: a busy 2-core CI box boots in 1-3 s, but never hang forever
 STOP_TIMEOUT = 20.0  # graceful poweroff budget before SIGKILL of the container's PID 1
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")  # "<name>-h" must fit IFNAMSIZ (15 chars)
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# Paths end up in overlayfs mount options, ssh -o values and shell variables: none of these
-# can quote, so only plain characters are allowed.
-_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*$")
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # sshd's compiled-in PATH for non-interactive sessions on Debian (apart from /usr/games).
 _SSH_SESSION_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
@@ -226,38 +224,6 @@ def status(spec: SandboxSpec) -> SandboxInfo | None:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _validate(spec: SandboxSpec) -> None:
-    # Runs before anything touches the system: these values become interface, netns and
-    # cgroup names, mount options and environment of a root shell script.
-    if not isinstance(spec.name, str) or not _NAME_RE.match(spec.name):
-        raise SandboxError(
-            f"Invalid sandbox name {spec.name!r}: use 1-10 characters, a lowercase letter first, "
-            "then lowercase letters, digits or '-' (it becomes the network interface "
-            f"'<name>-h', which Linux limits to 15 characters)."
-        )
-    if (
-        isinstance(spec.index, bool)
-        or not isinstance(spec.index, int)
-        or not 1 <= spec.index <= 254
-    ):
-        raise SandboxError(
-            f"Invalid sandbox index {spec.index!r}: use an integer from 1 to 254; the sandbox "
-            "gets the private subnet 10.231.<index>.0/24."
-        )
-    if not isinstance(spec.user, str) or not _USER_RE.match(spec.user) or spec.user == "root":
-        raise SandboxError(
-            f"Invalid sandbox user {spec.user!r}: use a lowercase Unix user name other than "
-            "root (letters, digits, '_' or '-', at most 32 characters)."
-        )
-    root = str(spec.state_root)
-    if not _SAFE_PATH_RE.match(root) or root == "/" or ".." in Path(root).parts or len(root) > 200:
-        raise SandboxError(
-            f"Invalid sandbox state_root {root!r}: use an absolute path other than '/' made of "
-            "letters, digits and . _ - + / only (it is used in mount options and ssh options, "
-            "which cannot quote), for example /var/lib/releasegate/sandbox."
-        )
 
 
 def _require_root() -> None:
@@ -828,43 +794,6 @@ def _run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[st
 
 def _link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
-
-
-def _sshd_answers(address: str, port: int, timeout: float) -> bool:
-    """True once an SSH server greets on address:port.
-
-    Reading the greeting (not just connecting) proves it is sshd; answering with our own
-    identification line makes sshd log a plain disconnect instead of a key-exchange error.
-    """
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as conn:
-            greeting = conn.recv(256)
-            if greeting.startswith(b"SSH-"):
-                conn.sendall(b"SSH-2.0-releasegate-sandbox-probe\r\n")
-                return True
-            return False
-    except OSError:
-        return False
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    # Serialises up/down of the same sandbox across processes (flock on the state dir itself).
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _tail(path: Path, lines: int = 40) -> str:

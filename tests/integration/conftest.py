@@ -21,17 +21,20 @@ from deploy import demo, inventory, sandbox
 from deploy.inventory import Inventory
 
 PORTS = itertools.count(4100)
+# RELEASEGATE_TEST_PROVIDER=docker runs every integration test on the docker provider's sandbox.
+PROVIDER = os.environ.get("RELEASEGATE_TEST_PROVIDER", "namespaces")
 
 
 @pytest.fixture(scope="session")
 def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox.SandboxInfo]:
-    assert os.geteuid() == 0, "integration tests boot the sandbox VPS and need root"
+    if PROVIDER == "namespaces":
+        assert os.geteuid() == 0, "integration tests boot the sandbox VPS and need root"
     # RELEASEGATE_TEST_SANDBOX=name:index lets two suites run side by side on one machine.
     name, _, index = os.environ.get("RELEASEGATE_TEST_SANDBOX", "rgit:7").partition(":")
     spec = sandbox.SandboxSpec(
         name=name, index=int(index), state_root=tmp_path_factory.mktemp("sandbox-state")
     )
-    info = sandbox.up(spec)
+    info = sandbox.up(spec, provider_name=PROVIDER)
     try:
         yield info
     finally:
@@ -88,6 +91,8 @@ class Target:
                 "StrictHostKeyChecking=yes",
                 "-o",
                 f"UserKnownHostsFile={self.vps.known_hosts}",
+                "-p",
+                str(self.vps.port),
                 f"{self.vps.user}@{self.vps.address}",
                 command,
             ],
@@ -104,7 +109,7 @@ class Target:
         return res.stdout.strip().rsplit("/", 1)[-1] if res.returncode == 0 else None
 
     def version(self) -> dict[str, Any]:
-        r = httpx.get(f"http://{self.vps.address}:{self.port}/version", timeout=5)
+        r = httpx.get(f"http://{self.vps.service_address}:{self.port}/version", timeout=5)
         r.raise_for_status()
         return dict(r.json())
 
@@ -136,6 +141,7 @@ def target(vps: sandbox.SandboxInfo, tmp_path: Path) -> Iterator[Target]:
             {
                 "name": "sandbox",
                 "address": vps.address,
+                "port": vps.port,
                 "user": vps.user,
                 "root": f"/srv/t-{tag}",
                 "identity_file": str(vps.identity_file),

@@ -143,7 +143,9 @@ class App:
         """The release every answer through the front door comes from, else None."""
         from bench.load import fetch
 
-        seen = {fetch(self.t.vps.address, self.public_port, "/version", 3.0) for _ in range(6)}
+        seen = {
+            fetch(self.t.vps.service_address, self.public_port, "/version", 3.0) for _ in range(6)
+        }
         names = {h.release if h.ok else None for h in seen}
         return names.pop() if len(names) == 1 else None
 
@@ -171,7 +173,7 @@ class App:
 
     @contextlib.contextmanager
     def traffic(self) -> Iterator[Traffic]:
-        address = self.t.vps.address
+        address = self.t.vps.service_address
         per_conn = Load(address, self.public_port, "/version", rate=50, max_seconds=240, timeout=5)
         keep = KeepAliveLoad(
             address, self.public_port, "/version", rate=20, max_seconds=240, timeout=5
@@ -203,6 +205,7 @@ def _bg_app(vps: SandboxInfo, tmp: Path, pm2: str = "pm2") -> Iterator[App]:
             {
                 "name": "sandbox",
                 "address": vps.address,
+                "port": vps.port,
                 "user": vps.user,
                 "root": f"/srv/bg-{tag}",
                 "identity_file": str(vps.identity_file),

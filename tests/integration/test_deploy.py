@@ -13,6 +13,7 @@ import pytest
 
 from deploy import demo, operations
 from deploy.operations import Options
+from deploy.remote import known_hosts_name
 from deploy.report import RecordingReporter
 from tests.conftest import wait_until
 from tests.integration.conftest import Target
@@ -193,7 +194,8 @@ def test_changed_host_key_is_refused(target: Target, tmp_path: Path):
     other = tmp_path / "otherkey"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     pub = (other.with_suffix(".pub")).read_text().split()
-    wrong.write_text(f"{target.vps.address} {pub[0]} {pub[1]}\n")
+    name = known_hosts_name(target.vps.address, target.vps.port)
+    wrong.write_text(f"{name} {pub[0]} {pub[1]}\n")
     target.update("ssh", known_hosts=str(wrong))
     proc = cli(target, "status", "test")
     out, _ = proc.communicate(timeout=60)

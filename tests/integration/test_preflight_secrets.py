@@ -84,7 +84,8 @@ def test_world_readable_env_file_is_refused(target: Target):
 
 def test_unreachable_host_is_exit_5(target: Target):
     # in the sandbox's subnet, where nobody answers
-    target.data["hosts"][0]["address"] = target.vps.address.rsplit(".", 1)[0] + ".99"
+    target.data["hosts"][0]["address"] = target.vps.service_address.rsplit(".", 1)[0] + ".99"
+    target.data["hosts"][0]["port"] = 22
     target.data["ssh"]["connect_timeout"] = 3
     target.write()
     res = run_cli(target, "deploy", "test")

@@ -65,9 +65,11 @@ def test_switching_back_and_forth_under_load_fails_no_request(
     door: FrontDoor, capsys: pytest.CaptureFixture[str]
 ) -> None:
     blue, green = door.slots["blue"], door.slots["green"]
-    per_conn = Load(door.vps.address, door.public_port, "/", rate=50, max_seconds=60, timeout=5)
+    per_conn = Load(
+        door.vps.service_address, door.public_port, "/", rate=50, max_seconds=60, timeout=5
+    )
     keepalive = KeepAliveLoad(
-        door.vps.address, door.public_port, "/", rate=20, max_seconds=60, timeout=5
+        door.vps.service_address, door.public_port, "/", rate=20, max_seconds=60, timeout=5
     )
     clients: dict[str, Load | KeepAliveLoad] = {"new-conn": per_conn, "keep-alive": keepalive}
     figures = []
@@ -101,7 +103,7 @@ def test_nginx_refusing_the_config_means_no_switch(door: FrontDoor) -> None:
     door.as_root(f"echo 'server {{ listen nonsense; }}' > {broken}")
     try:
         with Load(
-            door.vps.address, door.public_port, "/", rate=50, max_seconds=30, timeout=5
+            door.vps.service_address, door.public_port, "/", rate=50, max_seconds=30, timeout=5
         ) as load:
             report, _, _ = door.switch(proxy.Upstream(door.slots["green"]))
             assert not report.ok and report.reason == "refused" and report.consistent
@@ -119,7 +121,9 @@ def test_nginx_refusing_the_config_means_no_switch(door: FrontDoor) -> None:
 
 def test_the_backup_slot_catches_a_live_slot_that_dies(door: FrontDoor) -> None:
     blue, green = door.slots["blue"], door.slots["green"]
-    with Load(door.vps.address, door.public_port, "/", rate=50, max_seconds=30, timeout=5) as load:
+    with Load(
+        door.vps.service_address, door.public_port, "/", rate=50, max_seconds=30, timeout=5
+    ) as load:
         report, start, took = door.switch(proxy.Upstream(green, blue))  # blue is the backup
         assert report.ok and report.log_offset is not None
         assert load.wait_for(tail_is("green", 10), deadline=10)

@@ -250,7 +250,7 @@ def bg(sd: Target) -> Iterator[Target]:
 
 
 def front(t: Target) -> tuple[str, int]:
-    return t.vps.address, int(t.data["strategy"]["public_port"])
+    return t.vps.service_address, int(t.data["strategy"]["public_port"])
 
 
 def slot_cwd(t: Target, slot: str) -> str:
