@@ -254,7 +254,24 @@ def demo_inventory(source: Path, info: sandbox.SandboxInfo, repo: Path, into: Pa
     return into
 
 
-def run(opts: Options, spec: sandbox.SandboxSpec | None = None, provider: str | None = None) -> int:
+def _unbooted(spec: sandbox.SandboxSpec) -> sandbox.SandboxInfo:
+    """Where the sandbox will be, as far as an inventory check needs to know before booting."""
+    state_dir = spec.state_root / spec.name
+    return sandbox.SandboxInfo(
+        name=spec.name,
+        address="127.0.0.1",
+        port=22,
+        user=spec.user,
+        identity_file=state_dir / "id_ed25519",
+        known_hosts=state_dir / "known_hosts",
+        pid1=0,
+        state_dir=state_dir,
+    )
+
+
+def run(
+    opts: Options, spec: sandbox.SandboxSpec | None = None, provider: str | None = None
+) -> int:
     spec = spec or sandbox.SandboxSpec()
     redact = Redactor()
     for name in DEMO_SECRETS:
@@ -266,7 +283,9 @@ def run(opts: Options, spec: sandbox.SandboxSpec | None = None, provider: str | 
     inventories = opts.inventories if opts.inventories.is_dir() else PROJECT / "inventories"
     with tempfile.TemporaryDirectory(prefix="releasegate-demo-") as tmp:
         try:
-            inventory.load("local", inventories)  # a broken local.yml is said before booting
+            # A broken local.yml is said before booting: checked as the demo will deploy it.
+            source = inventory.inventory_path("local", inventories)
+            inventory.load("local", demo_inventory(source, _unbooted(spec), Path(tmp), Path(tmp)))
             with reporter.stage("sandbox up"):
                 info = sandbox.up(spec, log=reporter.info, provider_name=provider)
                 reporter.info(

@@ -110,6 +110,8 @@ class HostConfig(Strict):
     user: UserName = "deploy"
     root: AbsPath
     identity_file: str | None = None
+    # The local sandbox VPS that address, port and key came from (deploy/sandbox/hosts.py).
+    sandbox: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -766,6 +768,9 @@ def parse(
     for reserved in ("env", "source"):
         if reserved in data:
             raise ConfigError(f"{source}: {reserved}: is not an inventory key; remove it.")
+    from deploy.sandbox import hosts as sandbox_hosts  # reads only a local record
+
+    data = sandbox_hosts.resolve(data, source)
     try:
         return Inventory.model_validate(
             {**data, "env": env, "source": str(source)}, context={"ssh_config": ssh}

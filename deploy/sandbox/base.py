@@ -29,7 +29,7 @@ __all__ = [
 
 Log = Callable[[str], None]
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")  # "<name>-h" must fit IFNAMSIZ (15 chars)
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")  # "<name>-h" must fit IFNAMSIZ (15 chars)
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Paths end up in overlayfs mount options, ssh -o values and shell variables: none of these
 # can quote, so only plain characters are allowed.
@@ -125,7 +125,7 @@ def nolog(_line: str) -> None:
 def validate(spec: SandboxSpec) -> None:
     # Runs before anything touches the system: these values become interface, netns and
     # cgroup names, mount options and environment of a root shell script.
-    if not isinstance(spec.name, str) or not _NAME_RE.match(spec.name):
+    if not isinstance(spec.name, str) or not NAME_RE.match(spec.name):
         raise SandboxError(
             f"Invalid sandbox name {spec.name!r}: use 1-10 characters, a lowercase letter first, "
             "then lowercase letters, digits or '-' (it becomes the network interface "

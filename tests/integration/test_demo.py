@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy import sandbox
+from tests.integration.conftest import PROVIDER
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ ROWS = ("a good release", "boot_crash", "wrong_contract")
 def run_demo() -> subprocess.CompletedProcess[str]:
     releasegate = Path(sys.executable).parent / "releasegate"
     return subprocess.run(
-        [str(releasegate), "--plain", "demo", "--sandbox", SANDBOX],
+        [str(releasegate), "--plain", "demo", "--sandbox", SANDBOX, "--provider", PROVIDER],
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -47,7 +48,8 @@ def table(stdout: str) -> dict[str, list[str]]:
 
 
 def test_the_demo_shows_blue_green_with_no_failed_request() -> None:
-    assert os.geteuid() == 0, "the demo boots the sandbox VPS and needs root"
+    if PROVIDER == "namespaces":
+        assert os.geteuid() == 0, "the demo boots the sandbox VPS and needs root"
     name, _, index = SANDBOX.partition(":")
     spec = sandbox.SandboxSpec(name=name, index=int(index))
     try:
@@ -68,3 +70,10 @@ def test_the_demo_shows_blue_green_with_no_failed_request() -> None:
         sandbox.down(spec)
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"releasegate-{name}" not in [line.split()[0] for line in netns.splitlines() if line]
+    if PROVIDER == "docker":
+        import docker
+
+        client = docker.from_env()
+        label = f"dev.releasegate.sandbox={name}"
+        assert not client.containers.list(all=True, filters={"label": label})
+        assert not client.networks.list(filters={"label": label})
