@@ -280,7 +280,7 @@ class App:
     def url(self, path: str) -> tuple[str, int, str]:
         """Where users reach the app: nginx's public port in blue/green, else the app's."""
         port = self.public_port if self.kind.blue_green else self.port
-        return self.rig.vps.address, port, path
+        return self.rig.vps.service_address, port, path
 
     def remove(self) -> None:
         names = [self.name, f"{self.name}-blue", f"{self.name}-green"]
@@ -309,8 +309,10 @@ class Rig:
         work: Path,
         health: dict[str, Any],
         log: Callable[[str], None] | None = None,
+        provider: str | None = None,
     ) -> None:
         self.spec = spec
+        self.provider = provider
         self.work = work
         self.health = health
         self._log: Callable[[str], None] = log or (lambda text: None)
@@ -325,7 +327,7 @@ class Rig:
         return self._vps
 
     def up(self) -> sandbox.SandboxInfo:
-        self._vps = sandbox.up(self.spec, log=self._log)
+        self._vps = sandbox.up(self.spec, log=self._log, provider_name=self.provider)
         return self._vps
 
     def down(self) -> None:

@@ -1,4 +1,5 @@
-"""Developer entry point: python -m deploy.sandbox up|down|status [--name N --index I]."""
+"""Developer entry point: python -m deploy.sandbox up|down|status [--name N --index I], and
+`image`: build the docker provider's image ahead of time (CI overlaps it with other work)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from deploy.sandbox import PROVIDERS, SandboxError, SandboxSpec, down, status, u
 
 def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.sandbox")
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "image"])
     parser.add_argument("--name", default=SandboxSpec.name)
     parser.add_argument("--index", type=int, default=SandboxSpec.index)
     parser.add_argument("--state-root", type=Path, default=SandboxSpec.state_root)
@@ -23,7 +24,11 @@ def _main(argv: list[str]) -> int:
         print(line, file=sys.stderr)
 
     try:
-        if args.command == "up":
+        if args.command == "image":
+            from deploy.sandbox import docker, image
+
+            print(image.ensure(docker.engine(), spec.user, log))
+        elif args.command == "up":
             print(up(spec, log, provider_name=args.provider))
         elif args.command == "down":
             down(spec, log, provider_name=args.provider)

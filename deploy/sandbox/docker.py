@@ -58,7 +58,8 @@ def _state_dir(spec: SandboxSpec) -> Path:
     return spec.state_root / spec.name
 
 
-def _client() -> Any:
+def engine() -> Any:
+    """A Docker SDK client of an engine that answers, or SandboxError with the fix."""
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - a dependency of releasegate
@@ -66,15 +67,15 @@ def _client() -> Any:
             "The docker provider needs the Docker SDK for Python: pip install docker."
         ) from exc
     try:
-        client = docker.from_env(timeout=120)
-        client.ping()
+        engine = docker.from_env(timeout=120)
+        engine.ping()
     except Exception as exc:  # docker.errors.DockerException and socket errors alike
         raise SandboxError(
             f"The Docker engine does not answer ({exc}). Start it: on Linux `bash "
             "scripts/setup.sh` installs and starts it (or `systemctl start docker`); elsewhere "
             "start Docker Desktop. DOCKER_HOST names another engine."
         ) from exc
-    return client
+    return engine
 
 
 # --------------------------------------------------------------------------- public API
@@ -83,7 +84,7 @@ def _client() -> Any:
 def up(spec: SandboxSpec, log: Log = nolog, timeout: float = BOOT_TIMEOUT) -> SandboxInfo:
     """Start the sandbox container (or return the running one) and wait until systemd booted."""
     validate(spec)
-    client = _client()
+    client = engine()
     state = _state_dir(spec)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     with locked(state):
@@ -118,7 +119,7 @@ def up(spec: SandboxSpec, log: Log = nolog, timeout: float = BOOT_TIMEOUT) -> Sa
 def down(spec: SandboxSpec, log: Log = nolog) -> None:
     """Remove the container, its network and its volumes; keys and known_hosts are kept."""
     validate(spec)
-    client = _client()
+    client = engine()
     state = _state_dir(spec)
     if not state.is_dir():
         _teardown(client, spec, log)
@@ -130,7 +131,7 @@ def down(spec: SandboxSpec, log: Log = nolog) -> None:
 def status(spec: SandboxSpec) -> SandboxInfo | None:
     """The running sandbox's info, or None unless its container runs and sshd answers."""
     validate(spec)
-    return _status(_client(), spec)
+    return _status(engine(), spec)
 
 
 # --------------------------------------------------------------------------- internals
