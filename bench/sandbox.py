@@ -25,7 +25,7 @@ from bench.rig import Rig, load_average, machine
 from deploy.sandbox import SandboxSpec, image
 
 # Their own names and subnets, beside the test suites' and the other benchmarks'.
-SPECS = {"namespaces": ("rgbsns", 27), "docker": ("rgbsdk", 28)}
+SPECS = {"namespaces": ("rgbsns", 44), "docker": ("rgbsdk", 45)}
 HEALTH = {"deadline": 15, "interval": 0.3, "successes": 3, "stable_for": 1}
 
 

@@ -191,6 +191,7 @@ def _start(client: Any, spec: SandboxSpec, tag: str, log: Log, deadline: float) 
 
     name = _container_name(spec)
     subnet = _subnet(spec)
+    _check_subnet_free(spec, subnet)
     labels = {image.LABEL: spec.name}
     client.networks.create(
         name,
@@ -239,6 +240,37 @@ def _start(client: Any, spec: SandboxSpec, tag: str, log: Log, deadline: float) 
     state = _wait_system_running(info, deadline)
     log(f"sandbox {spec.name}: systemd {state}")
     return info
+
+
+def _check_subnet_free(spec: SandboxSpec, subnet: ipaddress.IPv4Network) -> None:
+    """Refuse a subnet this machine already routes (e.g. a namespaces sandbox of the same
+    index): Docker would create the network anyway, and SSH through the published port
+    would then reach whichever host the kernel routes to."""
+    for device, network in _local_routes():
+        if network.overlaps(subnet):
+            raise SandboxError(
+                f"Subnet {subnet} for sandbox {spec.name!r} is already in use on this machine "
+                f"({network} on {device}), possibly by another sandbox. Choose another index "
+                "(1-254), or stop whatever uses that subnet."
+            )
+
+
+def _local_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
+    # Only meaningful when the engine runs on this Linux machine; elsewhere (Docker Desktop's
+    # VM) the engine's own overlap check is what there is.
+    try:
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    routes = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] == "00000000":
+            continue
+        dest = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+        mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
+        routes.append((fields[0], ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)))
+    return routes
 
 
 def _wait_system_running(info: SandboxInfo, deadline: float) -> str:

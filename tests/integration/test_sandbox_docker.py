@@ -1,7 +1,7 @@
 """The docker provider's sandbox itself: boots systemd + sshd + the deploy user's manager from
 its cached image, publishes SSH on loopback only with a host key we generated and pinned, and
 `down` leaves no container, network or volume behind. Uses its own name and subnet
-(RELEASEGATE_DOCKER_TEST_SANDBOX, default rgdock:19)."""
+(RELEASEGATE_DOCKER_TEST_SANDBOX, default rgdock:43)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from deploy.sandbox import SandboxInfo, SandboxSpec, state
 
 pytestmark = pytest.mark.integration
 
-NAME, _, INDEX = os.environ.get("RELEASEGATE_DOCKER_TEST_SANDBOX", "rgdock:19").partition(":")
+NAME, _, INDEX = os.environ.get("RELEASEGATE_DOCKER_TEST_SANDBOX", "rgdock:43").partition(":")
 LABEL = f"dev.releasegate.sandbox={NAME}"
 
 
