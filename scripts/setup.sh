@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up releasegate on a fresh Debian 12 machine, as root: the host tools the sandbox VPS
-# needs (sshd, systemd, iproute2, Node, PM2, nginx, PostgreSQL), then releasegate itself in .venv.
+# needs (sshd, systemd, iproute2, Node, PM2, nginx, PostgreSQL; the Docker engine and debootstrap
+# for its docker provider), then releasegate itself in .venv. The Docker engine is started if it
+# is not running.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +36,10 @@ want /usr/sbin/nginx nginx
 # the sandbox's systemd runs the cluster the package creates; this machine never runs it.
 want /usr/lib/postgresql/15/bin/postgres postgresql
 want psql postgresql-client
-# The Docker engine, for the docker sandbox provider (docs/sandbox.md).
+# The Docker engine, for the docker sandbox provider (docs/sandbox.md), and debootstrap, which
+# builds its image's Debian base where no image registry is reachable.
 want dockerd docker.io
+want debootstrap debootstrap
 if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then packages+=(python3-venv python3-pip); fi
 if [ ${#packages[@]} -gt 0 ]; then
