@@ -84,7 +84,7 @@ def up(
     """
     name = provider_name or default_provider()
     other = state.recorded_provider(spec)
-    if other is not None and other != name and provider(other).status(spec) is not None:
+    if other is not None and other != name and _running_on(other, spec):
         raise SandboxError(
             f"Sandbox {spec.name!r} is already up on the {other} provider. Stop it first "
             f"(`releasegate sandbox down --name {spec.name}`) or use it as it is."
@@ -93,6 +93,13 @@ def up(
     info = chosen.up(spec, log) if timeout is None else chosen.up(spec, log, timeout)
     state.write(spec, info)
     return info
+
+
+def _running_on(name: str, spec: SandboxSpec) -> bool:
+    try:
+        return provider(name).status(spec) is not None
+    except SandboxError:  # e.g. its Docker engine is gone: then nothing of it runs
+        return False
 
 
 def down(spec: SandboxSpec, log: Log = nolog, *, provider_name: str | None = None) -> None:
