@@ -133,7 +133,7 @@ class FrontDoor:
     def answer(self) -> str | None:
         from bench.load import fetch
 
-        hit = fetch(self.vps.address, self.public_port, "/", 2.0)
+        hit = fetch(self.vps.service_address, self.public_port, "/", 2.0)
         return hit.release if hit.ok else None
 
     def switch(
@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             slots = {"blue": 4601, "green": 4602}
             with front_door(vps, public_port=8601, slots=slots) as door:
-                per_conn = Load(vps.address, door.public_port, "/", rate=args.rate)
-                keepalive = KeepAliveLoad(vps.address, door.public_port, "/", rate=20)
+                per_conn = Load(vps.service_address, door.public_port, "/", rate=args.rate)
+                keepalive = KeepAliveLoad(vps.service_address, door.public_port, "/", rate=20)
                 clients: dict[str, Load | KeepAliveLoad] = {
                     "new-conn": per_conn,
                     "keep-alive": keepalive,
