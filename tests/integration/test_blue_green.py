@@ -451,7 +451,7 @@ def test_the_apps_own_counter_reverts_a_release_the_access_log_signal_does_not_j
             }
         },
     )
-    address = app.t.vps.address
+    address = app.t.vps.service_address
     api = Load(address, app.public_port, "/api/items", rate=20, max_seconds=240, timeout=5)
     with app.traffic() as seen, api:
         code, rep = app.deploy("flaky_after:7")

@@ -21,6 +21,7 @@ from deploy import demo, inventory, operations, proxy, sandbox
 from deploy.model import Layout
 from deploy.operations import Options
 from deploy.report import RecordingReporter
+from tests.integration.conftest import PROVIDER
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def fleet_vps(
 
     def boot(spec: sandbox.SandboxSpec) -> None:
         try:
-            booted[spec.name] = sandbox.up(spec)
+            booted[spec.name] = sandbox.up(spec, provider_name=PROVIDER)
         except BaseException as exc:  # reported below, in the test's thread
             booted[spec.name] = exc
 
@@ -117,7 +118,7 @@ class Fleet:
         return res.stdout.strip().rsplit("/", 1)[-1] if res.returncode == 0 else None
 
     def serving(self, i: int) -> str:
-        url = f"http://{self.hosts[i].address}:{self.data['process']['port']}/version"
+        url = f"http://{self.hosts[i].service_address}:{self.data['process']['port']}/version"
         return str(httpx.get(url, timeout=5).json()["release"])
 
     def pm2_pids(self, i: int) -> str:
@@ -142,6 +143,7 @@ def fleet(fleet_vps: list[sandbox.SandboxInfo], tmp_path: Path) -> Iterator[Flee
             {
                 "name": f"web{i + 1}",
                 "address": info.address,
+                "port": info.port,
                 "user": info.user,
                 "identity_file": str(info.identity_file),
             }
@@ -278,7 +280,7 @@ def test_blue_green_per_host_failure_on_host_two_puts_host_one_back(fleet: Fleet
         demo.install_site(info, inventory.load(f"web{i + 1}", fleet.inv_dir))
 
     def front_door(i: int) -> str:
-        url = f"http://{fleet.hosts[i].address}:{public}/version"
+        url = f"http://{fleet.hosts[i].service_address}:{public}/version"
         return str(httpx.get(url, timeout=5).json()["release"])
 
     try:
