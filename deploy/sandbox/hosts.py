@@ -37,7 +37,7 @@ def resolve(data: dict[str, Any], source: Path) -> dict[str, Any]:
     ):
         return data
     resolved: list[Any] = []
-    known_hosts: Path | None = None
+    pins: dict[Path, str] = {}  # each sandbox's known_hosts -> its name
     for i, host in enumerate(hosts):
         if not isinstance(host, dict) or "sandbox" not in host:
             resolved.append(host)
@@ -69,10 +69,16 @@ def resolve(data: dict[str, Any], source: Path) -> dict[str, Any]:
                 "identity_file": str(info.identity_file),
             }
         )
-        known_hosts = known_hosts or info.known_hosts
+        pins.setdefault(info.known_hosts, name)
     out = {**data, "hosts": resolved}
     ssh = data.get("ssh")
     settable = ssh is None or (isinstance(ssh, dict) and not ssh.get("known_hosts"))
-    if known_hosts is not None and settable:
-        out["ssh"] = {**(ssh or {}), "known_hosts": str(known_hosts)}
+    if pins and settable:
+        if len(pins) > 1:
+            raise ConfigError(
+                f"{source}: hosts: several sandboxes ({', '.join(sorted(pins.values()))}) each "
+                "pin their own host key; set ssh.known_hosts to one file holding all their "
+                f"pins (cat {' '.join(str(p) for p in pins)} > FILE)."
+            )
+        out["ssh"] = {**(ssh or {}), "known_hosts": str(next(iter(pins)))}
     return out

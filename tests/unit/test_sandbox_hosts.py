@@ -108,3 +108,20 @@ def test_a_damaged_record_is_refused_with_the_fix(
 def test_an_inventory_known_hosts_wins_over_the_sandbox_pin(tmp_path: Path) -> None:
     text = ENTRY.format(name="rg-local", extra="") + "ssh: {known_hosts: /etc/ssh/pins}\n"
     assert parse(text).known_hosts_files() == (Path("/etc/ssh/pins"),)
+
+
+def test_two_sandboxes_need_one_known_hosts_file_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(STATE_ROOT_ENV, str(tmp_path))
+    sandbox_record(tmp_path, name="rga")
+    sandbox_record(tmp_path, name="rgb", address="10.231.6.2")
+    two = (
+        "hosts:\n  - {name: a, sandbox: rga}\n  - {name: b, sandbox: rgb}\n"
+        "host_defaults: {root: /srv/app}\napp: {name: app}\n"
+        "process: {command: server.js, port: 3000}\n"
+    )
+    msg = error(two)
+    assert "several sandboxes (rga, rgb)" in msg and "set ssh.known_hosts" in msg
+    inv = parse(two + "ssh: {known_hosts: /etc/ssh/pins}\n")
+    assert [h.address for h in inv.hosts] == ["10.231.5.2", "10.231.6.2"]
