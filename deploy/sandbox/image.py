@@ -43,6 +43,7 @@ PACKAGES = (
     "procps",
     "curl",
     "python3-minimal",
+    "postgresql",  # the sample app's real database (docs/design.md, "Migrations")
 )
 PM2_VERSION = "7.0.4"
 # Where no registry is reachable, the env var names a local mirror to debootstrap from.

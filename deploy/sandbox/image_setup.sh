@@ -38,6 +38,8 @@ ln -sfn /lib/systemd/system/multi-user.target "$sd/system/default.target"
 # nginx: blue/green's front door, started at boot with Debian's placeholder site removed.
 ln -sfn /lib/systemd/system/nginx.service "$sd/system/multi-user.target.wants/nginx.service"
 rm -f /etc/nginx/sites-enabled/default
+# PostgreSQL: the sample app's database, the cluster the package created, started at boot.
+ln -sfn /lib/systemd/system/postgresql.service "$sd/system/multi-user.target.wants/postgresql.service"
 mkdir -p "$sd/journald.conf.d"
 printf '[Journal]\nStorage=persistent\nSystemMaxUse=64M\n' >"$sd/journald.conf.d/releasegate-sandbox.conf"
 # Each container gets a fresh machine-id from systemd at boot.
