@@ -11,6 +11,7 @@ request/response turns without touching releasegate's code:
     {"event": "listening", "address": "127.0.0.1", "port": 40123}
     {"event": "accept", "conn": 1, "t": 1234.5}
     {"event": "close", "conn": 1, "t": 1239.1, "up_bytes": …, "down_bytes": …, "turns": 42}
+    {"event": "turn", "conn": 1, "t": 1234.6}     (with --turn-events: when each turn began)
 
 A *turn* is a client→server chunk that follows server→client traffic: a request that had to
 wait for an answer, so a lower bound of the latency-bound round trips on that connection.
@@ -44,6 +45,7 @@ class LinkStats:
     up_bytes: int = 0  # client → server
     down_bytes: int = 0  # server → client
     turns: int = 0
+    report_turns: bool = False  # emit a "turn" event with its time (per-stage counting)
     _last_direction: str = field(default="", repr=False)
 
     def saw(self, direction: str, size: int) -> None:
@@ -51,6 +53,8 @@ class LinkStats:
             self.up_bytes += size
             if self._last_direction == "down":
                 self.turns += 1
+                if self.report_turns:
+                    emit("turn", conn=self.conn, t=time.monotonic())
         else:
             self.down_bytes += size
         self._last_direction = direction
@@ -121,11 +125,13 @@ def check_addresses(listen: tuple[str, int], target: tuple[str, int]) -> None:
         raise SystemExit(f"delayproxy: the target must be loopback or private, not {tip}")
 
 
-async def serve(listen: tuple[str, int], target: tuple[str, int], delay: float) -> None:
+async def serve(
+    listen: tuple[str, int], target: tuple[str, int], delay: float, turn_events: bool = False
+) -> None:
     numbers = itertools.count(1)
 
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        stats = LinkStats(conn=next(numbers))
+        stats = LinkStats(conn=next(numbers), report_turns=turn_events)
         emit("accept", conn=stats.conn, t=time.monotonic())
         try:
             server_r, server_w = await asyncio.open_connection(*target)
@@ -164,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", type=_endpoint, required=True, help="127.0.0.1:PORT (0: any)")
     parser.add_argument("--target", type=_endpoint, required=True, help="HOST:PORT to forward to")
     parser.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay per chunk")
+    parser.add_argument("--turn-events", action="store_true", help="report each turn with its time")
     args = parser.parse_args(argv)
     if not 0 <= args.delay_ms <= 10_000:
         parser.error("--delay-ms must be between 0 and 10000")
     check_addresses(args.listen, args.target)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.listen, args.target, args.delay_ms / 1000))
+        asyncio.run(serve(args.listen, args.target, args.delay_ms / 1000, args.turn_events))
     return 0
 
 

@@ -417,7 +417,7 @@ class ProxyEvent:
 class DelayProxy:
     """bench/delayproxy.py as a child process; its JSON-lines events are collected here."""
 
-    def __init__(self, target: tuple[str, int], delay_ms: float) -> None:
+    def __init__(self, target: tuple[str, int], delay_ms: float, turn_events: bool = False) -> None:
         self._argv = [
             sys.executable,
             "-m",
@@ -428,6 +428,7 @@ class DelayProxy:
             f"{target[0]}:{target[1]}",
             "--delay-ms",
             str(delay_ms),
+            *(["--turn-events"] if turn_events else []),
         ]
         self._proc: subprocess.Popen[str] | None = None
         self._events: list[ProxyEvent] = []

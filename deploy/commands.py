@@ -729,6 +729,13 @@ def process_identity(release_dir: PurePosixPath, pids: Sequence[int]) -> Cmd:
     )
 
 
+def echo_marker(marker: str) -> Cmd:
+    """A line that separates two steps' output in a batch (a word of letters, digits, @, -)."""
+    if not marker or not all(c.isalnum() or c in "@-" for c in marker):
+        raise ValueError(f"a marker is a plain word, not {marker!r}")
+    return _cmd("batch.marker", ["echo", marker], display=f"echo {marker}")
+
+
 PRUNE_SCRIPT = r"""
 set -e
 cd -- "$1/releases"; shift

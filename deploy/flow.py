@@ -48,6 +48,7 @@ from deploy.gate import (
     ReadyPolicy,
     check_identity,
     check_version,
+    closing_identity,
     probe_http,
     reported_version,
     stability,
@@ -59,9 +60,11 @@ from deploy.journal import NEEDS_HUMAN, RESOLVE, HostState
 from deploy.model import (
     SMOKE_BUNDLE,
     HostStatus,
+    IdentityFacts,
     Layout,
     NeedsHuman,
     Outcome,
+    ProcessSnapshot,
     ReleaseState,
     is_release_id,
 )
@@ -164,7 +167,7 @@ def deploy(d: Deps, source: artifacts.Source) -> Outcome:
             return failed
         # in-place: the point of no return is the activation; blue-green: the front door's
         # switch, after the release passed its gate in the idle slot (see _activate_and_gate)
-        return activate_release(d, host, plan)
+        return activate_release(d, host, plan, last=True)
 
 
 @dataclass(frozen=True)
@@ -259,9 +262,10 @@ def migrate_release(d: Deps, host: HostOps, plan: DeployPlan) -> Outcome | None:
     return None
 
 
-def activate_release(d: Deps, host: HostOps, plan: DeployPlan) -> Outcome:
+def activate_release(d: Deps, host: HostOps, plan: DeployPlan, *, last: bool = False) -> Outcome:
     """Activate and gate the shipped release; after its point of no return a failure rolls
-    this host back to `plan.previous_good` (exit 3)."""
+    this host back to `plan.previous_good` (exit 3). `last`: nothing follows on this host
+    under its lock (a single-host deploy; deploy.fleet may still roll a host back)."""
     return _activate_and_gate(
         d,
         host,
@@ -270,6 +274,7 @@ def activate_release(d: Deps, host: HostOps, plan: DeployPlan) -> Outcome:
         op="deploy",
         fallback=plan.previous_good,
         state=plan.state,
+        last=last,
     )
 
 
@@ -556,11 +561,12 @@ def rollback(d: Deps, to: str | None = None) -> Outcome:
     check_release_id(to, d.inventory.env)
     host = host_ops(d)
     with _locked(d, host, "rollback"):
-        return rollback_locked(d, host, to)
+        return rollback_locked(d, host, to, last=True)
 
 
-def rollback_locked(d: Deps, host: HostOps, to: str | None) -> Outcome:
-    """rollback() once the host's lock is held (deploy.fleet holds every host's lock)."""
+def rollback_locked(d: Deps, host: HostOps, to: str | None, *, last: bool = False) -> Outcome:
+    """rollback() once the host's lock is held (deploy.fleet holds every host's lock);
+    `last`: nothing follows on this host under its lock."""
     state = host.state_at_lock or host.read_state()
     mark = state.needs_human()
     if mark is not None and to is None:
@@ -600,6 +606,7 @@ def rollback_locked(d: Deps, host: HostOps, to: str | None) -> Outcome:
         on_success=lambda: (
             _rollback_verdicts(d, host, state, target, mark) + _crossed(d, host, target, crossing)
         ),
+        last=last,
     )
 
 
@@ -862,6 +869,7 @@ def _activate_and_gate(
     state: HostState | None = None,
     hold: str | None = None,
     on_success: Callable[[], list[Cmd]] | None = None,
+    last: bool = False,
 ) -> Outcome:
     """Start `rid`, gate it, send it traffic, watch it, promote it. Before it takes traffic
     (blue-green: gated in the idle slot) a failure rejects it and nothing live changed; after,
@@ -906,8 +914,17 @@ def _activate_and_gate(
         return _not_switched(d, host, way, rid, op=op, exc=exc)
     except BaseException as exc:
         return _recover(d, host, rid, way, op=op, fallback=fallback, exc=exc, hold=hold)
+    # `last`: nothing follows on the host, so (in place: retiring is nothing) the promotion's
+    # batch also releases the lock — one round trip less
+    unlock = last and not before and not d.dry_run
     _promote(
-        d, host, rid, op, state if op == "deploy" else None, on_success() if on_success else []
+        d,
+        host,
+        rid,
+        op,
+        state if op == "deploy" else None,
+        on_success() if on_success else [],
+        unlock=unlock,
     )
     _retire(d, way, rid)
     verb = "promoted" if op == "deploy" else "rolled back to"
@@ -991,19 +1008,29 @@ def _gate(d: Deps, host: HostOps, rid: str, target: GateTarget) -> list[str]:
             _raise_pending_signal(d)
             return probe_http(client, health.path, headers)
 
+        closed: list[tuple[ProcessSnapshot, IdentityFacts | None]] = []
+
+        def closing(timeout: float, pids: tuple[int, ...]) -> ProcessSnapshot:
+            assert target.closing is not None  # identity read with the closing snapshot
+            closed[:] = [target.closing(timeout, pids)]
+            return closed[0][0]
+
         history, snap = wait_ready(
             probe,
             target.snapshot,
             policy,
             d.clock,
             on_probe=lambda p: d.reporter.command(p.line()),
+            closing=closing if target.closing is not None else None,
         )
         probes = sum(1 for p in history if p.outcome != "info")
         d.reporter.info(f"ready: {history[-1].detail} ({probes} probes)")
         stable = stability(snap, policy)
         d.reporter.info(f"stable: {stable}")
         snap = snap or target.snapshot(time_left())
-        facts = host.identity_facts(rid, snap.pids, timeout=time_left())
+        facts = closing_identity(snap, closed[0] if closed else None) or host.identity_facts(
+            rid, snap.pids, timeout=time_left()
+        )
         identity = check_identity(snap, facts, host.layout.release(rid))
         d.reporter.info(f"identity: {identity}")
         evidence = [p.line() for p in history] + [f"stable: {stable}", f"identity: {identity}"]
@@ -1588,11 +1615,13 @@ def _promote(
     op: str,
     state: HostState | None,
     verdicts: list[Cmd] | None = None,
+    *,
+    unlock: bool = False,
 ) -> None:
     """Record the release good (and the verdicts that follow from it), make the process set
-    survive a reboot and (after a deploy) prune old releases — one round trip. Only the
-    journal lines are essential: a failure of the rest is reported, never undoes the
-    promotion."""
+    survive a reboot, (after a deploy) prune old releases and (`unlock`) release the lock —
+    one round trip. Only the journal lines are essential: a failure of the rest is reported,
+    never undoes the promotion (and a lock not released here is released by _locked)."""
     now = d.clock.now()
     good = host.journal_cmd(now, op, rid, ReleaseState.GOOD, result="promoted")
     steps = [good, *(verdicts or [])]
@@ -1607,8 +1636,9 @@ def _promote(
     persist = host.manager.persist()
     if persist is not None:
         steps.append(persist)
+    release = host.release_steps() if unlock else []
     try:
-        host.run_batch("promote", steps, f"promote {rid}")
+        res = host.run_batch("promote", steps + release, f"promote {rid}")
     except ReleasegateError as exc:
         failure = getattr(exc, "failure", None)
         if failure is not None and failure.display == good.display:
@@ -1619,6 +1649,8 @@ def _promote(
             ) from None
         d.reporter.warn(f"after promoting {rid}: {exc.message} (the deploy stands)")
         return
+    if release:
+        host.released_by(res)
     if decided is not None and decided.remove:
         verb = "would remove" if d.dry_run else "removed"
         d.reporter.info(f"pruned: {verb} {', '.join(decided.remove)}")

@@ -63,6 +63,7 @@ def wait_ready(
     policy: ReadyPolicy,
     clock: Clock,
     on_probe: Callable[[Probe], None] | None = None,
+    closing: Callable[[float, tuple[int, ...]], ProcessSnapshot] | None = None,
 ) -> tuple[list[Probe], ProcessSnapshot | None]:
     """Promote after `successes` consecutive ok probes AND a stability window of `stable_for`
     seconds, both within the deadline. The two run together, not one after the other.
@@ -77,7 +78,13 @@ def wait_ready(
     Fails fast — without waiting out the deadline — when the process manager reports the app
     errored/stopped/missing or more than `max_restarts` restarts since the gate started.
     `process(timeout)` is given the time left before the deadline (at least
-    MIN_READ_TIMEOUT); a read that overruns it fails the gate.
+    MIN_READ_TIMEOUT); a read that overruns it fails the gate. `closing(timeout, pids)`, when
+    given, makes the read that may close the window instead of `process`, with the pids the
+    window opened on: the window only holds if they are the pids of that read, so the flow
+    reads their identity in the same round trip.
+
+    Probes keep a fixed cadence — one every `interval` from the gate's start — so the time a
+    probe or a process read takes (a slow link) is not added to every interval.
     """
     start = clock.monotonic()
     history: list[Probe] = []
@@ -94,10 +101,12 @@ def wait_ready(
         if on_probe is not None:
             on_probe(item)
 
-    def read() -> ProcessSnapshot:
+    def read(final: bool) -> ProcessSnapshot:
         assert process is not None
         timeout = max(policy.deadline - elapsed(), MIN_READ_TIMEOUT)
         try:
+            if final and closing is not None and window is not None:
+                return closing(timeout, window.snapshot.pids)
             return process(timeout)
         except RemoteCommandError as exc:
             history.append(Probe(at=elapsed(), outcome="error", detail=f"process: {exc.message}"))
@@ -107,11 +116,11 @@ def wait_ready(
                 evidence=_lines(history),
             ) from None
 
-    def look() -> ProcessSnapshot | None:
+    def look(final: bool = False) -> ProcessSnapshot | None:
         nonlocal baseline, window, unsettled
         if process is None:
             return None
-        snap = read()
+        snap = read(final)
         if baseline is None:
             baseline = snap
         restarts = snap.restarts_since(baseline)
@@ -146,6 +155,7 @@ def wait_ready(
 
     look()
     streak = 0
+    tick = clock.monotonic()  # when the current probe was due
     while True:
         outcome, detail = probe()
         item = Probe(at=elapsed(), outcome=outcome, detail=detail)
@@ -162,10 +172,11 @@ def wait_ready(
                 look()  # instances were not all up: see whether they are now (opens the window)
             elif elapsed() - window.opened_at >= policy.stable_for:
                 held = window
-                snap = look()
+                snap = look(final=True)
                 if window is held:
                     return history, snap
-        if elapsed() + policy.interval > policy.deadline:
+        tick = max(tick + policy.interval, clock.monotonic())
+        if tick - start > policy.deadline:
             if streak >= policy.successes:
                 why = (
                     f"the window opened at +{window.opened_at:.1f}s, too late ({unsettled})"
@@ -187,7 +198,7 @@ def wait_ready(
                 f"({len(probes)} probes: {fails} fail, {errors} error; last: {detail})",
                 evidence=_lines(history),
             )
-        clock.sleep(policy.interval)
+        clock.sleep(tick - clock.monotonic())
 
 
 def stability(snapshot: ProcessSnapshot | None, policy: ReadyPolicy) -> str:
@@ -197,6 +208,19 @@ def stability(snapshot: ProcessSnapshot | None, policy: ReadyPolicy) -> str:
         f"{len(snapshot.instances)} instance(s) online, no restart and no pid change for "
         f"{policy.stable_for:g}s ({snapshot.describe()})"
     )
+
+
+def closing_identity(
+    snapshot: ProcessSnapshot, read: tuple[ProcessSnapshot, IdentityFacts | None] | None
+) -> IdentityFacts | None:
+    """The identity facts read with the gate's closing snapshot, if that read is `snapshot`
+    and it covered every pid of it; None: read them on their own."""
+    if read is None or read[0] is not snapshot or read[1] is None:
+        return None
+    facts = read[1]
+    if not snapshot.pids or any(pid not in facts.cwds for pid in snapshot.pids):
+        return None
+    return facts
 
 
 def check_identity(snapshot: ProcessSnapshot, facts: IdentityFacts, expected: PurePosixPath) -> str:

@@ -58,6 +58,7 @@ class HostOps:
     uploads: list[PurePosixPath] = field(default_factory=list)  # this run's, on the host
     # the manifest each release shipped by this run was given (a migration adds its schema)
     shipped: dict[str, Manifest] = field(default_factory=dict)
+    released_ours: bool = field(default=True)  # False: at its release, the lock was not ours
 
     @property
     def label(self) -> str:
@@ -170,10 +171,21 @@ class HostOps:
         )
         return res.ok and commands.LOCK_BROKEN in res.stdout
 
+    def release_steps(self) -> list[Cmd]:
+        """Our lock's release as the last step of an operation's final batch (one round trip
+        less); after the batch ran to its end, call `released_by` with its result."""
+        if self.lock_token is None:
+            return []
+        return [commands.release_lock(self.layout, self.lock_token, new_token())]
+
+    def released_by(self, res: Result) -> None:
+        self.lock_token = None
+        self.released_ours = commands.LOCK_GONE not in res.stdout
+
     def release_lock(self) -> bool:
         """Release our lock; False when it was no longer ours (broken after our lease lapsed)."""
         if self.lock_token is None:
-            return True
+            return self.released_ours
         res = self.remote.run(commands.release_lock(self.layout, self.lock_token, new_token()))
         self.lock_token = None
         return commands.LOCK_GONE not in res.stdout
@@ -387,6 +399,38 @@ class HostOps:
         """A blue/green slot's processes, bounded like `snapshot`."""
         stdout = self._read_processes(self.manager.slot_snapshot(slot), timeout)
         return self.manager.parse_slot_snapshot(slot, stdout)
+
+    def snapshot_with_identity(
+        self, release_id: str, pids: tuple[int, ...], timeout: float | None = None
+    ) -> tuple[ProcessSnapshot, IdentityFacts | None]:
+        """`snapshot` and the identity facts of `pids` (the gate's closing read) in one round
+        trip; facts None when the process manager's read failed (then read them alone)."""
+        snapshot, facts = self._with_identity(self.manager.snapshot(), release_id, pids, timeout)
+        return self.manager.parse_snapshot(snapshot), facts
+
+    def slot_snapshot_with_identity(
+        self, slot: Slot, release_id: str, pids: tuple[int, ...], timeout: float | None = None
+    ) -> tuple[ProcessSnapshot, IdentityFacts | None]:
+        """The same for a blue/green slot."""
+        cmd = self.manager.slot_snapshot(slot)
+        snapshot, facts = self._with_identity(cmd, release_id, pids, timeout)
+        return self.manager.parse_slot_snapshot(slot, snapshot), facts
+
+    def _with_identity(
+        self, read: Cmd, release_id: str, pids: tuple[int, ...], timeout: float | None
+    ) -> tuple[str, IdentityFacts | None]:
+        # A fresh marker between the two outputs: the manager's (PM2's jlist carries every
+        # process's environment) cannot contain it.
+        marker = f"@@identity-{new_token()}"
+        identity = commands.process_identity(self.layout.release(release_id), pids)
+        cmd = commands.batch(
+            "gate.close",
+            [read, commands.echo_marker(marker), identity],
+            f"{read.display}; {identity.display}",
+        )
+        stdout = self._read_processes(cmd, timeout)
+        snapshot, found, rest = stdout.partition(f"{marker}\n")
+        return snapshot, parse_identity(rest) if found else None
 
     def _read_processes(self, cmd: Cmd, timeout: float | None) -> str:
         res = self.remote.run(cmd, check=False, timeout=timeout)

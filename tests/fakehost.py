@@ -593,6 +593,8 @@ class FakeRemote:
                 return Result("\n".join(lines) + "\n", "", 0)
             case "slot.drain":
                 return ok
+            case "batch.marker":
+                return Result(f"{args[-1]}\n", "", 0)
             case "slot.listening":
                 slot = h.slot_at(int(args[0]))
                 if slot is None or slot not in h.slot_procs:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from deploy.commands import Cmd
-from deploy.model import ProcessSnapshot, SlotRole
+from deploy.model import IdentityFacts, ProcessSnapshot, SlotRole
 from deploy.preflight import Check
 from deploy.slots import SlotView
 
@@ -47,6 +47,12 @@ class GateTarget:
     snapshot: Callable[[float | None], ProcessSnapshot]  # the manager's view (timeout)
     forensics: Callable[[int], tuple[str, str]]  # (last log lines, process state)
     public_url: bool = True  # smoke.base_url applies (in place); a slot has no public URL
+    # the gate's closing read: the snapshot and the identity facts of the given pids in one
+    # round trip (timeout, pids); None: read them one after the other
+    closing: (
+        Callable[[float | None, tuple[int, ...]], tuple[ProcessSnapshot, IdentityFacts | None]]
+        | None
+    ) = None
 
 
 class Strategy(Protocol):

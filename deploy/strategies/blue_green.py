@@ -145,6 +145,9 @@ class BlueGreen:
             snapshot=lambda timeout: host.slot_snapshot(slot, timeout=timeout),
             forensics=lambda lines: host.slot_forensics(slot, lines),
             public_url=False,
+            closing=lambda timeout, pids: host.slot_snapshot_with_identity(
+                slot, rid, pids, timeout
+            ),
         )
 
     def reject(self, rid: str, *, pause: bool) -> None:

@@ -33,6 +33,7 @@ class InPlace:
             label=f"port {inv.health_port}",
             snapshot=lambda timeout: host.snapshot(timeout=timeout),
             forensics=host.forensics,
+            closing=lambda timeout, pids: host.snapshot_with_identity(rid, pids, timeout),
         )
 
     def reject(self, rid: str, *, pause: bool) -> None:

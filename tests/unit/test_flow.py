@@ -364,6 +364,23 @@ def test_forensics_of_the_failing_release_are_shown_and_journaled(world):
     assert names.index("pm2.logs") < max(i for i, n in enumerate(names) if n == "current.switch")
 
 
+def test_a_warm_deploy_costs_at_most_eight_exec_sessions(world):
+    """Issue 14: the identity is read with the gate's closing process read, and the lock is
+    released in the promotion's batch; each was a round trip (an exec session) of its own."""
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    deps.clock.sleep(2)
+    before = len(remote.timeouts)
+    out = ship(deps, repo)
+    assert out.exit_code == 0
+    runs = [name for name, _ in remote.timeouts[before:]]
+    assert len(runs) <= 8, runs
+    assert "process.identity" not in runs and "gate.close" in runs
+    assert "lock.release" not in runs and runs[-1] == "promote"
+    assert host.lock is None
+    assert not any("lock" in line and "no longer ours" in line for line in deps.reporter.lines)
+
+
 def test_a_deploy_costs_at_most_twelve_round_trips(world):
     deps, host, remote, repo = world
     ship(deps, repo)

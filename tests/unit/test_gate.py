@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import PurePosixPath
 
 import httpx
@@ -328,3 +330,77 @@ def test_unreadable_version_fails_identity(settings, status, body, words):
     with pytest.raises(GateFailed, match=words) as err:
         reported_version(version_client(status, body), settings, {})
     assert err.value.gate == "identity"
+
+
+# ------------------------------------------------------------------ how long a gate takes
+
+
+@pytest.mark.parametrize(
+    ("successes", "interval", "stable_for"),
+    [(3, 0.5, 0), (3, 0.5, 3), (5, 0.25, 0.5), (3, 0.25, 5), (1, 0.5, 0.7), (10, 0.5, 2)],
+)
+def test_minimum_duration_is_the_longer_of_the_successes_and_the_window(
+    successes, interval, stable_for
+):
+    """docs/design.md: gate >= max((successes - 1) * interval, ceil(stable_for / interval) *
+    interval) plus the reads: the successes and the window run together, not in series."""
+    clock = FakeClock()
+    policy = ReadyPolicy(
+        deadline=30,
+        interval=interval,
+        successes=successes,
+        max_restarts=2,
+        stable_for=stable_for,
+        instances=2,
+    )
+    reads = Reads(clock, lambda t: UP)
+    c = client(answers(200))
+    wait_ready(lambda: probe_http(c, "/r", {}), reads, policy, clock)
+    ticks = max(successes - 1, math.ceil(round(stable_for / interval, 9)))
+    assert clock.t - reads.start == pytest.approx(ticks * interval)
+
+
+def test_slow_probes_and_reads_do_not_stretch_the_cadence():
+    """On a slow link each probe and each process read takes a round trip; the gate keeps
+    its cadence (one probe every interval from the first) instead of adding that time to
+    every interval, so its duration grows by one round trip, not by one per probe."""
+    clock = FakeClock()
+    rtt = 0.2
+    snapshots = Reads(clock, lambda t: UP)
+
+    def slow_read(timeout: float) -> ProcessSnapshot:
+        clock.t += rtt
+        return snapshots(timeout)
+
+    c = client(answers(200))
+
+    def slow_probe() -> tuple[str, str]:
+        clock.t += rtt
+        return probe_http(c, "/r", {})
+
+    history, _ = wait_ready(slow_probe, slow_read, STABLE, clock)
+    probes = [p for p in history if p.outcome == "ok"]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(probes)]
+    assert gaps == pytest.approx([STABLE.interval] * len(gaps))
+    # the read that opens the window, the window, the last probe and the read that closes it
+    assert clock.t - snapshots.start == pytest.approx(rtt + STABLE.stable_for + 2 * rtt)
+
+
+def test_the_closing_read_replaces_the_last_process_read():
+    """The read that may close the window is `closing`, given the window's pids (the flow
+    reads their identity with it): a healthy gate reads the host twice, not three times."""
+    clock = FakeClock()
+    reads = Reads(clock, lambda t: UP)
+    closing_reads: list[float] = []
+
+    def closing(timeout: float, pids: tuple[int, ...]) -> ProcessSnapshot:
+        closing_reads.append(timeout)
+        assert pids == UP.pids  # the window's pids: their identity is read with it
+        return UP
+
+    c = client(answers(200))
+    history, snap = wait_ready(
+        lambda: probe_http(c, "/r", {}), reads, STABLE, clock, closing=closing
+    )
+    assert len(reads.timeouts) == 1 and len(closing_reads) == 1
+    assert snap == UP

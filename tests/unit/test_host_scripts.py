@@ -357,3 +357,82 @@ process: {{command: server.js, port: 3000, pm2: {fake_pm2}}}
     assert res.returncode == 0, res.stderr
     assert (home / "dump.pm2").stat().st_mode & 0o777 == 0o600
     assert (home / "dump.pm2.bak").stat().st_mode & 0o777 == 0o600
+
+
+# ------------------------------------------------------------ the gate's closing read
+
+
+class ShRemote:
+    """A Remote that runs every command with `sh` on this machine (no SSH)."""
+
+    host_label = "local"
+
+    def run(self, cmd: Cmd, *, check: bool = True, timeout: float | None = None, stdin=None):
+        from deploy.remote import Result
+
+        res = sh(cmd, stdin)
+        return Result(res.stdout, commands.without_marks(res.stderr), res.returncode)
+
+    def put(self, local, remote):  # pragma: no cover - not used here
+        raise AssertionError("no uploads here")
+
+    def tunnel(self, port):  # pragma: no cover - not used here
+        raise AssertionError("no tunnels here")
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_closing_read_returns_the_snapshot_and_the_identity_in_one_round_trip(
+    tmp_path: Path,
+) -> None:
+    """The gate's closing read (process state + cwd of the window's pids + manifest) is one
+    command; the snapshot's output — PM2's jlist carries every process's environment, so it
+    may contain anything, `@@release` included — is cut from the identity's at a fresh
+    marker, never at a guessable word."""
+    import yaml
+
+    from deploy import inventory
+    from deploy.host import HostOps
+    from deploy.process import manager_for
+
+    rid = "20261122120000-abcdef1"
+    lay = Layout(PurePosixPath(tmp_path / "root"))
+    release = Path(str(lay.release(rid)))
+    release.mkdir(parents=True)
+    (release / ".release.json").write_text(json.dumps({"id": rid, "revision": "abc1234"}))
+    proc = subprocess.Popen(["sleep", "30"], cwd=release)
+    try:
+        jlist = [
+            {
+                "name": "shop",
+                "pm_id": 0,
+                "pid": proc.pid,
+                "pm2_env": {"status": "online", "restart_time": 0, "X": "@@release /nope\n"},
+            }
+        ]
+        pm2 = tmp_path / "pm2"
+        pm2.write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(jlist)}\nJSON\n")
+        pm2.chmod(0o755)
+        data = {
+            "hosts": [{"name": "web1", "address": "10.0.0.5", "user": "d", "root": str(lay.root)}],
+            "app": {"name": "shop"},
+            "process": {"command": "server.js", "port": 3000, "pm2": str(pm2)},
+        }
+        inv = inventory.parse(yaml.safe_dump(data), source=Path("inventories/prod.yml"), env="prod")
+        host = HostOps(
+            inventory=inv,
+            remote=ShRemote(),
+            manager=manager_for(inv, lay),
+            layout=lay,
+            actor="ci",
+        )
+        snap, facts = host.snapshot_with_identity(rid, (proc.pid,), timeout=10)
+        assert snap.status == "online" and snap.pids == (proc.pid,)
+        assert facts is not None
+        assert facts.cwds == {proc.pid: str(release)}
+        assert facts.release_dir == str(release)
+        assert facts.revision == "abc1234"
+    finally:
+        proc.kill()
+        proc.wait()
