@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay-ms", type=float, default=25.0)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="peer")
     ap.add_argument("--strategy", choices=("in-place", "blue-green"), default="in-place")
+    ap.add_argument("--verbose", action="store_true", help="every turn and command, timed")
     args = ap.parse_args(argv)
     name, _, index = args.sandbox.partition(":")
     spec = sandbox.SandboxSpec(name=name, index=int(index or 0))
@@ -119,12 +120,21 @@ def main(argv: list[str] | None = None) -> int:
                     commands.append(run.commands)
                     probes.append(run.probes)
                     if i == args.iterations - 1:
+                        marks = (
+                            [(at, f"cmd {d[:60]}") for at, d in run.rep.sent]
+                            + [
+                                (float(e["t"]), "turn")
+                                for e in proxy.events("turn")
+                                if e["conn"] in conns
+                            ]
+                            + [(sp.start, f"stage {sp.name[:40]}") for sp in run.rep.spans]
+                        )
+                        if args.verbose:
+                            for at, what in sorted(marks):
+                                print(f"  {at - run.start:7.3f}  {what}")
                         for e in proxy.events("turn"):
                             if e["conn"] in conns:
                                 per_stage[_stage_of(run, float(e["t"]))] += 1
-                        print("commands of the last run:")
-                        for at, display in run.rep.sent:
-                            print(f"  {at - run.start:6.2f}  {display[:110]}")
             med = statistics.median
             print(f"profile {args.profile}, {args.strategy}, {args.iterations} runs (medians)")
             print(f"  warm redeploy direct:        {med(direct):.2f} s  {direct}")

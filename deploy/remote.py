@@ -25,7 +25,7 @@ import paramiko
 from fabric import Connection
 from invoke.exceptions import CommandTimedOut
 
-from deploy.commands import Cmd, client_deadline, without_marks
+from deploy.commands import Cmd, client_deadline, receive_file, without_marks
 from deploy.errors import (
     CommandFailure,
     ConnectionLost,
@@ -112,7 +112,7 @@ class SshRemote:
         connect_kwargs: dict[str, object] = {}
         if identity_file is not None:
             connect_kwargs["key_filename"] = [str(identity_file)]
-        self._conn = Connection(
+        self._conn = _Connection(
             address,
             user=user,
             port=port,
@@ -166,6 +166,7 @@ class SshRemote:
             ) from None
         self._opened = True
         transport = self.transport
+        self._conn.channels = _Channels(transport.open_session)
         # Small request/response exchanges (probes, short commands) must not wait on Nagle.
         with contextlib.suppress(OSError, AttributeError):
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -265,22 +266,30 @@ class SshRemote:
         return transport is not None and transport.is_active()
 
     def put(self, local: Path, remote: PurePosixPath) -> None:
-        """SFTP upload with a deadline: no single reply may take longer than command_timeout
-        (a stalled link), and the whole upload no longer than upload_timeout."""
+        """Upload with a deadline: no single write or reply may take longer than
+        command_timeout (a stalled link), and the whole upload no longer than upload_timeout.
+        The file travels on the stdin of one command (commands.receive_file) on a session
+        channel opened ahead; the remote copy keeps the local mode (0600 for the env file)."""
         if not self._conn.is_connected:
             self.open()
         deadline = time.monotonic() + self._upload_timeout
-
-        def progress(_done: int, _total: int) -> None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not finished after {self._upload_timeout:g}s")
-
+        cmd = receive_file(remote, stat.S_IMODE(local.stat().st_mode))
+        channel: paramiko.Channel | None = None
         try:
-            sftp = self._conn.sftp()
-            sftp.get_channel().settimeout(self._command_timeout)
-            sftp.put(str(local), str(remote), callback=progress)
-            # like Fabric's put: the remote copy keeps the local mode (0600 for the env file)
-            sftp.chmod(str(remote), stat.S_IMODE(local.stat().st_mode))
+            channel = self._conn.create_session()
+            channel.settimeout(self._command_timeout)
+            channel.exec_command(cmd.render())
+            with local.open("rb") as source:
+                while chunk := source.read(_UPLOAD_CHUNK):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"not finished after {self._upload_timeout:g}s")
+                    channel.sendall(chunk)
+            channel.shutdown_write()
+            wait = min(self._command_timeout, max(deadline - time.monotonic(), 0.1))
+            if not channel.status_event.wait(wait):
+                raise TimeoutError(f"no answer {wait:g}s after the last byte")
+            code = channel.recv_exit_status()
+            stderr = channel.recv_stderr(4096).decode("utf-8", "replace") if code else ""
         except TimeoutError as exc:
             raise RemoteCommandError(
                 CommandFailure(
@@ -294,6 +303,19 @@ class SshRemote:
             raise ConnectionLost(
                 f"uploading {local.name} to {self.host_label}:{remote} failed: {exc}"
             ) from None
+        finally:
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    channel.close()
+        if code != 0:
+            raise RemoteCommandError(
+                CommandFailure(
+                    display=f"upload {local.name} to {remote}",
+                    exit_code=code,
+                    stderr_tail=self._redact(_tail(stderr)),
+                    host=self.host_label,
+                )
+            )
 
     @contextlib.contextmanager
     def tunnel(self, port: int) -> Iterator[int]:
@@ -308,6 +330,9 @@ class SshRemote:
             self.tunnel_failure = forward.failure
 
     def close(self) -> None:
+        channels, self._conn.channels = self._conn.channels, None
+        if channels is not None:
+            channels.close()
         with contextlib.suppress(Exception):
             self._conn.close()
 
@@ -323,6 +348,72 @@ def _verified_client(
         paramiko.RejectPolicy() if pin_unknown is None else _PinOnFirstUse(pin_unknown)
     )
     return client
+
+
+_UPLOAD_CHUNK = 32768  # paramiko's own SFTP write size
+
+
+class _Channels:
+    """Session channels opened one ahead. Opening a channel is a round trip of its own before
+    a command can be sent; opened in the background while the previous command runs, its
+    request travels with that command's and the next command starts at once. An unused
+    channel costs nothing on the host (sshd starts a session only on the exec request)."""
+
+    def __init__(self, opener: Callable[[], paramiko.Channel]) -> None:
+        self._open = opener
+        self._lock = threading.Lock()
+        self._pending: _Opening | None = None
+        self._closed = False
+
+    def take(self) -> paramiko.Channel:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        channel = pending.result() if pending is not None else None
+        if channel is None or channel.closed or not channel.active:
+            channel = self._open()  # the link's own error, where it belongs: in the caller
+        with self._lock:
+            if self._pending is None and not self._closed:
+                self._pending = _Opening(self._open)
+        return channel
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            channel = pending.result(timeout=1)
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    channel.close()
+
+
+class _Opening(threading.Thread):
+    """One channel being opened in the background; result() is None if that failed."""
+
+    def __init__(self, opener: Callable[[], paramiko.Channel]) -> None:
+        super().__init__(daemon=True, name="rg-channel")
+        self._opener = opener
+        self._channel: paramiko.Channel | None = None
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(Exception):
+            self._channel = self._opener()
+
+    def result(self, timeout: float | None = None) -> paramiko.Channel | None:
+        self.join(timeout)
+        return self._channel
+
+
+class _Connection(Connection):
+    """Fabric's connection, its command sessions taken from `channels` once it is open."""
+
+    channels: _Channels | None = None
+
+    def create_session(self) -> paramiko.Channel:
+        if self.channels is None or not self.is_connected:
+            return super().create_session()
+        return self.channels.take()
 
 
 class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):

@@ -436,3 +436,28 @@ def test_the_closing_read_returns_the_snapshot_and_the_identity_in_one_round_tri
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------------------- uploads
+
+
+def test_an_upload_arrives_on_stdin_byte_for_byte_with_its_mode(tmp_path: Path) -> None:
+    """SshRemote.put sends the file on the stdin of commands.receive_file: binary content
+    arrives unchanged, with the local mode, and never readable by others while it arrives."""
+    data = bytes(range(256)) * 300 + b"\x00\xff\n"
+    target = tmp_path / "uploads" / "a.tar.gz.1234"
+    target.parent.mkdir()
+    cmd = commands.receive_file(PurePosixPath(target), 0o600)
+    res = subprocess.run(["sh", "-c", cmd.render()], input=data, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not target.with_name(target.name + ".part").exists()
+
+
+def test_an_upload_that_cannot_be_written_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "missing-dir" / "env.1234"
+    cmd = commands.receive_file(PurePosixPath(target), 0o600)
+    res = subprocess.run(["sh", "-c", cmd.render()], input=b"x", capture_output=True, timeout=60)
+    assert res.returncode != 0
+    assert not target.parent.exists()
