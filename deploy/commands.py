@@ -860,8 +860,8 @@ def install_release_env(
     upload: PurePosixPath | None = None,
     shared_env: PurePosixPath | None = None,
 ) -> Cmd:
-    """The release's env snapshot (mode 0600): the uploaded secrets (SFTP into the 0700
-    uploads dir; moved, never on a command line) — or else a copy of a hand-maintained
+    """The release's env snapshot (mode 0600): the uploaded secrets (a command's stdin into
+    the 0700 uploads dir; moved, never on a command line) — or else a copy of a hand-maintained
     `shared_env` if there is one — then releasegate's `settings` (no secrets), which win."""
     origin = (
         ": uploaded secrets"

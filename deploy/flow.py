@@ -288,8 +288,9 @@ def _ship(
     reuse_from: str | None,
     declaration: migrations.Declaration | None = None,
 ) -> None:
-    """Uploads over SFTP, then every host step of the phase in one round trip. Everything
-    is written inside the new release: nothing live changes before the switch."""
+    """Uploads (a command's stdin each), then every host step of the phase in one round
+    trip. Everything is written inside the new release: nothing live changes before the
+    switch."""
     rid = art.release_id
     now = d.clock.now()
     upload = host.upload_artifact(art)

@@ -92,9 +92,9 @@ class HostOps:
         return preflight.parse_probe(stdout.split("\n@@", 1)[0]), stdout
 
     def upload_env_file(self, content: str, workdir: Path) -> PurePosixPath:
-        """The secrets part of the release's env snapshot, via SFTP into the 0700 uploads dir
-        (commands.install_release_env then moves it into the release with mode 0600): values
-        never appear on a command line."""
+        """The secrets part of the release's env snapshot, on a command's stdin into the 0700
+        uploads dir (commands.install_release_env then moves it into the release with mode
+        0600): values never appear on a command line."""
         local = workdir / f"env.{new_token()[:8]}"
         fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -137,7 +137,7 @@ class SshConfig(Strict):
     connect_timeout: float = Field(10, gt=0, le=300)
     # Every remote call has a deadline: a short command (and the quick steps of one batch)
     # gets command_timeout; install, activation and the migration check have their own,
-    # enforced on the host with `timeout`; an SFTP upload gets upload_timeout.
+    # enforced on the host with `timeout`; an upload gets upload_timeout.
     command_timeout: float = Field(60, gt=0, le=3600)
     upload_timeout: float = Field(600, gt=0, le=86400)
     # SSH keepalive interval; a link that stops answering is dropped after ~3 of these.

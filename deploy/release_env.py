@@ -5,8 +5,9 @@ systemd's `EnvironmentFile=` (through `current`) and the PM2 config, whose reade
 systemd's rules (templates/pm2/ecosystem.config.js.j2). It holds, in this order (a later line
 wins in both readers):
 
-1. the secrets built locally (`secrets.from_env` / `from_file`), uploaded over SFTP — or, when
-   `secrets:` is not configured, a copy of a hand-maintained `shared/.env` made on the host;
+1. the secrets built locally (`secrets.from_env` / `from_file`), uploaded on a command's
+   stdin — or, when `secrets:` is not configured, a copy of a hand-maintained `shared/.env`
+   made on the host;
 2. what releasegate sets: `process.env`, then `RELEASE_ID`, `REVISION` (the full git sha) and
    `PORT`, rendered here (no secret values: they travel as a command argument).
 

@@ -1,0 +1,54 @@
+"""How chatty a warm deploy is on the wire (issue 14), counted the way the benchmark counts it:
+through bench/delayproxy.py, which reports the request→reply turns of every connection. A
+count, not a timing: the proxy adds no delay here."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.rig import DelayProxy, known_hosts_for
+from deploy import demo, operations
+from deploy.operations import Options
+from deploy.report import RecordingReporter
+from tests.integration.conftest import Target
+from tests.integration.test_deploy import deploy
+
+pytestmark = pytest.mark.integration
+
+# Before issue 14 a warm deploy with this gate (stable_for 1 s at 0.3 s: about 5 probes) took
+# 43 turns: 3 per command (open, exec, close), an SFTP session of 6 for the artifact, a
+# separate identity read and lock release. Now (29 measured) a command costs 2 turns (its
+# channel was opened with the previous one, its stdin follows the exec request at once), the
+# artifact travels with one command, the identity with the gate's closing read and the lock's
+# release with the promotion. The bound leaves room for TCP chunking to differ.
+MAX_TURNS = 32
+
+
+def test_a_warm_deploy_through_the_proxy_takes_few_turns(target: Target, tmp_path: Path):
+    code, rep = deploy(target)
+    assert code == 0, rep.lines[-10:]
+    (target.repo / "STAMP").write_text("warm\n")
+    demo.commit_fault(target.repo, "")  # a new commit, same dependencies
+    with DelayProxy((target.vps.address, target.vps.port), 0) as proxy:
+        pins = known_hosts_for(target.vps, f"[127.0.0.1]:{proxy.port}", tmp_path / "kh")
+        data = dict(target.data)
+        data["hosts"] = [{**data["hosts"][0], "address": "127.0.0.1", "port": proxy.port}]
+        data["ssh"] = {"known_hosts": str(pins)}
+        (target.inv_dir / "wan.yml").write_text(yaml.safe_dump(data))
+        rep = RecordingReporter()
+        assert operations.run_deploy("wan", Options(inventories=target.inv_dir), reporter=rep) == 0
+        deadline = time.monotonic() + 10
+        while not proxy.events("close") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        closed = proxy.events("close")
+    assert len(proxy.events("accept")) == 1  # one SSH connection for the whole deploy
+    assert closed, "the proxied connection did not close after the deploy"
+    turns = sum(int(e["turns"]) for e in closed)
+    commands = [ln for ln in rep.lines if ln.startswith("$ ") and not ln.startswith("$ +")]
+    assert turns <= MAX_TURNS, (turns, commands)
+    assert len(commands) <= 8, commands
+    assert target.current() == rep.outcomes[-1].release
