@@ -509,6 +509,28 @@ def write_file(path: PurePosixPath, content: str, *, mode: str = "0644", label: 
     )
 
 
+# $1 marker, then a read-only command: its output after the marker when it succeeded, nothing
+# when it failed; never a failure of the batch it ends (the activation: its outcome is the
+# reload's, and the gate reads the process state itself when this read brought nothing).
+QUIET_READ_SCRIPT = r"""
+marker="$1"; shift
+if out=$("$@" 2>/dev/null); then printf '%s\n%s\n' "$marker" "$out"; fi
+exit 0
+"""
+
+
+def quiet_read(read: Cmd, marker: str, seconds: float) -> Cmd | None:
+    """`read` at the end of a batch, bounded on the host by `seconds`, its output after
+    `marker` (see QUIET_READ_SCRIPT); None when `read` cannot be wrapped (a batch, a cwd)."""
+    if read.steps or read.cwd is not None:
+        return None
+    if not marker or not all(c.isalnum() or c in "@-" for c in marker):
+        raise ValueError(f"a marker is a plain word, not {marker!r}")
+    inner = bounded(read, seconds)
+    cmd = _script("read.quiet", QUIET_READ_SCRIPT, [marker, *inner.argv], read.display)
+    return replace(cmd, limit=seconds)
+
+
 # The file arrives on stdin (binary; the client writes it and closes stdin): created
 # owner-only, its mode set only once it is complete; a transfer cut short leaves no file.
 RECEIVE_SCRIPT = r"""

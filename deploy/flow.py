@@ -1023,6 +1023,7 @@ def _gate(d: Deps, host: HostOps, rid: str, target: GateTarget) -> list[str]:
             d.clock,
             on_probe=lambda p: d.reporter.command(p.line()),
             closing=closing if target.closing is not None else None,
+            first=target.first,
         )
         probes = sum(1 for p in history if p.outcome != "info")
         d.reporter.info(f"ready: {history[-1].detail} ({probes} probes)")

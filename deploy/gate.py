@@ -64,6 +64,7 @@ def wait_ready(
     clock: Clock,
     on_probe: Callable[[Probe], None] | None = None,
     closing: Callable[[float, tuple[int, ...]], ProcessSnapshot] | None = None,
+    first: ProcessSnapshot | None = None,
 ) -> tuple[list[Probe], ProcessSnapshot | None]:
     """Promote after `successes` consecutive ok probes AND a stability window of `stable_for`
     seconds, both within the deadline. The two run together, not one after the other.
@@ -81,7 +82,9 @@ def wait_ready(
     MIN_READ_TIMEOUT); a read that overruns it fails the gate. `closing(timeout, pids)`, when
     given, makes the read that may close the window instead of `process`, with the pids the
     window opened on: the window only holds if they are the pids of that read, so the flow
-    reads their identity in the same round trip.
+    reads their identity in the same round trip. `first`, when given, is the process state
+    read just before the gate (at the end of the activation): the gate starts from it instead
+    of reading it again.
 
     Probes keep a fixed cadence — one every `interval` from the gate's start — so the time a
     probe or a process read takes (a slow link) is not added to every interval.
@@ -116,11 +119,11 @@ def wait_ready(
                 evidence=_lines(history),
             ) from None
 
-    def look(final: bool = False) -> ProcessSnapshot | None:
+    def look(final: bool = False, given: ProcessSnapshot | None = None) -> ProcessSnapshot | None:
         nonlocal baseline, window, unsettled
         if process is None:
             return None
-        snap = read(final)
+        snap = given if given is not None else read(final)
         if baseline is None:
             baseline = snap
         restarts = snap.restarts_since(baseline)
@@ -153,7 +156,7 @@ def wait_ready(
             window = _Window(opened_at=elapsed(), snapshot=snap)
         return snap
 
-    look()
+    look(given=first)
     streak = 0
     tick = clock.monotonic()  # when the current probe was due
     while True:

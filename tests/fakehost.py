@@ -595,6 +595,17 @@ class FakeRemote:
                 return ok
             case "batch.marker":
                 return Result(f"{args[-1]}\n", "", 0)
+            case "read.quiet":
+                # the wrapped read (after the host's `timeout`): its output after the marker, or
+                # nothing when it would hang or fail (the gate then reads on its own)
+                inner = args[5:]
+                name = {"jlist": "pm2.jlist", "show": "systemd.show"}.get(inner[1], "?")
+                if self.hang.get(name, 0) > 0 or name in self.fail:
+                    return ok
+                read = Cmd(name=name, argv=tuple(inner), display=name)
+                self.log.append(read)
+                out = self._apply(read)
+                return Result(f"{args[0]}\n{out.stdout}\n", "", 0) if out.ok else ok
             case "slot.listening":
                 slot = h.slot_at(int(args[0]))
                 if slot is None or slot not in h.slot_procs:

@@ -53,6 +53,8 @@ class GateTarget:
         Callable[[float | None, tuple[int, ...]], tuple[ProcessSnapshot, IdentityFacts | None]]
         | None
     ) = None
+    # the process state read right after the activation (in place), where the gate starts
+    first: ProcessSnapshot | None = None
 
 
 class Strategy(Protocol):

@@ -6,11 +6,12 @@ no return and a failed gate is undone by activating the previous release the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from deploy import commands
 from deploy.commands import Cmd
-from deploy.host import HostOps
-from deploy.model import SlotRole
+from deploy.host import HostOps, new_token
+from deploy.model import ProcessSnapshot, SlotRole
 from deploy.preflight import Check
 from deploy.slots import SlotView
 from deploy.strategies.base import GateTarget, Start
@@ -21,6 +22,8 @@ class InPlace:
     host: HostOps
     name: str = "in-place"
     gates_before_traffic: bool = False
+    # the process state read at the end of the last activation: (release, snapshot)
+    after_activation: tuple[str, ProcessSnapshot] | None = field(default=None, repr=False)
 
     def start(self, rid: str) -> Start:
         return "none"  # nothing runs before the switch: the reload starts it
@@ -34,15 +37,29 @@ class InPlace:
             snapshot=lambda timeout: host.snapshot(timeout=timeout),
             forensics=host.forensics,
             closing=lambda timeout, pids: host.snapshot_with_identity(rid, pids, timeout),
+            first=self._first_snapshot(rid),
         )
+
+    def _first_snapshot(self, rid: str) -> ProcessSnapshot | None:
+        taken, self.after_activation = self.after_activation, None
+        return taken[1] if taken is not None and taken[0] == rid else None
 
     def reject(self, rid: str, *, pause: bool) -> None:
         raise AssertionError("in place, nothing runs before the switch")
 
     def send_traffic(self, rid: str, records: list[Cmd], *, keep_previous: bool) -> str:
-        """One round trip: the flow's records, switch `current`, reload."""
-        steps = records + self.host.activate_steps(rid)
-        return self.host.run_batch("activate", steps, f"activate {rid}").stdout
+        """One round trip: the flow's records, switch `current`, reload — and the process
+        state right after, which the gate starts from (one round trip less)."""
+        host = self.host
+        steps = records + host.activate_steps(rid)
+        marker = f"@@processes-{new_token()}"
+        read = commands.quiet_read(host.manager.snapshot(), marker, host.inventory.health.deadline)
+        if read is not None:
+            steps.append(read)
+        stdout = host.run_batch("activate", steps, f"activate {rid}").stdout
+        notes, found, processes = stdout.partition(f"{marker}\n")
+        self.after_activation = (rid, host.manager.parse_snapshot(processes)) if found else None
+        return notes
 
     def take_out(self, rid: str, *, pause: bool) -> None:
         """The reload of the previous release replaced its processes already."""

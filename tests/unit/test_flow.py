@@ -365,8 +365,9 @@ def test_forensics_of_the_failing_release_are_shown_and_journaled(world):
 
 
 def test_a_warm_deploy_costs_at_most_eight_exec_sessions(world):
-    """Issue 14: the identity is read with the gate's closing process read, and the lock is
-    released in the promotion's batch; each was a round trip (an exec session) of its own."""
+    """Issue 14: the gate starts from the process state read at the end of the activation,
+    the identity is read with the gate's closing process read, and the lock is released in
+    the promotion's batch; each was a round trip (an exec session) of its own."""
     deps, host, remote, repo = world
     ship(deps, repo)
     deps.clock.sleep(2)
@@ -375,6 +376,7 @@ def test_a_warm_deploy_costs_at_most_eight_exec_sessions(world):
     assert out.exit_code == 0
     runs = [name for name, _ in remote.timeouts[before:]]
     assert len(runs) <= 8, runs
+    assert "pm2.jlist" not in runs  # the window's first read came with the activation
     assert "process.identity" not in runs and "gate.close" in runs
     assert "lock.release" not in runs and runs[-1] == "promote"
     assert host.lock is None

@@ -404,3 +404,26 @@ def test_the_closing_read_replaces_the_last_process_read():
     )
     assert len(reads.timeouts) == 1 and len(closing_reads) == 1
     assert snap == UP
+
+
+def test_a_gate_given_the_state_after_the_activation_starts_from_it():
+    """In place, the activation's batch ends with a process read: the gate's window opens on
+    it, and a healthy gate reads the host once more (the closing read), not twice."""
+    clock = FakeClock()
+    reads = Reads(clock, lambda t: UP)
+    c = client(answers(200))
+    history, snap = wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock, first=UP)
+    assert len(reads.timeouts) == 1
+    assert clock.t - reads.start == pytest.approx(STABLE.stable_for)
+    assert snap == UP
+
+
+def test_a_given_first_state_still_counts_restarts_and_changes():
+    """The given state is the baseline: a restart after it spoils the window like any other."""
+    clock = FakeClock()
+    later = inst(("online", 10, 1), ("online", 56, 2))
+    reads = Reads(clock, lambda t: later)
+    c = client(answers(200))
+    history, snap = wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock, first=UP)
+    assert snap == later
+    assert any("changed during the stability window" in p.detail for p in history)
