@@ -509,19 +509,20 @@ def write_file(path: PurePosixPath, content: str, *, mode: str = "0644", label: 
     )
 
 
-# $1 marker, then a read-only command: its output after the marker when it succeeded, nothing
-# when it failed; never a failure of the batch it ends (the activation: its outcome is the
-# reload's, and the gate reads the process state itself when this read brought nothing).
+# $1 marker, then a read-only command: "<marker> <its exit code>", then its stdout; never a
+# failure of the batch it ends (the activation: its outcome is the reload's; the gate judges
+# the read, and a read the host's `timeout` stopped is a process manager that did not answer).
 QUIET_READ_SCRIPT = r"""
 marker="$1"; shift
-if out=$("$@" 2>/dev/null); then printf '%s\n%s\n' "$marker" "$out"; fi
+out=$("$@" 2>/dev/null); code=$?
+printf '%s %s\n%s\n' "$marker" "$code" "$out"
 exit 0
 """
 
 
 def quiet_read(read: Cmd, marker: str, seconds: float) -> Cmd | None:
-    """`read` at the end of a batch, bounded on the host by `seconds`, its output after
-    `marker` (see QUIET_READ_SCRIPT); None when `read` cannot be wrapped (a batch, a cwd)."""
+    """`read` at the end of a batch, bounded on the host by `seconds`, its exit code and
+    output after `marker` (QUIET_READ_SCRIPT); None when `read` cannot be wrapped."""
     if read.steps or read.cwd is not None:
         return None
     if not marker or not all(c.isalnum() or c in "@-" for c in marker):

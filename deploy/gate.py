@@ -64,7 +64,7 @@ def wait_ready(
     clock: Clock,
     on_probe: Callable[[Probe], None] | None = None,
     closing: Callable[[float, tuple[int, ...]], ProcessSnapshot] | None = None,
-    first: ProcessSnapshot | None = None,
+    first: Callable[[float], ProcessSnapshot] | None = None,
 ) -> tuple[list[Probe], ProcessSnapshot | None]:
     """Promote after `successes` consecutive ok probes AND a stability window of `stable_for`
     seconds, both within the deadline. The two run together, not one after the other.
@@ -82,9 +82,8 @@ def wait_ready(
     MIN_READ_TIMEOUT); a read that overruns it fails the gate. `closing(timeout, pids)`, when
     given, makes the read that may close the window instead of `process`, with the pids the
     window opened on: the window only holds if they are the pids of that read, so the flow
-    reads their identity in the same round trip. `first`, when given, is the process state
-    read just before the gate (at the end of the activation): the gate starts from it instead
-    of reading it again.
+    reads their identity in the same round trip. `first`, when given, makes the gate's first
+    read instead of `process` (in place, it was made at the end of the activation's batch).
 
     Probes keep a fixed cadence — one every `interval` from the gate's start — so the time a
     probe or a process read takes (a slow link) is not added to every interval.
@@ -104,12 +103,14 @@ def wait_ready(
         if on_probe is not None:
             on_probe(item)
 
-    def read(final: bool) -> ProcessSnapshot:
+    def read(final: bool, initial: bool) -> ProcessSnapshot:
         assert process is not None
         timeout = max(policy.deadline - elapsed(), MIN_READ_TIMEOUT)
         try:
             if final and closing is not None and window is not None:
                 return closing(timeout, window.snapshot.pids)
+            if initial and first is not None:
+                return first(timeout)
             return process(timeout)
         except RemoteCommandError as exc:
             history.append(Probe(at=elapsed(), outcome="error", detail=f"process: {exc.message}"))
@@ -119,11 +120,11 @@ def wait_ready(
                 evidence=_lines(history),
             ) from None
 
-    def look(final: bool = False, given: ProcessSnapshot | None = None) -> ProcessSnapshot | None:
+    def look(final: bool = False, initial: bool = False) -> ProcessSnapshot | None:
         nonlocal baseline, window, unsettled
         if process is None:
             return None
-        snap = given if given is not None else read(final)
+        snap = read(final, initial)
         if baseline is None:
             baseline = snap
         restarts = snap.restarts_since(baseline)
@@ -156,7 +157,7 @@ def wait_ready(
             window = _Window(opened_at=elapsed(), snapshot=snap)
         return snap
 
-    look(given=first)
+    look(initial=True)
     streak = 0
     tick = clock.monotonic()  # when the current probe was due
     while True:

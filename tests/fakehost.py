@@ -596,16 +596,20 @@ class FakeRemote:
             case "batch.marker":
                 return Result(f"{args[-1]}\n", "", 0)
             case "read.quiet":
-                # the wrapped read (after the host's `timeout`): its output after the marker, or
-                # nothing when it would hang or fail (the gate then reads on its own)
+                # the wrapped read, under the host's `timeout`: "<marker> <exit code>" and its
+                # output; a read that would hang is stopped by the host after the limit (124)
                 inner = args[5:]
                 name = {"jlist": "pm2.jlist", "show": "systemd.show"}.get(inner[1], "?")
-                if self.hang.get(name, 0) > 0 or name in self.fail:
-                    return ok
                 read = Cmd(name=name, argv=tuple(inner), display=name)
                 self.log.append(read)
+                if self.hang.get(name, 0) > 0:
+                    self.hang[name] -= 1
+                    self.clock.sleep(cmd.limit or 0)
+                    return Result(f"{args[0]} 124\n\n", "", 0)
+                if name in self.fail:
+                    return Result(f"{args[0]} {self.fail[name]}\n\n", "", 0)
                 out = self._apply(read)
-                return Result(f"{args[0]}\n{out.stdout}\n", "", 0) if out.ok else ok
+                return Result(f"{args[0]} {out.exit_code}\n{out.stdout}\n", "", 0)
             case "slot.listening":
                 slot = h.slot_at(int(args[0]))
                 if slot is None or slot not in h.slot_procs:

@@ -53,8 +53,9 @@ class GateTarget:
         Callable[[float | None, tuple[int, ...]], tuple[ProcessSnapshot, IdentityFacts | None]]
         | None
     ) = None
-    # the process state read right after the activation (in place), where the gate starts
-    first: ProcessSnapshot | None = None
+    # the gate's first process read when it was made at the end of the activation (in place):
+    # the state read then, or the error of that read (timeout)
+    first: Callable[[float | None], ProcessSnapshot] | None = None
 
 
 class Strategy(Protocol):

@@ -6,10 +6,12 @@ no return and a failed gate is undone by activating the previous release the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from deploy import commands
 from deploy.commands import Cmd
+from deploy.errors import CommandFailure, RemoteCommandError
 from deploy.host import HostOps, new_token
 from deploy.model import ProcessSnapshot, SlotRole
 from deploy.preflight import Check
@@ -23,7 +25,9 @@ class InPlace:
     name: str = "in-place"
     gates_before_traffic: bool = False
     # the process state read at the end of the last activation: (release, snapshot)
-    after_activation: tuple[str, ProcessSnapshot] | None = field(default=None, repr=False)
+    after_activation: tuple[str, ProcessSnapshot | RemoteCommandError] | None = field(
+        default=None, repr=False
+    )
 
     def start(self, rid: str) -> Start:
         return "none"  # nothing runs before the switch: the reload starts it
@@ -40,9 +44,18 @@ class InPlace:
             first=self._first_snapshot(rid),
         )
 
-    def _first_snapshot(self, rid: str) -> ProcessSnapshot | None:
+    def _first_snapshot(self, rid: str) -> Callable[[float | None], ProcessSnapshot] | None:
         taken, self.after_activation = self.after_activation, None
-        return taken[1] if taken is not None and taken[0] == rid else None
+        if taken is None or taken[0] != rid:
+            return None
+        read = taken[1]
+
+        def first(_timeout: float | None) -> ProcessSnapshot:
+            if isinstance(read, RemoteCommandError):
+                raise read
+            return read
+
+        return first
 
     def reject(self, rid: str, *, pause: bool) -> None:
         raise AssertionError("in place, nothing runs before the switch")
@@ -57,9 +70,27 @@ class InPlace:
         if read is not None:
             steps.append(read)
         stdout = host.run_batch("activate", steps, f"activate {rid}").stdout
-        notes, found, processes = stdout.partition(f"{marker}\n")
-        self.after_activation = (rid, host.manager.parse_snapshot(processes)) if found else None
+        notes, found, rest = stdout.partition(f"{marker} ")
+        self.after_activation = None
+        if read is not None and found:
+            code, _, processes = rest.partition("\n")
+            self.after_activation = (rid, self._judge(read, int(code or 1), processes))
         return notes
+
+    def _judge(self, read: Cmd, code: int, stdout: str) -> ProcessSnapshot | RemoteCommandError:
+        """As HostOps.snapshot judges its own read: stopped at the deadline, or the state."""
+        if code in commands.TIMED_OUT:
+            return RemoteCommandError(
+                CommandFailure(
+                    display=read.display,
+                    exit_code=code,
+                    stderr_tail=f"no answer within {read.limit:g}s (bounded by the gate's "
+                    f"deadline)",
+                    host=self.host.remote.host_label,
+                ),
+                what="reading the process state",
+            )
+        return self.host.manager.parse_snapshot(stdout)
 
     def take_out(self, rid: str, *, pause: bool) -> None:
         """The reload of the previous release replaced its processes already."""

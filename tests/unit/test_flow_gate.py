@@ -107,8 +107,10 @@ def test_a_hung_pm2_jlist_fails_the_gate_within_its_deadline_and_rolls_back(plai
     assert "did not answer" in out.message
     assert host.current == good == host.running
     assert (out.release, "bad") in states(host)
-    # every process read of every gate had a timeout no longer than the deadline
-    reads = [t for name, t in remote.timeouts if name == "pm2.jlist"]
+    # every process read of every gate had a timeout no longer than the deadline: the ones of
+    # their own (the closing read) on the client, the one ending the activation on the host
+    reads = [t for name, t in remote.timeouts if name in ("pm2.jlist", "gate.close")]
+    reads += [c.limit for c in remote.log if c.name == "read.quiet"]
     assert reads and all(t is not None and t <= deps.inventory.health.deadline for t in reads)
     # the failing gate ended at its deadline: the whole deploy (gate + rollback's gate) fits
     health = deps.inventory.health

@@ -412,7 +412,9 @@ def test_a_gate_given_the_state_after_the_activation_starts_from_it():
     clock = FakeClock()
     reads = Reads(clock, lambda t: UP)
     c = client(answers(200))
-    history, snap = wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock, first=UP)
+    history, snap = wait_ready(
+        lambda: probe_http(c, "/r", {}), reads, STABLE, clock, first=lambda t: UP
+    )
     assert len(reads.timeouts) == 1
     assert clock.t - reads.start == pytest.approx(STABLE.stable_for)
     assert snap == UP
@@ -424,6 +426,8 @@ def test_a_given_first_state_still_counts_restarts_and_changes():
     later = inst(("online", 10, 1), ("online", 56, 2))
     reads = Reads(clock, lambda t: later)
     c = client(answers(200))
-    history, snap = wait_ready(lambda: probe_http(c, "/r", {}), reads, STABLE, clock, first=UP)
+    history, snap = wait_ready(
+        lambda: probe_http(c, "/r", {}), reads, STABLE, clock, first=lambda t: UP
+    )
     assert snap == later
     assert any("changed during the stability window" in p.detail for p in history)

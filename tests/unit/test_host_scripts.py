@@ -464,21 +464,21 @@ def test_an_upload_that_cannot_be_written_fails_and_leaves_nothing(tmp_path: Pat
 
 
 def test_a_quiet_read_brings_its_output_or_nothing_and_never_fails_its_batch() -> None:
-    """The process read that ends the activation's batch (commands.quiet_read): its output
-    after the marker when it worked; nothing, exit 0, when it failed or hung past its limit
-    on the host — the activation's outcome is the reload's, and the gate reads on its own."""
+    """The process read that ends the activation's batch (commands.quiet_read): its exit code
+    and output after the marker, exit 0 even when it failed or hung past its limit on the host
+    (stopped: 124) — the activation's outcome is the reload's; the gate judges the read."""
     marker = "@@processes-" + "a" * 32
     ok = commands.quiet_read(Cmd("r", ("printf", "[1,2]"), "r"), marker, 5)
     assert ok is not None and ok.limit == 5
     res = sh(ok)
-    assert res.returncode == 0 and res.stdout == f"{marker}\n[1,2]\n"
+    assert res.returncode == 0 and res.stdout == f"{marker} 0\n[1,2]\n"
     failed = commands.quiet_read(Cmd("r", ("sh", "-c", "echo partial; exit 3"), "r"), marker, 5)
     assert failed is not None
     res = sh(failed)
-    assert res.returncode == 0 and res.stdout == ""
+    assert res.returncode == 0 and res.stdout == f"{marker} 3\npartial\n"
     hung = commands.quiet_read(Cmd("r", ("sleep", "30"), "r"), marker, 0.5)
     assert hung is not None
     started = time.monotonic()
     res = sh(hung)
-    assert res.returncode == 0 and res.stdout == ""
+    assert res.returncode == 0 and res.stdout.split("\n")[0] == f"{marker} 124"
     assert time.monotonic() - started < 10
