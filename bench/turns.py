@@ -10,8 +10,9 @@ readiness probes. The penalty is the proxied time minus the direct one.
     python -m bench.turns --profile bench --strategy blue-green
 
 Profiles: `peer` is the peer harness's gate (../shared/bench-peers: deadline 10 s, interval
-0.25 s, 3 successes, the default stability window, no smoke pack); `bench` is bench/run.py's
-(deadline 5 s, stable_for 2 s, the sample app's smoke pack).
+0.25 s, 3 successes, the default stability window, no smoke pack); `nowindow` the same with
+`stable_for: 0`; `bench` is bench/run.py's (deadline 5 s, stable_for 2 s, the sample app's
+smoke pack).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from deploy import sandbox
 
 PROFILES: dict[str, dict[str, Any]] = {
     "peer": {"deadline": 10.0, "interval": 0.25, "successes": 3},
+    # the peer harness's gate without the stability window (as when issue 14 was measured)
+    "nowindow": {"deadline": 10.0, "interval": 0.25, "successes": 3, "stable_for": 0},
     "bench": {
         "deadline": 5.0,
         "interval": 0.25,
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kind = Kind(strategy=args.strategy, bake_s=1.0)
             app = rig.app("tturns" if args.strategy == "in-place" else "tturnsbg", kind)
-            if args.profile == "peer":
+            if args.profile != "bench":
                 _strip_smoke(app, "bench")
             for what in ("first", "warm-up"):
                 app.commit()
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
             vps = rig.vps
             direct: list[float] = []
+            stages: dict[str, list[float]] = {}
             proxied: list[float] = []
             turns: list[int] = []
             commands: list[int] = []
@@ -96,13 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             with DelayProxy((vps.address, vps.port), args.delay_ms, turn_events=True) as proxy:
                 pins = known_hosts_for(vps, f"[127.0.0.1]:{proxy.port}", app.dir / "kh_wan")
                 app.inventory("wan", address="127.0.0.1", port=proxy.port, known_hosts=pins)
-                if args.profile == "peer":
+                if args.profile != "bench":
                     _strip_smoke(app, "wan")
                 for i in range(args.iterations):
                     app.commit()
                     run = app.deploy()
                     assert run.code == 0, run.rep.lines[-15:]
                     direct.append(run.seconds)
+                    for name, seconds in run.stage_seconds().items():
+                        stages.setdefault(name, []).append(seconds)
                     app.commit()
                     run = app.deploy("wan")
                     assert run.code == 0, run.rep.lines[-15:]
@@ -145,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  turns on the wire:           {med(turns)}  {turns}")
             print(f"  remote commands (exec):      {med(commands)}")
             print(f"  readiness probes:            {med(probes)}")
+            print("  seconds per stage, direct (medians):")
+            for name, values in stages.items():
+                print(f"    {med(values):6.2f}  {name}")
             print("  turns per stage (last run):")
             for stage, n in per_stage.items():
                 print(f"    {n:3d}  {stage}")
