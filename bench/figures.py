@@ -56,7 +56,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("remote_commands_warm", "remote commands per warm redeploy", "count"),
     Figure("remote_commands_rollback", "remote commands per manual rollback", "count"),
     Figure("remote_commands_bad", "remote commands per bad deploy (ready_503)", "count"),
-    Figure("uploads_warm", "file uploads (SFTP) per warm redeploy", "count"),
+    Figure("uploads_warm", "file uploads per warm redeploy", "count"),
     Figure("round_trips_warm", "round trips per warm redeploy (commands + uploads)", "count"),
     Figure("probes_warm", "readiness probes per warm redeploy (through the tunnel)", "count"),
     Figure("wire_turns_wan", "request→reply turns on the wire per warm redeploy", "count"),

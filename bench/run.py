@@ -31,8 +31,9 @@ from bench.load import Hit, Load, fetch, final_run_start, tail_is
 from bench.rig import App, DelayProxy, Kind, Rig, Run, known_hosts_for, load_average, machine
 from deploy import sandbox
 
-# The flow ships one file per deploy over SFTP (the artifact, which also carries the smoke packs;
-# the secrets for the release's env snapshot would be a second one, the bench configures none).
+# The flow ships one file per deploy, on the stdin of one command (the artifact, which also
+# carries the smoke packs; the secrets for the release's env snapshot would be a second one,
+# the bench configures none).
 # Uploads do not pass the reporter's `command` hook, so this is the flow's count, not an
 # observation: see docs/performance.md ("hooks").
 UPLOADS_PER_DEPLOY = 1

@@ -176,7 +176,7 @@ class SshRemote:
         # every `keepalive` seconds, and TCP gives up on data unacknowledged for three of
         # those, which closes the transport — every waiting call then ends with ConnectionLost.
         transport.set_keepalive(max(1, round(self._keepalive)))
-        # Opening a channel (a command, SFTP, a tunnel connection) is quick on a live link;
+        # Opening a channel (a command, an upload, a tunnel connection) is quick on a live link;
         # paramiko would otherwise wait an hour for the answer.
         transport.channel_timeout = self._connect_timeout
         with contextlib.suppress(OSError, AttributeError):

@@ -139,7 +139,7 @@ def test_release_env_moves_the_uploaded_secrets_in_with_mode_0600(layout: Layout
     (p(layout.shared) / ".env").write_text("HAND=written\n")
     dest = partial / ".releasegate.env"
     cmd = commands.install_release_env(dest, settings=SETTINGS, upload=upload)
-    assert "s3cret" not in cmd.render()  # the value travelled by SFTP, never as an argument
+    assert "s3cret" not in cmd.render()  # uploaded on stdin, never an argument
     res = run(cmd)
     assert res.returncode == 0, res.stderr
     text = p(dest).read_text()

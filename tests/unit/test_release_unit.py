@@ -209,7 +209,7 @@ def test_the_env_snapshot_is_made_inside_the_release_from_the_uploaded_secrets(w
     assert 'REVISION="' in made and 'PORT="3000"' in made
     assert not any("shared/.env" in c.display for c in world.remote.log)
     assert world.host.upload_files == set()
-    # the value only ever travelled over SFTP
+    # the value only ever travelled as an upload (a command's stdin)
     assert not any("s3cret" in c.render() for c in world.remote.log)
 
 
