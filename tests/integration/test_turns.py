@@ -48,7 +48,5 @@ def test_a_warm_deploy_through_the_proxy_takes_few_turns(target: Target, tmp_pat
     assert len(proxy.events("accept")) == 1  # one SSH connection for the whole deploy
     assert closed, "the proxied connection did not close after the deploy"
     turns = sum(int(e["turns"]) for e in closed)
-    commands = [ln for ln in rep.lines if ln.startswith("$ ") and not ln.startswith("$ +")]
-    assert turns <= MAX_TURNS, (turns, commands)
-    assert len(commands) <= 8, commands
+    assert turns <= MAX_TURNS, (turns, rep.lines)
     assert target.current() == rep.outcomes[-1].release
