@@ -48,6 +48,8 @@ ROLL_BACK = "roll back to "  # in-place: the automatic rollback
 BG_START = "start "  # blue/green: the new release starts in the idle slot (or is warm)
 BG_GATE = "gate "  # blue/green: the gate on the slot's own port (absent for a warm release)
 BG_SWITCH = "switch the front door to "  # blue/green: nginx's upstream to the new slot
+# The switch script as `-v` shows it among the commands sent (deploy/commands.shown).
+BG_SWITCH_COMMAND = "<script proxy.switch>"
 BG_WATCH = "watch "  # blue/green: verified through the front door, then the bake
 BG_BAKE_LINE = "bake: "  # the info line that opens the bake inside the watch stage
 BG_REVERT = "roll back to "  # blue/green: begins right after the failed bake check
@@ -347,7 +349,7 @@ class Bench:
         # next command is sent once the switch script returned: nginx reloaded, old workers
         # no longer accepting).
         seconds = max(0.0, back.done - decided)
-        switched = [at for at, d in run.rep.sent if at >= decided and d.startswith(BG_SWITCH)]
+        switched = [at for at, d in run.rep.sent if at >= decided and BG_SWITCH_COMMAND in d]
         confirmed = [at for at, _ in run.rep.sent if switched and at > switched[0]]
         if not confirmed:
             raise BenchError("crash_after: no switch back in the `roll back to` stage")
