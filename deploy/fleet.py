@@ -165,23 +165,57 @@ def _wait(
     then: Callable[[], None] | None = None,
 ) -> None:
     """Wait for every future, telling `done` each result as it comes (then calling `then`).
-    A signal meanwhile goes to the flows still running (`forward`), and into `seen`."""
+    A signal goes into `seen` — raised here, or recorded there by `_signals_recorded` at any
+    moment, even before this wait began — and from there to the flows still running
+    (`forward`)."""
     pending = set(futures)
+    got: list[int] = seen if seen is not None else []
+    forwarded = 0
     while pending:
+        finished: set[Future[T]] = set()
         try:
             finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
         except (KeyboardInterrupt, Signalled) as exc:
-            signum = exc.signum if isinstance(exc, Signalled) else int(signal.SIGINT)
-            if seen is not None:
-                seen.append(signum)
-            for future in pending if forward else ():
-                futures[future].deps.signals.append(signum)
-            continue
+            got.append(exc.signum if isinstance(exc, Signalled) else int(signal.SIGINT))
         for future in finished:
             error = future.exception()
             done(futures[future], error if error is not None else future.result())
         if then is not None:
             then()
+        for signum in got[forwarded:] if forward else ():
+            for future in pending:
+                futures[future].deps.signals.append(signum)
+        forwarded = len(got)
+
+
+@contextlib.contextmanager
+def _signals_recorded() -> Iterator[list[int]]:
+    """While hosts are locked and switched: SIGINT/SIGTERM are only recorded (the list
+    yielded), never raised — an exception raised between two waits (in a callback, between
+    batches, in a reporter call) would leave switched hosts behind. The waits and the batch
+    loop read the list and take the safe path; the previous handlers come back at the end."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def record(signum: int, _frame: object) -> None:
+        seen.append(signum)  # no print, no lock: it may run inside a reporter call
+
+    old_int = signal.signal(signal.SIGINT, record)
+    old_term = signal.signal(signal.SIGTERM, record)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _stop_if_signalled(seen: list[int]) -> None:
+    """Before anything live changed, a recorded signal stops the operation as a raised one
+    would (the locks are released on the way out)."""
+    if seen:
+        raise Signalled(seen[0])
 
 
 def connect(
@@ -337,9 +371,12 @@ def deploy(fleet: Fleet, source: artifacts.Source) -> Outcome:
     with r.stage(f"preflight {len(members)} hosts"):
         checked = each(members, lambda m: flow.run_preflight(m.deps, m.host, art.size))
         _all_done(checked, members, "preflight")
-    with locked_all(fleet, "deploy"):
-        planned = each(members, lambda m: flow.plan_deploy(m.deps, m.host, rid))
+    # from the first lock to the last host put back, a signal is recorded, not raised
+    with _signals_recorded() as seen, locked_all(fleet, "deploy"):
+        _stop_if_signalled(seen)
+        planned = each(members, lambda m: flow.plan_deploy(m.deps, m.host, rid), seen)
         _all_done(planned, members, "reading the host state")
+        _stop_if_signalled(seen)
         refused = [(m, p) for m, p in zip(members, planned, strict=True) if isinstance(p, Outcome)]
         if refused:
             return _report(
@@ -361,13 +398,16 @@ def deploy(fleet: Fleet, source: artifacts.Source) -> Outcome:
         plans = {m.name: p for m, p in zip(members, planned, strict=True)}
         with r.stage(f"ship {rid} to {len(members)} hosts"):
             shipped = each(
-                members, lambda m: flow.ship_release(m.deps, m.host, _plan(plans, m), art, bundle)
+                members,
+                lambda m: flow.ship_release(m.deps, m.host, _plan(plans, m), art, bundle),
+                seen,
             )
             failed = [m for m, s in zip(members, shipped, strict=True) if s is not None]
             if failed:
                 _withdraw([m for m in members if m not in failed], rid, "the ship failed elsewhere")
                 _all_done(shipped, members, f"shipping {rid}")
-        return _roll_out(fleet, rid, {m.name: _plan(plans, m) for m in members})
+        # a signal from here on stops the rollout (the batch loop): untouched hosts withdraw
+        return _roll_out(fleet, rid, {m.name: _plan(plans, m) for m in members}, seen)
 
 
 def _plan(plans: Mapping[str, object], m: Member) -> DeployPlan:
@@ -376,26 +416,30 @@ def _plan(plans: Mapping[str, object], m: Member) -> DeployPlan:
     return plan
 
 
-def _roll_out(fleet: Fleet, rid: str, plans: dict[str, DeployPlan]) -> Outcome:
-    """Activate and gate batch by batch; too many failures put back every host switched."""
+def _roll_out(
+    fleet: Fleet, rid: str, plans: dict[str, DeployPlan], seen: list[int] | None = None
+) -> Outcome:
+    """Activate and gate batch by batch; too many failures, or a signal (recorded in
+    `seen`), put back every host switched."""
     r = fleet.reporter
     rollout = fleet.inventory.rollout
     members = fleet.members
     batches = rollout.batches(len(members))
     with ThreadPoolExecutor(max_workers=2 * len(members), thread_name_prefix="host") as pool:
-        run = _Rollout(fleet, rid, plans, pool)
+        run = _Rollout(fleet, rid, plans, pool, seen)
         stop = run.activate(batches)
         results, switched, failed, signals = run.results, run.switched, run.failed, run.signals
         reason = "; ".join(f"{m.name}: {_what(results[m.name])}" for m in failed)
         evidence: tuple[str, ...] = ()
-        if signals and not failed:
-            reason = f"the rollout: interrupted by {signal.Signals(signals[0]).name}"
         if not stop and not fleet.members[0].deps.dry_run:
             front = _smoke_front_door(fleet, rid)
-            if front is not None:  # the whole fleet switched, but users would see it fail
+            if front is not None and not signals:  # every host switched, users would see it fail
                 stop = True
                 reason = f"smoke.base_url ({fleet.inventory.smoke.base_url}): {front.message}"
                 evidence = tuple(f"front door: {line}" for line in front.evidence)
+        stop = stop or bool(signals)  # e.g. during the front door's smoke
+        if signals and not failed:
+            reason = f"the rollout: interrupted by {signal.Signals(signals[0]).name}"
         back: dict[str, Outcome | BaseException] = {}
         if stop:  # every host switched goes back (most are on their way already)
             run.put_back()
@@ -550,14 +594,20 @@ class _Rollout:
     it; a host of the batch that passes its gate after that goes back as soon as it is done."""
 
     def __init__(
-        self, fleet: Fleet, rid: str, plans: dict[str, DeployPlan], pool: ThreadPoolExecutor
+        self,
+        fleet: Fleet,
+        rid: str,
+        plans: dict[str, DeployPlan],
+        pool: ThreadPoolExecutor,
+        signals: list[int] | None = None,
     ) -> None:
         self.fleet, self.rid, self.plans, self.pool = fleet, rid, plans, pool
         self.max_failed = fleet.inventory.rollout.max_failed
         self.results: dict[str, Outcome | BaseException] = {}
         self.switched: list[Member] = []
         self.failed: list[Member] = []
-        self.signals: list[int] = []
+        # every signal of the run: raised in a wait, or recorded by _signals_recorded
+        self.signals: list[int] = signals if signals is not None else []
         self.back: dict[str, Future[Outcome]] = {}
         self._failing = 0
         self._lock = threading.Lock()
@@ -567,6 +617,8 @@ class _Rollout:
         """Every batch in turn; True when the rollout stopped (the fleet goes back)."""
         members = self.fleet.members
         for number, batch in enumerate(batches, 1):
+            if self._must_stop():  # e.g. a signal recorded after the ship, or between batches
+                return True
             group = [members[i] for i in batch]
             names = ", ".join(m.name for m in group)
             for m in group:

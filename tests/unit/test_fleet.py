@@ -3,11 +3,13 @@ all-or-nothing rollback, and what each host runs afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -55,6 +57,7 @@ class World:
         self.reporter = RecordingReporter()
         self.lb_status = 200  # what the load balancer (smoke.base_url) answers on /api
         self.lb_seen: list[str] = []
+        self.lb_hook: Callable[[], None] = lambda: None  # as the load balancer is asked
         self.hosts = [FakeHost(**host) for _ in self.inv.hosts]  # type: ignore[arg-type]
         self.clocks = [FakeClock() for _ in self.inv.hosts]
         kinds = [*remotes, *[FakeRemote] * len(self.hosts)]
@@ -100,6 +103,7 @@ class World:
 
     def front_door(self, request: httpx.Request) -> httpx.Response:
         self.lb_seen.append(request.url.path)
+        self.lb_hook()
         return httpx.Response(self.lb_status, json={"items": []})
 
 
@@ -419,3 +423,75 @@ def test_status_shows_the_hosts_it_reaches_and_names_the_others(world):
         ("web3", good, "free"),
     ]
     assert any("web2: unreachable, left out: connection refused" in x for x in world.reporter.lines)
+
+
+class SignallingReporter(RecordingReporter):
+    """Sends the process a real SIGTERM as the main thread enters (or leaves) a stage: a
+    moment between waits, where no host's flow is waited on."""
+
+    def __init__(self, stage: str, when: str) -> None:
+        super().__init__()
+        self.at, self.when, self.sent = stage, when, False
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        hit = not self.sent and self.at in name
+        if hit and self.when == "enter":
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        with super().stage(name):
+            yield
+        if hit and self.when == "leave":
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.fixture
+def sigterm_raises():
+    """SIGTERM handled as the CLI does (deploy.operations): Signalled in the main thread."""
+
+    def raise_signalled(signum: int, _frame: object) -> None:
+        raise Signalled(signum)
+
+    old = signal.signal(signal.SIGTERM, raise_signalled)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize(
+    ("stage", "when"),
+    [
+        ("(batch 1 of 3)", "leave"),  # host one just switched, batch two not started
+        ("(batch 2 of 3)", "enter"),
+        ("roll back", "enter"),  # a second signal while the switched hosts go back
+    ],
+)
+def test_sigterm_between_waits_puts_every_switched_host_back(world, sigterm_raises, stage, when):
+    good = world.ship().release
+    world.reporter = world.fleet.reporter = SignallingReporter(stage, when)
+    if stage == "roll back":  # the first signal: host two, during its gate
+        world.remotes[1].interrupt_on["pm2.jlist"] = functools.partial(Signalled, signal.SIGTERM)
+    out = world.ship()
+    assert world.fleet.reporter.sent
+    assert out.exit_code == 143 and out.result == "rolled-back", world.reporter.lines
+    assert world.currents() == [good] * 3
+    assert [h.running for h in world.hosts] == [good] * 3
+    assert all(h.lock is None for h in world.hosts)
+    assert out.hosts[0].result == "rolled-back" and out.hosts[2].result == "untouched"
+
+
+def test_sigterm_during_the_front_door_smoke_puts_every_host_back(
+    tmp_path, app_repo, sigterm_raises
+):
+    pack = app_repo / "smoke.yml"
+    pack.write_text(PACK)
+    smoke = f"smoke: {{base_url: 'http://lb.test', packs: [{pack}]}}\n"
+    world = World(tmp_path, app_repo, INVENTORY + smoke)
+    good = world.ship().release
+    # every host switched; the load balancer is being checked, in the main thread
+    world.lb_hook = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    out = world.ship()
+    assert out.exit_code == 143 and out.result == "rolled-back", world.reporter.lines
+    assert world.currents() == [good] * 3
+    assert [h.result for h in out.hosts] == ["rolled-back"] * 3
+    assert all(h.lock is None for h in world.hosts)
