@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -308,3 +311,33 @@ def test_blue_green_per_host_failure_on_host_two_puts_host_one_back(fleet: Fleet
                 capture_output=True,
                 timeout=60,
             )
+
+
+def test_sigterm_once_host_one_switched_puts_every_host_back(fleet: Fleet):
+    code, rep = run("deploy", fleet)
+    assert code == 0, rep.lines
+    good = rep.outcomes[-1].release
+    demo.commit_fault(fleet.repo, "")  # a new commit: a new release
+    argv = ["deploy", "test", "--plain", "--inventories", str(fleet.inv_dir)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while fleet.current(0) == good:  # each look is an SSH round trip: no sleep needed
+            assert proc.poll() is None and time.monotonic() < deadline, "host one never switched"
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output
+    assert [fleet.current(i) for i in range(3)] == [good] * 3, output
+    assert [fleet.serving(i) for i in range(3)] == [good] * 3
+    assert all(
+        fleet.ssh(i, f"test -d {fleet.root}/.releasegate/lock", check=False).returncode
+        for i in range(3)
+    ), output
