@@ -447,7 +447,9 @@ def test_the_apps_own_counter_reverts_a_release_the_access_log_signal_does_not_j
             "bake": {
                 "seconds": 15,
                 "max_error_ratio": 1,
-                "metrics": {"max_error_ratio": 0.05, "min_requests": 20},
+                # the counter counts every request (/version traffic and probes too), so the
+                # API's one-in-three 500s are a few percent of it: judge at 2 %
+                "metrics": {"max_error_ratio": 0.02, "min_requests": 20},
             }
         },
     )
@@ -458,7 +460,7 @@ def test_the_apps_own_counter_reverts_a_release_the_access_log_signal_does_not_j
     out = rep.outcomes[-1]
     assert code == 3 and out.result == "rolled-back", "\n".join(rep.lines)
     assert re.search(
-        r"bake gate failed: metrics: 5xx ratio 0\.\d+ > 0\.05 over \d+ requests", out.message
+        r"bake gate failed: metrics: 5xx ratio 0\.\d+ > 0\.02 over \d+ requests", out.message
     ), out.message
     assert app.live() == good and app.t.current() == good
     assert app.t.state_of(str(out.release)) == "bad"

@@ -125,14 +125,17 @@ def notice(event: str = "promoted", **kw: Any) -> notify.Notice:
     return notify.Notice(event=event, outcome=outcome(**kw), context=CONTEXT)
 
 
-def hooks(*specs: tuple[str, str, str], **env: str) -> tuple[notify.Hook, ...]:
-    """specs: (url_env, format, comma-separated events or '')."""
+def hooks(
+    *specs: tuple[str, str, str], timeout: float = 0.5, **env: str
+) -> tuple[notify.Hook, ...]:
+    """specs: (url_env, format, comma-separated events or ''). The short default timeout
+    keeps the tests of a stalled receiver short; tests that count deliveries give more."""
     config = NotifyConfig(
         webhooks=tuple(
             WebhookConfig(
                 url_env=name,
                 format=fmt,  # type: ignore[arg-type]
-                timeout=0.5,
+                timeout=timeout,
                 **({"events": tuple(events.split(","))} if events else {}),
             )
             for name, fmt, events in specs
@@ -258,6 +261,7 @@ def test_delivered_to_a_real_receiver_as_json_and_slack(receiver: Receiver):
     hs = hooks(
         ("HOOK_URL", "json", ""),
         ("SLACK_URL", "slack", ""),
+        timeout=10,
         HOOK_URL=receiver.url(),
         SLACK_URL=receiver.url(f"/slack/{URL_TOKEN}"),
     )
@@ -278,7 +282,7 @@ def test_delivered_to_a_real_receiver_as_json_and_slack(receiver: Receiver):
 
 
 def test_only_subscribed_events_are_sent(receiver: Receiver):
-    hs = hooks(("OPS_URL", "json", "rollback-failed"), OPS_URL=receiver.url())
+    hs = hooks(("OPS_URL", "json", "rollback-failed"), timeout=10, OPS_URL=receiver.url())
     rep = RecordingReporter()
     assert notify.announce(hs, notice(), reporter=rep, redact=Redactor()) == 0
     assert receiver.requests == [] and rep.lines == []
@@ -407,6 +411,7 @@ def test_outcomes_of_real_deploys_reach_the_receiver(world, receiver: Receiver):
     hs = hooks(
         ("HOOK_URL", "json", ""),
         ("SLACK_URL", "slack", "rolled-back,rollback-failed"),
+        timeout=10,  # every delivery is counted below: a busy machine must not lose one
         HOOK_URL=receiver.url(),
         SLACK_URL=receiver.url(f"/slack/{URL_TOKEN}"),
     )
