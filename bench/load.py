@@ -5,12 +5,19 @@
 from __future__ import annotations
 
 import http.client
-import json
-import threading
 import time
-from collections.abc import Callable
 
-from deploy.traffic import Hit, Load, Tally, check_target, fetch, final_run_start, tail_is
+from deploy.traffic import (
+    Hit,
+    Load,
+    Recorder,
+    Tally,
+    check_target,
+    fetch,
+    final_run_start,
+    release_of,
+    tail_is,
+)
 
 __all__ = [
     "Hit",
@@ -26,7 +33,7 @@ __all__ = [
 _CLOSED_BEFORE_ANSWER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
-class KeepAliveLoad:
+class KeepAliveLoad(Recorder):
     """GET requests at `rate` per second over one persistent HTTP/1.1 connection, the way an
     API client or a browser with a connection pool sends them, recorded as `Hit`s.
 
@@ -51,25 +58,13 @@ class KeepAliveLoad:
         check_target(host)
         if not 0 < rate <= 200 or not 0 < max_seconds <= 600:
             raise ValueError("rate must be in (0, 200] req/s and max_seconds in (0, 600]")
+        super().__init__("bench-keepalive")
         self._host, self._port, self._path = host, port, path
         self._interval = 1.0 / rate
         self._max_requests = int(rate * max_seconds)
         self._timeout = timeout
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._hits: list[Hit] = []
-        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-keepalive")
         self.retried = 0
         self.connections = 0
-        self.started = 0.0
-
-    def __enter__(self) -> KeepAliveLoad:
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _run(self) -> None:
         conn: http.client.HTTPConnection | None = None
@@ -80,8 +75,7 @@ class KeepAliveLoad:
                     return
                 sent = time.monotonic()
                 hit, conn = self._request(conn, sent, retry=True)
-                with self._lock:
-                    self._hits.append(hit)
+                self._record(hit)
         finally:
             if conn is not None:
                 conn.close()
@@ -109,29 +103,4 @@ class KeepAliveLoad:
         keep = None if response.will_close else conn
         if keep is None:
             conn.close()
-        release = None
-        try:
-            loaded = json.loads(body)
-            if isinstance(loaded, dict) and isinstance(loaded.get("release"), str):
-                release = loaded["release"]
-        except ValueError:
-            pass
-        return Hit(sent, time.monotonic(), response.status, release), keep
-
-    def hits(self) -> list[Hit]:
-        with self._lock:
-            return list(self._hits)
-
-    def wait_for(self, accept: Callable[[list[Hit]], bool], deadline: float) -> bool:
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if accept(self.hits()):
-                return True
-            if self._stop.wait(0.05) or not self._thread.is_alive():
-                return accept(self.hits())
-        return False
-
-    def stop(self) -> list[Hit]:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        return self.hits()
+        return Hit(sent, time.monotonic(), response.status, release_of(body)), keep

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,67 @@ def fetch(host: str, port: int, path: str, timeout: float) -> Hit:
         return Hit(sent, time.monotonic(), None, None, f"{type(exc).__name__}: {exc}"[:160])
     finally:
         conn.close()
-    release = None
+    return Hit(sent, time.monotonic(), response.status, release_of(body))
+
+
+def release_of(body: bytes) -> str | None:
+    """The "release" field of a JSON answer (the sample app's /version), if any."""
     try:
         loaded = json.loads(body)
-        if isinstance(loaded, dict) and isinstance(loaded.get("release"), str):
-            release = loaded["release"]
     except ValueError:
-        pass
-    return Hit(sent, time.monotonic(), response.status, release)
+        return None
+    if isinstance(loaded, dict) and isinstance(loaded.get("release"), str):
+        return str(loaded["release"])
+    return None
 
 
-class Load:
+class Recorder:
+    """What every load shares: a thread started on entry (`_run`, given by the subclass),
+    the hits it records, a bounded wait on them and a stop."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._hits: list[Hit] = []
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self.started = 0.0
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _record(self, hit: Hit) -> None:
+        with self._lock:
+            self._hits.append(hit)
+
+    def hits(self) -> list[Hit]:
+        with self._lock:
+            return sorted(self._hits, key=lambda h: h.sent)
+
+    def wait_for(self, accept: Callable[[list[Hit]], bool], deadline: float) -> bool:
+        """Until `accept(hits)` holds or `deadline` seconds pass (polls the recorded hits)."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if accept(self.hits()):
+                return True
+            if self._stop.wait(0.05) or not self._thread.is_alive():
+                return accept(self.hits())
+        return False
+
+    def stop(self) -> list[Hit]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.hits()
+
+
+class Load(Recorder):
     """`rate` requests per second to http://host:port/path until stopped, at most
     `max_seconds` and `rate * max_seconds` requests."""
 
@@ -82,26 +133,14 @@ class Load:
         check_target(host)
         if not 0 < rate <= 500 or not 0 < max_seconds <= 600:
             raise ValueError("rate must be in (0, 500] req/s and max_seconds in (0, 600]")
+        super().__init__("rg-traffic-rate")
         self._host, self._port, self._path = host, port, path
         self._interval = 1.0 / rate
         self._max_requests = int(rate * max_seconds)
         self._timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rg-traffic")
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._hits: list[Hit] = []
-        self._thread = threading.Thread(target=self._schedule, daemon=True, name="rg-traffic-rate")
-        self.started = 0.0
 
-    def __enter__(self) -> Load:
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _schedule(self) -> None:
+    def _run(self) -> None:
         for n in range(self._max_requests):
             due = self.started + n * self._interval
             if self._stop.wait(max(0.0, due - time.monotonic())):
@@ -109,23 +148,7 @@ class Load:
             self._pool.submit(self._one)
 
     def _one(self) -> None:
-        hit = fetch(self._host, self._port, self._path, self._timeout)
-        with self._lock:
-            self._hits.append(hit)
-
-    def hits(self) -> list[Hit]:
-        with self._lock:
-            return sorted(self._hits, key=lambda h: h.sent)
-
-    def wait_for(self, accept: Callable[[list[Hit]], bool], deadline: float) -> bool:
-        """Until `accept(hits)` holds or `deadline` seconds pass (polls the recorded hits)."""
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if accept(self.hits()):
-                return True
-            if self._stop.wait(0.05) or not self._thread.is_alive():
-                return accept(self.hits())
-        return False
+        self._record(fetch(self._host, self._port, self._path, self._timeout))
 
     def stop(self) -> list[Hit]:
         self._stop.set()

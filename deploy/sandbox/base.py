@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -178,6 +179,75 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return False
         time.sleep(interval)
     return True
+
+
+def ensure_keys(keys: tuple[tuple[Path, str], ...], name: str, log: Log) -> None:
+    """The sandbox's client and host key pairs ((path, "client"|"host"), …), created once per
+    state dir and kept by down(), so a pinned known_hosts stays valid."""
+    for key, comment in keys:
+        if key.exists() and key.with_suffix(".pub").exists():
+            continue
+        key.unlink(missing_ok=True)
+        key.with_suffix(".pub").unlink(missing_ok=True)
+        argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C"]
+        argv += [f"releasegate-sandbox-{name}-{comment}", "-f", str(key)]
+        try:
+            result = subprocess.run(
+                argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            result = subprocess.CompletedProcess(argv, 127, "", str(exc))
+        if result.returncode != 0:
+            raise SandboxError(
+                f"ssh-keygen could not create {key}: {result.stderr.strip()} (install "
+                "openssh-client)."
+            )
+        key.chmod(0o600)
+        log(f"sandbox {name}: created {comment} key {key}")
+
+
+def wait_system_running(
+    info: SandboxInfo,
+    deadline: float,
+    keys_dir: Path,
+    gone: Callable[[], str | None] = lambda: None,
+) -> str:
+    """Log in as the deploy user and wait for `systemctl is-system-running --wait`: that proves
+    the key, the pinned host key, PAM and a booted systemd at once. `gone` names why the
+    sandbox died while booting (None while it lives)."""
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            result = subprocess.run(
+                info.ssh_argv("systemctl", "is-system-running", "--wait"),
+                capture_output=True,
+                text=True,
+                timeout=max(deadline - time.monotonic(), 1.0),
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            break
+        state = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        if state in ("running", "degraded"):
+            return state
+        last = result.stderr.strip() or state or f"exit status {result.returncode}"
+        if "Host key verification failed" in last or "Permission denied" in last:
+            raise SandboxError(
+                f"sshd in the sandbox answers, but SSH login as {info.user} fails: {last}. "
+                f"The keys in {keys_dir} may be damaged: run down, delete the id_ed25519* "
+                "and ssh_host_ed25519_key* files there, and run up again."
+            )
+        if result.returncode != 255:  # 255 = ssh itself failed: retry; else systemd answered
+            raise SandboxError(f"The sandbox booted, but systemd reports state {state!r} ({last}).")
+        why = gone()
+        if why is not None:
+            raise SandboxError(why)
+        time.sleep(0.2)
+    raise SandboxError(
+        f"Timed out waiting for systemd in the sandbox to finish booting, or for SSH login as "
+        f"{info.user}@{info.address}:{info.port} to work (last error: {last or 'none'})."
+    )
 
 
 @contextmanager

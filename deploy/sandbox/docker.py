@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import ipaddress
-import subprocess
 import tarfile
 import time
 from contextlib import suppress
@@ -28,10 +27,12 @@ from deploy.sandbox.base import (
     SandboxError,
     SandboxInfo,
     SandboxSpec,
+    ensure_keys,
     locked,
     nolog,
     sshd_answers,
     validate,
+    wait_system_running,
     wait_until,
 )
 
@@ -237,7 +238,7 @@ def _start(client: Any, spec: SandboxSpec, tag: str, log: Log, deadline: float) 
                 f"{info.port}."
             )
         time.sleep(0.1)
-    state = _wait_system_running(info, deadline)
+    state = wait_system_running(info, deadline, info.state_dir)
     log(f"sandbox {spec.name}: systemd {state}")
     return info
 
@@ -271,39 +272,6 @@ def _local_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
         mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
         routes.append((fields[0], ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)))
     return routes
-
-
-def _wait_system_running(info: SandboxInfo, deadline: float) -> str:
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            result = subprocess.run(
-                info.ssh_argv("systemctl", "is-system-running", "--wait"),
-                capture_output=True,
-                text=True,
-                timeout=max(deadline - time.monotonic(), 1.0),
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            break
-        state = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-        if state in ("running", "degraded"):
-            return state
-        last = result.stderr.strip() or state or f"exit status {result.returncode}"
-        if "Host key verification failed" in last or "Permission denied" in last:
-            raise SandboxError(
-                f"sshd in the sandbox answers, but SSH login as {info.user} fails: {last}. "
-                f"The keys in {info.state_dir} may be damaged: run down, delete the id_ed25519* "
-                "and ssh_host_ed25519_key* files there, and run up again."
-            )
-        if result.returncode != 255:
-            raise SandboxError(f"The sandbox booted, but systemd reports state {state!r} ({last}).")
-        time.sleep(0.2)
-    raise SandboxError(
-        f"Timed out waiting for systemd in the sandbox to finish booting, or for SSH login as "
-        f"{info.user}@{info.address}:{info.port} to work (last error: {last or 'none'})."
-    )
 
 
 def _leftovers(client: Any, spec: SandboxSpec) -> bool:
@@ -350,41 +318,9 @@ def _container_logs(client: Any, spec: SandboxSpec) -> str:
 
 
 def _ensure_keys(spec: SandboxSpec, log: Log) -> None:
-    # Created once per state dir and kept by down(), so a pinned known_hosts stays valid.
     state = _state_dir(spec)
-    for key, comment in (
-        (state / "id_ed25519", "client"),
-        (state / "ssh_host_ed25519_key", "host"),
-    ):
-        if key.exists() and key.with_suffix(".pub").exists():
-            continue
-        key.unlink(missing_ok=True)
-        key.with_suffix(".pub").unlink(missing_ok=True)
-        result = subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                f"releasegate-sandbox-{spec.name}-{comment}",
-                "-f",
-                str(key),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode != 0:
-            raise SandboxError(
-                f"ssh-keygen could not create {key}: {result.stderr.strip()} (install "
-                "openssh-client)."
-            )
-        key.chmod(0o600)
-        log(f"sandbox {spec.name}: created {comment} key {key}")
+    keys = ((state / "id_ed25519", "client"), (state / "ssh_host_ed25519_key", "host"))
+    ensure_keys(keys, spec.name, log)
 
 
 def _keys_archive(spec: SandboxSpec) -> bytes:

@@ -27,7 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.sandbox.base import SAFE_PATH_RE as _SAFE_PATH_RE
-from deploy.sandbox.base import Log, SandboxError, SandboxInfo, SandboxSpec, sudoers_text
+from deploy.sandbox.base import (
+    Log,
+    SandboxError,
+    SandboxInfo,
+    SandboxSpec,
+    ensure_keys,
+    sudoers_text,
+    wait_system_running,
+)
 from deploy.sandbox.base import locked as _locked
 from deploy.sandbox.base import sshd_answers as _sshd_answers
 from deploy.sandbox.base import validate as _validate
@@ -374,7 +382,16 @@ def _boot(lay: _Layout, links: list[tuple[str, str]], log: Log, timeout: float) 
         f"after {time.monotonic() - start:.2f}s"
     )
     info = lay.info(pid1)
-    state = _wait_system_running(info, pid1, lay, deadline)
+    state = wait_system_running(
+        info,
+        deadline,
+        lay.state_dir,
+        gone=lambda: (
+            None
+            if _is_sandbox_init(pid1, lay)
+            else f"The sandbox's init (host pid {pid1}) exited while booting."
+        ),
+    )
     log(f"sandbox {lay.spec.name}: systemd {state} after {time.monotonic() - start:.2f}s")
     if state == "degraded":
         failed = _ssh(info, ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"], 30)
@@ -387,28 +404,7 @@ def _boot(lay: _Layout, links: list[tuple[str, str]], log: Log, timeout: float) 
 
 
 def _ensure_keys(lay: _Layout, log: Log) -> None:
-    # Created once per state dir and kept by down(), so a pinned known_hosts stays valid.
-    for key, comment in ((lay.client_key, "client"), (lay.host_key, "host")):
-        if key.exists() and key.with_suffix(".pub").exists():
-            continue
-        key.unlink(missing_ok=True)
-        key.with_suffix(".pub").unlink(missing_ok=True)
-        _run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                f"releasegate-sandbox-{lay.spec.name}-{comment}",
-                "-f",
-                str(key),
-            ]
-        )
-        key.chmod(0o600)
-        log(f"sandbox {lay.spec.name}: created {comment} key {key}")
+    ensure_keys(((lay.client_key, "client"), (lay.host_key, "host")), lay.spec.name, log)
 
 
 def _write_known_hosts(lay: _Layout) -> None:
@@ -540,36 +536,6 @@ def _wait_for_sshd(lay: _Layout, pid1: int, deadline: float) -> None:
                 "machine (apt-get install openssh-server)."
             )
         time.sleep(0.05)
-
-
-def _wait_system_running(info: SandboxInfo, pid1: int, lay: _Layout, deadline: float) -> str:
-    # Logging in as the deploy user also proves the key, the pinned host key and PAM work.
-    last = ""
-    while time.monotonic() < deadline:
-        remaining = max(deadline - time.monotonic(), 1.0)
-        try:
-            result = _ssh(info, ["systemctl", "is-system-running", "--wait"], remaining)
-        except subprocess.TimeoutExpired:
-            break
-        state = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-        if state in ("running", "degraded"):
-            return state
-        last = result.stderr.strip() or state or f"exit status {result.returncode}"
-        if "Host key verification failed" in last or "Permission denied" in last:
-            raise SandboxError(
-                f"sshd in the sandbox answers, but SSH login as {info.user} fails: {last}. "
-                f"The keys in {lay.state_dir} may be damaged: run down(), delete the "
-                "id_ed25519* and ssh_host_ed25519_key* files there, and run up() again."
-            )
-        if result.returncode != 255:  # 255 = ssh itself failed: retry; else systemd answered
-            raise SandboxError(f"The sandbox booted, but systemd reports state {state!r} ({last}).")
-        if not _is_sandbox_init(pid1, lay):
-            raise SandboxError(f"The sandbox's init (host pid {pid1}) exited while booting.")
-        time.sleep(0.2)
-    raise SandboxError(
-        f"Timed out waiting for systemd in the sandbox to finish booting, or for SSH login as "
-        f"{info.user}@{info.address} to work (last error: {last or 'none'})."
-    )
 
 
 def _ssh(

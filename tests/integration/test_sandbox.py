@@ -8,7 +8,6 @@ import dataclasses
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,13 @@ import pytest
 
 from deploy import sandbox
 from deploy.sandbox import SandboxError, SandboxInfo, SandboxSpec, namespaces
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.1)
+    wait_until(predicate, timeout, what or str(predicate))
 
 
 def ssh(

@@ -4,7 +4,6 @@ count, not a timing: the proxy adds no delay here."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from bench.rig import DelayProxy, known_hosts_for
 from deploy import demo, operations
 from deploy.operations import Options
 from deploy.report import RecordingReporter
+from tests.conftest import wait_until
 from tests.integration.conftest import Target
 from tests.integration.test_deploy import deploy
 
@@ -41,12 +41,10 @@ def test_a_warm_deploy_through_the_proxy_takes_few_turns(target: Target, tmp_pat
         (target.inv_dir / "wan.yml").write_text(yaml.safe_dump(data))
         rep = RecordingReporter()
         assert operations.run_deploy("wan", Options(inventories=target.inv_dir), reporter=rep) == 0
-        deadline = time.monotonic() + 10
-        while not proxy.events("close") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        closed = proxy.events("close")
+        closed = wait_until(
+            lambda: proxy.events("close"), 10, "the proxied connection to close after the deploy"
+        )
     assert len(proxy.events("accept")) == 1  # one SSH connection for the whole deploy
-    assert closed, "the proxied connection did not close after the deploy"
     turns = sum(int(e["turns"]) for e in closed)
     assert turns <= MAX_TURNS, (turns, rep.lines)
     assert target.current() == rep.outcomes[-1].release

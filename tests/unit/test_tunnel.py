@@ -7,6 +7,7 @@ import socket
 import time
 
 from deploy.remote import _Forwarder
+from tests.conftest import wait_until
 
 
 class FakeTransport:
@@ -26,9 +27,7 @@ def test_bytes_flow_through_and_closing_takes_no_poll_interval():
     forward = _Forwarder(transport, 80)  # type: ignore[arg-type]
     client = socket.create_connection(("127.0.0.1", forward.local_port), timeout=5)
     client.sendall(b"ping")
-    deadline = time.monotonic() + 5
-    while not transport.hosts and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: transport.hosts, 5, "the forwarder to open its channel", every=0.01)
     transport.hosts[0].settimeout(5)
     assert transport.hosts[0].recv(4) == b"ping"
     transport.hosts[0].sendall(b"pong")
