@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from deploy import artifact as artifacts
 from deploy import commands, flow
+from deploy.deps import Deps, host_ops
 from deploy.errors import (
     AbortedBeforeLive,
     ConfigError,
@@ -41,14 +42,18 @@ from deploy.errors import (
     LockHeld,
     PreflightFailed,
     ReleasegateError,
+    Signalled,
 )
-from deploy.flow import DeployPlan, Deps, Signalled
+from deploy.flow import DeployPlan
 from deploy.host import HostOps
 from deploy.inventory import Inventory
 from deploy.journal import HostState
-from deploy.model import HostLive, HostStatus, Outcome, ReleaseState
+from deploy.locking import lock_manually, locked, unlock
+from deploy.model import HostLive, HostStatus, Outcome, ReleaseState, check_release_id
 from deploy.remote import Remote
 from deploy.report import Reporter
+from deploy.rollback import rollback_locked
+from deploy.status import host_status
 from smoke.runner import run_packs
 
 T = TypeVar("T")
@@ -306,7 +311,7 @@ def opened(
         members = []
         for index, (part, remote) in enumerate(pairs):
             d = make_deps(part, remote, reporters[part.host.name], index)
-            members.append(Member(d, flow.host_ops(d)))
+            members.append(Member(d, host_ops(d)))
         yield Fleet(inventory=inv, members=members, reporter=reporter, unreachable=unreachable)
     finally:
         for _part, remote in pairs:
@@ -321,7 +326,7 @@ def locked_all(fleet: Fleet, op: str) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for index, m in enumerate(fleet.members):
             try:
-                stack.enter_context(flow.locked(m.deps, m.host, op))
+                stack.enter_context(locked(m.deps, m.host, op))
             except ReleasegateError as exc:
                 taken = [x.name for x in fleet.members[:index]]
                 stack.close()
@@ -684,7 +689,7 @@ def _put_back(m: Member, previous: str | None) -> Outcome:
     it was on, gated; the new one is recorded rolled-back there (never a plain rollback's
     target)."""
     m.host.state_at_lock = None  # read at the lock, before this deploy: read the host again
-    return flow.rollback_locked(m.deps, m.host, previous)
+    return rollback_locked(m.deps, m.host, previous)
 
 
 def _back_safely(res: Outcome | BaseException) -> bool:
@@ -754,7 +759,7 @@ def rollback(fleet: Fleet, to: str | None = None) -> Outcome:
     one any host runs), or to `to`; each gated. Checked on every host before any changes."""
     inv = fleet.inventory
     members = fleet.members
-    flow.check_release_id(to, inv.env)
+    check_release_id(to, inv.env)
     with locked_all(fleet, "rollback"):
         read = each(members, lambda m: m.host.state_at_lock or m.host.read_state())
         _all_done(read, members, "reading the host state")
@@ -860,11 +865,11 @@ def lock(fleet: Fleet, message: str) -> Outcome:
     taken: list[Member] = []
     for m in fleet.members:
         try:
-            flow.lock_manually(m.deps, message)
+            lock_manually(m.deps, message)
         except ReleasegateError as exc:
             for held in reversed(taken):
                 with contextlib.suppress(ReleasegateError):
-                    flow.unlock(held.deps, force=False, reason=None)
+                    unlock(held.deps, force=False, reason=None)
             freed = (
                 f" The locks this command took on {', '.join(t.name for t in taken)} were "
                 f"released again;"
@@ -897,7 +902,7 @@ def status(fleet: Fleet) -> int:
     """Each host's status, a table of them all, and a warning when they run different
     releases (drift)."""
     members = fleet.members
-    found = each(members, lambda m: flow.status(m.deps))
+    found = each(members, lambda m: host_status(m.deps))
     rows = [[name, "?", "?", "unreachable", "?"] for name in fleet.unreachable]
     currents: dict[str, str | None] = {}
     code = 5 if fleet.unreachable else 0  # the view is incomplete

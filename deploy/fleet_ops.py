@@ -10,7 +10,7 @@ from pathlib import Path
 
 from deploy import fleet
 from deploy.clock import SystemClock
-from deploy.flow import Deps, GatePacks
+from deploy.deps import Deps, GatePacks
 from deploy.inventory import Inventory
 from deploy.model import Outcome
 from deploy.plan import PlanRemote

@@ -10,6 +10,8 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from deploy.errors import ConfigError
+
 if TYPE_CHECKING:
     from deploy.slots import SlotView
 
@@ -36,6 +38,14 @@ class ReleaseState(StrEnum):
 
 def is_release_id(value: str) -> bool:
     return bool(RELEASE_ID.match(value))
+
+
+def check_release_id(to: str | None, env: str, option: str = "--to") -> None:
+    if to is not None and not is_release_id(to):
+        raise ConfigError(
+            f"{option} {to!r} is not a release id: ids look like 20261122143055-1a2b3c4 "
+            f"(see `releasegate releases {env}`)"
+        )
 
 
 def new_release_id(sha: str, now: datetime) -> str:

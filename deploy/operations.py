@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from deploy import fleet_ops, inventory, notify
     from deploy.artifact import Source
     from deploy.commands import Cmd
-    from deploy.flow import Deps
+    from deploy.deps import Deps
     from deploy.inventory import Inventory
     from deploy.model import Outcome
     from deploy.preflight import Check
@@ -277,7 +277,7 @@ def _signals_as_exceptions(seen: list[int] | None = None) -> Iterator[None]:
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         if seen is not None:
-            seen.append(signum)  # in case Python drops the exception (see flow.Deps.signals)
+            seen.append(signum)  # in case Python drops the exception (see deploy.deps.Deps.signals)
         raise Signalled(signum)
 
     old = signal.signal(signal.SIGTERM, on_term)
@@ -337,7 +337,7 @@ def _operation(
     redact = Redactor()
     rep = reporter or make_reporter(opts, redact, env=env)
 
-    seen: list[int] = []  # signals the handler saw (flow.Deps.signals)
+    seen: list[int] = []  # signals the handler saw (deploy.deps.Deps.signals)
 
     def run() -> int:
         if inv_override is None:
@@ -371,7 +371,7 @@ def _operation(
 
         from deploy import fleet_ops
         from deploy.clock import SystemClock
-        from deploy.flow import Deps
+        from deploy.deps import Deps
         from deploy.plan import PlanRemote
 
         token = health_token(inv)
@@ -527,12 +527,12 @@ def run_rollback(
     env: str, opts: Options, *, to: str | None = None, reporter: Reporter | None = None
 ) -> int:
     def body(d: Deps) -> Outcome:
-        from deploy import flow
+        from deploy.rollback import rollback
 
-        return flow.rollback(d, to)
+        return rollback(d, to)
 
     def validate(inv: Inventory) -> None:
-        from deploy.flow import check_release_id
+        from deploy.model import check_release_id
 
         check_release_id(to, inv.env)
 
@@ -554,12 +554,12 @@ def run_resolve(
     with the actor and the reason."""
 
     def body(d: Deps) -> Outcome:
-        from deploy import flow
+        from deploy.needs_human import resolve
 
-        return flow.resolve(d, mark_good=mark_good, reason=reason)
+        return resolve(d, mark_good=mark_good, reason=reason)
 
     def validate(inv: Inventory) -> None:
-        from deploy.flow import check_release_id
+        from deploy.model import check_release_id
 
         check_release_id(mark_good, inv.env, option="--mark-good")
 
@@ -587,7 +587,7 @@ def run_preflight(
         from deploy.artifact import Source
         from deploy.artifact import build as artifact_build
         from deploy.clock import SystemClock
-        from deploy.flow import Deps
+        from deploy.deps import Deps, host_ops
         from deploy.preflight import Check
 
         inv = inventory.load(env, opts.inventories)
@@ -631,7 +631,7 @@ def run_preflight(
                         workdir=Path(work),
                         redact=redact,
                     )
-                    found = flow.preflight_checks(deps, flow.host_ops(deps), size)
+                    found = flow.preflight_checks(deps, host_ops(deps), size)
                     results += [replace(c, name=f"{on}{c.name}") for c in found]
                 finally:
                     remote.close()
@@ -656,9 +656,10 @@ def run_setup(env: str, opts: Options, *, reporter: Reporter | None = None) -> i
 
     def body(d: Deps) -> Outcome:
         from deploy import flow
+        from deploy.deps import host_ops
         from deploy.model import Outcome
 
-        host = flow.host_ops(d)
+        host = host_ops(d)
         try:
             host.prepare()
         except ReleasegateError as exc:
@@ -741,9 +742,9 @@ def run_lock(env: str, opts: Options, *, message: str, reporter: Reporter | None
         return _guard(reporter or make_reporter(opts, Redactor()), _needs_message, "lock")
 
     def body(d: Deps) -> Outcome:
-        from deploy import flow
+        from deploy.locking import lock_manually
 
-        return flow.lock_manually(d, message)
+        return lock_manually(d, message)
 
     return _operation(
         "lock", env, opts, body, reporter=reporter,
@@ -759,9 +760,9 @@ def run_unlock(
     env: str, opts: Options, *, force: bool, reason: str | None, reporter: Reporter | None = None
 ) -> int:
     def body(d: Deps) -> Outcome:
-        from deploy import flow
+        from deploy.locking import unlock
 
-        return flow.unlock(d, force=force, reason=reason)
+        return unlock(d, force=force, reason=reason)
 
     return _operation("unlock", env, opts, body, reporter=reporter)
 
@@ -774,9 +775,9 @@ def run_status(
     inv_override: Inventory | None = None,
 ) -> int:
     def body(d: Deps) -> int:
-        from deploy import flow
+        from deploy.status import host_status
 
-        d.reporter.status(flow.status(d))
+        d.reporter.status(host_status(d))
         return 0
 
     return _operation(
@@ -787,15 +788,16 @@ def run_status(
 
 def run_releases(env: str, opts: Options, *, reporter: Reporter | None = None) -> int:
     def body(d: Deps) -> int:
-        from deploy import flow, journal
+        from deploy import journal
+        from deploy.deps import host_ops, strategy_for
 
-        host = flow.host_ops(d)
+        host = host_ops(d)
         state = host.read_state()
         rows = journal.release_rows(state)
         # blue/green: which release runs in which slot, and what for (live, warm, paused)
         roles = {
             r.release: f"{r.role} in {r.slot}"
-            for r in flow.strategy_for(d, host, state).roles()
+            for r in strategy_for(d, host, state).roles()
             if r.release
         }
         d.reporter.table(
@@ -838,11 +840,10 @@ def run_history(
     reporter: Reporter | None = None,
 ) -> int:
     def body(d: Deps) -> int:
-        from deploy import flow, journal
+        from deploy import journal
+        from deploy.deps import host_ops
 
-        entries = journal.history(
-            flow.host_ops(d).read_state(), op=op, release=release, limit=limit
-        )
+        entries = journal.history(host_ops(d).read_state(), op=op, release=release, limit=limit)
         d.reporter.table(
             f"journal of {d.inventory.host.name}:{d.inventory.host.root} (newest first)",
             ["time", "op", "release", "state", "actor", "detail"],

@@ -14,10 +14,13 @@ import pytest
 
 from deploy import flow
 from deploy.artifact import Source
+from deploy.deps import Deps, host_ops
 from deploy.errors import NotSwitched, PreflightFailed
-from deploy.flow import Deps
 from deploy.inventory import parse
+from deploy.model import Outcome
 from deploy.report import RecordingReporter
+from deploy.rollback import rollback
+from deploy.status import host_status
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
 
@@ -69,7 +72,7 @@ def world(tmp_path: Path, app_repo: Path) -> World:
     return make_world(tmp_path, app_repo)
 
 
-def ship(w: World, fault: str = "") -> flow.Outcome:
+def ship(w: World, fault: str = "") -> Outcome:
     w.remote.next_fault = fault
     (w.repo / "version.txt").write_text(f"{fault}{len(w.remote.log)}\n")
     git(w.repo, "add", "-A")
@@ -156,7 +159,7 @@ def test_keep_warm_leaves_the_previous_release_running_without_traffic(
     assert w.host.slot_links == {"green": first, "blue": second}
     assert set(w.host.slot_procs) == {"green", "blue"}
     assert w.host.upstream == (BLUE, None) and answers(w) == {second}
-    views = {v.slot.name: v.role for v in flow.status(w.deps).slots}
+    views = {v.slot.name: v.role for v in host_status(w.deps).slots}
     assert views == {"blue": "live", "green": "warm"}
 
 
@@ -211,7 +214,7 @@ def test_pause_leaves_the_rejected_release_running_without_traffic_until_the_nex
     assert "paused" in bad.message
     assert w.host.slot_links == {"green": good, "blue": bad.release}
     assert set(w.host.slot_procs) == {"green", "blue"} and answers(w) == {good}
-    views = {v.slot.name: (v.role, v.release) for v in flow.status(w.deps).slots}
+    views = {v.slot.name: (v.role, v.release) for v in host_status(w.deps).slots}
     assert views == {"green": ("live", good), "blue": ("paused", bad.release)}
     third = ship(w)
     assert third.exit_code == 0
@@ -316,7 +319,7 @@ def test_a_manual_rollback_to_a_warm_release_is_a_switch(tmp_path: Path, app_rep
     first = ship(w).release
     second = ship(w).release
     before = len(w.remote.log)
-    out = flow.rollback(w.deps)
+    out = rollback(w.deps)
     assert out.exit_code == 0 and out.result == "rolled-back", w.reporter.lines
     names = w.remote.names()[before:]
     assert "pm2.start_slot" not in names  # nothing started: it was warm
@@ -330,7 +333,7 @@ def test_a_manual_rollback_to_a_stopped_release_is_gated_in_the_idle_slot(world:
     first = ship(world).release
     ship(world)
     before = len(world.remote.log)
-    out = flow.rollback(world.deps)
+    out = rollback(world.deps)
     assert out.exit_code == 0, world.reporter.lines
     names = world.remote.names()[before:]
     assert (
@@ -367,7 +370,7 @@ def test_a_run_killed_between_the_front_door_and_current_is_made_consistent(worl
     assert h.current == good and h.upstream == (BLUE, GREEN)
     world.remote.dead, world.remote.dies_after = False, None
     h.lock = None
-    out = flow.rollback(world.deps)
+    out = rollback(world.deps)
     # current followed the front door, the unverified release failed its bake and the
     # previous one (still running as the backup) took the traffic back: the one step back
     assert out.exit_code == 0 and out.result == "rolled-back", world.reporter.lines
@@ -429,7 +432,7 @@ def test_status_lists_the_slots_in_words_and_in_json(tmp_path: Path, app_repo: P
     w = make_world(tmp_path, app_repo, "retire: keep-warm")
     first = ship(w).release
     second = ship(w).release
-    status = flow.status(w.deps)
+    status = host_status(w.deps)
     lines = status_lines(status)
     assert any(line.startswith("  blue  :3001  live") and str(second) in line for line in lines)
     assert any(f"{first}  good  <- warm in green" in line for line in lines)
@@ -490,7 +493,7 @@ def test_setup_tells_a_cluster_mode_app_how_to_start_the_pm2_daemon(
     # a cluster worker that crashes while the daemon hands it a connection hangs that request
     # under Node's round-robin (docs/blue-green.md); fork mode has no such handoff
     w = make_world(tmp_path, app_repo, instances=instances)
-    flow.setup_front_door(w.deps, flow.host_ops(w.deps))
+    flow.setup_front_door(w.deps, host_ops(w.deps))
     text = "\n".join(w.reporter.lines)
     if instances > 1:
         assert "Environment=NODE_CLUSTER_SCHED_POLICY=none" in text

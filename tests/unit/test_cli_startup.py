@@ -22,6 +22,7 @@ HEAVY = (
     "rich",
     "jinja2",
     "deploy.flow",
+    "deploy.deps",
     "deploy.inventory",
     "smoke.commands",
     "smoke.baseline",

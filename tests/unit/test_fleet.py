@@ -18,8 +18,8 @@ import pytest
 from deploy import fleet, notify
 from deploy.artifact import Source
 from deploy.commands import Cmd
-from deploy.errors import ConnectionLost, HostUnreachable, LockHeld, PreflightFailed
-from deploy.flow import Deps, Signalled, host_ops
+from deploy.deps import Deps, host_ops
+from deploy.errors import ConnectionLost, HostUnreachable, LockHeld, PreflightFailed, Signalled
 from deploy.inventory import Inventory, parse
 from deploy.model import Outcome
 from deploy.plan import PlanRemote

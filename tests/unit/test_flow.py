@@ -10,10 +10,21 @@ import pytest
 
 from deploy import flow
 from deploy.artifact import Source
-from deploy.errors import AbortedBeforeLive, ConfigError, HumanNeeded, Interrupted, LockHeld
-from deploy.flow import Deps
+from deploy.deps import Deps
+from deploy.errors import (
+    AbortedBeforeLive,
+    ConfigError,
+    HumanNeeded,
+    Interrupted,
+    LockHeld,
+    Signalled,
+)
 from deploy.inventory import parse
+from deploy.locking import lock_manually, unlock
+from deploy.model import Outcome
 from deploy.report import RecordingReporter
+from deploy.rollback import rollback
+from deploy.status import host_status
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
 
@@ -44,7 +55,7 @@ def world(tmp_path: Path, app_repo: Path):
     return deps, host, remote, app_repo
 
 
-def ship(deps: Deps, repo: Path, fault: str = "") -> flow.Outcome:
+def ship(deps: Deps, repo: Path, fault: str = "") -> Outcome:
     remote = getattr(deps.remote, "_real", deps.remote)
     assert isinstance(remote, FakeRemote)
     remote.next_fault = fault
@@ -172,7 +183,7 @@ def test_sigterm_after_switch_rolls_back_exit_143(world):
     deps, host, remote, repo = world
     good = ship(deps, repo).release
     deps.clock.sleep(2)
-    remote.interrupt_on["pm2.activate"] = lambda: flow.Signalled(15)  # type: ignore[assignment]
+    remote.interrupt_on["pm2.activate"] = lambda: Signalled(15)  # type: ignore[assignment]
     out = ship(deps, repo)
     assert out.exit_code == 143
     assert host.current == good == host.running
@@ -190,15 +201,15 @@ def test_manual_rollback_to_previous_good(world):
     first = ship(deps, repo).release
     deps.clock.sleep(2)
     second = ship(deps, repo).release
-    out = flow.rollback(deps)
+    out = rollback(deps)
     assert out.exit_code == 0 and out.live == first == host.current == host.running
     # the newest good entry is now `first`: an automatic rollback would go there
     assert (first, "good") in states(host)[-2:]
     # the release left is rolled-back: rolling back again never returns there (only --to)
     assert states(host)[-1] == (second, "rolled-back")
     with pytest.raises(HumanNeeded, match=f"--to {second}"):
-        flow.rollback(deps)
-    assert flow.rollback(deps, to=second).live == second
+        rollback(deps)
+    assert rollback(deps, to=second).live == second
 
 
 def test_manual_rollback_refuses_bad_and_unknown(world):
@@ -207,11 +218,11 @@ def test_manual_rollback_refuses_bad_and_unknown(world):
     deps.clock.sleep(2)
     bad = ship(deps, repo, fault="ready_503").release
     with pytest.raises(ConfigError, match="not good"):
-        flow.rollback(deps, to=bad)
+        rollback(deps, to=bad)
     with pytest.raises(ConfigError, match="does not exist"):
-        flow.rollback(deps, to="20200101000000-0000000")
+        rollback(deps, to="20200101000000-0000000")
     with pytest.raises(ConfigError, match="not a release id"):
-        flow.rollback(deps, to="../../etc")
+        rollback(deps, to="../../etc")
     assert host.lock is None
 
 
@@ -219,7 +230,7 @@ def test_manual_rollback_without_target_needs_human(world):
     deps, host, remote, repo = world
     ship(deps, repo)
     with pytest.raises(HumanNeeded):
-        flow.rollback(deps)
+        rollback(deps)
     assert host.lock is None
 
 
@@ -228,7 +239,7 @@ def test_status_reports_current_and_last_good(world):
     good = ship(deps, repo).release
     deps.clock.sleep(2)
     bad = ship(deps, repo, fault="ready_503").release
-    st = flow.status(deps)
+    st = host_status(deps)
     assert st.current == good and st.last_good == good
     assert dict(st.releases) == {good: "good", bad: "bad"}
     assert st.process is not None and st.process.status == "online"
@@ -290,16 +301,16 @@ def test_stale_lock_of_a_dead_local_process_is_broken(world):
 
 def test_manual_lock_blocks_deploys_until_its_holder_unlocks(world):
     deps, host, remote, repo = world
-    flow.lock_manually(deps, "release freeze")
+    lock_manually(deps, "release freeze")
     assert host.lock is not None
     with pytest.raises(LockHeld, match="release freeze"):
         ship(deps, repo)
-    other = flow.Deps(**{**deps.__dict__, "actor": "mallory"})
+    other = Deps(**{**deps.__dict__, "actor": "mallory"})
     with pytest.raises(LockHeld, match="only its holder"):
-        flow.unlock(other, force=False, reason=None)
+        unlock(other, force=False, reason=None)
     with pytest.raises(ConfigError, match="--reason"):
-        flow.unlock(other, force=True, reason=None)
-    assert flow.unlock(deps, force=False, reason=None).result == "unlocked"
+        unlock(other, force=True, reason=None)
+    assert unlock(deps, force=False, reason=None).result == "unlocked"
     assert host.lock is None
     assert ship(deps, repo).exit_code == 0
 
@@ -307,7 +318,7 @@ def test_manual_lock_blocks_deploys_until_its_holder_unlocks(world):
 def test_forced_unlock_records_the_reason(world):
     deps, host, remote, repo = world
     host.lock = ("f" * 32, json.dumps({"actor": "ci", "op": "deploy", "pid": 1, "host": "gone"}))
-    flow.unlock(deps, force=True, reason="runner was cancelled")
+    unlock(deps, force=True, reason="runner was cancelled")
     assert host.lock is None
     entry = json.loads(host.journal[-1])
     assert entry["op"] == "unlock" and entry["detail"]["reason"] == "runner was cancelled"

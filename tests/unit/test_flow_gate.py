@@ -11,8 +11,9 @@ import pytest
 
 from deploy import flow
 from deploy.artifact import Source
-from deploy.flow import Deps
+from deploy.deps import Deps
 from deploy.inventory import parse
+from deploy.model import Outcome
 from deploy.report import RecordingReporter
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
@@ -50,7 +51,7 @@ def plain(tmp_path: Path, app_repo: Path):
     return (*world(tmp_path, app_repo), app_repo)
 
 
-def ship(deps: Deps, repo: Path, fault: str = "", tag: str | None = None) -> flow.Outcome:
+def ship(deps: Deps, repo: Path, fault: str = "", tag: str | None = None) -> Outcome:
     remote = deps.remote
     assert isinstance(remote, FakeRemote)
     remote.next_fault = fault

@@ -23,10 +23,13 @@ from click.testing import CliRunner
 from deploy import flow
 from deploy.artifact import Source
 from deploy.cli import main
-from deploy.flow import Deps
+from deploy.deps import Deps
+from deploy.errors import ReleasegateError
 from deploy.inventory import parse
+from deploy.locking import lock_manually, unlock
 from deploy.plan import PlanRemote
 from deploy.report import JsonReporter
+from deploy.status import host_status
 from smoke import jsonlines
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
@@ -115,7 +118,7 @@ def run_op(
     try:
         result = body(deps)
         code = result.exit_code if hasattr(result, "exit_code") else 0
-    except flow.ReleasegateError as exc:
+    except ReleasegateError as exc:
         rep.error(exc.message, exc.evidence, exit_code=exc.exit_code)
         code = exc.exit_code
     rep.finish(op, code)
@@ -138,15 +141,13 @@ def test_deploy_rollback_status_lock_and_dry_run_json_match_the_schema(world):
     got = run_op(deps, out, "deploy", deploy)
     assert (got[-1]["result"], got[-1]["exit_code"]) == ("rolled-back", 3)
 
-    got = run_op(deps, out, "status", lambda d: d.reporter.status(flow.status(d)))
+    got = run_op(deps, out, "status", lambda d: d.reporter.status(host_status(d)))
     assert [r["event"] for r in got] == ["status", "outcome"]
 
-    assert run_op(deps, out, "lock", lambda d: flow.lock_manually(d, "db"))[-1]["result"] == (
-        "locked"
-    )
+    assert run_op(deps, out, "lock", lambda d: lock_manually(d, "db"))[-1]["result"] == ("locked")
     locked = run_op(deps, out, "deploy", deploy)
     assert (locked[-1]["result"], locked[-1]["exit_code"]) == ("error", 4)
-    unlocked = run_op(deps, out, "unlock", lambda d: flow.unlock(d, force=False, reason=None))
+    unlocked = run_op(deps, out, "unlock", lambda d: unlock(d, force=False, reason=None))
     assert unlocked[-1]["result"] == "unlocked"
 
     commit(repo, "three")

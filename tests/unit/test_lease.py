@@ -11,9 +11,11 @@ import threading
 import httpx
 import pytest
 
-from deploy import commands, flow
+from deploy import commands
+from deploy.deps import Deps, host_ops
 from deploy.errors import LockHeld
 from deploy.lock import LeaseKeeper
+from deploy.locking import lock_manually
 from deploy.redact import Redactor
 from tests.conftest import wait_until
 from tests.fakehost import FakeHost, app_handler
@@ -68,7 +70,7 @@ def test_a_killed_run_elsewhere_is_broken_after_its_lease_and_its_release_gated_
     good = ship(deps, repo).release
     deps.clock.sleep(2)
     # a CI runner on another machine, SIGKILLed right after its switch
-    other = flow.Deps(**{**deps.__dict__, "machine": "runner-7"})
+    other = Deps(**{**deps.__dict__, "machine": "runner-7"})
     remote.dies_after = "pm2.activate"
     ship(other, repo, fault="ready_503")
     killed = host.current
@@ -105,7 +107,7 @@ def test_activation_refuses_when_our_lock_was_broken_meanwhile(world):
 
 def test_manual_lock_has_no_lease(world):
     deps, host, remote, repo = world
-    flow.lock_manually(deps, "freeze")
+    lock_manually(deps, "freeze")
     assert host.lock is not None and host.lease is None
     deps.clock.sleep(10_000)
     with pytest.raises(LockHeld, match="no lease: held until unlocked"):
@@ -153,7 +155,7 @@ def test_keeper_stops_renewing_once_the_lock_is_lost_and_retries_a_failed_trip()
 
 def test_our_lease_is_renewed_on_the_host_while_we_hold_it(world):
     deps, host, remote, repo = world
-    ops = flow.host_ops(deps)
+    ops = host_ops(deps)
     assert ops.try_lock("deploy", deps.clock.now()) is None
     deps.clock.sleep(30)
     assert ops.renew_lease() is None

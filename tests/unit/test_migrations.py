@@ -12,11 +12,14 @@ import pytest
 
 from deploy import commands, flow, migrations, release_env
 from deploy.artifact import Source
+from deploy.deps import Deps
 from deploy.errors import ConfigError, HumanNeeded, Interrupted
-from deploy.flow import Deps
 from deploy.inventory import parse
+from deploy.model import Outcome
 from deploy.redact import Redactor
 from deploy.report import RecordingReporter, status_lines
+from deploy.rollback import rollback
+from deploy.status import host_status
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
 
@@ -143,7 +146,7 @@ def ship(
     compatible: bool | None = None,
     fault: str = "",
     printed: str = "",
-) -> flow.Outcome:
+) -> Outcome:
     remote = getattr(d.remote, "_real", d.remote)  # under a PlanRemote, the fake behind it
     assert isinstance(remote, FakeRemote)
     remote.next_fault = fault
@@ -262,16 +265,16 @@ def test_manual_rollback_across_an_incompatible_change_needs_the_flag(world) -> 
     old = ship(d, repo).release
     new = ship(d, repo, to="2", compatible=False).release
     journal_before = list(host.journal)
-    out = flow.rollback(d)
+    out = rollback(d)
     assert out.exit_code == 6 and out.result == "rollback-refused"
     assert host.current == new and host.journal == journal_before  # nothing changed
     assert any("--across-schema" in e for e in out.evidence)
-    out = flow.rollback(d, to=old)
+    out = rollback(d, to=old)
     assert out.exit_code == 6 and host.current == new
     # the operator ran the down migration, then takes the rollback across
     host.schema = "1"
     d.across_schema = True
-    out = flow.rollback(d, to=old)
+    out = rollback(d, to=old)
     assert out.exit_code == 0 and host.current == old
     rec = journal(host, "schema")[-1]
     assert rec["release"] == old and rec["detail"]["allowed_by"] == "--across-schema"
@@ -285,7 +288,7 @@ def test_manual_rollback_across_a_compatible_change_is_allowed_and_journaled(wor
     d, host, remote, repo = world
     old = ship(d, repo).release
     ship(d, repo, to="2", compatible=True)
-    out = flow.rollback(d)
+    out = rollback(d)
     assert out.exit_code == 0 and host.current == old and host.schema == "2"
     rec = journal(host, "schema")[-1]
     assert rec["detail"]["allowed_by"] == "backward compatible"
@@ -482,15 +485,15 @@ def test_the_migration_reads_the_snapshot_as_the_pm2_config_and_systemd_do(tmp_p
 
 def test_status_shows_the_schema_the_journal_last_recorded(world) -> None:
     d, host, remote, repo = world
-    assert flow.status(d).schema is None
+    assert host_status(d).schema is None
     old = ship(d, repo).release
-    assert flow.status(d).schema == "1"
+    assert host_status(d).schema == "1"
     ship(d, repo, to="2")
-    assert flow.status(d).schema == "2"
+    assert host_status(d).schema == "2"
     host.schema = "1"  # the operator ran the down migration
     d.across_schema = True
-    assert flow.rollback(d, to=old).exit_code == 0
-    status = flow.status(d)
+    assert rollback(d, to=old).exit_code == 0
+    status = host_status(d)
     assert status.schema == "1"
     assert "schema      1 (the database, as last journaled)" in status_lines(status)
 

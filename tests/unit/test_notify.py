@@ -17,7 +17,7 @@ import pytest
 
 from deploy import flow, notify
 from deploy.artifact import Source
-from deploy.flow import Deps
+from deploy.deps import Deps
 from deploy.inventory import NotifyConfig, WebhookConfig, parse
 from deploy.model import Outcome
 from deploy.redact import MASK, Redactor

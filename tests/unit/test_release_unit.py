@@ -11,11 +11,12 @@ import pytest
 
 from deploy import flow
 from deploy.artifact import Source
+from deploy.deps import Deps
 from deploy.errors import AbortedBeforeLive, Interrupted
-from deploy.flow import Deps
 from deploy.inventory import parse
 from deploy.model import Outcome
 from deploy.report import RecordingReporter
+from deploy.rollback import rollback
 from tests.conftest import git
 from tests.fakehost import FakeClock, FakeHost, FakeRemote, app_handler
 
@@ -97,7 +98,7 @@ class World:
     def rollback(self) -> Outcome:
         self.clock.sleep(2)
         self.deps.gate_packs.clear()
-        return flow.rollback(self.deps)
+        return rollback(self.deps)
 
     def warnings(self) -> list[str]:
         return [line for line in self.deps.reporter.lines if "warn" in line.lower()]

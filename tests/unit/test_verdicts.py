@@ -8,10 +8,14 @@ import json
 
 import pytest
 
-from deploy import flow, journal
+from deploy import commands, journal
+from deploy.deps import host_ops
 from deploy.errors import ConfigError, HumanNeeded
 from deploy.model import Outcome
+from deploy.needs_human import resolve
 from deploy.report import status_lines
+from deploy.rollback import rollback
+from deploy.status import host_status
 from tests.fakehost import FakeHost, FakeRemote
 from tests.unit.test_flow import ship, states
 from tests.unit.test_flow import world as world  # the fixture, re-exported
@@ -81,15 +85,13 @@ def test_a_failed_rollback_marks_the_host_and_says_the_cause_is_shared(world):
     mark = [e for e in entries(host) if e["op"] == "needs-human"]
     assert len(mark) == 1
     assert mark[0]["detail"]["live"] == live and mark[0]["detail"]["failed"] == out.release
-    commands = mark[0]["detail"]["commands"]
-    assert any(c.startswith(f"releasegate rollback prod --to {live}") for c in commands)
-    assert any(c.startswith(f"releasegate resolve prod --mark-good {live}") for c in commands)
-    assert any(c.startswith(f"releasegate rollback prod --to {older}") for c in commands)
-    assert any(f"run: {c}" == line for c in commands for line in out.evidence)
+    to_run = mark[0]["detail"]["commands"]
+    assert any(c.startswith(f"releasegate rollback prod --to {live}") for c in to_run)
+    assert any(c.startswith(f"releasegate resolve prod --mark-good {live}") for c in to_run)
+    assert any(c.startswith(f"releasegate rollback prod --to {older}") for c in to_run)
+    assert any(f"run: {c}" == line for c in to_run for line in out.evidence)
     # only the new release is bad; the fallback and the older release keep their verdicts
-    state = journal.parse_state(
-        remote.run(flow.commands.read_state(flow.host_ops(deps).layout)).stdout
-    )
+    state = journal.parse_state(remote.run(commands.read_state(host_ops(deps).layout)).stdout)
     assert state.state_of(out.release) == "bad"
     assert state.state_of(older) == "good"
     assert state.state_of(live) == "active-unverified"
@@ -119,7 +121,7 @@ def test_while_marked_deploy_and_plain_rollback_refuse_and_change_nothing(world)
     assert "needs a human" in out.message and "nothing on the host was changed" in out.message
     assert f"run: releasegate resolve prod --mark-good {live}" in " ".join(out.evidence)
 
-    out = flow.rollback(deps)
+    out = rollback(deps)
     assert out.exit_code == 6 and out.result == "needs-human" and out.op == "rollback"
 
     assert snapshot(host) == before
@@ -131,12 +133,12 @@ def test_resolve_with_a_verdict_clears_the_mark_and_deploys_work_again(world):
     deps, host, remote, repo = world
     older, live, _ = two_good_then_outage(deps, host, repo)
     recovered(host)
-    out = flow.resolve(deps, mark_good=live, reason="database restarted")
+    out = resolve(deps, mark_good=live, reason="database restarted")
     assert out.exit_code == 0 and out.result == "resolved"
     last = entries(host)[-1]
     assert last["op"] == "resolve" and last["release"] == live and last["state"] == "good"
     assert last["actor"] == "tester" and last["detail"]["reason"] == "database restarted"
-    assert flow.status(deps).needs_human is None
+    assert host_status(deps).needs_human is None
     deps.clock.sleep(2)
     out = ship(deps, repo)
     assert out.exit_code == 0 and host.current == out.release
@@ -146,22 +148,22 @@ def test_resolve_without_a_mark_changes_nothing(world):
     deps, host, remote, repo = world
     ship(deps, repo)
     before = list(host.journal)
-    out = flow.resolve(deps)
+    out = resolve(deps)
     assert out.result == "not-needed" and out.exit_code == 0
     assert host.journal == before
     with pytest.raises(ConfigError, match="--mark-good"):
-        flow.resolve(deps, mark_good="../etc")
+        resolve(deps, mark_good="../etc")
     with pytest.raises(ConfigError, match="does not exist"):
-        flow.resolve(deps, mark_good="20200101000000-0000000")
+        resolve(deps, mark_good="20200101000000-0000000")
 
 
 def test_an_explicit_rollback_to_the_live_release_clears_the_mark_once_it_passes(world):
     deps, host, remote, repo = world
     older, live, _ = two_good_then_outage(deps, host, repo)
     recovered(host)
-    out = flow.rollback(deps, to=live)
+    out = rollback(deps, to=live)
     assert out.exit_code == 0 and host.current == live
-    assert flow.status(deps).needs_human is None
+    assert host_status(deps).needs_human is None
     assert states(host)[-1] == (live, "good")
     assert any(
         e["op"] == "resolve" and e["detail"]["via"] == f"rollback --to {live}"
@@ -173,14 +175,14 @@ def test_an_explicit_rollback_that_fails_while_marked_takes_no_further_step(worl
     deps, host, remote, repo = world
     older, live, _ = two_good_then_outage(deps, host, repo)
     switches = len(switched_to(remote))
-    out = flow.rollback(deps, to=older)  # the database is still down
+    out = rollback(deps, to=older)  # the database is still down
     assert out.exit_code == 6 and out.result == "needs-human"
     # one switch (to the release asked for), none back: the human decides what is next
     assert switched_to(remote)[switches:] == [older]
     assert host.current == older
     # the outage does not turn a good release bad
     assert (older, "bad") not in states(host)
-    mark = flow.status(deps).needs_human
+    mark = host_status(deps).needs_human
     assert mark is not None and mark.live == older
 
 
@@ -207,9 +209,9 @@ def test_the_unverified_automatic_fallback_is_never_walked_past(world):
     assert host.current == live
     assert switched_to(remote)[switches:] == [live]  # re-gated in place, never further back
     assert (live, "bad") not in states(host) and (older, "bad") not in states(host)
-    assert flow.status(deps).needs_human is not None
+    assert host_status(deps).needs_human is not None
     # and from then on, every run refuses
-    assert flow.rollback(deps).result == "needs-human"
+    assert rollback(deps).result == "needs-human"
 
 
 def test_a_plain_rollback_after_a_killed_deploy_goes_back_one_step_only(world):
@@ -223,7 +225,7 @@ def test_a_plain_rollback_after_a_killed_deploy_goes_back_one_step_only(world):
     killed = host.current
     host.lock = None
     remote.dead, remote.dies_after = False, None
-    out = flow.rollback(deps)
+    out = rollback(deps)
     assert out.exit_code == 0 and out.live == live == host.current
     assert (killed, "bad") in states(host)
     assert states(host)[-1] != (older, "good")
@@ -233,7 +235,7 @@ def test_a_failed_first_deploy_does_not_mark_the_host(world):
     deps, host, remote, repo = world
     out = ship(deps, repo, fault="ready_503")
     assert out.result == "rollback-impossible" and out.exit_code == 6
-    assert flow.status(deps).needs_human is None
+    assert host_status(deps).needs_human is None
     deps.clock.sleep(2)
     assert ship(deps, repo).exit_code == 0  # fix and deploy again
 
@@ -241,7 +243,7 @@ def test_a_failed_first_deploy_does_not_mark_the_host(world):
 def test_status_shows_the_mark_and_what_to_run(world):
     deps, host, remote, repo = world
     older, live, _ = two_good_then_outage(deps, host, repo)
-    status = flow.status(deps)
+    status = host_status(deps)
     assert status.needs_human is not None and status.needs_human.live == live
     text = "\n".join(status_lines(status))
     assert "NEEDS HUMAN since" in text and f"releasegate resolve prod --mark-good {live}" in text
@@ -257,15 +259,15 @@ def test_rolling_back_twice_never_returns_to_where_you_started(world):
     second = ship(deps, repo).release
     deps.clock.sleep(2)
     third = ship(deps, repo).release
-    assert flow.rollback(deps).live == second
+    assert rollback(deps).live == second
     assert (third, "rolled-back") in states(host)
-    out = flow.rollback(deps)
+    out = rollback(deps)
     assert out.live == first == host.current  # further back, not forward to `third`
     assert (second, "rolled-back") in states(host)
     with pytest.raises(HumanNeeded, match=f"--to {second}"):
-        flow.rollback(deps)
+        rollback(deps)
     # an explicit --to still goes there
-    out = flow.rollback(deps, to=third)
+    out = rollback(deps, to=third)
     assert out.exit_code == 0 and host.current == third
     assert states(host)[-1] == (first, "rolled-back")
 
@@ -273,7 +275,7 @@ def test_rolling_back_twice_never_returns_to_where_you_started(world):
 def test_resolve_without_a_verdict_regates_the_live_release_and_never_walks_back(world):
     deps, host, remote, repo = world
     older, live, _ = two_good_then_outage(deps, host, repo)
-    out = flow.resolve(deps, reason="looking into it")
+    out = resolve(deps, reason="looking into it")
     assert out.result == "resolved" and "gates it first" in out.message
     deps.clock.sleep(2)
     switches = len(switched_to(remote))
@@ -281,9 +283,9 @@ def test_resolve_without_a_verdict_regates_the_live_release_and_never_walks_back
         ship(deps, repo)  # the outage goes on: the live release fails again, in place
     assert switched_to(remote)[switches:] == [live] and host.current == live
     assert (older, "bad") not in states(host) and (live, "bad") not in states(host)
-    assert flow.status(deps).needs_human is not None
+    assert host_status(deps).needs_human is not None
     recovered(host)
-    flow.resolve(deps, reason="database back")
+    resolve(deps, reason="database back")
     deps.clock.sleep(2)
     out = ship(deps, repo)
     assert out.exit_code == 0 and (live, "good") in states(host)
@@ -320,7 +322,7 @@ def test_json_status_carries_the_mark(world):
     deps, host, remote, repo = world
     older, live, _ = two_good_then_outage(deps, host, repo)
     out = io.StringIO()
-    JsonReporter(stream=out).status(flow.status(deps))
+    JsonReporter(stream=out).status(host_status(deps))
     record = json.loads(out.getvalue())
     assert record["needs_human"]["live"] == live
     assert any(c.startswith("releasegate status prod") for c in record["needs_human"]["commands"])
@@ -354,7 +356,7 @@ def test_an_unverified_release_that_was_good_is_not_stopped_when_there_is_nowher
     deps, host, remote, repo = world
     only = ship(deps, repo).release
     die_on(remote, "pm2.activate", nth=1)
-    flow.rollback(deps, to=only)
+    rollback(deps, to=only)
     host.lock = None
     remote.dead, remote.dies_after = False, None
     assert states(host)[-1] == (only, "active-unverified")
@@ -364,4 +366,4 @@ def test_an_unverified_release_that_was_good_is_not_stopped_when_there_is_nowher
         ship(deps, repo)
     assert host.running == only == host.current  # not stopped
     assert (only, "bad") not in states(host)
-    assert flow.status(deps).needs_human is not None
+    assert host_status(deps).needs_human is not None

@@ -1,0 +1,34 @@
+"""What a failing release left behind (its last log lines, its process state), masked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deploy.deps import Deps
+from deploy.errors import (
+    ReleasegateError,
+)
+from deploy.strategies.base import GateTarget
+
+
+@dataclass(frozen=True)
+class Forensics:
+    lines: tuple[str, ...]  # for the output (evidence)
+    journal: dict[str, object]  # for the bad release's journal entry
+
+
+def capture_forensics(d: Deps, failed: str, target: GateTarget, log_lines: int = 40) -> Forensics:
+    """What the failing release left behind: its last log lines and the process state,
+    captured before anything restarts it. Secrets are masked first."""
+    if d.dry_run:
+        return Forensics((), {})
+    try:
+        logs, state = target.forensics(log_lines)
+    except ReleasegateError as exc:
+        return Forensics((f"forensics unavailable: {exc.message}",), {"error": exc.message})
+    logs, state = d.redact(logs), d.redact(state)
+    shown = [line for line in logs.splitlines() if line.strip()][-15:]
+    return Forensics(
+        (f"process: {state}", *(f"log: {line}" for line in shown)),
+        {"process": state, "logs": logs[-4000:]},
+    )
