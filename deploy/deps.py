@@ -16,10 +16,7 @@ from deploy.host import HostOps
 from deploy.interrupts import raise_pending_signal
 from deploy.inventory import Inventory
 from deploy.journal import HostState
-from deploy.model import (
-    Layout,
-    Outcome,
-)
+from deploy.model import Layout, Outcome
 from deploy.preflight import Check
 from deploy.process import manager_for
 from deploy.redact import Redactor

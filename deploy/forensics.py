@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from deploy.deps import Deps
-from deploy.errors import (
-    ReleasegateError,
-)
+from deploy.errors import ReleasegateError
 from deploy.strategies.base import GateTarget
 
 

@@ -9,10 +9,7 @@ from collections.abc import Iterable
 from deploy import artifact as artifacts
 from deploy import release_packs
 from deploy.deps import Deps, GatePacks, health_headers
-from deploy.errors import (
-    ConfigError,
-    GateFailed,
-)
+from deploy.errors import ConfigError, GateFailed
 from deploy.gate import (
     MIN_READ_TIMEOUT,
     Expected,
@@ -28,11 +25,7 @@ from deploy.gate import (
 from deploy.host import HostOps
 from deploy.interrupts import raise_pending_signal
 from deploy.journal import HostState
-from deploy.model import (
-    SMOKE_BUNDLE,
-    IdentityFacts,
-    ProcessSnapshot,
-)
+from deploy.model import SMOKE_BUNDLE, IdentityFacts, ProcessSnapshot
 from deploy.release_packs import Bundle
 from deploy.strategies.base import GateTarget, Strategy
 from smoke.model import Pack

@@ -9,10 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from deploy.errors import (
-    ReleasegateError,
-    Signalled,
-)
+from deploy.errors import ReleasegateError, Signalled
 from deploy.report import Reporter
 
 if TYPE_CHECKING:

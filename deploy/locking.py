@@ -8,16 +8,10 @@ from collections.abc import Iterator
 
 from deploy import lock
 from deploy.deps import Deps, host_ops, report
-from deploy.errors import (
-    ConfigError,
-    LockHeld,
-    ReleasegateError,
-)
+from deploy.errors import ConfigError, LockHeld, ReleasegateError
 from deploy.host import HostOps
 from deploy.interrupts import shielded
-from deploy.model import (
-    Outcome,
-)
+from deploy.model import Outcome
 
 
 @contextlib.contextmanager

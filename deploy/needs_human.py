@@ -7,20 +7,12 @@ import contextlib
 
 from deploy import migrations, verdict
 from deploy.deps import Deps, host_ops, report, report_slots
-from deploy.errors import (
-    ConfigError,
-    ReleasegateError,
-)
+from deploy.errors import ConfigError, ReleasegateError
 from deploy.forensics import Forensics
 from deploy.host import HostOps
 from deploy.journal import NEEDS_HUMAN, RESOLVE, HostState
 from deploy.locking import locked
-from deploy.model import (
-    NeedsHuman,
-    Outcome,
-    ReleaseState,
-    check_release_id,
-)
+from deploy.model import NeedsHuman, Outcome, ReleaseState, check_release_id
 from deploy.strategies.base import Strategy
 
 

@@ -23,10 +23,7 @@ from deploy.gating import gate_release, watch
 from deploy.host import HostOps
 from deploy.interrupts import reason_of, shielded, signum_of
 from deploy.journal import HostState
-from deploy.model import (
-    Outcome,
-    ReleaseState,
-)
+from deploy.model import Outcome, ReleaseState
 from deploy.needs_human import hold_for_human, mark_needs_human, refuse_crossing
 from deploy.process.pm2 import activation_notes
 from deploy.strategies.base import Strategy

@@ -6,21 +6,13 @@ from __future__ import annotations
 from deploy import migrations
 from deploy.commands import Cmd
 from deploy.deps import Deps, host_ops, report, strategy_for
-from deploy.errors import (
-    ConfigError,
-    HumanNeeded,
-)
+from deploy.errors import ConfigError, HumanNeeded
 from deploy.flow import activate_and_gate, resolve_interrupted
 from deploy.gating import load_stored_packs
 from deploy.host import HostOps
 from deploy.journal import RESOLVE, HostState
 from deploy.locking import locked
-from deploy.model import (
-    NeedsHuman,
-    Outcome,
-    ReleaseState,
-    check_release_id,
-)
+from deploy.model import NeedsHuman, Outcome, ReleaseState, check_release_id
 from deploy.needs_human import refuse_while_marked
 
 

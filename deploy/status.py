@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from deploy import migrations
 from deploy.deps import Deps, host_ops, strategy_for
-from deploy.model import (
-    HostStatus,
-)
+from deploy.model import HostStatus
 
 
 def host_status(d: Deps) -> HostStatus:
