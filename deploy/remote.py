@@ -478,15 +478,20 @@ class _Forwarder:
     """
 
     def __init__(
-        self, transport: paramiko.Transport, remote_port: int, open_timeout: float = 10
+        self,
+        transport: paramiko.Transport,
+        remote_port: int,
+        open_timeout: float = 10,
+        poll: float = 0.2,  # how often idle threads look at the stop flag
     ) -> None:
         self._transport = transport
+        self._poll = poll
         self._remote_port = remote_port
         self._open_timeout = open_timeout
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
-        self._listener.settimeout(0.2)
+        self._listener.settimeout(poll)
         self.local_port: int = self._listener.getsockname()[1]
         self._stop = threading.Event()
         self.failure: str | None = None  # the first connection the host refused, and why
@@ -524,7 +529,7 @@ class _Forwarder:
             return
         try:
             while not self._stop.is_set():
-                readable, _, _ = select.select([client, channel], [], [], 0.2)
+                readable, _, _ = select.select([client, channel], [], [], self._poll)
                 if client in readable:
                     data = client.recv(65536)
                     if not data:
@@ -543,7 +548,7 @@ class _Forwarder:
 
     def close(self) -> None:
         # Shutting the sockets down wakes the threads blocked on them at once, rather than at
-        # their next 0.2 s poll: a blue/green revert opens its switch right after a tunnel of
+        # their next poll (0.2 s): a blue/green revert opens its switch right after a tunnel of
         # the bake closes, and every millisecond here is one the old release is not serving.
         self._stop.set()
         for sock in (self._listener, *self._clients):
