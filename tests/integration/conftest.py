@@ -3,10 +3,12 @@ test its own deploy root, app name and port so no test depends on another."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,20 +27,48 @@ PORTS = itertools.count(4100)
 PROVIDER = os.environ.get("RELEASEGATE_TEST_PROVIDER", "namespaces")
 
 
-@pytest.fixture(scope="session")
-def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox.SandboxInfo]:
+# RELEASEGATE_TEST_SANDBOX=name:index lets two suites run side by side on one machine.
+SANDBOX = os.environ.get("RELEASEGATE_TEST_SANDBOX", "rgit:7")
+
+
+@contextlib.contextmanager
+def booted(specs: list[sandbox.SandboxSpec]) -> Iterator[list[sandbox.SandboxInfo]]:
+    """Boot `specs` side by side (the session's sandbox, or test_fleet's extra hosts), yield
+    them in order, and take every one down afterwards — also when one failed to boot."""
     if PROVIDER == "namespaces":
         assert os.geteuid() == 0, "integration tests boot the sandbox VPS and need root"
-    # RELEASEGATE_TEST_SANDBOX=name:index lets two suites run side by side on one machine.
-    name, _, index = os.environ.get("RELEASEGATE_TEST_SANDBOX", "rgit:7").partition(":")
+    done: dict[str, sandbox.SandboxInfo | BaseException] = {}
+
+    def boot(spec: sandbox.SandboxSpec) -> None:
+        try:
+            done[spec.name] = sandbox.up(spec, provider_name=PROVIDER)
+        except BaseException as exc:  # re-raised below, in the fixture's thread
+            done[spec.name] = exc
+
+    threads = [threading.Thread(target=boot, args=(s,)) for s in specs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        infos = [done[s.name] for s in specs]
+        for info in infos:
+            if isinstance(info, BaseException):
+                raise info
+        yield [i for i in infos if isinstance(i, sandbox.SandboxInfo)]
+    finally:
+        for spec in specs:
+            sandbox.down(spec)
+
+
+@pytest.fixture(scope="session")
+def vps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sandbox.SandboxInfo]:
+    name, _, index = SANDBOX.partition(":")
     spec = sandbox.SandboxSpec(
         name=name, index=int(index), state_root=tmp_path_factory.mktemp("sandbox-state")
     )
-    info = sandbox.up(spec, provider_name=PROVIDER)
-    try:
+    with booted([spec]) as (info,):
         yield info
-    finally:
-        sandbox.down(spec)
 
 
 @dataclass

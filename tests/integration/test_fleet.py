@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from deploy import demo, inventory, operations, proxy, sandbox
 from deploy.model import Layout
 from deploy.operations import Options
 from deploy.report import RecordingReporter
-from tests.integration.conftest import PROVIDER
+from tests.integration.conftest import SANDBOX, booted
 
 pytestmark = pytest.mark.integration
 
@@ -54,31 +53,8 @@ def extra_specs(base: str, state_root: Path) -> list[sandbox.SandboxSpec]:
 def fleet_vps(
     vps: sandbox.SandboxInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[sandbox.SandboxInfo]]:
-    specs = extra_specs(
-        os.environ.get("RELEASEGATE_TEST_SANDBOX", "rgit:7"), tmp_path_factory.mktemp("fleet")
-    )
-    booted: dict[str, sandbox.SandboxInfo | BaseException] = {}
-
-    def boot(spec: sandbox.SandboxSpec) -> None:
-        try:
-            booted[spec.name] = sandbox.up(spec, provider_name=PROVIDER)
-        except BaseException as exc:  # reported below, in the test's thread
-            booted[spec.name] = exc
-
-    threads = [threading.Thread(target=boot, args=(s,)) for s in specs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    try:
-        infos = [booted[s.name] for s in specs]
-        for info in infos:
-            if isinstance(info, BaseException):
-                raise info
-        yield [vps, *(i for i in infos if isinstance(i, sandbox.SandboxInfo))]
-    finally:
-        for spec in specs:
-            sandbox.down(spec)
+    with booted(extra_specs(SANDBOX, tmp_path_factory.mktemp("fleet"))) as extra:
+        yield [vps, *extra]
 
 
 @dataclass
