@@ -395,114 +395,104 @@ class Systemd:
 
 # ---------------------------------------------------------------------- host scripts
 
-# $1 unit in the release, $2 staged copy, $3 installed unit, $4 unit name.
-SYSTEM_ACTIVATE_SCRIPT = r"""
-set -e
-src="$1"; stage="$2"; dest="$3"; unit="$4"
-if [ ! -f "$src" ]; then
-  echo "$src is missing: the release was not shipped for systemd; deploy it again" >&2
-  exit 3
-fi
-if ! sudo -n -l /usr/bin/systemctl restart "$unit" >/dev/null 2>&1; then
-  echo "sudo -n may not run '/usr/bin/systemctl restart $unit' as $(id -un) here: install" \
-    "the sudoers allowlist (docs/systemd.md, or the sudoers lines releasegate prints)" >&2
-  exit 4
-fi
-if ! cmp -s -- "$src" "$dest"; then
-  mkdir -p -- "${stage%/*}"
-  cp -- "$src" "$stage"
-  sudo -n /usr/bin/install -m 0644 "$stage" "$dest"
-  sudo -n /usr/bin/systemctl daemon-reload
-  echo "unit changed: installed $dest, daemon-reload"
-elif [ "$(systemctl show --property=NeedDaemonReload --value "$unit")" = yes ]; then
-  sudo -n /usr/bin/systemctl daemon-reload
-  echo "systemd had not loaded $dest: daemon-reload"
-fi
-sudo -n /usr/bin/systemctl reset-failed "$unit" 2>/dev/null || true
-sudo -n /usr/bin/systemctl restart "$unit"
-"""
 
-# $1 unit in the release, $2 unit name.
-USER_ACTIVATE_SCRIPT = r"""
-set -e
-src="$1"; unit="$2"; dest="$HOME/.config/systemd/user/$unit"
-if [ ! -f "$src" ]; then
-  echo "$src is missing: the release was not shipped for systemd; deploy it again" >&2
-  exit 3
-fi
-if ! cmp -s -- "$src" "$dest"; then
-  mkdir -p -- "${dest%/*}"
-  install -m 0644 -- "$src" "$dest"
-  systemctl --user daemon-reload
-  echo "unit changed: installed $dest, daemon-reload"
-elif [ "$(systemctl --user show --property=NeedDaemonReload --value "$unit")" = yes ]; then
-  systemctl --user daemon-reload
-  echo "systemd had not loaded $dest: daemon-reload"
-fi
-systemctl --user reset-failed "$unit" 2>/dev/null || true
-systemctl --user restart "$unit"
-"""
+def _install_and_restart_script(*, system: bool, args: str, shipped_for: str, sudoers: str) -> str:
+    """Install the release's copy of a unit if it differs from the installed one (then
+    daemon-reload), and restart the unit: one shape for both scopes. System scope goes through
+    `sudo -n` with fixed arguments (checked first, so a missing allowlist says so) and stages
+    its copy where the deploy user may write; user scope installs under $HOME itself."""
+    ctl = "sudo -n /usr/bin/systemctl" if system else "systemctl --user"
+    show = "systemctl show" if system else "systemctl --user show"
+    lines = [
+        "",
+        "set -e",
+        args,
+        'if [ ! -f "$src" ]; then',
+        f'  echo "$src is missing: the release was not shipped for {shipped_for}; deploy it again"'
+        " >&2",
+        "  exit 3",
+        "fi",
+    ]
+    if system:
+        lines += [
+            'if ! sudo -n -l /usr/bin/systemctl restart "$unit" >/dev/null 2>&1; then',
+            "  echo \"sudo -n may not run '/usr/bin/systemctl restart $unit' as $(id -un) here:"
+            ' install" \\',
+            *sudoers.splitlines(),
+            "  exit 4",
+            "fi",
+        ]
+    lines += ['if ! cmp -s -- "$src" "$dest"; then']
+    if system:
+        lines += [
+            '  mkdir -p -- "${stage%/*}"',
+            '  cp -- "$src" "$stage"',
+            '  sudo -n /usr/bin/install -m 0644 "$stage" "$dest"',
+        ]
+    else:
+        lines += ['  mkdir -p -- "${dest%/*}"', '  install -m 0644 -- "$src" "$dest"']
+    lines += [
+        f"  {ctl} daemon-reload",
+        '  echo "unit changed: installed $dest, daemon-reload"',
+        f'elif [ "$({show} --property=NeedDaemonReload --value "$unit")" = yes ]; then',
+        f"  {ctl} daemon-reload",
+        '  echo "systemd had not loaded $dest: daemon-reload"',
+        "fi",
+        f'{ctl} reset-failed "$unit" 2>/dev/null || true',
+        f'{ctl} restart "$unit"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _slot_stop_script(*, system: bool) -> str:
+    """Stopping a slot: $1 the instance. A template that was never installed runs nothing."""
+    show = "systemctl show" if system else "systemctl --user show"
+    disable = "sudo -n /usr/bin/systemctl" if system else "systemctl --user"
+    return (
+        f'\n[ "$({show} --property=LoadState --value "$1" 2>/dev/null)" = not-found ] && exit 0\n'
+        f'{disable} disable --now "$1"\n'
+    )
+
+
+# Activating the release's unit. system: $1 the unit in the release, $2 its staged copy, $3 the
+# installed unit, $4 the unit's name; user: $1 the unit in the release, $2 the unit's name.
+SYSTEM_ACTIVATE_SCRIPT = _install_and_restart_script(
+    system=True,
+    args='src="$1"; stage="$2"; dest="$3"; unit="$4"',
+    shipped_for="systemd",
+    sudoers='    "the sudoers allowlist (docs/systemd.md, or the sudoers lines releasegate prints)"'
+    " >&2",
+)
+USER_ACTIVATE_SCRIPT = _install_and_restart_script(
+    system=False,
+    args='src="$1"; unit="$2"; dest="$HOME/.config/systemd/user/$unit"',
+    shipped_for="systemd",
+    sudoers="",
+)
 
 # Starting a slot. system: $1 the release's template, $2 the staged template, $3 the installed
 # template, $4 the instance (<app>@<slot>.service); user: $1 the release's template, $2 the
 # template's name, $3 the instance. The slot's link and env file are already in place.
-SYSTEM_SLOT_START_SCRIPT = r"""
-set -e
-src="$1"; stage="$2"; dest="$3"; unit="$4"
-if [ ! -f "$src" ]; then
-  echo "$src is missing: the release was not shipped for systemd slots; deploy it again" >&2
-  exit 3
-fi
-if ! sudo -n -l /usr/bin/systemctl restart "$unit" >/dev/null 2>&1; then
-  echo "sudo -n may not run '/usr/bin/systemctl restart $unit' as $(id -un) here: install" \
-    "the sudoers allowlist for blue/green slots (docs/systemd.md, or the sudoers lines" \
-    "releasegate prints)" >&2
-  exit 4
-fi
-if ! cmp -s -- "$src" "$dest"; then
-  mkdir -p -- "${stage%/*}"
-  cp -- "$src" "$stage"
-  sudo -n /usr/bin/install -m 0644 "$stage" "$dest"
-  sudo -n /usr/bin/systemctl daemon-reload
-  echo "unit changed: installed $dest, daemon-reload"
-elif [ "$(systemctl show --property=NeedDaemonReload --value "$unit")" = yes ]; then
-  sudo -n /usr/bin/systemctl daemon-reload
-  echo "systemd had not loaded $dest: daemon-reload"
-fi
-sudo -n /usr/bin/systemctl reset-failed "$unit" 2>/dev/null || true
-sudo -n /usr/bin/systemctl restart "$unit"
-"""
+SYSTEM_SLOT_START_SCRIPT = _install_and_restart_script(
+    system=True,
+    args='src="$1"; stage="$2"; dest="$3"; unit="$4"',
+    shipped_for="systemd slots",
+    sudoers=(
+        '    "the sudoers allowlist for blue/green slots (docs/systemd.md, or the sudoers lines"'
+        " \\\n"
+        '    "releasegate prints)" >&2'
+    ),
+)
+USER_SLOT_START_SCRIPT = _install_and_restart_script(
+    system=False,
+    args='src="$1"; dest="$HOME/.config/systemd/user/$2"; unit="$3"',
+    shipped_for="systemd slots",
+    sudoers="",
+)
 
-USER_SLOT_START_SCRIPT = r"""
-set -e
-src="$1"; dest="$HOME/.config/systemd/user/$2"; unit="$3"
-if [ ! -f "$src" ]; then
-  echo "$src is missing: the release was not shipped for systemd slots; deploy it again" >&2
-  exit 3
-fi
-if ! cmp -s -- "$src" "$dest"; then
-  mkdir -p -- "${dest%/*}"
-  install -m 0644 -- "$src" "$dest"
-  systemctl --user daemon-reload
-  echo "unit changed: installed $dest, daemon-reload"
-elif [ "$(systemctl --user show --property=NeedDaemonReload --value "$unit")" = yes ]; then
-  systemctl --user daemon-reload
-  echo "systemd had not loaded $dest: daemon-reload"
-fi
-systemctl --user reset-failed "$unit" 2>/dev/null || true
-systemctl --user restart "$unit"
-"""
-
-# Stopping a slot: $1 the instance. A template that was never installed runs nothing.
-SYSTEM_SLOT_STOP_SCRIPT = r"""
-[ "$(systemctl show --property=LoadState --value "$1" 2>/dev/null)" = not-found ] && exit 0
-sudo -n /usr/bin/systemctl disable --now "$1"
-"""
-
-USER_SLOT_STOP_SCRIPT = r"""
-[ "$(systemctl --user show --property=LoadState --value "$1" 2>/dev/null)" = not-found ] && exit 0
-systemctl --user disable --now "$1"
-"""
+SYSTEM_SLOT_STOP_SCRIPT = _slot_stop_script(system=True)
+USER_SLOT_STOP_SCRIPT = _slot_stop_script(system=False)
 
 # Each argument is one command of the allowlist as sudoers names it. Its words are plain (no
 # spaces, quotes or glob characters: validated paths, app and unit names), so they are split
