@@ -892,16 +892,34 @@ def run_trust_host(
     def trust(inv: Inventory, host: inventory.HostConfig) -> int:
         import paramiko
 
-        from deploy import reference, ssh_config
+        from deploy import host_keys, reference, ssh_config
         from deploy.remote import fingerprint
 
-        # ~/.ssh/config's HostName: the host the connection reaches, and its pin's name
-        key = fetch_host_key(
-            ssh_config.lookup(host.address).hostname, host.port, inv.ssh.connect_timeout
+        pin_file = inv.pin_file()
+
+        def pin_jump(jump: str, key: paramiko.PKey) -> bool:
+            # a jump host is pinned only by a person who saw its fingerprint, never by --yes
+            rep.warn(f"the jump host {jump} is not pinned; it presents {fingerprint(key)}")
+            if not interactive or not confirm(
+                f"Pin {fingerprint(key)} for the jump host {jump} in {pin_file}?"
+            ):
+                return False
+            _append_pin(pin_file, jump, key)
+            rep.info(f"pinned {key.get_name()} {fingerprint(key)} for {jump} in {pin_file}")
+            return True
+
+        # ~/.ssh/config's HostName (and ProxyJump): the host the connection reaches
+        key, jumps = host_keys.host_key(
+            host.address,
+            host.port,
+            known_hosts=inv.known_hosts_files(),
+            timeout=inv.ssh.connect_timeout,
+            env=env,
+            pin_jump=pin_jump,
         )
         name = ssh_config.pin_name(host.address, host.port)
-        pin_file = inv.pin_file()
-        rep.info(f"{name} presents {key.get_name()} {fingerprint(key)}")
+        via = f" (read through the jump host {' -> '.join(jumps)}, verified)" if jumps else ""
+        rep.info(f"{name} presents {key.get_name()} {fingerprint(key)}{via}")
         pinned = paramiko.HostKeys()
         for path in inv.known_hosts_files():
             if path.exists():
@@ -936,29 +954,6 @@ def run_trust_host(
         return 0
 
     return _guard(rep, run, "trust-host")
-
-
-def fetch_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:
-    """The host's key, read from the SSH handshake without authenticating."""
-    import socket
-
-    import paramiko
-
-    try:
-        sock = socket.create_connection((address, port), timeout=timeout)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot reach {address}:{port} to read its host key ({exc}); check the address "
-            f"and port in the inventory"
-        ) from None
-    transport = paramiko.Transport(sock)
-    try:
-        transport.start_client(timeout=timeout)
-        return transport.get_remote_server_key()
-    except paramiko.SSHException as exc:
-        raise ConfigError(f"{address}:{port} did not complete an SSH handshake: {exc}") from None
-    finally:
-        transport.close()
 
 
 def _append_pin(path: Path, name: str, key: paramiko.PKey, *, replace: bool = False) -> None:

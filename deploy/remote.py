@@ -124,12 +124,12 @@ class SshRemote:
             # the inventory's key only: Fabric would add ~/.ssh/config's IdentityFile keys
             self._conn.connect_kwargs["key_filename"] = [str(identity_file)]
         # Replace Fabric's trust-anything client: verified keys only.
-        self._conn.client = _verified_client(known_hosts, pin_unknown)
+        self._conn.client = verified_client(known_hosts, pin_unknown)
         # ~/.ssh/config ProxyJump: Fabric opens each hop with a trust-anything client too;
         # a jump host's key must be pinned like the host's (never trusted on first use).
         hop = self._conn.gateway
         while isinstance(hop, Connection):
-            hop.client = _verified_client(known_hosts, None)
+            hop.client = verified_client(known_hosts, None)
             hop = hop.gateway
         self.commands_run = 0
         self._opened = False
@@ -339,7 +339,7 @@ class SshRemote:
             self._conn.close()
 
 
-def _verified_client(
+def verified_client(
     known_hosts: tuple[Path, ...], pin_unknown: Callable[[str, paramiko.PKey], None] | None
 ) -> paramiko.SSHClient:
     client = paramiko.SSHClient()

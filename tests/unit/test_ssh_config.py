@@ -13,7 +13,10 @@ from click.testing import CliRunner
 from deploy import inventory, operations
 from deploy.cli import main
 from deploy.errors import HostKeyRefused
+from deploy.options import Options
 from deploy.redact import Redactor
+from deploy.remote import fingerprint
+from deploy.report import RecordingReporter
 from tests.sshserver import Server, ssh_server
 
 
@@ -119,3 +122,67 @@ def test_trust_host_pins_the_host_the_alias_reaches(tmp_path, home):
         )
         assert res.exit_code == 0, res.output
         assert (inv_dir / "known_hosts").read_text().startswith(f"[127.0.0.1]:{server.port} ")
+
+
+def behind_jump(home: Path, jump: Server, server: Server) -> None:
+    key_in(home, "alias_key")
+    (home / ".ssh" / "config").write_text(
+        f"Host jumper\n  HostName 127.0.0.1\n  Port {jump.port}\n  User hop\n"
+        f"  IdentityFile ~/.ssh/alias_key\n"
+        f"Host web-alias\n  HostName 127.0.0.1\n  Port {server.port}\n  ProxyJump jumper\n"
+    )
+
+
+def test_trust_host_reads_the_key_through_the_proxyjump(tmp_path, home):
+    with ssh_server() as jump, ssh_server() as server:
+        behind_jump(home, jump, server)
+        inv_dir = project(tmp_path, "{name: web1, address: web-alias, root: /srv/app}")
+        pin(inv_dir, jump)  # the jump host is known, the host behind it is not
+        res = CliRunner().invoke(
+            main, ["--plain", "--inventories", str(inv_dir), "trust-host", "prod", "--yes"]
+        )
+        assert res.exit_code == 0, res.output
+    assert [u for u, _ in jump.logins] == ["hop"]  # through the jump, logged in as its User
+    pins = (inv_dir / "known_hosts").read_text().splitlines()
+    key = server.host_key
+    assert pins[-1] == f"[127.0.0.1]:{server.port} {key.get_name()} {key.get_base64()}"
+    assert "jump host" in res.output
+
+
+def test_trust_host_refuses_an_unknown_jump_host(tmp_path, home):
+    with ssh_server() as jump, ssh_server() as server:
+        behind_jump(home, jump, server)
+        inv_dir = project(tmp_path, "{name: web1, address: web-alias, root: /srv/app}")
+        res = CliRunner().invoke(
+            main, ["--plain", "--inventories", str(inv_dir), "trust-host", "prod", "--yes"]
+        )
+        assert res.exit_code == 7, res.output
+    assert jump.logins == [] and server.peers == []  # nothing read from the host
+    assert not (inv_dir / "known_hosts").exists()  # --yes never pins a jump host
+    assert fingerprint(jump.host_key) in res.output
+    assert "releasegate trust-host prod` at a terminal" in " ".join(res.output.split())
+
+
+def test_trust_host_at_a_terminal_asks_for_the_jump_host_then_the_host(tmp_path, home):
+    asked: list[str] = []
+    with ssh_server() as jump, ssh_server() as server:
+        behind_jump(home, jump, server)
+        inv_dir = project(tmp_path, "{name: web1, address: web-alias, root: /srv/app}")
+        code = operations.run_trust_host(
+            "prod",
+            Options(inventories=inv_dir),
+            yes=False,
+            replace=False,
+            confirm=lambda q: asked.append(q) or True,
+            interactive=True,
+            reporter=RecordingReporter(),
+        )
+        assert code == 0
+    assert len(asked) == 2
+    assert "jump host" in asked[0] and fingerprint(jump.host_key) in asked[0]
+    assert fingerprint(server.host_key) in asked[1]
+    pins = (inv_dir / "known_hosts").read_text().splitlines()
+    assert [line.split()[0] for line in pins] == [
+        f"[127.0.0.1]:{jump.port}",
+        f"[127.0.0.1]:{server.port}",
+    ]
