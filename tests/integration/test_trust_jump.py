@@ -44,9 +44,9 @@ def setup(vps: sandbox.SandboxInfo, tmp_path: Path, server: Server, address: str
 
 
 def trust_host(home: Path, inv: Path) -> subprocess.CompletedProcess[str]:
+    cli = [sys.executable, "-m", "deploy.cli", "--plain", "--inventories", str(inv)]
     return subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "--plain", "--inventories", str(inv)]
-        + ["trust-host", "prod", "--yes"],
+        [*cli, "trust-host", "prod", "--yes"],
         capture_output=True,
         text=True,
         timeout=120,
