@@ -32,14 +32,14 @@ from typing import Any
 import yaml
 
 from bench.rig import load_average, machine
-from deploy import demo, operations, sandbox
+from deploy import demo, operations, reference, sandbox
 from deploy.operations import Options
 from deploy.report import RecordingReporter
 from smoke.baseline import Figures, Policy, Run, baseline_from, compare, parse_baseline
 from smoke.commands import load_packs
 from smoke.perf import perf_packs, run_perf
 
-PACK = demo.PROJECT / "examples" / "sampleapp" / "smoke.yml"
+PACK = reference.sample_app() / "smoke.yml"
 
 
 def deploy_sample_app(info: sandbox.SandboxInfo, into: Path, port: int) -> str:

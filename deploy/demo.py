@@ -28,11 +28,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from deploy import inventory, operations, proxy, sandbox
-from deploy.errors import ReleasegateError
+from deploy import inventory, operations, proxy, reference, sandbox
+from deploy.errors import ConfigError, ReleasegateError
 from deploy.inventory import Inventory
 from deploy.model import Layout
-from deploy.operations import PROJECT, Options
+from deploy.operations import Options
 from deploy.redact import Redactor
 from deploy.report import Reporter
 from deploy.traffic import Hit, Load, Tally
@@ -59,9 +59,18 @@ def _git(repo: Path, *args: str) -> None:
 
 
 def make_app_repo(into: Path) -> Path:
+    """A throwaway git repository holding the sample app (from the checkout, or the copy
+    installed with releasegate), its first commit the healthy release."""
+    app = reference.sample_app()
+    if not (app / "package.json").is_file():
+        raise ConfigError(
+            f"the sample app the demo deploys is not at {app}: this releasegate installation "
+            f"is incomplete. Reinstall it (`pip install --force-reinstall releasegate`), or run "
+            f"the demo from a checkout of the repository."
+        )
     repo = into / "sampleapp"
     shutil.copytree(
-        PROJECT / "examples" / "sampleapp",
+        app,
         repo,
         ignore=shutil.ignore_patterns("node_modules", "FAULT"),
     )
@@ -234,10 +243,7 @@ def demo_inventory(source: Path, info: sandbox.SandboxInfo, repo: Path, into: Pa
     data["app"]["repo"] = str(repo)
     data["app"].pop("path", None)
     smoke = data.get("smoke") or {}
-    smoke["packs"] = [
-        str((source.parent / pack).resolve()) if (source.parent / pack).is_file() else pack
-        for pack in smoke.get("packs", [])
-    ]
+    smoke["packs"] = [_pack(pack, source, repo) for pack in smoke.get("packs", [])]
     data.setdefault("health", {})["deadline"] = 8.0
     # the sample app's real database on the sandbox's PostgreSQL (prepare_database): its URL
     # travels as a secret, and each deploy runs the release's migrations before it starts
@@ -252,6 +258,26 @@ def demo_inventory(source: Path, info: sandbox.SandboxInfo, repo: Path, into: Pa
     into.mkdir(parents=True, exist_ok=True)
     (into / "local.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     return into
+
+
+def _pack(pack: str, source: Path, repo: Path) -> str:
+    """A pack path of local.yml, made absolute. Installed from a wheel, local.yml's
+    `../examples/sampleapp/smoke.yml` has no checkout around it: the sample app's own pack is
+    taken from the app (the repository copies it)."""
+    beside = source.parent / pack
+    if beside.is_file():
+        return str(beside.resolve())
+    shipped = repo / Path(pack).name
+    if Path(pack).parent.name == "sampleapp" and shipped.is_file():
+        return str(shipped)
+    return pack
+
+
+def local_inventory(directory: Path) -> Path:
+    """The project's inventories/local.yml when it has one, else the one installed with
+    releasegate (the sandbox environment the demo is written for)."""
+    own = inventory.inventory_path("local", directory)
+    return own if own.is_file() else reference.demo_inventory()
 
 
 def _unbooted(spec: sandbox.SandboxSpec) -> sandbox.SandboxInfo:
@@ -280,12 +306,17 @@ def run(
             os.environ[name] = secrets.token_urlsafe(24)
         redact.add(os.environ[name])
     reporter = operations.make_reporter(opts, redact)
-    inventories = opts.inventories if opts.inventories.is_dir() else PROJECT / "inventories"
     with tempfile.TemporaryDirectory(prefix="releasegate-demo-") as tmp:
         try:
-            # A broken local.yml is said before booting: checked as the demo will deploy it.
-            source = inventory.inventory_path("local", inventories)
-            inventory.load("local", demo_inventory(source, _unbooted(spec), Path(tmp), Path(tmp)))
+            # The app and a broken local.yml are found before booting: checked as the demo
+            # will deploy them.
+            source = local_inventory(opts.inventories)
+            repo = make_app_repo(Path(tmp))
+            reporter.info(
+                f"sample app {reference.shown(reference.sample_app())}, environment "
+                f"{reference.shown(source)}"
+            )
+            inventory.load("local", demo_inventory(source, _unbooted(spec), repo, Path(tmp) / "c"))
             with reporter.stage("sandbox up"):
                 info = sandbox.up(spec, log=reporter.info, provider_name=provider)
                 reporter.info(
@@ -294,10 +325,7 @@ def run(
             with reporter.stage("database: an empty PostgreSQL database for the sample app"):
                 os.environ[DATABASE_URL] = prepare_database(info)
                 redact.add(os.environ[DATABASE_URL], urlsplit(os.environ[DATABASE_URL]).password)
-            repo = make_app_repo(Path(tmp))
-            here = demo_inventory(
-                inventory.inventory_path("local", inventories), info, repo, Path(tmp) / "inv"
-            )
+            here = demo_inventory(source, info, repo, Path(tmp) / "inv")
             opts = dataclasses.replace(opts, inventories=here)
             inv = inventory.load("local", here)
             with reporter.stage("front door: upstream file and nginx site"):

@@ -136,3 +136,36 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(
     assert missing.returncode == 2
     named = re.findall(r"(/\S+/example\.yml)", missing.stderr)
     assert named and Path(named[0]).is_file() and str(ROOT) not in named[0], missing.stderr
+
+
+def test_the_demo_finds_its_app_and_environment_in_the_installed_wheel(
+    installed: tuple[Path, Path], tmp_path: Path
+):
+    """`releasegate demo` from the wheel, in a directory with nothing of releasegate's: it finds
+    the sample app and inventories/local.yml installed with it, copies the app into a git
+    repository and checks the environment, and stops only at booting the sandbox (a Docker
+    engine that does not exist here: no sandbox is booted by this test, so it collides with
+    nothing; the real demo run is tests/integration/test_demo.py, from the checkout)."""
+    bin_dir, _ = installed
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+    }
+    res = run(
+        bin_dir / "releasegate", "--plain", "demo", "--provider", "docker", "--sandbox",
+        "rgclj:56", cwd=tmp_path, env=env, timeout=120,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    app = re.search(r"sample app (\S+), environment (\S+)", out)
+    assert app, out
+    site = str(bin_dir.parent)
+    for shipped in app.groups():
+        assert shipped.startswith(site) and str(ROOT) not in shipped, out
+    sample = Path(app[1])
+    for name in ("server.js", "package.json", "smoke.yml", "db/migrate.js"):
+        assert (sample / name).is_file(), name
+    assert list((sample / "vendor").glob("*.tgz")) and list((sample / "db/migrations").glob("*"))
+    assert "sandbox up" in out and "Docker engine does not answer" in out, out
