@@ -99,59 +99,40 @@ class PlainReporter:
 
 
 class RichReporter(PlainReporter):
-    """Live stage spinners with timings for a person at a terminal."""
+    """Live stage spinners with timings for a person at a terminal, drawn by the one
+    human-readable renderer of deploy and smoke (smoke.render): the same row styling, narrow
+    layout and masking as `smoke`'s output."""
 
-    def __init__(self, redact: Redactor | None = None, verbose: bool = False) -> None:
-        super().__init__(sys.stdout, redact, verbose)
-        from rich.console import Console
+    def __init__(
+        self,
+        redact: Redactor | None = None,
+        verbose: bool = False,
+        *,
+        stream: IO[str] | None = None,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(stream or sys.stdout, redact, verbose)
+        from smoke.render import Renderer
 
-        self._console = Console(highlight=False)
+        self._render = Renderer(self._out, self._redact, width=width)
 
     def _line(self, text: str) -> None:
-        from rich.markup import escape
-
-        elapsed = time.monotonic() - self._start
-        self._console.print(f"[dim]{elapsed:6.1f}s[/dim] {escape(self._redact(text))}")
+        self._render.line(text, elapsed=time.monotonic() - self._start)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        from rich.markup import escape
-
-        started = time.monotonic()
-        with self._console.status(f"[bold]{escape(name)}[/bold] …"):
-            try:
-                yield
-            except BaseException:
-                self._console.print(
-                    f"[red]✗[/red] {escape(name)} [dim]{time.monotonic() - started:.1f}s[/dim]"
-                )
-                raise
-        self._console.print(
-            f"[green]✓[/green] {escape(name)} [dim]{time.monotonic() - started:.1f}s[/dim]"
-        )
+        with self._render.stage(name, time.monotonic):
+            yield
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
-        from rich.table import Table
+        from smoke import render
 
-        table = Table(title=self._redact(title), title_justify="left")
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(self._redact(cell) for cell in row))
-        self._console.print(table)
+        self._render.rows(render.Rows(title, render.columns(columns), rows))
 
     def outcome(self, outcome: Outcome) -> None:
-        from rich.markup import escape
-
-        colour = (
-            "green" if outcome.exit_code == 0 else "yellow" if outcome.exit_code == 3 else "red"
+        self._render.outcome(
+            outcome.op, outcome.result, outcome.exit_code, outcome.message, outcome.evidence
         )
-        self._console.print(
-            f"[bold {colour}]{escape(outcome.op)} {escape(outcome.result)}[/] "
-            f"(exit {outcome.exit_code}): {escape(self._redact(outcome.message))}"
-        )
-        for line in outcome.evidence:
-            self._console.print(f"  [dim]|[/dim] {escape(self._redact(line))}")
 
 
 def status_lines(status: HostStatus) -> list[str]:

@@ -7,25 +7,20 @@ from __future__ import annotations
 import io
 import re
 import xml.etree.ElementTree as ET  # only builds XML; never parses untrusted input
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
-
-from rich.console import Console
-from rich.padding import Padding
-from rich.table import Table
-from rich.text import Text
 
 from smoke.baseline import Comparison, EndpointVerdict, comparison_lines
 from smoke.jsonlines import JsonLines
 from smoke.model import CheckResult, PackResult
 from smoke.perf import EndpointStats, PerfResult
+from smoke.render import Column, Renderer, Rows
 from smoke.secrets import Redactor
 
 Style = Literal["rich", "plain", "json"]
 _XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_COLORS = {"PASS": "green", "FAIL": "bold red", "ERROR": "bold red", "WARN": "yellow"}
 
 
 def choose_style(out: IO[str], *, json_out: bool, plain: bool) -> Style:
@@ -72,7 +67,7 @@ def smoke_result(
     if style == "json":
         write_smoke_json(result, lines or JsonLines(out))
     elif style == "rich":
-        _smoke_table(result, out, redact)
+        Renderer(out, redact).rows(smoke_rows(result))
     else:
         print(redact(f"smoke against {result.target}"), file=out)
         for check in result.checks:
@@ -80,53 +75,36 @@ def smoke_result(
         print(redact(result.summary()), file=out, flush=True)
 
 
-# Below this many columns the table would squeeze `detail` (expected vs got) into a sliver:
-# each check is one line instead, its detail wrapped on the lines under it.
-NARROW = 100
+# What a smoke run shows as rows (smoke.render draws them, as it draws deploy's tables).
+SMOKE_COLUMNS = (
+    Column("result", "verdict"),
+    Column("check"),
+    Column("request"),
+    Column("tries", "number", "x"),
+    Column("ms", "number", " ms"),
+    Column("detail", "detail"),
+)
 
 
-def _smoke_lines(result: PackResult, console: Console, redact: Callable[[str], str]) -> None:
-    console.print(Text(redact(f"smoke against {result.target}"), style="bold"))
+def smoke_rows(result: PackResult) -> Rows:
     multi = len(result.packs) > 1
-    for c in result.checks:
-        row = Text(f"{c.verdict:5} ", style=_COLORS[c.verdict])
-        name = f"{c.pack}/{c.name}" if multi else c.name
-        row.append(redact(f"{name}  {c.method} {c.path}  {c.attempts}x {c.duration_ms:.0f} ms"))
-        console.print(row, overflow="fold")
-        if c.detail:
-            console.print(Padding(Text(redact(c.detail)), (0, 0, 0, 6)), overflow="fold")
-
-
-def _smoke_table(result: PackResult, out: IO[str], redact: Callable[[str], str]) -> None:
-    console = Console(file=out, highlight=False, force_terminal=True)
-    if console.width < NARROW:
-        _smoke_lines(result, console, redact)
-        style = "bold red" if result.failed_enforced else "green"
-        console.print(Text(redact(result.summary()), style=style))
-        return
-    table = Table(title=Text(redact(f"smoke against {result.target}")), title_justify="left")
-    for name, kw in (
-        ("result", {"no_wrap": True}),
-        ("check", {"overflow": "fold"}),
-        ("request", {"overflow": "fold"}),
-        ("tries", {"justify": "right"}),
-        ("ms", {"justify": "right"}),
-        ("detail", {"overflow": "fold"}),
-    ):
-        table.add_column(name, **kw)
-    multi = len(result.packs) > 1
-    for c in result.checks:
-        table.add_row(
-            Text(c.verdict, style=_COLORS[c.verdict]),
-            Text(redact(f"{c.pack}/{c.name}" if multi else c.name)),
-            Text(redact(f"{c.method} {c.path}")),
-            str(c.attempts),
-            f"{c.duration_ms:.0f}",
-            Text(redact(c.detail)),
-        )
-    console.print(table)
-    style = "bold red" if result.failed_enforced else "green"
-    console.print(Text(redact(result.summary()), style=style))
+    return Rows(
+        title=f"smoke against {result.target}",
+        columns=SMOKE_COLUMNS,
+        rows=[
+            (
+                c.verdict,
+                f"{c.pack}/{c.name}" if multi else c.name,
+                f"{c.method} {c.path}",
+                str(c.attempts),
+                f"{c.duration_ms:.0f}",
+                c.detail,
+            )
+            for c in result.checks
+        ],
+        summary=result.summary(),
+        failed=bool(result.failed_enforced),
+    )
 
 
 def check_record(c: CheckResult) -> dict[str, Any]:
@@ -485,31 +463,14 @@ def perf_result(
         return
     extra = [*(comparison_lines(comparison) if comparison is not None else []), *kept]
     if style == "rich":
-        console = Console(file=out, highlight=False, force_terminal=True)
-        table = Table(
-            title=Text(redact(f"perf against {result.base_url} ({mode})")), title_justify="left"
-        )
-        for name in ("result", "endpoint", "n", "c", "errors", "p50", "p95", "p99", "limits"):
-            table.add_column(name)
-        for e in result.endpoints:
-            table.add_row(
-                Text("OK" if e.ok else "BREACH", style="green" if e.ok else "bold red"),
-                Text(redact(f"{e.endpoint} ({e.method} {e.path})")),
-                str(e.requests),
-                str(e.concurrency),
-                f"{e.errors} ({e.error_rate:.1%})",
-                _ms(e.p50_ms),
-                _ms(e.p95_ms),
-                _ms(e.p99_ms),
-                Text(redact(_limits(e))),
-            )
-        console.print(table)
+        render = Renderer(out, redact)
+        render.rows(perf_rows(result, mode))
         for e in result.breached:
-            console.print(Text(redact(f"{e.endpoint}: " + "; ".join(e.breaches)), style="red"))
+            render.line(f"{e.endpoint}: " + "; ".join(e.breaches), "red")
         for line in extra:
             bad = line.startswith(("REGRESSED", "regressed"))
-            console.print(Text(redact(line), style="bold red" if bad else ""))
-        console.print(Text(redact(perf_summary(result, mode, comparison, code))))
+            render.line(line, "bold red" if bad else "")
+        render.line(perf_summary(result, mode, comparison, code))
         return
     print(redact(f"perf against {result.base_url} ({mode})"), file=out)
     for e in result.endpoints:
@@ -517,6 +478,40 @@ def perf_result(
     for line in extra:
         print(redact(line), file=out)
     print(redact(perf_summary(result, mode, comparison, code)), file=out, flush=True)
+
+
+PERF_COLUMNS = (
+    Column("result", "verdict"),
+    Column("endpoint"),
+    Column("n", "number"),
+    Column("c", "number"),
+    Column("errors"),
+    Column("p50", "number"),
+    Column("p95", "number"),
+    Column("p99", "number"),
+    Column("limits", "detail"),
+)
+
+
+def perf_rows(result: PerfResult, mode: str) -> Rows:
+    return Rows(
+        title=f"perf against {result.base_url} ({mode})",
+        columns=PERF_COLUMNS,
+        rows=[
+            (
+                "OK" if e.ok else "BREACH",
+                f"{e.endpoint} ({e.method} {e.path})",
+                str(e.requests),
+                str(e.concurrency),
+                f"{e.errors} ({e.error_rate:.1%})",
+                _ms(e.p50_ms),
+                _ms(e.p95_ms),
+                _ms(e.p99_ms),
+                _limits(e),
+            )
+            for e in result.endpoints
+        ],
+    )
 
 
 def _against(v: EndpointVerdict, consecutive: int) -> tuple[str, str]:
