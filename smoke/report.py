@@ -1,7 +1,7 @@
 """The only smoke module that prints: rows on a terminal (drawn by smoke.render, the renderer
 deploy's tables use too), plain lines otherwise, JSON lines (`--json`), and JUnit XML
-(`--junit`). Every text passes the redaction filter,
-seeded with the secrets of the packs that ran, on its way out."""
+(`--junit`). Every text passes the redaction filter, seeded with the secrets of the packs that
+ran, on its way out."""
 
 from __future__ import annotations
 
