@@ -5,6 +5,7 @@ run from an app repository that has nothing of releasegate's source."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -144,8 +145,9 @@ def test_the_demo_finds_its_app_and_environment_in_the_installed_wheel(
     """`releasegate demo` from the wheel, in a directory with nothing of releasegate's: it finds
     the sample app and inventories/local.yml installed with it, copies the app into a git
     repository and checks the environment, and stops only at booting the sandbox (a Docker
-    engine that does not exist here: no sandbox is booted by this test, so it collides with
-    nothing; the real demo run is tests/integration/test_demo.py, from the checkout)."""
+    engine that does not exist here, under a sandbox name nothing else uses: no sandbox is
+    booted, so it collides with nothing; the real demo from the wheel is the opt-in test
+    below, from the checkout it is tests/integration/test_demo.py)."""
     bin_dir, _ = installed
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
@@ -155,7 +157,7 @@ def test_the_demo_finds_its_app_and_environment_in_the_installed_wheel(
     }
     res = run(
         bin_dir / "releasegate", "--plain", "demo", "--provider", "docker", "--sandbox",
-        "rgclj:56", cwd=tmp_path, env=env, timeout=120,
+        "rgwhlchk:56", cwd=tmp_path, env=env, timeout=120,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 2, out
@@ -169,3 +171,29 @@ def test_the_demo_finds_its_app_and_environment_in_the_installed_wheel(
         assert (sample / name).is_file(), name
     assert list((sample / "vendor").glob("*.tgz")) and list((sample / "db/migrations").glob("*"))
     assert "sandbox up" in out and "Docker engine does not answer" in out, out
+
+
+@pytest.mark.skipif(
+    not os.environ.get("RELEASEGATE_WHEEL_DEMO_SANDBOX"),
+    reason="the real demo from the wheel boots a sandbox: set RELEASEGATE_WHEEL_DEMO_SANDBOX",
+)
+def test_the_demo_runs_from_the_installed_wheel(installed: tuple[Path, Path], tmp_path: Path):
+    """Opt-in (RELEASEGATE_WHEEL_DEMO_SANDBOX=NAME:INDEX, as root): the whole demo from the
+    installed wheel, outside the checkout — the shipped app deploys, is gated and promoted,
+    the two bad releases are rejected."""
+    from deploy import sandbox
+
+    bin_dir, _ = installed
+    where = os.environ["RELEASEGATE_WHEEL_DEMO_SANDBOX"]
+    name, _, index = where.partition(":")
+    env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)}
+    try:
+        res = run(
+            bin_dir / "releasegate", "--plain", "demo", "--sandbox", where,
+            cwd=tmp_path, env=env, timeout=900,
+        )
+    finally:
+        sandbox.down(sandbox.SandboxSpec(name=name, index=int(index)))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert "demo passed" in res.stdout and str(ROOT) not in res.stdout, out[-6000:]
