@@ -4,6 +4,7 @@ logged in with which key, with HOME pointing at a temporary home."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import paramiko
@@ -186,3 +187,36 @@ def test_trust_host_at_a_terminal_asks_for_the_jump_host_then_the_host(tmp_path,
         f"[127.0.0.1]:{jump.port}",
         f"[127.0.0.1]:{server.port}",
     ]
+
+
+RELAY = """\
+import os, pathlib, socket, sys, threading
+pathlib.Path(sys.argv[3]).touch()
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while data := os.read(0, 32768):
+        sock.sendall(data)
+threading.Thread(target=up, daemon=True).start()
+while data := sock.recv(32768):
+    os.write(1, data)
+"""
+
+
+def test_trust_host_reads_the_key_through_a_proxycommand(tmp_path, home):
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY)
+    with ssh_server() as server:
+        (home / ".ssh" / "config").write_text(
+            f"Host web-alias\n  HostName 127.0.0.1\n  Port {server.port}\n"
+            f"  ProxyCommand {sys.executable} {relay} %h %p {tmp_path / 'relayed'}\n"
+        )
+        inv_dir = project(tmp_path, "{name: web1, address: web-alias, root: /srv/app}")
+        res = CliRunner().invoke(
+            main, ["--plain", "--inventories", str(inv_dir), "trust-host", "prod", "--yes"]
+        )
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "relayed").exists()  # read through the ProxyCommand
+    key = server.host_key
+    assert (inv_dir / "known_hosts").read_text() == (
+        f"[127.0.0.1]:{server.port} {key.get_name()} {key.get_base64()}\n"
+    )
