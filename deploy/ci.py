@@ -45,8 +45,8 @@ PYTHON = "3.12"
 RELEASE_ID_ERE = "^[0-9]{14}-[0-9a-f]{7,40}$"
 # One pip requirement (a name with a version, `name @ url`, or a path): no quotes, $, `, ;,
 # |, & or newlines, and not an option.
-PIP_SPEC = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9._\-\[\],=<>!~+@:/# ]{0,299}$")
-BRANCH = re.compile(r"^(?!-)[A-Za-z0-9._/*-]{1,200}$")
+PIP_SPEC = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9._\-\[\],=<>!~+@:/# ]{0,299}\Z")
+BRANCH = re.compile(r"^(?!-)[A-Za-z0-9._/*-]{1,200}\Z")
 PERF_CRON = "17 3 * * *"  # nightly, off the hour (GitHub delays runs scheduled on the hour)
 PERF_ROUNDS = 3  # perf rounds per nightly run = the policy's consecutive runs
 PERF_BASELINE = "perf/baseline-{env}.json"  # committed, relative to the repository root

@@ -16,7 +16,7 @@ from click.shell_completion import CompletionItem
 # Only click and light modules at import time: every command imports what it needs when it
 # runs (deploy.operations does the same), so --help and config errors start fast.
 from deploy.options import DEFAULT_INVENTORIES, Options
-from smoke.cli import attach
+from smoke.cli import FiniteFloatRange, attach
 
 if TYPE_CHECKING:
     from smoke.commands import Target
@@ -103,7 +103,7 @@ DRY_RUN = click.option(
 )
 LOCK_WAIT = click.option(
     "--lock-wait",
-    type=click.FloatRange(0, 3600),
+    type=FiniteFloatRange(0, 3600),
     default=0,
     metavar="SECONDS",
     help="Wait this long for another deploy's lock (never for a manual lock).",

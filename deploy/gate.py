@@ -343,7 +343,7 @@ def check_version(reported: str | None, expect: str, expected: Expected, source:
     return f"{source} reports {shown} = the {expect.replace('_', ' ')} of {expected.release_id}"
 
 
-_HEX = re.compile(r"^[0-9a-f]+$")
+_HEX = re.compile(r"^[0-9a-f]+\Z")
 
 
 def _lines(history: list[Probe], first: int = 5, last: int = 15) -> tuple[str, ...]:

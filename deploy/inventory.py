@@ -30,18 +30,19 @@ from deploy.errors import ConfigError
 from deploy.inventory_files import inventory_path as inventory_path
 from deploy.inventory_files import locate
 from deploy.release_env import RESERVED as RESERVED_ENV
+from smoke import yamlfile
 from smoke.config import SmokeSettings
 
-APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-ADDRESS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9a-fA-F:]+\]?$")
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-SAFE_PATH = re.compile(r"^[A-Za-z0-9._@+/-]+$")
-REVISION = re.compile(r"^(?!-)[A-Za-z0-9._/@^~-]{1,200}$")
-RUNTIME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+APP_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+ADDRESS = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z|^\[?[0-9a-fA-F:]+\]?\Z")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
+SAFE_PATH = re.compile(r"^[A-Za-z0-9._@+/-]+\Z")
+REVISION = re.compile(r"^(?!-)[A-Za-z0-9._/@^~-]{1,200}\Z")
+RUNTIME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 # a file of the app, relative to its directory in the repository; no `..` segment
-DECLARATION = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._@+/-]{1,200}$")
+DECLARATION = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._@+/-]{1,200}\Z")
 
 
 def _abs_posix_path(value: str) -> str:
@@ -286,9 +287,9 @@ class ProcessConfig(Strict):
 
 
 UrlPath = Annotated[
-    str, _pattern(re.compile(r"^/[A-Za-z0-9._~/-]*$"), "use a URL path such as /health/ready")
+    str, _pattern(re.compile(r"^/[A-Za-z0-9._~/-]*\Z"), "use a URL path such as /health/ready")
 ]
-JSON_FIELD = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+JSON_FIELD = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
 
 
 class VersionConfig(Strict):
@@ -490,13 +491,13 @@ class SlotsConfig(Strict):
 MetricName = Annotated[
     str,
     _pattern(
-        re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]{0,199}$"),
+        re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]{0,199}\Z"),
         "use a Prometheus metric name such as http_requests_total",
     ),
 ]
 LabelName = Annotated[
     str,
-    _pattern(re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"), "use a label name such as status"),
+    _pattern(re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}\Z"), "use a label name such as status"),
 ]
 
 
@@ -739,7 +740,19 @@ class Inventory(Strict):
 
 def load(env: str, directory: Path) -> Inventory:
     path = locate(env, directory)
-    return parse(path.read_text(encoding="utf-8"), source=path, env=env)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8 ({reference.example_hint()} shows the expected "
+            f"shape)."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot be read ({exc.strerror}); check its permissions."
+        ) from None
+    return parse(text, source=path, env=env)
 
 
 def parse(
@@ -752,7 +765,7 @@ def parse(
     """`ssh`: where hosts' Port and User come from when the inventory does not set them
     (default: the user's SSH configuration; None: only the inventory's defaults)."""
     try:
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from deploy import reference
 from deploy.errors import ConfigError
 
-ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 
 
 def inventory_path(env: str, directory: Path) -> Path:

@@ -39,7 +39,7 @@ MIGRATE = "migrate"  # journal op of a migration run (detail: result, from, to, 
 SCHEMA = "schema"  # journal op: a rollback crossed a schema change (detail: how it was allowed)
 OUTPUT_LINES = 40  # of the migration's output, in the outcome and the journal
 # a schema version as releasegate records and compares it
-VERSION = re.compile(r"^[A-Za-z0-9._:+-]{1,64}$")
+VERSION = re.compile(r"^[A-Za-z0-9._:+-]{1,64}\Z")
 # credentials in URLs (postgres://user:password@host) are masked even when not a known secret
 URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+):[^\s@/]+@")
 

@@ -15,8 +15,8 @@ from deploy.errors import ConfigError
 if TYPE_CHECKING:
     from deploy.slots import SlotView
 
-RELEASE_ID = re.compile(r"^\d{14}-[0-9a-f]{7,40}$")
-TOKEN = re.compile(r"^[0-9a-f]{32}$")
+RELEASE_ID = re.compile(r"^[0-9]{14}-[0-9a-f]{7,40}\Z")
+TOKEN = re.compile(r"^[0-9a-f]{32}\Z")
 
 # What a release carries besides the app's files (docs/design.md, "What a release carries").
 RELEASE_ENV = ".releasegate.env"  # its environment snapshot (0600), read by PM2 and systemd

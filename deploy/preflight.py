@@ -34,7 +34,7 @@ def parse_probe(stdout: str) -> dict[str, str]:
     facts: dict[str, str] = {}
     for line in stdout.splitlines():
         key, sep, value = line.partition("=")
-        if sep and re.match(r"^[a-z_][a-z0-9_.-]*$", key):
+        if sep and re.match(r"^[a-z_][a-z0-9_.-]*\Z", key):
             facts[key] = value.strip()
     return facts
 
@@ -222,7 +222,7 @@ def satisfies(found: str, constraint: str) -> bool:
     """`>=18`, `>=18.2 <21`, `20`, `==20.1.0`: every clause must hold."""
     have = _version(found)
     for clause in constraint.split():
-        m = re.match(r"^(>=|<=|==|>|<|\^|~)?v?(\d+(?:\.\d+){0,2})$", clause)
+        m = re.match(r"^(>=|<=|==|>|<|\^|~)?v?(\d+(?:\.\d+){0,2})\Z", clause)
         if not m:
             return False
         op, want_text = m.group(1) or "", m.group(2)

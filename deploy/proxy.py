@@ -62,8 +62,8 @@ SWITCHED = "@@switched"
 # Bytes of access log read per round trip; `TrafficSample.next_offset` continues from there.
 LOG_CHUNK = 4 * 1024 * 1024
 
-_APP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_SERVER_LINE = re.compile(r"^server 127\.0\.0\.1:(\d{1,5})( backup)?;$")
+_APP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+_SERVER_LINE = re.compile(r"^server 127\.0\.0\.1:(\d{1,5})( backup)?;\Z")
 
 
 @dataclass(frozen=True)
@@ -612,7 +612,7 @@ def parse_facts(stdout: str) -> ProxyFacts:
     raw: dict[str, str] = {}
     for line in stdout.splitlines():
         key, sep, value = line.partition("=")
-        if sep and re.match(r"^[a-z_][a-z0-9_.]*$", key):
+        if sep and re.match(r"^[a-z_][a-z0-9_.]*\Z", key):
             raw[key] = value.strip()
 
     def holder(text: str) -> PortHolder:

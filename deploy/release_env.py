@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Set by releasegate for every release; an inventory may not set them in process.env.
 RESERVED = ("RELEASE_ID", "REVISION", "PORT")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from smoke import yamlfile
 from smoke.audit import audit_pack
 from smoke.config import AuditSettings, SmokeSettings
 from smoke.model import Pack
@@ -176,7 +177,7 @@ def _schema_refs(text: str) -> list[str]:
     """`expect.schema_file` values of a pack's checks (a broken pack has none: `load`
     reports what is wrong with it)."""
     try:
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text)
     except yaml.YAMLError:
         return []
     refs: list[str] = []

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-BARE = re.compile(r"^[A-Za-z0-9_./:@%+=,-]*$")
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+BARE = re.compile(r"^[A-Za-z0-9_./:@%+=,-]*\Z")
 
 
 class SecretSourceError(Exception):

@@ -9,10 +9,11 @@ their own (no ENV form). The commands are thin: they parse arguments and call sm
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.shell_completion import CompletionItem
@@ -26,7 +27,22 @@ if TYPE_CHECKING:
 # CLI is built: `releasegate --help` must not pay for it (tests/unit/test_cli_startup.py).
 PERF_MODES = ("informational", "blocking")  # smoke.commands.PERF_MODES
 
-ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+ENV_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan (every comparison with nan is false, so a range
+    alone lets it through) and inf: a number of seconds or a percentage must be a number."""
+
+    name = "float"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 SMOKE_EPILOG = """\b
 Exit codes:
@@ -202,21 +218,21 @@ def perf_command(
     )
     @click.option(
         "--p95-increase-pct",
-        type=click.FloatRange(0),
+        type=FiniteFloatRange(0),
         default=DEFAULT_POLICY.p95_increase_pct,
         show_default=True,
         help="p95 must be worse than the baseline by more than this percentage …",
     )
     @click.option(
         "--p95-increase-ms",
-        type=click.FloatRange(0),
+        type=FiniteFloatRange(0),
         default=DEFAULT_POLICY.p95_increase_ms,
         show_default=True,
         help="… and by more than this many milliseconds.",
     )
     @click.option(
         "--error-rate-increase",
-        type=click.FloatRange(0, 1),
+        type=FiniteFloatRange(0, 1),
         default=DEFAULT_POLICY.error_rate_increase,
         show_default=True,
         help="Or the error rate above the baseline's by more than this (0.01 = 1 point).",

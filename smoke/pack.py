@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from smoke import secrets
+from smoke import secrets, yamlfile
 from smoke.expect import (
     BodyContains,
     BodyMatches,
@@ -66,9 +66,9 @@ def _docs() -> str:
 
 
 DOCS = _docs()
-CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/()-]{0,99}$")
-HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
-BUILTIN_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/()-]{0,99}\Z")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
+BUILTIN_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 SENSITIVE_HEADER = re.compile(
     r"^(authorization|proxy-authorization|cookie|.*token.*|.*secret.*|.*api[-_]?key.*)$", re.I
 )
@@ -296,7 +296,12 @@ def load_pack(path: Path, *, environ: Mapping[str, str] | None = None) -> Pack:
         )
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise PackError(
+            f"{path}: is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8 (see {DOCS})."
+        ) from None
+    except OSError as exc:
         raise PackError(f"{path}: cannot be read ({exc}). Check its permissions.") from None
     return parse_pack(text, source=path, environ=os.environ if environ is None else environ)
 
@@ -312,7 +317,7 @@ def parse_pack(
     file's text; without it they are read from disk relative to the pack (a pack carried by a
     release brings its schemas along: deploy/release_packs.py)."""
     try:
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -583,7 +588,7 @@ def _schema_from_file(
                 f"relative to the pack's directory; fix it or inline the schema under schema:."
             ) from None
     try:
-        schema = yaml.safe_load(text)  # JSON is YAML
+        schema = yamlfile.load(text)  # JSON is YAML
     except yaml.YAMLError as exc:
         raise PackError(
             f"{source}: {where}: {path} is not valid JSON/YAML ({getattr(exc, 'problem', exc)})."

@@ -57,7 +57,7 @@ JOURNAL_LINES = 200
 SHOW_PROPERTIES = "LoadState,ActiveState,SubState,MainPID,NRestarts"
 
 # ExecStart words that need no quoting: no whitespace, quotes, backslash, `$` or `%`.
-_PLAIN_WORD = re.compile(r"^[A-Za-z0-9._/@+:=,-]+$")
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9._/@+:=,-]+\Z")
 
 
 @dataclass(frozen=True)

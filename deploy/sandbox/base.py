@@ -30,11 +30,11 @@ __all__ = [
 
 Log = Callable[[str], None]
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}$")  # "<name>-h" must fit IFNAMSIZ (15 chars)
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,9}\Z")  # "<name>-h" must fit IFNAMSIZ (15 chars)
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 # Paths end up in overlayfs mount options, ssh -o values and shell variables: none of these
 # can quote, so only plain characters are allowed.
-SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*$")
+SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]*\Z")
 
 
 # The systemd example (inventories/local-systemd.yml, system scope). The deploy user's sudo is

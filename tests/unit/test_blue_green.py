@@ -192,7 +192,10 @@ def _with_version(d: Deps) -> Deps:
             "health": d.inventory.health.model_copy(
                 update={
                     "version": parse(
-                        INVENTORY + "  \nhealth: {version: {header: X-Release-Id}}\n",
+                        INVENTORY.replace(
+                            "health: {deadline",
+                            "health: {version: {header: X-Release-Id}, deadline",
+                        ),
                         source=Path("x.yml"),
                         env="prod",
                     ).health.version

@@ -1,0 +1,211 @@
+"""Hostile files and values a user (or a committer to the app's repository) can hand
+releasegate: each is refused with a one-paragraph error naming the file and the fix — never a
+traceback, never minutes of CPU or gigabytes of memory, never silently half-read."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy import inventory
+from deploy.errors import ConfigError
+from smoke.pack import PackError, load_pack
+
+GOOD = """\
+hosts: [{name: web1, address: 10.0.0.5, root: /srv/app}]
+app: {name: shop}
+process: {command: server.js, port: 3000}
+"""
+PACK = """\
+version: 1
+name: hostile
+checks:
+  - name: live
+    request: {path: /health/live}
+    expect: {status: 200}
+"""
+
+
+def _laughs(levels: int = 8) -> str:
+    """Anchors that alias the one before nine times: 9**levels values once expanded (43
+    million for 8 levels: half a minute and ~1 GB when validation walks them; 9 levels is
+    the machine's memory)."""
+    names = "abcdefghij"
+    items = ["&a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        items.append(f"&{names[i]} [" + ", ".join([f"*{names[i - 1]}"] * 9) + "]")
+    return "[" + ", ".join(items) + "]"
+
+
+def inventory_error(tmp_path: Path, text: str | bytes) -> str:
+    inv_dir = tmp_path / "inventories"
+    inv_dir.mkdir(exist_ok=True)
+    path = inv_dir / "prod.yml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        inventory.load("prod", inv_dir)
+    assert exc.value.exit_code == 2
+    assert str(path) in exc.value.message
+    return exc.value.message
+
+
+def pack_error(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "pack.yml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with pytest.raises(PackError) as exc:
+        load_pack(path, environ={})
+    assert str(path) in exc.value.message
+    return exc.value.message
+
+
+# ------------------------------------------------------------------ inventories
+
+
+def test_a_key_written_twice_is_refused_not_silently_the_last(tmp_path: Path):
+    msg = inventory_error(tmp_path, GOOD.replace("port: 3000}", "port: 3000}\nprocess: {}"))
+    assert "'process' appears twice" in msg and "line 4" in msg and "line 3" in msg
+
+
+def test_a_key_written_twice_inside_a_section_is_refused(tmp_path: Path):
+    msg = inventory_error(tmp_path, GOOD.replace("port: 3000", "port: 3000, port: 8080"))
+    assert "'port' appears twice" in msg
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path: Path):
+    text = GOOD.replace(
+        "process: {command: server.js, port: 3000}",
+        "process:\n  <<: {command: server.js, port: 3000}\n  port: 3001",
+    )
+    (tmp_path / "inventories").mkdir()
+    (tmp_path / "inventories" / "prod.yml").write_text(text)
+    assert inventory.load("prod", tmp_path / "inventories").process.port == 3001
+
+
+def test_a_billion_laughs_inventory_is_refused_at_once(tmp_path: Path):
+    started = time.monotonic()
+    msg = inventory_error(
+        tmp_path,
+        GOOD.replace("app: {name: shop}", f"app: {{name: shop, shared_files: {_laughs()}}}"),
+    )
+    assert time.monotonic() - started < 5
+    assert "billion laughs" in msg
+
+
+def test_deep_nesting_in_an_inventory_is_an_error_not_a_traceback(tmp_path: Path):
+    msg = inventory_error(tmp_path, GOOD + "extra: " + "[" * 2000 + "]" * 2000 + "\n")
+    assert "nested more than" in msg
+
+
+def test_an_inventory_that_is_not_utf8_is_named(tmp_path: Path):
+    msg = inventory_error(tmp_path, GOOD.encode() + b"# caf\xe9\n")
+    assert "not UTF-8" in msg and "0xe9" in msg
+
+
+# ------------------------------------------------------------------ smoke packs
+
+
+def test_a_billion_laughs_pack_is_refused_at_once(tmp_path: Path):
+    started = time.monotonic()
+    msg = pack_error(
+        tmp_path,
+        PACK.replace(
+            "expect: {status: 200}", f"expect: {{status: 200, schema: {{enum: {_laughs()}}}}}"
+        ),
+    )
+    assert time.monotonic() - started < 5
+    assert "billion laughs" in msg
+
+
+def test_deep_nesting_in_a_pack_is_an_error_not_a_traceback(tmp_path: Path):
+    msg = pack_error(tmp_path, PACK + "extra: " + "[" * 2000 + "]" * 2000 + "\n")
+    assert "nested more than" in msg
+
+
+def test_a_check_written_twice_is_refused(tmp_path: Path):
+    msg = pack_error(tmp_path, PACK + "checks: []\n")
+    assert "'checks' appears twice" in msg
+
+
+def test_a_pack_that_is_not_utf8_says_so_not_permissions(tmp_path: Path):
+    msg = pack_error(tmp_path, PACK.encode() + b"# \xff\n")
+    assert "not UTF-8" in msg and "permissions" not in msg
+
+
+# ------------------------------------------------------------------ a trailing newline
+# `$` in a Python regex also matches before a final "\n": every validator must refuse it.
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "20261122120000-abcdef1\n",
+        "\u0662\u0660\u0662\u0666\u0661\u0661\u0662\u0662\u0661\u0662\u0660\u0660\u0660\u0660-abcdef1",
+    ],
+)
+def test_a_release_id_with_a_newline_or_foreign_digits_is_not_a_release_id(value: str):
+    from deploy.model import is_release_id
+
+    assert is_release_id("20261122120000-abcdef1")
+    assert not is_release_id(value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("root: /srv/app", 'root: "/srv/app\\n"', "hosts[0].root"),
+        ("address: 10.0.0.5", 'address: "web1.example.com\\n"', "hosts[0].address"),
+        ("name: shop", 'name: "shop\\n"', "app.name"),
+        ("name: shop", 'name: shop, revision: "main\\n"', "app.revision"),
+        ("port: 3000", 'port: 3000, env: {"API_TOKEN\\n": x}', "process.env"),
+    ],
+)
+def test_an_inventory_value_with_a_trailing_newline_is_refused(old: str, new: str, key: str):
+    with pytest.raises(ConfigError) as exc:
+        inventory.parse(GOOD.replace(old, new), source=Path("inventories/prod.yml"), env="prod")
+    assert key in exc.value.message
+
+
+def test_an_environment_name_with_a_trailing_newline_is_refused(tmp_path: Path):
+    (tmp_path / "prod.yml").write_text(GOOD)
+    with pytest.raises(ConfigError) as exc:
+        inventory.load("prod\n", tmp_path)
+    assert "is not valid" in exc.value.message
+
+
+# ------------------------------------------------------------------ CLI numbers
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "-nan"])
+def test_lock_wait_nan_is_refused_before_anything(tmp_path: Path, value: str):
+    from click.testing import CliRunner
+
+    from deploy.cli import main
+
+    # no inventory at all: a refused option must stop before the inventory is even read
+    res = CliRunner().invoke(
+        main, ["--inventories", str(tmp_path), "deploy", "prod", "--lock-wait", value]
+    )
+    assert res.exit_code == 2, res.output
+    assert "--lock-wait" in res.output and "finite" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_perf_thresholds_refuse_nan_and_inf(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from deploy.cli import main
+
+    for value in ("nan", "inf"):
+        res = CliRunner().invoke(
+            main, ["perf", "--base-url", "http://127.0.0.1:9", "--p95-increase-ms", value]
+        )
+        assert res.exit_code == 2, res.output
+        assert "--p95-increase-ms" in res.output
