@@ -202,7 +202,18 @@ STATE_SCRIPT = (
     + r"""
 cd -- "$1" 2>/dev/null || { echo "@@missing-root"; exit 0; }
 echo "@@current"; readlink current 2>/dev/null || true
+# `current` that is not a link (made by hand): no switch can replace a directory
+if [ ! -L current ] && [ -e current ]; then
+  echo "@@current-kind"; if [ -d current ]; then echo directory; else echo file; fi
+fi
 echo "@@releases"; ls -1 releases 2>/dev/null || true
+# a release directory without its manifest (written last) cannot be activated
+echo "@@incomplete"
+for d in releases/*/; do
+  d=${d%/}; d=${d#releases/}
+  case "$d" in *.partial|"*") continue ;; esac
+  [ -f "releases/$d/.release.json" ] || echo "$d"
+done
 echo "@@lock"; lock_view .releasegate/lock
 echo "@@journal"; cat .releasegate/journal.jsonl 2>/dev/null || true
 printf '\n@@smoke\n'; seen=" "  # (a newline first: the journal may end in a torn line)
@@ -254,6 +265,12 @@ for attempt in 1 2 3; do
   [ -d "$lock" ] && break
 done
 rm -rf -- "$stage"
+if [ -e "$lock" ] && [ ! -d "$lock" ]; then
+  # not a holder that will ever go away, and nothing `unlock --force` may remove
+  echo "$lock is a file, not a lock releasegate made (its locks are directories); nothing" \
+    "was changed. Look at it, remove it on the host (rm -- $lock) and run again" >&2
+  exit 1
+fi
 lock_view "$lock"
 exit 75
 """

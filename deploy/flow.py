@@ -115,6 +115,7 @@ def plan_deploy(d: Deps, host: HostOps, rid: str) -> DeployPlan | Outcome:
     """Under the lock, before anything changes: refuse while the host needs a human (the
     outcome), settle what an interrupted run left, choose the fallback."""
     state = host.state_at_lock or host.read_state()
+    refuse_broken_layout(d, host, state)
     mark = state.needs_human()
     if mark is not None:
         return refuse_while_marked(d, host, "deploy", mark)
@@ -125,6 +126,12 @@ def plan_deploy(d: Deps, host: HostOps, rid: str) -> DeployPlan | Outcome:
     way = strategy_for(d, host, state)
     load_stored_packs(d, state, [previous_good])
     return DeployPlan(rid=rid, state=state, previous_good=previous_good, way=way)
+
+
+def refuse_broken_layout(d: Deps, host: HostOps, state: HostState) -> None:
+    problem = state.layout_problem(d.inventory.host.root, host.label)
+    if problem is not None:
+        raise AbortedBeforeLive(problem)
 
 
 def ship_release(

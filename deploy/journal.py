@@ -91,6 +91,22 @@ class HostState:
     # file's text (None: no upstream file) — deploy/slots.py, deploy/proxy.py
     slot_links: Mapping[str, str] = field(default_factory=dict)
     upstream_text: str | None = None
+    # `current` exists but is not a link ("directory" or "file"): nothing can be switched
+    current_kind: str | None = None
+    # release ids whose directory has no manifest: never a target, never pruned
+    incomplete_dirs: frozenset[str] = frozenset()
+
+    def layout_problem(self, root: str, label: str) -> str | None:
+        """Why no release can be switched to on this host as it is, or None."""
+        if self.current_kind is None:
+            return None
+        return (
+            f"{root}/current on {label} is a {self.current_kind}, not the link releasegate "
+            f"switches; nothing was changed. No switch can replace it, so a deploy or rollback "
+            f"would fail half-way. Move it aside on the host (`mv {root}/current "
+            f"{root}/current.moved-aside`) and run again: releasegate makes current a link to "
+            f"the release it verifies."
+        )
 
     def promoted(self, release_id: str) -> HostState:
         """This state after `release_id` was promoted (partials removed by the same ship)."""
@@ -195,10 +211,11 @@ def parse_state(stdout: str) -> HostState:
     current = link.rsplit("/", 1)[-1] if link else None
     if current is not None and not is_release_id(current):
         current = None
+    incomplete = {ln.strip() for ln in sections.get("incomplete", []) if is_release_id(ln.strip())}
     complete, partial, other = set(), set(), set()
     for item in sections.get("releases", []):
         item = item.strip()
-        if not item:
+        if not item or item in incomplete:
             continue
         if is_release_id(item):
             complete.add(item)
@@ -228,6 +245,10 @@ def parse_state(stdout: str) -> HostState:
         smoke=_parse_smoke(sections.get("smoke", [])),
         slot_links=_parse_slots(sections.get("slots", [])),
         upstream_text=_parse_upstream(sections.get("upstream")),
+        current_kind=next(
+            (k for k in ("".join(sections.get("current-kind", [])).split()) if k), None
+        ),
+        incomplete_dirs=frozenset(incomplete),
     )
 
 

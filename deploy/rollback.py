@@ -7,7 +7,7 @@ from deploy import migrations
 from deploy.commands import Cmd
 from deploy.deps import Deps, host_ops, report, strategy_for
 from deploy.errors import ConfigError, HumanNeeded
-from deploy.flow import activate_and_gate, resolve_interrupted
+from deploy.flow import activate_and_gate, refuse_broken_layout, resolve_interrupted
 from deploy.gating import load_stored_packs
 from deploy.host import HostOps
 from deploy.journal import RESOLVE, HostState
@@ -27,6 +27,7 @@ def rollback_locked(d: Deps, host: HostOps, to: str | None, *, last: bool = Fals
     """rollback() once the host's lock is held (deploy.fleet holds every host's lock);
     `last`: nothing follows on this host under its lock."""
     state = host.state_at_lock or host.read_state()
+    refuse_broken_layout(d, host, state)
     mark = state.needs_human()
     if mark is not None and to is None:
         return refuse_while_marked(d, host, "rollback", mark)
@@ -158,6 +159,12 @@ def _explicit_target(
     needs a human — the live release itself (gated again once the cause is fixed)."""
     targets = [*state.good_releases(), *state.rolled_back_releases()]
     known = ", ".join(targets) or "none"
+    if to in state.incomplete_dirs:
+        raise ConfigError(
+            f"release {to} on {host.label} is incomplete: releases/{to} has no .release.json "
+            f"(releasegate writes it last, so that directory was cut short or changed by hand) "
+            f"and cannot be activated; nothing was changed. Releases rollback can go to: {known}"
+        )
     if to not in state.release_dirs:
         raise ConfigError(
             f"release {to} does not exist on {host.label}; releases rollback can go to: {known}"

@@ -49,7 +49,10 @@ class World:
 
 def make_world(tmp_path: Path, repo: Path, strategy: str = "", *, instances: int = 2) -> World:
     text = INVENTORY.replace("instances: 2", f"instances: {instances}")
-    text += "".join(f"  {line}\n" for line in strategy.splitlines() if line)
+    extra = [line for line in strategy.splitlines() if line]
+    for line in extra:  # a strategy key given here replaces the base one (no key twice)
+        text = re.sub(rf"^  {re.escape(line.split(':', 1)[0])}:.*\n", "", text, flags=re.M)
+    text += "".join(f"  {line}\n" for line in extra)
     inv = parse(text, source=tmp_path / "inventories" / "prod.yml", env="prod")
     clock = FakeClock()
     host = FakeHost(upstream=(BLUE, None))  # as `releasegate setup` leaves it

@@ -4,13 +4,15 @@ traceback, never minutes of CPU or gigabytes of memory, never silently half-read
 
 from __future__ import annotations
 
+import subprocess
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-from deploy import inventory
+from deploy import commands, inventory, journal
 from deploy.errors import ConfigError
+from deploy.model import Layout
 from smoke.pack import PackError, load_pack
 
 GOOD = """\
@@ -209,3 +211,68 @@ def test_perf_thresholds_refuse_nan_and_inf(tmp_path: Path):
         )
         assert res.exit_code == 2, res.output
         assert "--p95-increase-ms" in res.output
+
+
+# ------------------------------------------------------------------ host state (scripts run)
+
+
+def _sh(cmd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", "-c", cmd.render()],
+        input=cmd.stdin or "",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Layout:
+    lay = Layout(PurePosixPath(tmp_path / "root"))
+    assert _sh(commands.prepare_layout(lay)).returncode == 0
+    for rid in (OLD, NEW):
+        (Path(str(lay.releases)) / rid).mkdir()
+        (Path(str(lay.releases)) / rid / ".release.json").write_text("{}")
+    return lay
+
+
+OLD, NEW = "20261122120000-abcdef1", "20261123120000-abcdef2"
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_a_current_that_is_not_a_link_is_a_layout_problem(root: Layout, kind: str):
+    current = Path(str(root.current))
+    if kind == "directory":
+        current.mkdir()
+    else:
+        current.write_text("x")
+    state = journal.parse_state(_sh(commands.read_state(root)).stdout)
+    problem = state.layout_problem(str(root.root), "web1")
+    assert problem is not None
+    assert f"{root.root}/current on web1 is a {kind}" in problem and "mv " in problem
+
+
+def test_a_linked_or_missing_current_is_no_layout_problem(root: Layout):
+    state = journal.parse_state(_sh(commands.read_state(root)).stdout)
+    assert state.layout_problem(str(root.root), "web1") is None
+    Path(str(root.current)).symlink_to(f"releases/{NEW}")
+    state = journal.parse_state(_sh(commands.read_state(root)).stdout)
+    assert state.layout_problem(str(root.root), "web1") is None and state.current == NEW
+
+
+def test_a_release_without_its_manifest_is_never_a_target(root: Layout):
+    (Path(str(root.releases)) / OLD / ".release.json").unlink()
+    state = journal.parse_state(_sh(commands.read_state(root)).stdout)
+    assert state.incomplete_dirs == {OLD}
+    assert state.release_dirs == {NEW}  # neither a rollback target nor the last good
+
+
+def test_a_file_where_the_lock_should_be_is_named_not_held_by_an_unknown_owner(root: Layout):
+    lock = Path(str(root.lock))
+    lock.write_text("garbage")
+    res = _sh(commands.acquire_lock(root, "a" * 32, {"op": "deploy"}, 60))
+    assert res.returncode == 1  # not LOCK_HELD: no one will ever release it
+    assert f"{lock} is a file, not a lock releasegate made" in res.stderr
+    assert f"rm -- {lock}" in res.stderr
+    assert lock.read_text() == "garbage"  # left for the user to look at
+    assert not list(lock.parent.glob("lock.new-*"))  # no staging directory left behind
