@@ -209,7 +209,8 @@ names=$(sed -e 's/^[[:space:]]*//; s/^export[[:space:]][[:space:]]*//' -- "$envf
 removed=""
 if [ -f "$record" ]; then
   removed=$(printf '%s\n' "$names" | LC_ALL=C comm -13 - "$record" | tr '\n' ' ')
-elif "$pm2" pid "$app" 2>/dev/null | grep -q '[0-9]'; then
+elif "$pm2" pid "$app" 2>/dev/null | grep -qx '[0-9][0-9]*'; then
+  # (a pid line, not PM2's "Spawning PM2 daemon" banner: it has digits too)
   removed="(unknown: PM2 runs $app with variables releasegate did not record)"
 fi
 # Until PM2 confirms, it may hold the old names and the new: record both.

@@ -293,6 +293,16 @@ def test_pm2_restarts_an_app_it_runs_with_unrecorded_variables(tmp_path: Path, f
     assert calls == ["pid", "delete", "start"] and "unknown" in out
 
 
+def test_a_first_deploy_that_wakes_the_pm2_daemon_is_not_a_restart(tmp_path: Path, fake_pm2: Path):
+    # what `pm2 pid APP` prints on a host whose PM2 daemon was not running (measured, 7.0.4)
+    banner = (
+        "[PM2] Spawning PM2 daemon with pm2_home=/home/deploy/.pm2\n"
+        "[PM2] PM2 Successfully daemonized\n"
+    )
+    out, calls = activate(tmp_path, fake_pm2, "A=1\n", pid=banner)
+    assert calls == ["pid", "startOrReload"] and ENV_RESTART not in out
+
+
 def test_pm2_activates_an_old_release_without_a_snapshot(tmp_path: Path, fake_pm2: Path):
     activate(tmp_path, fake_pm2, "A=1\n")
     out, calls = activate(tmp_path, fake_pm2, None, pid="41")
