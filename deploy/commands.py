@@ -769,6 +769,7 @@ IDENTITY_SCRIPT = r"""
 dir="$1"; shift
 echo "@@release $(cd -P -- "$dir" 2>/dev/null && pwd -P || echo -)"
 for p in "$@"; do printf '%s %s\n' "$p" "$(readlink "/proc/$p/cwd" 2>/dev/null || echo -)"; done
+echo "@@current $(readlink -- "$dir/../../current" 2>/dev/null || echo -)"
 echo "@@manifest"
 cat -- "$dir/.release.json" 2>/dev/null || true
 """
@@ -776,7 +777,7 @@ cat -- "$dir/.release.json" 2>/dev/null || true
 
 def process_identity(release_dir: PurePosixPath, pids: Sequence[int]) -> Cmd:
     """One read for the identity check: the release directory as the host resolves it, the
-    cwd of every pid, and the release's manifest."""
+    cwd of every pid, where the deploy root's `current` points, and the release's manifest."""
     args = [str(int(p)) for p in pids]
     return _script(
         "process.identity",

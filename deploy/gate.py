@@ -227,10 +227,27 @@ def closing_identity(
     return facts
 
 
-def check_identity(snapshot: ProcessSnapshot, facts: IdentityFacts, expected: PurePosixPath) -> str:
+def check_identity(
+    snapshot: ProcessSnapshot,
+    facts: IdentityFacts,
+    expected: PurePosixPath,
+    *,
+    through_current: bool = False,
+) -> str:
     """The running processes really run `expected` (catches PM2 keeping the old code). The
     release directory is compared as the host resolves it, so a deploy root reached through a
-    symlink is the same directory as the cwds /proc shows."""
+    symlink is the same directory as the cwds /proc shows. `through_current`: the release
+    serves through `current`, which must still name it — a release that removes or re-points
+    the link as it starts would otherwise be promoted with `current` leading elsewhere."""
+    if through_current and facts.current is not None:
+        link = facts.current.rstrip("/")
+        if link != f"releases/{expected.name}" and link != str(expected):
+            now = "missing" if link == "-" else f"-> {link}"
+            raise GateFailed(
+                "identity",
+                f"current no longer names {expected.name} (now {now}): something on the host "
+                f"changed the link after the switch — the release itself as it started?",
+            )
     if not snapshot.pids:
         raise GateFailed("identity", f"no running process (status {snapshot.status})")
     want = {str(expected)}

@@ -163,7 +163,9 @@ def gate_release(d: Deps, host: HostOps, rid: str, target: GateTarget) -> list[s
         facts = closing_identity(snap, closed[0] if closed else None) or host.identity_facts(
             rid, snap.pids, timeout=time_left()
         )
-        identity = check_identity(snap, facts, host.layout.release(rid))
+        identity = check_identity(
+            snap, facts, host.layout.release(rid), through_current=target.through_current
+        )
         d.reporter.info(f"identity: {identity}")
         evidence = [p.line() for p in history] + [f"stable: {stable}", f"identity: {identity}"]
         if version is not None:

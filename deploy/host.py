@@ -511,6 +511,7 @@ def commands_failure(remote: Remote, name: str, res: Result) -> CommandFailure:
 def parse_identity(stdout: str) -> IdentityFacts:
     """Parse the output of commands.IDENTITY_SCRIPT."""
     release_dir: str | None = None
+    current: str | None = None
     cwds: dict[int, str] = {}
     manifest_lines: list[str] = []
     in_manifest = False
@@ -520,6 +521,8 @@ def parse_identity(stdout: str) -> IdentityFacts:
         elif line.startswith("@@release "):
             value = line[len("@@release ") :].strip()
             release_dir = value if value.startswith("/") else None
+        elif line.startswith("@@current "):
+            current = line[len("@@current ") :].strip()
         elif line.startswith("@@manifest"):
             in_manifest = True
         else:
@@ -534,4 +537,5 @@ def parse_identity(stdout: str) -> IdentityFacts:
         release_dir=release_dir,
         cwds=cwds,
         manifest=loaded if isinstance(loaded, dict) else {},
+        current=current,
     )

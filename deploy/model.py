@@ -259,6 +259,8 @@ class IdentityFacts:
     release_dir: str | None  # the release directory as the host resolves it; None if missing
     cwds: dict[int, str]  # pid -> /proc/<pid>/cwd ("-" when unreadable)
     manifest: dict[str, object]  # the release's .release.json ({} when unreadable)
+    # `current`'s link text ("-": no link), read with the cwds; None: not read
+    current: str | None = None
 
     @property
     def revision(self) -> str | None:

@@ -491,6 +491,7 @@ class FakeRemote:
                     for pid in h.slot_pids(slot, self.clock.t)[0]
                 }
                 lines += [f"{p} {root}/releases/{cwd.get(int(p), h.running)}" for p in args[1:]]
+                lines.append(f"@@current releases/{h.current}" if h.current else "@@current -")
                 lines.append("@@manifest")
                 if rid in h.manifests:
                     lines.append(json.dumps(h.manifests[rid], indent=2))

@@ -47,6 +47,8 @@ class GateTarget:
     snapshot: Callable[[float | None], ProcessSnapshot]  # the manager's view (timeout)
     forensics: Callable[[int], tuple[str, str]]  # (last log lines, process state)
     public_url: bool = True  # smoke.base_url applies (in place); a slot has no public URL
+    # `current` must name the gated release (in place: it serves through current)
+    through_current: bool = False
     # the gate's closing read: the snapshot and the identity facts of the given pids in one
     # round trip (timeout, pids); None: read them one after the other
     closing: (

@@ -42,6 +42,7 @@ class InPlace:
             forensics=host.forensics,
             closing=lambda timeout, pids: host.snapshot_with_identity(rid, pids, timeout),
             first=self._first_snapshot(rid),
+            through_current=True,
         )
 
     def _first_snapshot(self, rid: str) -> Callable[[float | None], ProcessSnapshot] | None:

@@ -223,8 +223,11 @@ def test_the_release_pattern_is_the_release_id_pattern():
         "20261122143055-1a2b3c4\n",
         "",
     ]
+    # bash's [[ =~ ]] is POSIX ERE: `$` is the end of the string; Python's `$` also matches
+    # before a final newline, so it is spelled \Z to read the pattern as bash does
+    bash_ere = ci.RELEASE_ID_ERE.removesuffix("$") + r"\Z"
     for sample in samples:
-        assert bool(re.search(ci.RELEASE_ID_ERE, sample)) == bool(RELEASE_ID.match(sample)), sample
+        assert bool(re.search(bash_ere, sample)) == bool(RELEASE_ID.match(sample)), sample
 
 
 def bash(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,7 @@ traceback, never minutes of CPU or gigabytes of memory, never silently half-read
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path, PurePosixPath
@@ -11,8 +12,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from deploy import commands, inventory, journal
-from deploy.errors import ConfigError
-from deploy.model import Layout
+from deploy.errors import ConfigError, GateFailed
+from deploy.gate import check_identity
+from deploy.host import parse_identity
+from deploy.model import IdentityFacts, Layout, ProcessSnapshot
 from smoke.pack import PackError, load_pack
 
 GOOD = """\
@@ -226,6 +229,9 @@ def _sh(cmd) -> subprocess.CompletedProcess[str]:
     )
 
 
+OLD, NEW = "20261122120000-abcdef1", "20261123120000-abcdef2"
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Layout:
     lay = Layout(PurePosixPath(tmp_path / "root"))
@@ -234,9 +240,6 @@ def root(tmp_path: Path) -> Layout:
         (Path(str(lay.releases)) / rid).mkdir()
         (Path(str(lay.releases)) / rid / ".release.json").write_text("{}")
     return lay
-
-
-OLD, NEW = "20261122120000-abcdef1", "20261123120000-abcdef2"
 
 
 @pytest.mark.parametrize("kind", ["directory", "file"])
@@ -276,3 +279,37 @@ def test_a_file_where_the_lock_should_be_is_named_not_held_by_an_unknown_owner(r
     assert f"rm -- {lock}" in res.stderr
     assert lock.read_text() == "garbage"  # left for the user to look at
     assert not list(lock.parent.glob("lock.new-*"))  # no staging directory left behind
+
+
+# ------------------------------------------------------------------ a release that moves `current`
+
+
+def _identity(root: Layout, rid: str) -> IdentityFacts:
+    # our own pid runs in the release directory, as a process of the release would
+    return parse_identity(_sh(commands.process_identity(root.release(rid), [os.getpid()])).stdout)
+
+
+@pytest.mark.parametrize("link", [f"releases/{OLD}", "releases/nonexistent", None])
+def test_a_release_that_moves_current_as_it_starts_fails_its_identity_gate(
+    root: Layout, link: str | None, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(str(root.release(NEW)))
+    if link is not None:
+        Path(str(root.current)).symlink_to(link)
+    facts = _identity(root, NEW)
+    snap = ProcessSnapshot(status="online", pids=(os.getpid(),), restarts=0)
+    with pytest.raises(GateFailed) as exc:
+        check_identity(snap, facts, root.release(NEW), through_current=True)
+    assert exc.value.gate == "identity"
+    assert f"current no longer names {NEW}" in exc.value.message
+    assert ("missing" if link is None else link) in exc.value.message
+    # a slot (blue/green) is gated before current names it: not its business there
+    assert "run in" in check_identity(snap, facts, root.release(NEW), through_current=False)
+
+
+def test_current_naming_the_gated_release_passes(root: Layout, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(str(root.release(NEW)))
+    Path(str(root.current)).symlink_to(f"releases/{NEW}")
+    snap = ProcessSnapshot(status="online", pids=(os.getpid(),), restarts=0)
+    said = check_identity(snap, _identity(root, NEW), root.release(NEW), through_current=True)
+    assert said == f"1 process(es) run in {root.release(NEW)}"
