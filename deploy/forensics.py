@@ -8,6 +8,8 @@ from deploy.deps import Deps
 from deploy.errors import ReleasegateError
 from deploy.strategies.base import GateTarget
 
+LOG_LINE = 1000  # characters of one log line kept in the output and the journal
+
 
 @dataclass(frozen=True)
 class Forensics:
@@ -25,6 +27,7 @@ def capture_forensics(d: Deps, failed: str, target: GateTarget, log_lines: int =
     except ReleasegateError as exc:
         return Forensics((f"forensics unavailable: {exc.message}",), {"error": exc.message})
     logs, state = d.redact(logs), d.redact(state)
+    logs = "\n".join(line[:LOG_LINE] for line in logs.splitlines())  # a release's megabyte line
     shown = [line for line in logs.splitlines() if line.strip()][-15:]
     return Forensics(
         (f"process: {state}", *(f"log: {line}" for line in shown)),

@@ -70,6 +70,7 @@ class FakeHost:
     partials: set[str] = field(default_factory=set)
     current: str | None = None
     lock: tuple[str, str] | None = None  # (token, owner json)
+    log_noise: str = ""  # a line the running app logged (after its fault line)
     lease: int | None = None  # seconds; None: no lease (a manual lock, held until unlocked)
     lease_renewed: float = 0.0  # fake clock time of the last renewal
     journal: list[str] = field(default_factory=list)
@@ -513,7 +514,8 @@ class FakeRemote:
                 fault = self.host.fault_of_running()
                 return Result(
                     f"==> app-out.log <==\nsampleapp {h.running} listening\n"
-                    f"==> app-error.log <==\nsampleapp: fault {fault}\n",
+                    f"==> app-error.log <==\nsampleapp: fault {fault}\n"
+                    + (f"{h.log_noise}\n" if h.log_noise else ""),
                     "",
                     0,
                 )

@@ -362,6 +362,18 @@ def test_dry_run_reads_the_host_but_changes_nothing(world):
     assert any("cannot be known in advance" in line for line in deps.reporter.lines)
 
 
+def test_a_release_that_logs_a_megabyte_line_does_not_flood_output_or_journal(world):
+    deps, host, remote, repo = world
+    ship(deps, repo)
+    deps.clock.sleep(2)
+    host.log_noise = "E" * 1_000_000
+    out = ship(deps, repo, fault="ready_503")
+    assert out.exit_code == 3
+    assert any("log: EEEE" in line for line in out.evidence)
+    assert max(len(line) for line in out.evidence) < 1100
+    assert max(len(e) for e in host.journal) < 20_000
+
+
 def test_forensics_of_the_failing_release_are_shown_and_journaled(world):
     deps, host, remote, repo = world
     ship(deps, repo)

@@ -303,6 +303,25 @@ def test_a_first_deploy_that_wakes_the_pm2_daemon_is_not_a_restart(tmp_path: Pat
     assert calls == ["pid", "startOrReload"] and ENV_RESTART not in out
 
 
+def test_pm2_logs_replace_a_megabyte_line_instead_of_bringing_it_over(tmp_path: Path):
+    logs = tmp_path / "pm2home" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "shop-out.log").write_text("started\n" + "E" * 3_000_000 + "\nlast words\n")
+    (logs / "shop-error.log").write_text("boom\n")
+    lay = Layout(PurePosixPath(tmp_path / "root"))
+    inv = parse(
+        f"hosts: [{{name: h, address: h, root: {lay.root}}}]\napp: {{name: shop}}\n"
+        "process: {command: server.js, port: 3000}\n",
+        source=tmp_path / "prod.yml",
+        env="prod",
+    )
+    res = run(Pm2(inventory=inv, layout=lay).logs(40), env={"PM2_HOME": str(tmp_path / "pm2home")})
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout) < 2000
+    assert "(a line of 3000000 bytes)" in res.stdout
+    assert "started" in res.stdout and "last words" in res.stdout and "boom" in res.stdout
+
+
 def test_pm2_activates_an_old_release_without_a_snapshot(tmp_path: Path, fake_pm2: Path):
     activate(tmp_path, fake_pm2, "A=1\n")
     out, calls = activate(tmp_path, fake_pm2, None, pid="41")
