@@ -3,6 +3,7 @@ so they know nothing about SSH or PM2, and a fake clock runs them without waitin
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -32,20 +33,47 @@ class ReadyPolicy:
 MIN_READ_TIMEOUT = 1.0
 
 
+# A readiness answer's body is read up to this size, and for no longer than the probe's
+# timeout in all: the client's timeouts bound each read, not the whole answer, so a release
+# that streams its answer without end would otherwise hold the gate past its deadline.
+MAX_PROBE_BODY = 1024 * 1024
+
+
+def bounded_get(
+    client: httpx.Client, path: str, headers: dict[str, str]
+) -> tuple[httpx.Response, bytes, str]:
+    """GET `path` and read its body within MAX_PROBE_BODY and the client's read timeout in
+    all: (response, body, why the body was cut — "" when it ended). Raises httpx.HTTPError
+    when there is no answer."""
+    started = time.perf_counter()
+    limit = client.timeout.read or 10.0
+    body = bytearray()
+    with client.stream("GET", path, headers=headers) as response:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > MAX_PROBE_BODY:
+                return response, bytes(body), f"its body went on past {MAX_PROBE_BODY // 1024} KiB"
+            if time.perf_counter() - started > limit:
+                return response, bytes(body), f"its body was still coming after {limit:g}s"
+    return response, bytes(body), ""
+
+
 def probe_http(client: httpx.Client, path: str, headers: dict[str, str]) -> tuple[str, str]:
     """One readiness probe: ("ok"|"fail"|"error", detail). The client carries the timeout."""
     started = time.perf_counter()
     try:
-        response = client.get(path, headers=headers)
+        response, body, unended = bounded_get(client, path, headers)
     except httpx.TimeoutException:
         return "error", f"no answer: timed out after {time.perf_counter() - started:.1f}s"
     except httpx.HTTPError as exc:
         return "error", f"no answer: {type(exc).__name__} {str(exc)[:120]}".rstrip()
     ms = (time.perf_counter() - started) * 1000
+    if unended:
+        return "fail", f"{response.status_code} in {ms:.0f} ms, but {unended} (an answer must end)"
     if 200 <= response.status_code < 300:
         return "ok", f"{response.status_code} in {ms:.0f} ms"
-    body = response.text.strip().replace("\n", " ")[:120]
-    return "fail", f"{response.status_code} in {ms:.0f} ms {body}".rstrip()
+    text = body.decode("utf-8", "replace").strip().replace("\n", " ")[:120]
+    return "fail", f"{response.status_code} in {ms:.0f} ms {text}".rstrip()
 
 
 @dataclass
@@ -290,11 +318,13 @@ def reported_version(
     when the field is null (the app does not know its version)."""
     where = f"GET {settings.path}"
     try:
-        response = client.get(settings.path, headers=headers)
+        response, body, unended = bounded_get(client, settings.path, headers)
     except httpx.HTTPError as exc:
         raise GateFailed(
             "identity", f"{where} got no answer: {type(exc).__name__} {str(exc)[:120]}"
         ) from None
+    if unended:
+        raise GateFailed("identity", f"{where} answered, but {unended} (an answer must end)")
     if not 200 <= response.status_code < 300:
         raise GateFailed("identity", f"{where} answered {response.status_code}, not 2xx")
     if settings.header:
@@ -303,7 +333,7 @@ def reported_version(
             raise GateFailed("identity", f"{where} has no {settings.header} header")
         return value.strip()
     try:
-        node: object = response.json()
+        node: object = json.loads(body)
     except ValueError:
         raise GateFailed("identity", f"{where} did not answer JSON") from None
     assert settings.field is not None

@@ -9,11 +9,12 @@ import subprocess
 import time
 from pathlib import Path, PurePosixPath
 
+import httpx
 import pytest
 
 from deploy import commands, inventory, journal
 from deploy.errors import ConfigError, GateFailed
-from deploy.gate import check_identity
+from deploy.gate import check_identity, probe_http
 from deploy.host import parse_identity
 from deploy.model import IdentityFacts, Layout, ProcessSnapshot
 from smoke.pack import PackError, load_pack
@@ -313,3 +314,35 @@ def test_current_naming_the_gated_release_passes(root: Layout, monkeypatch: pyte
     snap = ProcessSnapshot(status="online", pids=(os.getpid(),), restarts=0)
     said = check_identity(snap, _identity(root, NEW), root.release(NEW), through_current=True)
     assert said == f"1 process(es) run in {root.release(NEW)}"
+
+
+# ------------------------------------------------------------------ an answer without end
+
+
+class _Endless(httpx.SyncByteStream):
+    def __init__(self, chunk: bytes, pause: float = 0.0) -> None:
+        self.chunk, self.pause = chunk, pause
+
+    def __iter__(self):
+        while True:
+            if self.pause:
+                time.sleep(self.pause)  # a release dripping its answer (real time on purpose)
+            yield self.chunk
+
+
+@pytest.mark.parametrize(
+    ("stream", "said"),
+    [
+        (_Endless(b"x" * 65536), "went on past 1024 KiB"),
+        (_Endless(b"x", pause=0.05), "still coming after 0.5s"),
+    ],
+    ids=["flood", "drip"],
+)
+def test_a_readiness_answer_without_end_fails_the_probe_in_bounded_time(stream, said):
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
+    client = httpx.Client(base_url="http://127.0.0.1:9", transport=transport, timeout=0.5)
+    started = time.monotonic()
+    outcome, detail = probe_http(client, "/health/ready", {})
+    # before: the probe read for ever, past the gate's deadline (only a signal ended it)
+    assert time.monotonic() - started < 5
+    assert outcome == "fail" and said in detail and detail.startswith("200 in ")
