@@ -346,3 +346,28 @@ def test_a_readiness_answer_without_end_fails_the_probe_in_bounded_time(stream, 
     # before: the probe read for ever, past the gate's deadline (only a signal ended it)
     assert time.monotonic() - started < 5
     assert outcome == "fail" and said in detail and detail.startswith("200 in ")
+
+
+@pytest.mark.parametrize(
+    ("stream", "said"),
+    [
+        (_Endless(b"x" * 65536), "expected a body that ends within 8 MiB"),
+        (_Endless(b"x", pause=0.05), "expected a body that ends within 0.5 s"),
+    ],
+    ids=["flood", "drip"],
+)
+def test_a_smoke_check_whose_answer_never_ends_fails_in_bounded_time(tmp_path: Path, stream, said):
+    from smoke.runner import run_pack
+    from tests.fakehost import FakeClock
+
+    path = tmp_path / "pack.yml"
+    path.write_text(PACK.replace("version: 1\n", "version: 1\ndefaults: {timeout: 0.5}\n"))
+    pack = load_pack(path, environ={})
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
+    started = time.monotonic()
+    result = run_pack(
+        pack, base_url="http://app", client=httpx.Client(transport=transport), clock=FakeClock()
+    )
+    assert time.monotonic() - started < 5
+    (check,) = result.checks
+    assert check.outcome == "fail" and said in check.detail, check.detail
