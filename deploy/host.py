@@ -531,7 +531,7 @@ def parse_identity(stdout: str) -> IdentityFacts:
                 cwds[int(pid)] = cwd.strip()
     try:
         loaded = json.loads("\n".join(manifest_lines)) if manifest_lines else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # garbage on the host
         loaded = {}
     return IdentityFacts(
         release_dir=release_dir,

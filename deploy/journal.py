@@ -26,8 +26,9 @@ def parse(text: str) -> list[JournalEntry]:
             continue
         try:
             raw = json.loads(line)
-        except json.JSONDecodeError:
-            # A torn last line (a killed writer) must not hide the rest of the history.
+        except (json.JSONDecodeError, RecursionError):
+            # A torn last line (a killed writer), or garbage nested past Python's recursion
+            # limit, must not hide the rest of the history.
             continue
         if not isinstance(raw, dict):
             continue
@@ -231,7 +232,7 @@ def parse_state(stdout: str) -> HostState:
         try:
             loaded = json.loads(owner_text)
             owner = loaded if isinstance(loaded, dict) else {"raw": owner_text[:200]}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # garbage on the host
             owner = {"raw": owner_text[:200]}
     return HostState(
         root_exists=True,

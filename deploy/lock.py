@@ -144,7 +144,7 @@ def assess(raw: str, now: datetime, this_host: str | None = None) -> Holder:
     owner_line = next((ln for ln in lines if ln.startswith("{")), "")
     try:
         loaded = json.loads(owner_line) if owner_line else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # garbage on the host
         loaded = {}
     owner = loaded if isinstance(loaded, dict) else {}
     age = None

@@ -74,9 +74,10 @@ def read_declaration(inv: Inventory, source: artifacts.Source, sha: str) -> Decl
     )
     try:
         raw = json.loads(res.stdout.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ConfigError(
-            f"{where} (migrations.declaration): not valid JSON ({exc}); {fix}"
+            f"{where} (migrations.declaration): not valid JSON ({why}); {fix}"
         ) from None
     if (
         not isinstance(raw, dict)

@@ -371,3 +371,49 @@ def test_a_smoke_check_whose_answer_never_ends_fails_in_bounded_time(tmp_path: P
     assert time.monotonic() - started < 5
     (check,) = result.checks
     assert check.outcome == "fail" and said in check.detail, check.detail
+
+
+# ------------------------------------------------------------------ garbage nested on the host
+
+DEEP = "[" * 100_000
+
+
+def test_a_journal_line_nested_past_the_recursion_limit_does_not_hide_the_history():
+    good = '{"op":"deploy","release":"20261122120000-abcdef1","state":"good","ts":"t","actor":"a"}'
+    entries = journal.parse(f"{good}\n{DEEP}\n")
+    assert [e.release for e in entries] == ["20261122120000-abcdef1"]
+
+
+def test_a_lock_owner_nested_past_the_recursion_limit_is_an_unknown_owner():
+    from datetime import UTC, datetime
+
+    from deploy import lock
+
+    holder = lock.assess('{"a":' + DEEP, datetime.now(UTC))
+    assert holder.owner == {}
+    state = journal.parse_state(f'@@current\n@@releases\n@@lock\n{{"a":{DEEP}\n@@journal\n')
+    assert state.lock_owner is not None and "raw" in state.lock_owner
+
+
+def test_a_migration_declaration_nested_past_the_recursion_limit_is_a_config_error(
+    tmp_path: Path,
+):
+    from deploy import artifact, migrations
+    from tests.conftest import git
+
+    repo = tmp_path / "app"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "releasegate-migration.json").write_text(DEEP)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "hostile declaration")
+    sha = git(repo, "rev-parse", "HEAD").strip()
+    inv = inventory.parse(
+        GOOD + "migrations: {command: 'true', schema_version_command: 'echo 1'}\n",
+        source=tmp_path / "prod.yml",
+        env="prod",
+    )
+    with pytest.raises(ConfigError) as exc:
+        migrations.read_declaration(inv, artifact.Source(repo=repo, revision="HEAD"), sha)
+    assert "releasegate-migration.json" in exc.value.message
+    assert "nested too deeply" in exc.value.message
