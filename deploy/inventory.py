@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -95,6 +96,16 @@ HeaderName = Annotated[str, _pattern(HEADER, "use a header name such as X-Health
 EnvKey = Annotated[str, _pattern(ENV_KEY, "use an environment variable name such as API_TOKEN")]
 
 
+def _not_bool(value: object) -> object:
+    # YAML's `true` would otherwise pass as the number 1 (pydantic's lax int)
+    if isinstance(value, bool):
+        raise ValueError("must be a port number such as 3000, not true/false")
+    return value
+
+
+Port = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=65535)]
+
+
 _HOST_DEFAULTS = ("port", "user", "root", "identity_file")
 
 
@@ -107,7 +118,7 @@ class HostConfig(Strict):
     address: Address
     # port and user: the inventory's value, else ~/.ssh/config's Port/User for the address
     # (filled in by `parse`), else 22 and deploy
-    port: int = Field(22, ge=1, le=65535)
+    port: Port = 22
     user: UserName = "deploy"
     root: AbsPath
     identity_file: str | None = None
@@ -211,7 +222,7 @@ class ProcessConfig(Strict):
     manager: Literal["pm2", "systemd"] = "pm2"
     command: str
     interpreter: str | None = None
-    port: int = Field(ge=1, le=65535)
+    port: Port
     instances: int = Field(1, ge=1, le=64)
     env: dict[EnvKey, str] = Field(default_factory=dict)
     pm2: str = "pm2"
@@ -286,8 +297,10 @@ class ProcessConfig(Strict):
         return tuple(shlex.split(self.command)[1:])
 
 
+# `//host/x` would be read as another host's URL by an HTTP client: one leading slash only
 UrlPath = Annotated[
-    str, _pattern(re.compile(r"^/[A-Za-z0-9._~/-]*\Z"), "use a URL path such as /health/ready")
+    str,
+    _pattern(re.compile(r"^/(?!/)[A-Za-z0-9._~/-]*\Z"), "use a URL path such as /health/ready"),
 ]
 JSON_FIELD = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
 
@@ -326,7 +339,7 @@ DEFAULT_STABLE_FOR = 5.0
 
 class HealthConfig(Strict):
     path: UrlPath = "/health/ready"
-    port: int | None = Field(None, ge=1, le=65535)
+    port: Port | None = None
     token_env: EnvKey | None = None
     token_header: HeaderName = "X-Health-Token"  # noqa: S105 (a header name, not a secret)
     deadline: float = Field(60, gt=0, le=3600)
@@ -475,8 +488,8 @@ class NotifyConfig(Strict):
 class SlotsConfig(Strict):
     """strategy.slots: the two loopback ports a blue/green app alternates between."""
 
-    blue: int = Field(ge=1, le=65535)
-    green: int = Field(ge=1, le=65535)
+    blue: Port
+    green: Port
 
     @model_validator(mode="after")
     def _two_ports(self) -> SlotsConfig:
@@ -536,7 +549,7 @@ class StrategyConfig(Strict):
     # the nginx upstream, bake with the previous slot as backup, then retire or keep it warm.
     kind: StrategyKind = "in-place"
     slots: SlotsConfig | None = None
-    public_port: int = Field(80, ge=1, le=65535)
+    public_port: Port = 80
     bake: BakeConfig = BakeConfig()
     retire: Literal["after-bake", "keep-warm"] = "after-bake"
     on_failure: Literal["rollback", "pause"] = "rollback"
@@ -569,7 +582,7 @@ class StrategyConfig(Strict):
 class HostDefaults(Strict):
     """host_defaults: what every host of a many-host inventory shares; a host's own key wins."""
 
-    port: int | None = Field(None, ge=1, le=65535)
+    port: Port | None = None
     user: UserName | None = None
     root: AbsPath | None = None
     identity_file: str | None = None

@@ -417,3 +417,28 @@ def test_a_migration_declaration_nested_past_the_recursion_limit_is_a_config_err
         migrations.read_declaration(inv, artifact.Source(repo=repo, revision="HEAD"), sha)
     assert "releasegate-migration.json" in exc.value.message
     assert "nested too deeply" in exc.value.message
+
+
+# ------------------------------------------------------------------ wrong YAML types, URL paths
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("port: 3000", "port: true", "process.port"),
+        ("root: /srv/app", "root: /srv/app, port: false", "hosts[0].port"),
+    ],
+)
+def test_a_port_written_as_true_or_false_is_refused_not_port_1(old: str, new: str, key: str):
+    with pytest.raises(ConfigError) as exc:
+        inventory.parse(GOOD.replace(old, new), source=Path("inventories/prod.yml"), env="prod")
+    assert f"{key}: must be a port number" in exc.value.message
+
+
+@pytest.mark.parametrize("path", ["//evil.example/ready", "//127.0.0.1:22/"])
+def test_a_health_path_an_http_client_would_read_as_another_host_is_refused(path: str):
+    with pytest.raises(ConfigError) as exc:
+        inventory.parse(
+            GOOD + f"health: {{path: '{path}'}}\n", source=Path("inventories/prod.yml"), env="prod"
+        )
+    assert "health.path: use a URL path" in exc.value.message
