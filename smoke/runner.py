@@ -45,8 +45,20 @@ class BaseUrlError(ValueError):
 def check_base_url(url: str) -> str:
     """Validate a base URL (http or https, a host, no query or fragment); return it without
     a trailing slash. Paths in packs are appended to it, so a path prefix is allowed."""
-    parts = urlsplit(url)
     shown = Redactor(url_secrets(url))(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not 0..65535
+    except ValueError as exc:
+        raise BaseUrlError(
+            f"base URL {shown!r} is not usable ({exc}): give an http:// or https:// URL with a "
+            f"host, such as https://staging.example.com or http://127.0.0.1:3000"
+        ) from None
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url) or port == 0:
+        raise BaseUrlError(
+            f"base URL {shown!r} is not usable: it has a space, a control character or port 0; "
+            f"give a URL such as https://staging.example.com or http://127.0.0.1:3000"
+        )
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise BaseUrlError(
             f"base URL {shown!r} is not usable: give an http:// or https:// URL with a host, "

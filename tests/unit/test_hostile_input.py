@@ -442,3 +442,19 @@ def test_a_health_path_an_http_client_would_read_as_another_host_is_refused(path
             GOOD + f"health: {{path: '{path}'}}\n", source=Path("inventories/prod.yml"), env="prod"
         )
     assert "health.path: use a URL path" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://a b/", "http://x/\n", "http://127.0.0.1:99999/", "http://h:0/"]
+)
+def test_a_base_url_that_cannot_be_reached_as_written_is_refused_by_name(url: str):
+    from click.testing import CliRunner
+
+    from deploy.cli import main
+    from smoke.runner import BaseUrlError, check_base_url
+
+    with pytest.raises(BaseUrlError):
+        check_base_url(url)
+    res = CliRunner().invoke(main, ["smoke", "--plain", "--base-url", url, "health"])
+    assert res.exit_code == 2, res.output
+    assert "base URL" in res.output and "Traceback" not in res.output
