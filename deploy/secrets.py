@@ -67,8 +67,11 @@ def build(
             problems.append(str(exc))
     for name in from_env:
         value = environ.get(name)
-        if value is None or value == "":
+        if value is None:
             problems.append(f"environment variable {name} is not set")
+        elif value == "":
+            # set but empty: usually a CI secret that does not exist in this environment
+            problems.append(f"environment variable {name} is set but empty")
         else:
             entries[name] = value
     for key, value in entries.items():

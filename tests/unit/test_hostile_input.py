@@ -458,3 +458,11 @@ def test_a_base_url_that_cannot_be_reached_as_written_is_refused_by_name(url: st
     res = CliRunner().invoke(main, ["smoke", "--plain", "--base-url", url, "health"])
     assert res.exit_code == 2, res.output
     assert "base URL" in res.output and "Traceback" not in res.output
+
+
+def test_a_secret_variable_set_but_empty_is_named_as_empty_not_as_missing():
+    from deploy import secrets
+
+    _built, problems = secrets.build(("EMPTY", "MISSING"), None, {"EMPTY": ""})
+    assert "environment variable EMPTY is set but empty" in problems
+    assert "environment variable MISSING is not set" in problems
