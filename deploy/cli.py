@@ -93,6 +93,9 @@ ENV = click.argument("env", shell_complete=complete_env)
 @click.pass_context
 def main(ctx: click.Context, inventories: Path, plain: bool, verbose: bool, json_out: bool) -> None:
     """Gated deploys with automatic rollback for apps on a VPS under PM2 or systemd."""
+    from deploy import stops
+
+    stops.sturdy_std_streams()  # a closed terminal or pipe must not stop a rollback halfway
     ctx.obj = Options(inventories=inventories, plain=plain, verbose=verbose, json=json_out)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from deploy import artifact as artifacts
-from deploy import commands, flow
+from deploy import commands, flow, stops
 from deploy.deps import Deps, host_ops
 from deploy.errors import (
     AbortedBeforeLive,
@@ -195,7 +195,7 @@ def _wait(
 
 @contextlib.contextmanager
 def _signals_recorded() -> Iterator[list[int]]:
-    """While hosts are locked and switched: SIGINT/SIGTERM are only recorded (the list
+    """While hosts are locked and switched: SIGINT/SIGTERM/SIGHUP are only recorded (the list
     yielded), never raised — an exception raised between two waits (in a callback, between
     batches, in a reporter call) would leave switched hosts behind. The waits and the batch
     loop read the list and take the safe path; the previous handlers come back at the end."""
@@ -207,13 +207,8 @@ def _signals_recorded() -> Iterator[list[int]]:
     def record(signum: int, _frame: object) -> None:
         seen.append(signum)  # no print, no lock: it may run inside a reporter call
 
-    old_int = signal.signal(signal.SIGINT, record)
-    old_term = signal.signal(signal.SIGTERM, record)
-    try:
+    with stops.handling(record):
         yield seen
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
 
 
 def _stop_if_signalled(seen: list[int]) -> None:

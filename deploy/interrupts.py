@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from deploy import stops
 from deploy.errors import ReleasegateError, Signalled
 from deploy.report import Reporter
 
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def shielded(reporter: Reporter) -> Iterator[None]:
-    """While the host is being made safe, a second Ctrl-C/SIGTERM is acknowledged, not obeyed."""
+    """While the host is being made safe, a second Ctrl-C/SIGTERM/SIGHUP is acknowledged, not
+    obeyed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -29,13 +31,8 @@ def shielded(reporter: Reporter) -> Iterator[None]:
             f"finishing that first"
         )
 
-    old_int = signal.signal(signal.SIGINT, acknowledge)
-    old_term = signal.signal(signal.SIGTERM, acknowledge)
-    try:
+    with stops.handling(acknowledge):
         yield
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
 
 
 def raise_pending_signal(d: Deps) -> None:

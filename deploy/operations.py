@@ -273,18 +273,17 @@ def _show_command(reporter: Reporter, cmd: Cmd) -> None:
 
 @contextmanager
 def _signals_as_exceptions(seen: list[int] | None = None) -> Iterator[None]:
-    """SIGTERM (a cancelled CI job, systemctl stop) takes the same safe path as Ctrl-C."""
+    """SIGTERM (a cancelled CI job, systemctl stop) and SIGHUP (the terminal or the SSH
+    session closed) take the same safe path as Ctrl-C."""
+    from deploy import stops
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         if seen is not None:
             seen.append(signum)  # in case Python drops the exception (see deploy.deps.Deps.signals)
         raise Signalled(signum)
 
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
+    with stops.handling(on_term, (signal.SIGTERM, signal.SIGHUP)):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _guard(

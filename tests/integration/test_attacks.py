@@ -1,0 +1,109 @@
+"""Attacks through the real CLI: signals, a broken output pipe, lost SSH, hand edits on the
+host mid-deploy — after each, the host's real state is checked against the promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+
+from deploy import demo
+from tests.conftest import wait_until
+from tests.integration.conftest import Target
+from tests.integration.test_deploy import deploy, released
+from tests.integration.test_safety import Running
+
+pytestmark = pytest.mark.integration
+
+
+class Piped:
+    """`releasegate … | tee log` in a terminal: the CLI writes into a pipe whose reader can be
+    killed (Ctrl-C reaches the whole pipeline, tee dies with it)."""
+
+    def __init__(self, t: Target, *args: str) -> None:
+        self._read_end, write_end = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "--plain", "--inventories", str(t.inv_dir), *args],
+            stdout=write_end,
+            stderr=write_end,
+        )
+        os.close(write_end)
+        self.text = ""
+        self._cut = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._cut.is_set():
+            ready, _, _ = select.select([self._read_end], [], [], 0.05)
+            if ready:
+                chunk = os.read(self._read_end, 65536)
+                if not chunk:
+                    break
+                self.text += chunk.decode(errors="replace")
+        os.close(self._read_end)
+
+    def saw(self, text: str) -> bool:
+        return text in self.text
+
+    def cut(self) -> None:
+        """The reader dies: every later write of the CLI meets a closed pipe."""
+        self._cut.set()
+        self._reader.join(timeout=5)
+
+
+def assert_safe(t: Target, live: str) -> None:
+    """The promise after any stop: `current` is a complete release, the processes run from it
+    and it is ready; the lock is free."""
+    assert t.current() == live
+    t.ssh(f"test -f {t.root}/releases/{live}/.release.json")
+    assert t.pm2_cwds() == {f"{t.root}/releases/{live}"}
+    r = httpx.get(f"http://{t.vps.service_address}:{t.port}/health/ready", timeout=5)
+    assert r.status_code == 200
+    assert t.version()["release"] == live
+    assert not t.lock_exists()
+
+
+def at_gate(t: Target, run: Running) -> str:
+    wait_until(lambda: run.saw("gate ") and run.saw("…"), 60, "the gate stage")
+    return str(t.current())
+
+
+def test_probe_sighup_during_gate(target: Target):
+    code, rep = deploy(target)
+    assert code == 0
+    good = released(rep)
+    target.update("health", deadline=60)
+    demo.commit_fault(target.repo, "slow_ready:60")
+    run = Running(target, "deploy", "test")
+    at_gate(target, run)
+    run.proc.send_signal(signal.SIGHUP)
+    code = run.wait()
+    print(run.output)
+    print(json.dumps(target.journal()[-4:], indent=1))
+    assert code == 129, run.output
+    assert_safe(target, good)
+
+
+def test_probe_sigint_with_a_closed_pipe_during_gate(target: Target):
+    code, rep = deploy(target)
+    assert code == 0
+    good = released(rep)
+    target.update("health", deadline=60)
+    demo.commit_fault(target.repo, "slow_ready:60")
+    run = Piped(target, "deploy", "test")
+    wait_until(lambda: run.saw("gate ") and run.saw("…"), 60, "the gate stage")
+    # `releasegate deploy | tee log` and Ctrl-C: tee dies with it, the pipe is closed
+    run.cut()
+    run.proc.send_signal(signal.SIGINT)
+    code = run.proc.wait(timeout=120)
+    print(json.dumps(target.journal()[-4:], indent=1))
+    assert code == 130
+    assert_safe(target, good)
