@@ -1,0 +1,76 @@
+"""What stops a run, and output that cannot: a closed pipe or terminal never interrupts the
+host being made safe; SIGHUP takes the safe path unless the run was started ignoring it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from deploy import stops
+from deploy.report import PlainReporter
+from tests.unit.test_flow import ship, world  # noqa: F401 (the fixture)
+
+
+@pytest.fixture
+def closed_pipe():
+    """A stream whose reader is gone, as after `releasegate deploy | tee log` and Ctrl-C."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = os.fdopen(write_end, "w")
+    yield stream
+    stream.close()
+
+
+def test_a_closed_pipe_drops_output_instead_of_raising(closed_pipe):
+    with pytest.raises(BrokenPipeError):
+        print("unguarded", file=closed_pipe, flush=True)
+    sturdy = stops.SturdyStream(closed_pipe)
+    print("dropped", file=sturdy, flush=True)
+    sturdy.write("still dropped\n")
+    sturdy.flush()
+
+
+def test_sigint_in_the_gate_rolls_back_even_when_the_output_pipe_closed(world, closed_pipe):  # noqa: F811
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    deps.reporter = PlainReporter(stream=stops.SturdyStream(closed_pipe))
+    remote.interrupt_on["pm2.jlist"] = KeyboardInterrupt
+    out = ship(deps, repo)
+    assert out.exit_code == 130 and out.result == "rolled-back"
+    assert host.current == good == host.running
+    assert host.lock is None
+
+
+def test_sighup_is_handled_unless_the_run_started_ignoring_it():
+    seen: list[int] = []
+    with stops.handling(lambda signum, _frame: seen.append(signum)):
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert seen == [signal.SIGHUP]
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under `nohup`
+    try:
+        with stops.handling(lambda signum, _frame: seen.append(signum)):
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert seen == [signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_the_cli_keeps_its_exit_code_when_its_terminal_is_gone():
+    """Both streams closed (the terminal went away): the error cannot be shown, but the exit
+    code is still the operation's (2: no such environment), not a crash while printing."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    res = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "--plain", "--inventories", "/nonexistent",
+         "status", "prod"],
+        stdout=write_end,
+        stderr=write_end,
+    )  # fmt: skip
+    os.close(write_end)
+    assert res.returncode == 2
