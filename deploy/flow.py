@@ -559,7 +559,8 @@ def _promote(
     never undoes the promotion (and a lock not released here is released by locked)."""
     now = d.clock.now()
     good = host.journal_cmd(now, op, rid, ReleaseState.GOOD, result="promoted")
-    steps = [good, *(verdicts or [])]
+    # the lease guard first: a run whose lock was taken away records no verdict
+    steps = [*host.lease_guard(), good, *(verdicts or [])]
     decided = None
     if state is not None:
         decided = prune.plan(state.promoted(rid), d.inventory.app.keep_releases)
@@ -574,6 +575,13 @@ def _promote(
     release = host.release_steps() if unlock else []
     try:
         res = host.run_batch("promote", steps + release, f"promote {rid}")
+    except LockLost as lost:
+        raise LockLost(
+            f"{rid} passed its gate, but this run no longer holds the lock {host.layout.lock} "
+            f"on {host.label}, so it was not recorded good: it is live and unverified, and the "
+            f"next deploy or rollback gates it first (`releasegate status "
+            f"{d.inventory.env}`). ({lost.message})"
+        ) from None
     except ReleasegateError as exc:
         failure = getattr(exc, "failure", None)
         if failure is not None and failure.display == good.display:

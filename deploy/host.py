@@ -336,10 +336,11 @@ class HostOps:
         if res.step == "lock.renew":
             raise LockLost(
                 f"{display} did not start: the lock {self.layout.lock} on {self.label} is no "
-                f"longer ours ({(res.stdout or res.stderr).strip()}). Our lease lapsed — the "
-                f"link to the host stalled for longer than lock.lease ({self.lease_s}s) — and "
-                f"another run may hold the lock now. Nothing more was changed by this run; "
-                f"check `releasegate status {self.inventory.env}`."
+                f"longer ours ({(res.stdout or res.stderr).strip()}). Someone forced it (`unlock "
+                f"--force`), or our lease lapsed — the link to the host stalled for longer than "
+                f"lock.lease ({self.lease_s}s) — and another run may hold the lock now. "
+                f"Nothing more was changed by this run; check `releasegate status "
+                f"{self.inventory.env}`."
             )
         step = next((s for s in steps if s.name == res.step), None)
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])

@@ -30,7 +30,7 @@ def locked(d: Deps, host: HostOps, op: str) -> Iterator[None]:
                 if not host.release_lock():
                     d.reporter.warn(
                         f"the lock {host.layout.lock} on {host.label} was no longer ours when "
-                        f"this run ended: our lease lapsed"
+                        f"this run ended: it was forced (`unlock --force`) or our lease lapsed"
                         + (f" ({keeper.lost})" if keeper is not None and keeper.lost else "")
                         + " and another run broke it"
                     )

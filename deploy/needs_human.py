@@ -167,6 +167,21 @@ def mark_needs_human(
 ) -> tuple[str, ...]:
     """Record the sticky needs-human mark with the exact commands to run; returns them.
     (If the journal cannot be written, the commands are still shown.)"""
+    return try_mark_needs_human(
+        d, host, live=live, failed=failed, reason=reason, commands=commands
+    )[0]
+
+
+def try_mark_needs_human(
+    d: Deps,
+    host: HostOps,
+    *,
+    live: str | None,
+    failed: str | None,
+    reason: str,
+    commands: tuple[str, ...] = (),
+) -> tuple[tuple[str, ...], bool]:
+    """mark_needs_human, and whether the mark was recorded."""
     others: list[str] = []
     with contextlib.suppress(ReleasegateError):
         state = host.read_state()
@@ -188,7 +203,8 @@ def mark_needs_human(
             f"could not record the needs-human mark in {host.layout.journal} on {host.label}: "
             f"{exc.message}. Do not deploy before you have checked the host."
         )
-    return commands
+        return commands, False
+    return commands, True
 
 
 def refuse_crossing(

@@ -14,6 +14,7 @@ from deploy.errors import (
     ConnectionLost,
     HumanNeeded,
     Interrupted,
+    LockLost,
     NotSwitched,
     ReleasegateError,
     Signalled,
@@ -24,7 +25,11 @@ from deploy.host import HostOps
 from deploy.interrupts import reason_of, shielded, signum_of
 from deploy.journal import HostState
 from deploy.model import Outcome, ReleaseState
-from deploy.needs_human import hold_for_human, mark_needs_human, refuse_crossing
+from deploy.needs_human import (
+    hold_for_human,
+    refuse_crossing,
+    try_mark_needs_human,
+)
 from deploy.process.pm2 import activation_notes
 from deploy.strategies.base import Strategy
 
@@ -137,7 +142,17 @@ def recover(
                     after=failed,
                     **({"schema": crossing.journal("backward compatible")} if crossing else {}),
                 )
-                back_evidence = _revert(d, host, way, fallback, record)
+                # the lease guard first: a run whose lock was taken away changes nothing live
+                back_evidence = _revert(d, host, way, fallback, [*host.lease_guard(), record])
+        except LockLost as lost:
+            raise LockLost(
+                f"{failed} failed ({reason}), but this run no longer holds the lock "
+                f"{host.layout.lock} on {host.label}, so it did not roll back: {failed} is live "
+                f"and unverified. Whoever holds the lock now runs next; a deploy or rollback "
+                f"gates {failed} first and rolls back to {fallback} if it fails "
+                f"(`releasegate status {d.inventory.env}`). ({lost.message})",
+                evidence=evidence,
+            ) from None
         except Exception as again:
             if not early:
                 forensics = capture_forensics(d, failed, target)
@@ -163,10 +178,11 @@ def recover(
                     same_cause=shared,
                 )
             plain = verdict.shared_cause_sentence(failed, fallback, shared) if shared else ""
-            commands = mark_needs_human(
+            live, unread = _live_after_revert(d, host, fallback)
+            commands, marked = try_mark_needs_human(
                 d,
                 host,
-                live=fallback,
+                live=live,
                 failed=failed,
                 reason=(
                     f"{failed} failed its gate ({reason}) and the automatic rollback to "
@@ -188,15 +204,20 @@ def recover(
                     result="rollback-failed",
                     exit_code=6,
                     release=failed,
-                    live=fallback,
+                    live=live,
                     message=(
                         f"{failed} failed ({reason}) and the rollback to {fallback} failed too "
                         f"({again_reason}). "
                         + (f"{plain} " if plain else "")
-                        + f"`current` points to {fallback} but it is not verified healthy: a "
-                        f"human is needed. The host is marked needs-human: deploys, automatic "
-                        f"rollbacks and a plain rollback are refused until you run one of the "
-                        f"commands below."
+                        + verdict.after_failed_revert(failed, fallback, live, unread)
+                        + (
+                            " The host is marked needs-human: deploys, automatic rollbacks and "
+                            "a plain rollback are refused until you run one of the commands "
+                            "below."
+                            if marked
+                            else " The needs-human mark could not be recorded: do not deploy "
+                            "before you have checked the host; the commands below still apply."
+                        )
                     ),
                     evidence=evidence
                     + (getattr(again, "evidence", ()) or ())
@@ -239,7 +260,29 @@ def recover(
     )
 
 
-def _revert(d: Deps, host: HostOps, way: Strategy, fallback: str, record: Cmd) -> list[str]:
+def _live_after_revert(d: Deps, host: HostOps, fallback: str) -> tuple[str | None, str | None]:
+    """After a failed automatic rollback: what `current` really points to (and None with
+    why, when the host cannot be read). The fallback's `active-unverified` line went in the
+    switch's own batch, first; when the switch did not happen the fallback's verdict is
+    journaled again, so the journal never claims it was activated."""
+    try:
+        live = host.read_state().current
+    except ReleasegateError as exc:
+        return None, exc.message
+    if live != fallback:
+        with contextlib.suppress(ReleasegateError):
+            host.record(
+                d.clock.now(),
+                "rollback",
+                fallback,
+                ReleaseState.GOOD,
+                result="not-switched",
+                reason=f"the switch back did not happen; `current` points to {live or 'nothing'}",
+            )
+    return live, None
+
+
+def _revert(d: Deps, host: HostOps, way: Strategy, fallback: str, records: list[Cmd]) -> list[str]:
     """Traffic back to `fallback`, recorded first in the same round trip. In place: switch and
     reload, then its gate. Blue-green: it still runs in the other slot (the bake's backup), so
     the front door is switched at once — or, if it does not, it is started in the idle slot and
@@ -248,7 +291,7 @@ def _revert(d: Deps, host: HostOps, way: Strategy, fallback: str, record: Cmd) -
     before = way.gates_before_traffic
     if before and way.start(fallback) == "started":
         evidence += gate_release(d, host, fallback, way.target(fallback))
-    for note in activation_notes(way.send_traffic(fallback, [record], keep_previous=False)):
+    for note in activation_notes(way.send_traffic(fallback, records, keep_previous=False)):
         d.reporter.warn(note)
     if before:
         return evidence + watch(d, way, fallback, bake=False)

@@ -92,3 +92,20 @@ def refusal(mark: NeedsHuman, *, what: str, host: str) -> str:
         f"automatic rollback, no re-gating of the unverified current. {what} was refused and "
         f"nothing on the host was changed; live: {live}. Run one of the commands below."
     )
+
+
+def after_failed_revert(failed: str, fallback: str, live: str | None, unread: str | None) -> str:
+    """What serves after an automatic rollback failed, as read back from the host — never
+    assumed: the switch back may not have happened (the fallback's directory was removed or
+    is incomplete), or the host may not answer at all."""
+    if unread is not None:
+        return (
+            f"What `current` points to could not be read ({unread}): the host may serve "
+            f"{failed} or {fallback}, neither verified healthy. A human is needed."
+        )
+    if live == fallback:
+        return f"`current` points to {fallback} but it is not verified healthy: a human is needed."
+    return (
+        f"The switch back did not happen: `current` still points to {live or 'nothing'}, not "
+        f"verified healthy. A human is needed."
+    )

@@ -107,3 +107,56 @@ def test_probe_sigint_with_a_closed_pipe_during_gate(target: Target):
     print(json.dumps(target.journal()[-4:], indent=1))
     assert code == 130
     assert_safe(target, good)
+
+
+def test_a_forced_unlock_mid_gate_stops_the_run_before_its_verdict(target: Target):
+    """Someone runs `unlock --force` while a deploy is in its gate: from then on the run is no
+    longer the host's owner, so it records no verdict and changes nothing live (exit 4); the
+    release stays live and unverified, and the next deploy gates it before anything else."""
+    code, rep = deploy(target)
+    assert code == 0
+    target.update("health", deadline=40)
+    demo.commit_fault(target.repo, "slow_ready:12")
+    run = Running(target, "deploy", "test")
+    new = wait_until(
+        lambda: run.saw("gate ") and run.saw("…") and target.current(), 60, "the gate stage"
+    )
+    forced = Running(target, "unlock", "test", "--force", "--reason", "looked stuck")
+    assert forced.wait() == 0, forced.output
+    assert run.wait() == 4, run.output
+    assert "no longer holds the lock" in run.output
+    assert target.current() == new
+    assert target.state_of(new) == "active-unverified"  # never recorded good by a lockless run
+    assert not target.lock_exists()
+
+    demo.commit_fault(target.repo, "")
+    code, rep = deploy(target)
+    assert code == 0, rep.lines
+    assert target.state_of(new) == "good"  # gated by the next run, its verdict recorded then
+    assert_safe(target, released(rep))
+
+
+def test_a_fallback_removed_mid_gate_is_reported_as_it_is(target: Target):
+    """The release an automatic rollback goes back to is removed by hand during the gate: the
+    switch back cannot happen. The outcome, the journal and the needs-human mark say what
+    really serves — the failed release — never that the fallback does."""
+    code, rep = deploy(target)
+    assert code == 0
+    good = released(rep)
+    demo.commit_fault(target.repo, "ready_503")
+    run = Running(target, "deploy", "test")
+    failed = wait_until(
+        lambda: run.saw("gate ") and run.saw("…") and target.current(), 60, "the gate stage"
+    )
+    target.ssh(f"rm -rf {target.root}/releases/{good}")
+    assert run.wait() == 6, run.output
+    assert target.current() == failed  # still a complete release
+    target.ssh(f"test -f {target.root}/releases/{failed}/.release.json")
+    assert "switch back did not happen" in run.output
+    assert f"`current` points to {good}" not in run.output
+    journal = target.journal()
+    marks = [e for e in journal if e["op"] == "needs-human"]
+    assert marks and marks[-1]["detail"]["live"] == failed
+    last_of_good = [e for e in journal if e["release"] == good and e["state"]][-1]
+    assert last_of_good["state"] != "active-unverified"
+    assert not target.lock_exists()
