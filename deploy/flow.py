@@ -36,7 +36,7 @@ from deploy.errors import (
     PreflightFailed,
     ReleasegateError,
 )
-from deploy.gating import collect_packs, gate_release, load_stored_packs, watch
+from deploy.gating import collect_packs, gate_release, gate_through, load_stored_packs, watch
 from deploy.host import HostOps
 from deploy.interrupts import reason_of, shielded, signum_of
 from deploy.journal import HostState
@@ -480,7 +480,7 @@ def activate_and_gate(
                 evidence += watch(d, way, rid, bake=True)
         else:
             with r.stage(f"gate {rid}"):
-                evidence = gate_release(d, host, rid, way.target(rid))
+                evidence = gate_through(d, host, rid, way)
     except LockLost:
         raise
     except NotSwitched as exc:

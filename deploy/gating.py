@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from deploy import artifact as artifacts
 from deploy import release_packs
 from deploy.deps import Deps, GatePacks, health_headers
-from deploy.errors import ConfigError, GateFailed
+from deploy.errors import ConfigError, ConnectionLost, GateFailed, ReleasegateError
 from deploy.gate import (
     MIN_READ_TIMEOUT,
     Expected,
@@ -88,6 +88,20 @@ def _packs_for(d: Deps, host: HostOps, rid: str) -> GatePacks:
     if rid not in d.gate_packs:
         d.gate_packs[rid] = _stored_packs(d, host.read_state(), rid)
     return d.gate_packs[rid]
+
+
+def gate_through(d: Deps, host: HostOps, rid: str, way: Strategy) -> list[str]:
+    """The gate of a release that serves (in place). A link cut under it says nothing about
+    the release: when SSH comes back, the gate runs again from its start, once."""
+    try:
+        return gate_release(d, host, rid, way.target(rid))
+    except ConnectionLost as lost:
+        try:
+            host.read_state()  # reconnects
+        except ReleasegateError:
+            raise lost from None
+        d.reporter.warn(f"{lost.message}; reconnected, gating {rid} again from the start")
+        return gate_release(d, host, rid, way.target(rid))
 
 
 def gate_release(d: Deps, host: HostOps, rid: str, target: GateTarget) -> list[str]:

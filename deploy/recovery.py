@@ -20,7 +20,7 @@ from deploy.errors import (
     Signalled,
 )
 from deploy.forensics import Forensics, capture_forensics
-from deploy.gating import gate_release, watch
+from deploy.gating import gate_release, gate_through, watch
 from deploy.host import HostOps
 from deploy.interrupts import reason_of, shielded, signum_of
 from deploy.journal import HostState
@@ -295,7 +295,7 @@ def _revert(d: Deps, host: HostOps, way: Strategy, fallback: str, records: list[
         d.reporter.warn(note)
     if before:
         return evidence + watch(d, way, fallback, bake=False)
-    return evidence + gate_release(d, host, fallback, way.target(fallback))
+    return evidence + gate_through(d, host, fallback, way)
 
 
 def _take_out(d: Deps, way: Strategy, failed: str, *, signum: int = 0) -> str:

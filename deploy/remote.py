@@ -324,7 +324,9 @@ class SshRemote:
         """Forward a local ephemeral port to 127.0.0.1:<port> on the host, over this connection."""
         if not self._conn.is_connected:
             self.open()
-        forward = _Forwarder(self.transport, port, open_timeout=self._connect_timeout)
+        # each connection through the tunnel opens its channel on the transport of the moment:
+        # after a dropped link, the next command reconnects and the tunnel follows it
+        forward = _Forwarder(lambda: self.transport, port, open_timeout=self._connect_timeout)
         try:
             yield forward.local_port
         finally:
@@ -479,7 +481,7 @@ class _Forwarder:
 
     def __init__(
         self,
-        transport: paramiko.Transport,
+        transport: Callable[[], paramiko.Transport],
         remote_port: int,
         open_timeout: float = 10,
         poll: float = 0.2,  # how often idle threads look at the stop flag
@@ -516,7 +518,7 @@ class _Forwarder:
 
     def _pump(self, client: socket.socket, peer: tuple[str, int]) -> None:
         try:
-            channel = self._transport.open_channel(
+            channel = self._transport().open_channel(
                 "direct-tcpip", ("127.0.0.1", self._remote_port), peer, timeout=self._open_timeout
             )
         except Exception as exc:

@@ -59,6 +59,16 @@ class Piped:
         self._reader.join(timeout=5)
 
 
+def as_root(t: Target, command: str) -> subprocess.CompletedProcess[str]:
+    """The sandbox's root (same key): to do to sshd what a bad network does."""
+    return subprocess.run(
+        ["ssh", "-i", str(t.vps.identity_file), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={t.vps.known_hosts}",
+         "-p", str(t.vps.port), f"root@{t.vps.address}", command],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 def assert_safe(t: Target, live: str) -> None:
     """The promise after any stop: `current` is a complete release, the processes run from it
     and it is ready; the lock is free."""
@@ -160,3 +170,21 @@ def test_a_fallback_removed_mid_gate_is_reported_as_it_is(target: Target):
     last_of_good = [e for e in journal if e["release"] == good and e["state"]][-1]
     assert last_of_good["state"] != "active-unverified"
     assert not target.lock_exists()
+
+
+def test_a_link_cut_mid_gate_reconnects_and_gates_again(target: Target):
+    """The SSH session's server process is killed mid-gate (what a dropped link does to a
+    command in flight): the run reconnects and gates the release again from its start — a cut
+    link says nothing about the release, so it is neither abandoned (exit 6) nor marked bad."""
+    code, rep = deploy(target)
+    assert code == 0
+    target.update("health", deadline=30)
+    demo.commit_fault(target.repo, "slow_ready:6")
+    run = Running(target, "deploy", "test")
+    wait_until(lambda: run.saw("gate ") and run.saw("…"), 60, "the gate stage")
+    cut = as_root(target, "pkill -KILL -u deploy -f '^sshd: deploy'")
+    assert cut.returncode == 0, cut.stderr  # at least the run's own session was cut
+    assert run.wait() == 0, run.output
+    new = str(target.current())
+    assert target.state_of(new) == "good"
+    assert_safe(target, new)
