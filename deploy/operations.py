@@ -273,8 +273,11 @@ def _show_command(reporter: Reporter, cmd: Cmd) -> None:
 
 @contextmanager
 def _signals_as_exceptions(seen: list[int] | None = None) -> Iterator[None]:
-    """SIGTERM (a cancelled CI job, systemctl stop) and SIGHUP (the terminal or the SSH
-    session closed) take the same safe path as Ctrl-C."""
+    """Ctrl-C, SIGTERM (a cancelled CI job, systemctl stop) and SIGHUP (the terminal or the
+    SSH session closed) take the same safe path. Ctrl-C too is raised as Signalled, not as
+    KeyboardInterrupt: Invoke's runner catches a KeyboardInterrupt while a remote command
+    runs and only forwards it (a Ctrl-C during an install waited for the install to end), and
+    one raised inside a weakref callback is dropped by Python, while `seen` keeps it."""
     from deploy import stops
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
@@ -282,7 +285,7 @@ def _signals_as_exceptions(seen: list[int] | None = None) -> Iterator[None]:
             seen.append(signum)  # in case Python drops the exception (see deploy.deps.Deps.signals)
         raise Signalled(signum)
 
-    with stops.handling(on_term, (signal.SIGTERM, signal.SIGHUP)):
+    with stops.handling(on_term):
         yield
 
 

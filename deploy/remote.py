@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
 from fabric import Connection
@@ -214,13 +214,16 @@ class SshRemote:
         deadline = timeout if timeout is not None else client_deadline(cmd, self._command_timeout)
         feed = stdin if stdin is not None else cmd.stdin
         try:
-            res = self._conn.run(
+            promise = self._conn.run(
                 cmd.render(),
                 hide=True,
                 warn=True,
                 in_stream=_Feed(feed) if feed is not None else False,
                 timeout=deadline,
+                asynchronous=True,
             )
+            _wait_interruptibly(promise.runner)
+            res = promise.join()
         except CommandTimedOut:
             if not check:
                 return Result(stdout="", stderr=f"timed out after {deadline:g}s", exit_code=124)
@@ -442,6 +445,22 @@ def _exec_early(channel: paramiko.Channel, command: str) -> None:
         channel.transport._send_user_message(message)
     except AttributeError:  # a paramiko without these internals: its own (waiting) request
         paramiko.Channel.exec_command(channel, command)
+
+
+def _wait_interruptibly(runner: Any) -> None:
+    """Wait for a remote command so that a signal stops the wait at once. Invoke's own wait
+    only forwards a KeyboardInterrupt to the command (which, without a pty, ignores it) and,
+    on any other exception, still joins its reader threads — which end only when the command
+    does: a Ctrl-C during a 10-minute install waited 10 minutes. Here the channel is closed
+    first; the host's own `timeout` (commands.bounded) ends a long step by itself."""
+    try:
+        while not (runner.process_is_finished or runner.has_dead_threads):
+            time.sleep(runner.input_sleep)
+    except BaseException:
+        runner.program_finished.set()
+        with contextlib.suppress(Exception):
+            runner.stop()  # closes the channel: the reader threads end now
+        raise
 
 
 class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):

@@ -29,10 +29,11 @@ Handler = Callable[[int, FrameType | None], Any]
 @contextlib.contextmanager
 def handling(handler: Handler, which: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
     """`handler` for each of `which` (main thread only), the previous handlers back at the end.
-    A signal this process was started ignoring (SIGHUP under `nohup`) stays ignored."""
+    A signal this process was started ignoring (SIGHUP under `nohup`, SIGINT in a background
+    job) stays ignored."""
     old: dict[signal.Signals, Any] = {}
     for signum in which:
-        if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+        if signal.getsignal(signum) == signal.SIG_IGN:
             continue
         old[signum] = signal.signal(signum, handler)
     try:

@@ -188,3 +188,23 @@ def test_a_link_cut_mid_gate_reconnects_and_gates_again(target: Target):
     new = str(target.current())
     assert target.state_of(new) == "good"
     assert_safe(target, new)
+
+
+def test_ctrl_c_during_a_long_install_stops_at_once(target: Target):
+    """Ctrl-C while the host runs a long install: the run stops now (the host's own timeout
+    ends the install), not when the install would have ended, and nothing live changed."""
+    code, rep = deploy(target)
+    assert code == 0
+    good = released(rep)
+    target.update("app", install="sleep 300.5", reuse_deps=False, install_timeout=300)
+    demo.commit_fault(target.repo, "")
+    run = Running(target, "deploy", "test")
+    wait_until(
+        lambda: target.ssh("pgrep -f 'sleep 300[.]5'", check=False).returncode == 0,
+        60,
+        "the install on the host",
+    )
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 130, run.output
+    assert "partial release was removed" in run.output
+    assert_safe(target, good)

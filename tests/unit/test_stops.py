@@ -74,3 +74,16 @@ def test_the_cli_keeps_its_exit_code_when_its_terminal_is_gone():
     )  # fmt: skip
     os.close(write_end)
     assert res.returncode == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_every_stop_signal_is_raised_and_recorded(signum):
+    """Raised as Signalled (Invoke's runner would swallow a KeyboardInterrupt while a remote
+    command runs) and recorded (Python drops an exception raised in a weakref callback)."""
+    from deploy.errors import Signalled
+    from deploy.operations import _signals_as_exceptions
+
+    seen: list[int] = []
+    with pytest.raises(Signalled) as raised, _signals_as_exceptions(seen):
+        os.kill(os.getpid(), signum)
+    assert raised.value.signum == signum and seen == [signum]
