@@ -419,6 +419,12 @@ def resolve_interrupted(
         fallback=None if hold else fallback,
         hold=hold,
     )
+    if outcome.exit_code > 128 and outcome.result == "rolled-back":
+        # interrupted while gating it: the safe path ran (back on the last good release,
+        # verified); the operation stops there with the signal's exit code
+        raise Interrupted(
+            outcome.message, signum=outcome.exit_code - 128, evidence=outcome.evidence
+        )
     if outcome.exit_code not in (0, 3):
         raise HumanNeeded(
             f"the unverified release {current} left by an interrupted run could not be made "

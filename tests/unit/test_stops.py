@@ -87,3 +87,26 @@ def test_every_stop_signal_is_raised_and_recorded(signum):
     with pytest.raises(Signalled) as raised, _signals_as_exceptions(seen):
         os.kill(os.getpid(), signum)
     assert raised.value.signum == signum and seen == [signum]
+
+
+def test_a_signal_while_gating_an_unverified_current_is_an_interruption(world):  # noqa: F811
+    """The next run gates what a killed run left unverified; Ctrl-C meanwhile takes the safe
+    path (back on the last good release, verified) and says so with exit 130 — not "could not
+    be made safe" with exit 6."""
+    from deploy.errors import Interrupted
+
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+    remote.dies_after = "pm2.activate"  # a run killed right after its switch
+    ship(deps, repo, fault="slow_ready:600")
+    host.lock = None  # the dead run's lock (breaking it is tested elsewhere)
+    remote.dead, remote.dies_after = False, None
+    deps.clock.sleep(2)
+    remote.interrupt_on["pm2.jlist"] = KeyboardInterrupt
+    with pytest.raises(Interrupted) as stopped:
+        ship(deps, repo)
+    assert stopped.value.exit_code == 130
+    assert "serves again and is verified" in stopped.value.message
+    assert host.current == good == host.running
+    assert host.lock is None
