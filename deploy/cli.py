@@ -32,7 +32,7 @@ Exit codes:
   5  failed before activation (preflight, ship); nothing live changed
   6  rollback failed, unsafe or across an incompatible schema change; a human is needed
   7  host key unknown or changed; refused
-  130/143  interrupted by SIGINT/SIGTERM after the safe cleanup for that phase
+  129/130/143  interrupted by SIGHUP/SIGINT/SIGTERM after the safe cleanup for that phase
 """
 
 
