@@ -723,6 +723,26 @@ def switch_current(layout: Layout, release_id: str, nonce: str) -> Cmd:
     )
 
 
+# $1 deploy root, $2 release id. Exit 3 (and what it points to) when `current` is elsewhere.
+CURRENT_CHECK_SCRIPT = r"""
+now=$(readlink -- "$1/current") || now=""
+[ "$now" = "releases/$2" ] && exit 0
+echo "current points to ${now:-nothing}"
+exit 3
+"""
+
+
+def current_is(layout: Layout, release_id: str) -> Cmd:
+    """Fails unless `current` still points to the release: someone may have switched it by
+    hand while the release was being gated."""
+    return _script(
+        "current.check",
+        CURRENT_CHECK_SCRIPT,
+        [_p(layout.root), _release(release_id)],
+        f"check that current -> releases/{release_id}",
+    )
+
+
 # $1 deploy root, $2 slot, $3 release id, $4 the slot's port, $5 nonce. The env file first
 # (the slot's processes read it when they start), then the link, renamed over the old one.
 LINK_SLOT_SCRIPT = r"""

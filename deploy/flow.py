@@ -565,8 +565,10 @@ def _promote(
     never undoes the promotion (and a lock not released here is released by locked)."""
     now = d.clock.now()
     good = host.journal_cmd(now, op, rid, ReleaseState.GOOD, result="promoted")
-    # the lease guard first: a run whose lock was taken away records no verdict
-    steps = [*host.lease_guard(), good, *(verdicts or [])]
+    # the lease guard first: a run whose lock was taken away records no verdict; nor does one
+    # whose `current` was switched by hand meanwhile (what serves is no longer what was gated)
+    still = [] if d.dry_run else [commands.current_is(host.layout, rid)]
+    steps = [*host.lease_guard(), *still, good, *(verdicts or [])]
     decided = None
     if state is not None:
         decided = prune.plan(state.promoted(rid), d.inventory.app.keep_releases)
@@ -590,6 +592,15 @@ def _promote(
         ) from None
     except ReleasegateError as exc:
         failure = getattr(exc, "failure", None)
+        if failure is not None and still and failure.display == still[0].display:
+            raise HumanNeeded(
+                f"{rid} passed its gate, but `current` was switched by hand meanwhile "
+                f"({failure.stderr_tail.strip()}), so {rid} was not recorded good. Its processes "
+                f"may still run {rid} while `current` names another release. Check with "
+                f"`releasegate status {d.inventory.env}`, then `releasegate rollback "
+                f"{d.inventory.env} --to ID` to the release that should serve (gated), or "
+                f"deploy again."
+            ) from None
         if failure is not None and failure.display == good.display:
             raise HumanNeeded(
                 f"{rid} is live and passed its gate, but recording it as good in "

@@ -431,6 +431,10 @@ class FakeRemote:
                 h.partials.discard(rid)
                 h.bundles.pop(rid, None)
                 return ok
+            case "current.check":
+                if h.current == args[1]:
+                    return ok
+                return Result(f"current points to releases/{h.current}\n", "", 3)
             case "current.switch":
                 assert args[1] in h.releases, "switch to an incomplete release"
                 h.current = args[1]

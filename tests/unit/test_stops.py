@@ -110,3 +110,53 @@ def test_a_signal_while_gating_an_unverified_current_is_an_interruption(world): 
     assert "serves again and is verified" in stopped.value.message
     assert host.current == good == host.running
     assert host.lock is None
+
+
+def test_the_current_check_script_runs_for_real(tmp_path):
+    from pathlib import PurePosixPath
+
+    from deploy import commands
+    from deploy.model import Layout
+
+    rid, other = "20261130120000-abcdef1", "20261130110000-1234567"
+    for r in (rid, other):
+        (tmp_path / "releases" / r).mkdir(parents=True)
+    (tmp_path / "current").symlink_to(f"releases/{rid}")
+    layout = Layout(root=PurePosixPath(str(tmp_path)))
+
+    def check(release: str) -> subprocess.CompletedProcess[str]:
+        cmd = commands.current_is(layout, release)
+        return subprocess.run(["sh", "-c", cmd.render()], capture_output=True, text=True)
+
+    assert check(rid).returncode == 0
+    moved = check(other)
+    assert moved.returncode == 3 and f"current points to releases/{rid}" in moved.stdout
+    (tmp_path / "current").unlink()
+    assert "current points to nothing" in check(rid).stdout
+
+
+def test_current_switched_by_hand_during_the_gate_is_not_recorded_good(world):  # noqa: F811
+    """Someone points `current` at another release while the new one is gated: the promotion
+    records no verdict for it (what serves is no longer what was gated) and says so (exit 6)."""
+    import json
+
+    from deploy.errors import HumanNeeded
+    from tests.fakehost import FakeClock
+
+    deps, host, remote, repo = world
+    good = ship(deps, repo).release
+    deps.clock.sleep(2)
+
+    def by_hand(seconds: float) -> None:
+        FakeClock.sleep(deps.clock, seconds)
+        if host.current != good:
+            host.current = good  # an operator's `ln -sfn` + `mv -T` on the host
+
+    deps.clock.sleep = by_hand  # type: ignore[method-assign]
+    with pytest.raises(HumanNeeded, match="switched by hand") as stopped:
+        ship(deps, repo)
+    assert stopped.value.exit_code == 6
+    newest = max(host.releases)
+    records = [json.loads(line) for line in host.journal]
+    assert not any(e["release"] == newest and e["state"] == "good" for e in records)
+    assert host.current == good and host.lock is None
