@@ -208,3 +208,27 @@ def test_ctrl_c_during_a_long_install_stops_at_once(target: Target):
     assert run.wait(timeout=60) == 130, run.output
     assert "partial release was removed" in run.output
     assert_safe(target, good)
+
+
+def test_current_switched_by_hand_mid_gate_is_not_recorded_good(target: Target):
+    """An operator points `current` back at the previous release while the new one is being
+    gated: the run records no verdict for a release that `current` no longer names (exit 6,
+    said plainly), and `current` is left as the operator set it, a complete release."""
+    code, rep = deploy(target)
+    assert code == 0
+    good = released(rep)
+    target.update("health", deadline=30)
+    demo.commit_fault(target.repo, "slow_ready:6")
+    run = Running(target, "deploy", "test")
+    new = wait_until(
+        lambda: run.saw("gate ") and run.saw("…") and target.current(), 60, "the gate stage"
+    )
+    target.ssh(
+        f"cd {target.root} && ln -s releases/{good} current.byhand && mv -T current.byhand current"
+    )
+    assert run.wait() == 6, run.output
+    assert "switched by hand" in run.output
+    assert target.state_of(new) == "active-unverified"  # no verdict for what `current` left
+    assert target.current() == good
+    target.ssh(f"test -f {target.root}/releases/{good}/.release.json")
+    assert not target.lock_exists()
