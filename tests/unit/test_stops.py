@@ -135,24 +135,27 @@ def test_the_current_check_script_runs_for_real(tmp_path):
     assert "current points to nothing" in check(rid).stdout
 
 
-def test_current_switched_by_hand_during_the_gate_is_not_recorded_good(world):  # noqa: F811
-    """Someone points `current` at another release while the new one is gated: the promotion
-    records no verdict for it (what serves is no longer what was gated) and says so (exit 6)."""
+def test_current_switched_by_hand_after_the_gate_read_is_not_recorded_good(world):  # noqa: F811
+    """Someone points `current` at another release once the gate has read it (the gate's own
+    identity read catches a switch before that): the promotion records no verdict for the
+    release gated — what serves is no longer what was gated — and says so (exit 6)."""
+    import contextlib
     import json
 
     from deploy.errors import HumanNeeded
-    from tests.fakehost import FakeClock
 
     deps, host, remote, repo = world
     good = ship(deps, repo).release
     deps.clock.sleep(2)
+    tunnel = remote.tunnel
 
-    def by_hand(seconds: float) -> None:
-        FakeClock.sleep(deps.clock, seconds)
-        if host.current != good:
-            host.current = good  # an operator's `ln -sfn` + `mv -T` on the host
+    @contextlib.contextmanager
+    def then_by_hand(port: int):
+        with tunnel(port) as local:
+            yield local
+        host.current = good  # an operator's `ln -s` + `mv -T` on the host, after the gate read
 
-    deps.clock.sleep = by_hand  # type: ignore[method-assign]
+    remote.tunnel = then_by_hand  # type: ignore[method-assign]
     with pytest.raises(HumanNeeded, match="switched by hand") as stopped:
         ship(deps, repo)
     assert stopped.value.exit_code == 6
