@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from deploy.errors import ConfigError, ShipError
-from deploy.model import Artifact, new_release_id
+from deploy.model import RELEASE_META, Artifact, new_release_id
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,10 @@ def build(
             f"{res.stderr.decode(errors='replace').strip()}. Check app.path in the inventory."
         )
     tar_bytes = res.stdout
+    _refuse_reserved(tar_bytes, treeish, None)
     if source.build:
         tar_bytes = _run_build(tar_bytes, source.build)
+        _refuse_reserved(tar_bytes, treeish, source.build)
     if extra:
         tar_bytes = _append(tar_bytes, extra)
     members = check_members(tar_bytes, source.replaced_on_host)
@@ -170,6 +172,28 @@ def _run_build(tar_bytes: bytes, command: str) -> bytes:
             for item in sorted(tree.rglob("*")):
                 tar.add(item, arcname=item.relative_to(tree).as_posix(), recursive=False)
         return buf.getvalue()
+
+
+def _refuse_reserved(tar_bytes: bytes, treeish: str, build_command: str | None) -> None:
+    """releasegate writes its own files under RELEASE_META in every release (the smoke packs
+    it was gated with, the dependency key): a file of the app at such a path would collide
+    with them, or pass for them."""
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        for member in tar.getmembers():
+            parts = [p for p in PurePosixPath(member.name).parts if p != "."]
+            if len(parts) < 2 or parts[0] != RELEASE_META or member.isdir():
+                continue
+            if build_command is None:
+                origin = f"the revision {treeish}"
+                fix = f"remove it from the repository (git rm -r {RELEASE_META}) and commit"
+            else:
+                origin = f"the local build command (app.build: {build_command!r})"
+                fix = f"have app.build write its files elsewhere than {RELEASE_META}/"
+            raise ShipError(
+                f"{origin} holds {member.name!r}: {RELEASE_META}/ inside a release is reserved "
+                f"for releasegate's own files (the smoke packs a release was gated with, its "
+                f"dependency key); nothing was shipped. Fix: {fix}."
+            )
 
 
 def _append(tar_bytes: bytes, files: Mapping[str, bytes]) -> bytes:

@@ -51,12 +51,18 @@ def _abs_posix_path(value: str) -> str:
     return str(PurePosixPath(value))
 
 
-def _rel_posix_path(value: str) -> str:
-    _check_path(value, absolute=False)
-    return str(PurePosixPath(value))
+def _relative_to(base: str) -> AfterValidator:
+    """A relative path; `base` says relative to what, in the error of an absolute one: the
+    keys that take a relative path are relative to different places."""
+
+    def check(value: str) -> str:
+        _check_path(value, absolute=False, base=base)
+        return str(PurePosixPath(value))
+
+    return AfterValidator(check)
 
 
-def _check_path(value: str, *, absolute: bool) -> None:
+def _check_path(value: str, *, absolute: bool, base: str = "") -> None:
     if not SAFE_PATH.match(value):
         raise ValueError(
             "may only contain letters, digits and . _ @ + / - (no spaces or shell characters)"
@@ -65,7 +71,7 @@ def _check_path(value: str, *, absolute: bool) -> None:
     if absolute and not p.is_absolute():
         raise ValueError("must be an absolute path such as /srv/shop-api")
     if not absolute and p.is_absolute():
-        raise ValueError("must be relative to the deploy root's shared/ directory")
+        raise ValueError(f"must be {base}; an absolute path is refused")
     if ".." in p.parts:
         raise ValueError("must not contain '..'")
     if value.startswith("-") or any(part.startswith("-") for part in p.parts):
@@ -84,7 +90,20 @@ def _pattern(regex: re.Pattern[str], hint: str) -> AfterValidator:
 
 
 AbsPath = Annotated[str, AfterValidator(_abs_posix_path)]
-RelPath = Annotated[str, AfterValidator(_rel_posix_path)]
+# app.path: a directory of the repository, the part of it that is the app
+RepoPath = Annotated[
+    str,
+    _relative_to(
+        "a directory of the repository, relative to its top (app.repo), such as services/api"
+    ),
+]
+# shared_files / shared_dirs: linked into each release from the deploy root's shared/
+SharedPath = Annotated[
+    str, _relative_to("relative to the deploy root's shared/ directory, such as .env or uploads")
+]
+# deps_*: files of the release, i.e. of the app's directory in the repository
+RELEASE_DIR = "relative to the release directory (the app's directory in the repository)"
+ReleasePath = Annotated[str, _relative_to(f"{RELEASE_DIR}, such as package.json")]
 AppName = Annotated[
     str, _pattern(APP_NAME, "use lowercase letters, digits, '-' and '_' (max 64), e.g. shop-api")
 ]
@@ -161,22 +180,22 @@ class SshConfig(Strict):
 class AppConfig(Strict):
     name: AppName
     repo: str = "."
-    path: RelPath | None = None
+    path: RepoPath | None = None
     revision: Annotated[
         str, _pattern(REVISION, "use a branch, tag or commit such as main, v1.4.0 or HEAD")
     ] = "HEAD"
     build: str | None = None
     install: str | None = None
-    shared_files: tuple[RelPath, ...] = ()
-    shared_dirs: tuple[RelPath, ...] = ()
+    shared_files: tuple[SharedPath, ...] = ()
+    shared_dirs: tuple[SharedPath, ...] = ()
     keep_releases: int = Field(5, ge=2, le=100)
     # Dependencies are copied from the last good release when its dependency key is the same
     # (lockfile, manifest, install command, deps dir, runtimes' versions on the host): then
     # the install command is skipped. `deploy --clean-install` forces a fresh install.
     reuse_deps: bool = True
-    deps_lockfile: RelPath = "package-lock.json"
-    deps_manifest: RelPath = "package.json"
-    deps_dir: RelPath = "node_modules"
+    deps_lockfile: ReleasePath = "package-lock.json"
+    deps_manifest: ReleasePath = "package.json"
+    deps_dir: ReleasePath = "node_modules"
     deps_runtimes: tuple[
         Annotated[str, _pattern(RUNTIME, "use a command name such as node or python3")], ...
     ] = ("node",)
@@ -242,7 +261,12 @@ class ProcessConfig(Strict):
             raise ValueError(f"cannot be split into words ({exc})") from None
         if not argv:
             raise ValueError("must name the script to run, e.g. server.js")
-        _rel_posix_path(argv[0])
+        _check_path(
+            argv[0],
+            absolute=False,
+            base=f"the script to run, {RELEASE_DIR}, such as server.js (an interpreter such "
+            f"as /usr/bin/node goes in process.interpreter)",
+        )
         return value
 
     @field_validator("pm2", "interpreter")

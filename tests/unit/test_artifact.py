@@ -291,3 +291,27 @@ def test_the_real_extraction_check_sees_the_issues_escape(tmp_path: Path):
     members = [_sym("a/b/c/up", "../.."), _sym("x", "a/b/c/up/../../../..")]
     release = _ship_for_real(_host(tmp_path), members, ())
     assert any(line.startswith(f"{release}/x ->") for line in _outside(release, [release]))
+
+
+@pytest.mark.parametrize(
+    "build_cmd", [None, "mkdir -p .releasegate && echo x > .releasegate/deps.key"]
+)
+def test_a_file_under_releasegates_reserved_directory_is_refused_by_name(
+    app_repo: Path, tmp_path: Path, build_cmd: str | None
+):
+    # releasegate writes .releasegate/smoke.json (and deps.key) into every release: a file of
+    # the revision (or of app.build) at that path used to fail as "each path once", unnamed.
+    if build_cmd is None:
+        (app_repo / ".releasegate").mkdir()
+        (app_repo / ".releasegate" / "smoke.json").write_text("{}\n")
+        git(app_repo, "add", "-A")
+        git(app_repo, "commit", "-q", "-m", "reserved")
+    source = Source(repo=app_repo, revision="HEAD", build=build_cmd)
+    with pytest.raises(ShipError) as exc:
+        build(source, tmp_path, NOW, extra={".releasegate/smoke.json": b"{}"})
+    msg = str(exc.value)
+    named = ".releasegate/smoke.json" if build_cmd is None else ".releasegate/deps.key"
+    assert named in msg and "reserved" in msg
+    assert ("app.build" in msg) == (build_cmd is not None)
+    assert "git rm" in msg or "app.build" in msg
+    assert "each path once" not in msg

@@ -101,6 +101,22 @@ def test_malicious_app_values_are_refused(snippet, path):
     assert path in msg
 
 
+@pytest.mark.parametrize(
+    "snippet, key, rule",
+    [
+        ("app: {name: shop, path: /etc}", "app.path", "directory of the repository"),
+        ("app: {name: shop, path: ../other}", "app.path", "'..'"),
+        ("app: {name: shop, deps_lockfile: /etc/lock}", "app.deps_lockfile", "release"),
+        ("app: {name: shop, shared_dirs: [/var/data]}", "app.shared_dirs[0]", "shared/"),
+    ],
+)
+def test_an_absolute_path_names_the_key_and_its_own_rule(snippet, key, rule):
+    msg = err(GOOD.replace("app: {name: shop}", snippet))
+    assert key in msg and rule in msg
+    if key == "app.path" or key == "app.deps_lockfile":
+        assert "shared/" not in msg
+
+
 def test_env_values_reserved_and_single_line():
     msg = err(GOOD.replace("port: 3000}", "port: 3000, env: {RELEASE_ID: x}}"))
     assert "set by releasegate" in msg
