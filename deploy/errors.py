@@ -136,3 +136,20 @@ class Signalled(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+# What tar, cp, npm, sh and the kernel say when a filesystem is full (strerror and errno name).
+_OUT_OF_SPACE = ("no space left on device", "enospc", "disk quota exceeded", "edquot")
+
+
+def out_of_space_hint(message: str, root: str, env: str) -> str:
+    """The fix, when a host step failed because the deploy root's filesystem is full: the
+    command's own words (tar, npm) name a file, not the cause a user acts on."""
+    if not any(words in message.lower() for words in _OUT_OF_SPACE):
+        return ""
+    return (
+        f"\nThe filesystem of {root} is full (no space left on device). Fix: free space on "
+        f"the host — logs, caches, other files; old releases are listed by `releasegate "
+        f"releases {env}` and a lower app.keep_releases keeps fewer — check with "
+        f"`df -h {root}`, then deploy again. The partial release was removed."
+    )

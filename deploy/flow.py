@@ -35,6 +35,7 @@ from deploy.errors import (
     NotSwitched,
     PreflightFailed,
     ReleasegateError,
+    out_of_space_hint,
 )
 from deploy.gating import collect_packs, gate_release, gate_through, load_stored_packs, watch
 from deploy.host import HostOps
@@ -311,7 +312,8 @@ def _abort(d: Deps, host: HostOps, rid: str, exc: BaseException) -> None:
         ) from None
     if isinstance(exc, ReleasegateError):
         raise AbortedBeforeLive(
-            f"deploy of {rid} failed before activation, nothing live changed: {exc.message}",
+            f"deploy of {rid} failed before activation, nothing live changed: {exc.message}"
+            + out_of_space_hint(exc.message, str(host.layout.root), d.inventory.env),
             evidence=exc.evidence,
         ) from None
     raise exc

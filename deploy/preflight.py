@@ -73,7 +73,7 @@ def judge_host(
             Check(
                 "free disk",
                 ok,
-                f"{int(free) // 1024} MiB free on {root}'s filesystem, need {need_kb // 1024} MiB "
+                f"{_size(int(free))} free on {root}'s filesystem, need {_size(need_kb)} "
                 f"(max of preflight.min_free_mb and 2x the artifact)",
                 f"free space on the host (old releases: `releasegate releases {env}`), or lower "
                 f"preflight.min_free_mb",
@@ -246,3 +246,8 @@ def satisfies(found: str, constraint: str) -> bool:
         }[op]:
             return False
     return True
+
+
+def _size(kib: int) -> str:
+    # in KiB below 10 MiB: "0 MiB free, need 0 MiB" read as a contradiction, and a failure
+    return f"{kib // 1024} MiB" if kib >= 10 * 1024 else f"{kib} KiB"

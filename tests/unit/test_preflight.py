@@ -130,3 +130,14 @@ def test_secret_sources_never_show_values(tmp_path: Path):
     ]
     assert CANARY not in repr(built)
     assert set(built.values()) == {CANARY, "abc123"}
+
+
+def test_a_disk_short_by_less_than_a_mebibyte_says_how_much_in_kib():
+    # min_free_mb: 0 and a 60 KiB artifact: it used to read "0 MiB free ..., need 0 MiB" — and fail
+    inv = parse(
+        BASE.replace("min_free_mb: 100", "min_free_mb: 0"), source=Path("/i/prod.yml"), env="prod"
+    )
+    checks = {c.name: c for c in judge_host(inv, {**GOOD_FACTS, "free_kb": "60"}, 60 * 1024, NOW)}
+    detail = checks["free disk"].detail
+    assert not checks["free disk"].ok
+    assert "60 KiB free" in detail and "need 120 KiB" in detail
