@@ -1049,3 +1049,33 @@ def migrate(
     )
     # three bounded commands: the client waits for all of them and their kill grace
     return replace(cmd, limit=3 * seconds + 2 * KILL_AFTER)
+
+
+# ---------------------------------------------------------------- who holds the app's port
+
+# $1 the port. First `@@pm2 <pid>`: PM2's daemon, from its pid file. Then one line per process
+# listening on the port: pid, parent pid, cwd, command line (tab-separated, tabs and newlines
+# in them made spaces: a process names itself). /proc shows the deploy user's own processes; a
+# listener `ss` cannot attribute (another user's process) is a line with pid `-`.
+PORT_HOLDERS_SCRIPT = r"""
+port="$1"
+printf '@@pm2 %s\n' "$(cat "${PM2_HOME:-$HOME/.pm2}/pm2.pid" 2>/dev/null)"
+lines=$(ss -Hltnp "( sport = :$port )" 2>/dev/null) || exit 0
+[ -n "$lines" ] || exit 0
+pids=$(printf '%s\n' "$lines" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -un)
+[ -n "$pids" ] || { printf -- '-\t\t\t\n'; exit 0; }
+flat() { tr '\000\t\n' '   ' | cut -c1-200; }
+for pid in $pids; do
+  ppid=$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+  printf '%s\t%s\t%s\t%s\n' "$pid" "$ppid" "$(readlink "/proc/$pid/cwd" 2>/dev/null | flat)" \
+    "$(flat < "/proc/$pid/cmdline" 2>/dev/null)"
+done
+"""
+
+
+def port_holders(port: int) -> Cmd:
+    """The processes listening on `port` (forensics of a gate that failed: a process a release
+    left behind can hold the app's port, and then no release can bind it)."""
+    return _script(
+        "port.holders", PORT_HOLDERS_SCRIPT, [str(int(port))], f"who listens on port {port}"
+    )

@@ -15,6 +15,7 @@ LOG_LINE = 1000  # characters of one log line kept in the output and the journal
 class Forensics:
     lines: tuple[str, ...]  # for the output (evidence)
     journal: dict[str, object]  # for the bad release's journal entry
+    port_note: str = ""  # something outside the process manager holds the app's port
 
 
 def capture_forensics(d: Deps, failed: str, target: GateTarget, log_lines: int = 40) -> Forensics:
@@ -26,10 +27,19 @@ def capture_forensics(d: Deps, failed: str, target: GateTarget, log_lines: int =
         logs, state = target.forensics(log_lines)
     except ReleasegateError as exc:
         return Forensics((f"forensics unavailable: {exc.message}",), {"error": exc.message})
+    try:
+        port = d.redact(target.port_note()) if target.port_note is not None else ""
+    except ReleasegateError:
+        port = ""
     logs, state = d.redact(logs), d.redact(state)
     logs = "\n".join(line[:LOG_LINE] for line in logs.splitlines())  # a release's megabyte line
     shown = [line for line in logs.splitlines() if line.strip()][-15:]
     return Forensics(
-        (f"process: {state}", *(f"log: {line}" for line in shown)),
-        {"process": state, "logs": logs[-4000:]},
+        (
+            f"process: {state}",
+            *((f"port: {port}",) if port else ()),
+            *(f"log: {line}" for line in shown),
+        ),
+        {"process": state, "logs": logs[-4000:], **({"port": port} if port else {})},
+        port_note=port,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from deploy import commands, journal, lock, preflight, release_env
+from deploy import commands, journal, lock, port_holders, preflight, release_env
 from deploy.commands import Cmd
 from deploy.errors import CommandFailure, LockLost, RemoteCommandError, ShipError
 from deploy.inventory import Inventory
@@ -459,6 +459,19 @@ class HostOps:
         logs = self.remote.run(self.manager.logs(lines), check=False, timeout=30)
         state = self.remote.run(self.manager.describe(), check=False, timeout=30)
         return _log_text(logs), self.manager.parse_describe(state.stdout)
+
+    def port_note(self, port: int) -> str:
+        """What holds `port` besides the app's PM2 processes, as the fix to tell a human; ""
+        when nothing does or it cannot be read (systemd stops a unit's whole cgroup: a
+        forked daemon never outlives its release there)."""
+        if self.manager.name != "pm2":
+            return ""
+        res = self.remote.run(commands.port_holders(port), check=False, timeout=30)
+        if res.exit_code != 0:
+            return ""
+        return port_holders.stray_note(
+            port_holders.parse(res.stdout), port=port, app=self.inventory.app.name, host=self.label
+        )
 
     def slot_forensics(self, slot: Slot, lines: int = 40) -> tuple[str, str]:
         """The same for a blue/green slot."""

@@ -188,13 +188,15 @@ def recover(
                     f"{failed} failed its gate ({reason}) and the automatic rollback to "
                     f"{fallback} failed too ({again_reason})."
                     + (
-                        f" Both failed the same way ({shared}): probably a shared cause."
+                        f" {forensics.port_note}"
+                        if forensics.port_note
+                        else f" Both failed the same way ({shared}): probably a shared cause."
                         if shared
                         else ""
                     )
                 ),
             )
-            if plain:
+            if plain and not forensics.port_note:
                 r.warn(plain)
             return report_slots(
                 d,
@@ -208,7 +210,8 @@ def recover(
                     message=(
                         f"{failed} failed ({reason}) and the rollback to {fallback} failed too "
                         f"({again_reason}). "
-                        + (f"{plain} " if plain else "")
+                        + (f"{forensics.port_note} " if forensics.port_note else "")
+                        + (f"{plain} " if plain and not forensics.port_note else "")
                         + verdict.after_failed_revert(failed, fallback, live, unread)
                         + (
                             " The host is marked needs-human: deploys, automatic rollbacks and "

@@ -105,6 +105,8 @@ class FakeHost:
     schema: str = "1"
     db_up: bool = True
     migrated: list[str] = field(default_factory=list)  # release dirs migrations ran in
+    # what `port.holders` prints: the processes listening on the app's port (tab-separated)
+    port_holders: str = ""
 
     def fault_of_running(self) -> str:
         return self.faults.get(self.running or "", "")
@@ -617,6 +619,8 @@ class FakeRemote:
                     return Result(f"{args[0]} {self.fail[name]}\n\n", "", 0)
                 out = self._apply(read)
                 return Result(f"{args[0]} {out.exit_code}\n{out.stdout}\n", "", 0)
+            case "port.holders":
+                return Result(h.port_holders, "", 0)
             case "slot.listening":
                 slot = h.slot_at(int(args[0]))
                 if slot is None or slot not in h.slot_procs:

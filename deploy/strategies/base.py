@@ -58,6 +58,8 @@ class GateTarget:
     # the gate's first process read when it was made at the end of the activation (in place):
     # the state read then, or the error of that read (timeout)
     first: Callable[[float | None], ProcessSnapshot] | None = None
+    # forensics: what else holds the port (a daemon a release left behind), as a sentence
+    port_note: Callable[[], str] | None = None
 
 
 class Strategy(Protocol):

@@ -43,6 +43,7 @@ class InPlace:
             closing=lambda timeout, pids: host.snapshot_with_identity(rid, pids, timeout),
             first=self._first_snapshot(rid),
             through_current=True,
+            port_note=lambda: host.port_note(inv.process.port),
         )
 
     def _first_snapshot(self, rid: str) -> Callable[[float | None], ProcessSnapshot] | None:
