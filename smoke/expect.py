@@ -133,7 +133,11 @@ class SchemaMatches:
             )
         cls = validators.validator_for(self.schema)
         validator = cls(self.schema, format_checker=cls.FORMAT_CHECKER)
-        errors: list[ValidationError] = list(validator.iter_errors(doc))
+        try:
+            errors: list[ValidationError] = list(validator.iter_errors(doc))
+        except RecursionError:
+            return f"expected body matching the {self.origin} got JSON nested too deeply to check"
+
         if not errors:
             return None
         best = best_match(errors)

@@ -36,7 +36,7 @@ class Answer:
         """The body parsed as JSON, or NOT_JSON."""
         try:
             return json.loads(self.text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than Python's stack: not usable JSON
             return NOT_JSON
 
     def show(self, value: str, limit: int = 120) -> str:

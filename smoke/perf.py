@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from smoke.answer import UnusableAnswer, receive
 from smoke.model import Answer, Check, HotEndpoint, Pack, Thresholds, all_secrets
-from smoke.runner import check_base_url, send, url_secrets
+from smoke.runner import check_base_url, url_secrets
 from smoke.secrets import Redactor
 
 
@@ -196,15 +197,19 @@ def _one(
 ) -> Sample:
     started = timer()
     try:
-        response = send(http, base, check)
+        received = receive(http, base, check, _TimerClock(timer))
     except httpx.HTTPError as exc:
         ms = (timer() - started) * 1000
         return Sample(ms=ms, ok=False, detail=f"{type(exc).__name__}: {redact(str(exc))[:120]}")
+    except UnusableAnswer as exc:
+        ms = (timer() - started) * 1000
+        return Sample(ms=ms, ok=False, detail=redact(exc.detail)[:160])
     ms = (timer() - started) * 1000
+    response = received.response
     answer = Answer(
         status=response.status_code,
         headers=response.headers,
-        text=response.text,
+        text=received.text,
         elapsed_ms=ms,
         redact=redact,
     )
@@ -216,3 +221,16 @@ def _one(
         release=redact(response.headers.get("x-release-id", ""))[:100],
         revision=redact(response.headers.get("x-revision", ""))[:100],
     )
+
+
+@dataclass(frozen=True)
+class _TimerClock:
+    """perf measures with a bare timer; the answer's deadline needs only its monotonic()."""
+
+    timer: Callable[[], float]
+
+    def monotonic(self) -> float:
+        return self.timer()
+
+    def sleep(self, seconds: float) -> None:  # never called while receiving
+        raise NotImplementedError

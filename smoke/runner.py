@@ -7,7 +7,6 @@ every detail line is masked with the packs' secrets before it leaves this module
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from smoke.answer import UnusableAnswer, receive
 from smoke.clock import Clock, SystemClock
 from smoke.model import (
     TRANSIENT_STATUSES,
@@ -205,62 +205,12 @@ def run_check(
     )
 
 
-def send(client: httpx.Client, base: str, check: Check) -> httpx.Response:
-    """One request of a check; raises httpx.HTTPError when there is no answer."""
-    req = check.request
-    return client.request(
-        req.method,
-        base + req.path,
-        params=list(req.query) or None,
-        headers=list(req.headers),
-        json=req.json_body if req.has_json else None,
-        content=req.content,
-        timeout=check.timeout,
-        follow_redirects=req.follow_redirects,
-    )
-
-
-# An answer's body is read up to this size and within the check's timeout in all: httpx's
-# timeouts bound each read, not the whole answer, so an endpoint that streams without end
-# (a hostile or broken release, checked inside its deploy gate) would hold the run for ever.
-MAX_BODY = 8 * 1024 * 1024
-
-
-def receive(client: httpx.Client, base: str, check: Check) -> tuple[httpx.Response, str, str]:
-    """One request of a check, its body read within MAX_BODY and check.timeout: (response,
-    text, why the body was cut — "" when it ended). Raises httpx.HTTPError when there is no
-    answer."""
-    req = check.request
-    started = time.perf_counter()
-    body = bytearray()
-    cut = ""
-    with client.stream(
-        req.method,
-        base + req.path,
-        params=list(req.query) or None,
-        headers=list(req.headers),
-        json=req.json_body if req.has_json else None,
-        content=req.content,
-        timeout=check.timeout,
-        follow_redirects=req.follow_redirects,
-    ) as response:
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > MAX_BODY:
-                cut = f"a body that ends within {MAX_BODY // (1024 * 1024)} MiB"
-            elif time.perf_counter() - started > check.timeout:
-                cut = f"a body that ends within {check.timeout:g} s"
-            if cut:
-                break
-    return response, bytes(body).decode(response.encoding or "utf-8", "replace"), cut
-
-
 def _attempt(
     check: Check, base: str, client: httpx.Client, clock: Clock, redact: Callable[[str], str]
 ) -> _Attempt:
     started = clock.monotonic()
     try:
-        response, text, cut = receive(client, base, check)
+        received = receive(client, base, check, clock)
     except httpx.TimeoutException as exc:
         return _Attempt(
             "error",
@@ -274,20 +224,17 @@ def _attempt(
             f"expected an answer got {type(exc).__name__}: {reason}",
             transient=isinstance(exc, TRANSIENT_ERRORS),
         )
-    elapsed_ms = (clock.monotonic() - started) * 1000
-    if cut:
+    except UnusableAnswer as exc:
         return _Attempt(
-            "fail",
-            f"expected {cut} got {response.status_code} still sending",
-            transient=False,
-            status=response.status_code,
+            exc.outcome, exc.detail, transient=exc.outcome == "error", status=exc.status
         )
+    elapsed_ms = (clock.monotonic() - started) * 1000
     answer = Answer(
-        status=response.status_code,
-        headers=response.headers,
-        text=text,
+        status=received.response.status_code,
+        headers=received.response.headers,
+        text=received.text,
         elapsed_ms=elapsed_ms,
-        scheme=response.request.url.scheme,
+        scheme=received.url.scheme,
         redact=redact,
     )
     return _judge(check, answer)
