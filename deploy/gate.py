@@ -334,7 +334,7 @@ def reported_version(
         return value.strip()
     try:
         node: object = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than Python's stack: not usable
         raise GateFailed("identity", f"{where} did not answer JSON") from None
     assert settings.field is not None
     for key in settings.field.split("."):

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from smoke.answer import UnusableAnswer
+from smoke.answer import get as bounded_get
+
 # A scrape longer than this is not a metrics page (a misconfigured path serving a file).
 MAX_BYTES = 4 * 1024 * 1024
 
@@ -164,17 +167,24 @@ class MetricsWatch:
         return self.last.line() if self.last is not None else "metrics: not read yet"
 
 
+# A metrics page of many series is bigger than a contract answer, but still bounded: a page
+# that streams forever must not hold the bake.
+METRICS_MAX_BYTES = 16 * 1024 * 1024
+
+
 def http_reader(client: httpx.Client, path: str) -> Callable[[], str]:
     """GET the metrics page with `client` (its base URL the slot's port through the tunnel,
     its timeout the probe's); anything but a 2xx text answer is MetricsUnreadable."""
 
     def read() -> str:
         try:
-            answer = client.get(path)
+            answer = bounded_get(client, path, max_bytes=METRICS_MAX_BYTES)
         except httpx.HTTPError as exc:
             raise MetricsUnreadable(f"no answer from {path}: {type(exc).__name__}") from None
-        if not 200 <= answer.status_code < 300:
-            raise MetricsUnreadable(f"{path} answered {answer.status_code}")
+        except UnusableAnswer as exc:
+            raise MetricsUnreadable(f"{path}: {exc.detail}") from None
+        if not 200 <= answer.response.status_code < 300:
+            raise MetricsUnreadable(f"{path} answered {answer.response.status_code}")
         return answer.text
 
     return read

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import httpx
 
-from smoke.clock import Clock
+from smoke.clock import Clock, SystemClock
 from smoke.model import Check
 
 # Far more than any contract check needs to judge an answer; a body beyond it is a fail.
@@ -114,6 +115,24 @@ def receive(
         f"expected an answer within {MAX_REDIRECTS} redirects got more (a redirect loop?)",
         status=status,
     )
+
+
+def get(
+    client: httpx.Client,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
+) -> Received:
+    """GET `url` with `client` (no redirects followed), its read timeout the deadline of the
+    whole answer: the deploy gate's probes use this, so a release that streams forever or
+    trickles its answer fails its gate instead of holding the deploy. Raises as receive()."""
+    clock = clock or SystemClock()
+    within = client.timeout.read or 30.0
+    deadline = clock.monotonic() + within
+    with client.stream("GET", url, headers=headers, follow_redirects=False) as response:
+        return _read(response, deadline, clock, max_bytes, within)
 
 
 def _read(

@@ -42,6 +42,8 @@ from deploy.process.systemd import Systemd
 from deploy.report import Reporter
 from deploy.slots import SLOT, Slot, Slots, SlotView, views
 from deploy.strategies.base import GateTarget, Start
+from smoke.answer import UnusableAnswer
+from smoke.answer import get as bounded_get
 
 HttpFactory = Callable[[str, float], httpx.Client]
 # Seconds the retire waits for nginx to close its last connection to the old slot.
@@ -318,9 +320,11 @@ class BlueGreen:
             )
             return check_version(reported, health.version.expect, expected, health.version.source)
         try:
-            answer = client.get(health.path, headers=self.headers)
+            answer = bounded_get(client, health.path, headers=self.headers).response
         except httpx.HTTPError as exc:
             raise GateFailed("front door", f"no answer: {type(exc).__name__}") from None
+        except UnusableAnswer as exc:
+            raise GateFailed("front door", exc.detail) from None
         said = answer.headers.get("X-Release-Id")
         if said is None:
             return "the app sends no X-Release-Id header; the access log names the slot"

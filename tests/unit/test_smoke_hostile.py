@@ -9,7 +9,12 @@ import zlib
 from collections.abc import Iterator
 
 import httpx
+import pytest
 
+from deploy.errors import GateFailed
+from deploy.gate import reported_version
+from deploy.inventory import VersionConfig
+from deploy.metrics import MetricsUnreadable, http_reader
 from smoke.answer import MAX_BODY_BYTES
 from smoke.perf import run_perf
 from tests.unit.test_smoke_runner import FakeClock, one_check, pack, run
@@ -212,3 +217,28 @@ def test_perf_samples_stop_at_the_cap_too() -> None:
     result = run_perf([p], base_url="http://app", client=client)
     assert "expected a body that ends within 8 MiB" in result.endpoints[0].first_error
     assert all(b.pulled <= MAX_BODY_BYTES + CHUNK for b in bodies)
+
+
+# ------------------------------------------------ the deploy gate's own probes --
+
+
+def _app(handler) -> httpx.Client:
+    return httpx.Client(base_url="http://app", transport=httpx.MockTransport(handler), timeout=2)
+
+
+def test_the_version_probe_survives_a_hostile_answer() -> None:
+    deep = b'{"release": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for stream, said in (
+        (lambda: Body(endless()), "went on past 1024 KiB"),
+        (lambda: Body(iter([deep])), "did not answer JSON"),
+    ):
+        c = _app(lambda r, s=stream: httpx.Response(200, stream=s()))
+        with pytest.raises(GateFailed) as failed:
+            reported_version(c, VersionConfig(field="release"), {})
+        assert said in failed.value.reason
+
+
+def test_a_metrics_page_that_streams_forever_is_unreadable_not_a_hang() -> None:
+    c = _app(lambda r: httpx.Response(200, stream=Body(endless(32 * 1024 * 1024))))
+    with pytest.raises(MetricsUnreadable, match="expected a body that ends within 16 MiB"):
+        http_reader(c, "/metrics")()
