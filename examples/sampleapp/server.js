@@ -60,7 +60,7 @@ function parseFault(raw) {
   const colon = raw.indexOf(':');
   const name = (colon === -1 ? raw : raw.slice(0, colon)).trim();
   const arg = colon === -1 ? '' : raw.slice(colon + 1).trim();
-  if (['ready_503', 'ready_hang', 'boot_crash', 'wrong_contract', 'wrong_version'].includes(name) && !arg) return { name, raw };
+  if (['ready_503', 'ready_hang', 'boot_crash', 'wrong_contract', 'wrong_version', 'endless_api', 'trickle_ready'].includes(name) && !arg) return { name, raw };
   if (['slow_ready', 'crash_after', 'errors_after', 'slow_api', 'flaky_after'].includes(name)) {
     const delayMs = parseDuration(arg);
     if (delayMs !== null) return { name, raw, delayMs };
@@ -92,6 +92,26 @@ let nextId = 4;
 let listening = false;
 let shuttingDown = false;
 const hanging = new Set(); // ready_hang: readiness requests left without an answer
+
+// endless_api: a 200 whose JSON body never ends (64 KiB chunks, as fast as the client reads).
+function endless(res) {
+  res.writeHead(200, { 'Content-Type': 'application/json' });
+  res.write('{"items": [');
+  const chunk = '"x",'.repeat(16384);
+  const pump = () => {
+    while (!res.destroyed && res.write(chunk)) { /* until the socket pushes back */ }
+  };
+  res.on('drain', pump);
+  pump();
+}
+
+// trickle_ready: a 200 whose body arrives one byte every 100 ms and never completes.
+function trickle(res) {
+  res.writeHead(200, { 'Content-Type': 'application/json' });
+  hanging.add(res);
+  const timer = setInterval(() => res.write(' '), 100);
+  res.on('close', () => { clearInterval(timer); hanging.delete(res); });
+}
 const requestCounts = new Map(); // "method\0route\0status" -> count
 
 // -------------------------------------------------------------- database --
@@ -254,6 +274,7 @@ const routes = [
       if (HEALTH_TOKEN && !tokenMatches(req.headers['x-health-token'], HEALTH_TOKEN)) {
         return send(res, 401, { error: 'unauthorized' });
       }
+      if (FAULT && FAULT.name === 'trickle_ready') return trickle(res);
       if (FAULT && FAULT.name === 'ready_hang') {
         // Never answered: the caller's timeout is the only way out. Dropped at shutdown.
         hanging.add(res);
@@ -291,6 +312,7 @@ const routes = [
   ['/api/items', {
     GET: (req, res) => {
       if (degraded() || flakyNow()) return send(res, 500, { error: 'internal' });
+      if (FAULT && FAULT.name === 'endless_api') return endless(res);
       const list = [...items.values()];
       if (FAULT && FAULT.name === 'wrong_contract') return send(res, 200, { data: list.map(brokenItem) });
       send(res, 200, { items: list });
