@@ -24,7 +24,7 @@ import httpx
 from deploy import bake, commands, metrics, proxy
 from deploy.clock import Clock
 from deploy.commands import Cmd
-from deploy.errors import GateFailed, NotSwitched, RemoteCommandError
+from deploy.errors import GateFailed, NotSwitched, PreflightFailed, RemoteCommandError
 from deploy.gate import (
     Expected,
     ReadyPolicy,
@@ -380,6 +380,7 @@ class BlueGreen:
         live = self.live_slot()
         served = self.links.get(live.name) if live else None
         current = self.state.current
+        self._refuse_a_hand_edited_upstream(live, served, current)
         if live is not None and served is not None and served != current:
             steps = [
                 *self.host.lease_guard(),
@@ -417,6 +418,28 @@ class BlueGreen:
             self.retire(current)
             done.append(f"finished retiring the backup of {current} (a run was killed mid-retire)")
         return done
+
+    def _refuse_a_hand_edited_upstream(
+        self, live: Slot | None, served: str | None, current: str | None
+    ) -> None:
+        """The upstream file names as live a slot that runs nothing, while `current` runs in
+        the other one. No run leaves that (a switch only names a slot it started, and a run
+        killed mid-switch leaves the new slot's link): the file was changed by hand, and nginx
+        may still send every request to the slot it calls idle — where the deploy would start
+        the new release over the one that serves. Stop before anything changes."""
+        if live is None or served is not None or current is None:
+            return
+        home = next((s for s in self.slots if self.links.get(s.name) == current), None)
+        if home is None or home == live:
+            return
+        raise PreflightFailed(
+            f"{self.paths.upstream} names slot {live.describe()} as live, but that slot runs "
+            f"nothing: `current` ({current}) runs in slot {home.describe()}. The file was "
+            f"changed outside releasegate (it is replaced at each switch), and nginx may be "
+            f"serving slot {home.name} still; nothing was changed. Put the file back "
+            f"(`server 127.0.0.1:{home.port};`), check it and reload nginx (`sudo nginx -t && "
+            f"sudo nginx -s reload`), then run again"
+        )
 
     def views(self, processes: bool = True) -> tuple[SlotView, ...]:
         snaps: dict[str, ProcessSnapshot | None] = {
