@@ -20,6 +20,7 @@ from tests.integration.conftest import Target
 
 pytestmark = pytest.mark.integration
 
+CLI = (sys.executable, "-m", "deploy.cli")
 PACK = Path(__file__).resolve().parents[2] / "examples" / "sampleapp" / "smoke.yml"
 
 
@@ -29,8 +30,7 @@ def deploy_cli(t: Target, fault: str | None = None) -> tuple[int, list[dict], st
         demo.commit_fault(t.repo, fault)
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "--json", "--inventories", str(t.inv_dir)]
-        + ["deploy", "test"],
+        [*CLI, "--json", "--inventories", str(t.inv_dir), "deploy", "test"],
         capture_output=True,
         text=True,
         timeout=240,

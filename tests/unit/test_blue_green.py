@@ -384,6 +384,23 @@ def test_a_run_killed_between_the_front_door_and_current_is_made_consistent(worl
     assert any("current now points at" in line for line in world.reporter.lines)
 
 
+def test_an_upstream_file_pointed_at_the_empty_slot_by_hand_stops_before_anything(
+    world: World,
+):
+    good = ship(world).release
+    h = world.host
+    live, idle = h.upstream[0], (GREEN if h.upstream[0] == BLUE else BLUE)
+    h.upstream = (idle, None)  # edited by hand; nginx, not reloaded, still serves `live`
+    links, procs = dict(h.slot_links), set(h.slot_procs)
+    with pytest.raises(PreflightFailed) as exc:
+        ship(world)
+    assert exc.value.exit_code == 5
+    assert "changed outside releasegate" in str(exc.value)
+    assert f"server 127.0.0.1:{live};" in str(exc.value)
+    assert h.current == good and h.upstream == (idle, None) and h.lock is None
+    assert h.slot_links == links and set(h.slot_procs) == procs  # the live slot untouched
+
+
 # ---------------------------------------------------------------------------- preflight
 
 
