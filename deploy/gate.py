@@ -16,6 +16,7 @@ from deploy.clock import Clock
 from deploy.errors import GateFailed, RemoteCommandError
 from deploy.inventory import VersionConfig
 from deploy.model import IdentityFacts, Probe, ProcessSnapshot
+from smoke.model import printable
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def probe_http(client: httpx.Client, path: str, headers: dict[str, str]) -> tupl
         return "fail", f"{response.status_code} in {ms:.0f} ms, but {unended} (an answer must end)"
     if 200 <= response.status_code < 300:
         return "ok", f"{response.status_code} in {ms:.0f} ms"
-    text = body.decode("utf-8", "replace").strip().replace("\n", " ")[:120]
+    text = printable(" ".join(body.decode("utf-8", "replace").split()))[:120]
     return "fail", f"{response.status_code} in {ms:.0f} ms {text}".rstrip()
 
 
@@ -356,7 +357,7 @@ def check_version(reported: str | None, expect: str, expected: Expected, source:
     if reported is None:
         shown, reported = "(null)", ""
     else:
-        shown = reported if len(reported) <= 80 else reported[:79] + "…"
+        shown = printable(reported if len(reported) <= 80 else reported[:79] + "…")
     if expect == "release_id":
         wanted = expected.release_id
         ok = reported == wanted

@@ -7,6 +7,7 @@ readiness audit pack in code; `smoke.runner` turns a Pack into a PackResult.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,8 +43,23 @@ class Answer:
     def show(self, value: str, limit: int = 120) -> str:
         """A value from the answer as it may appear in a detail line: secrets masked first,
         then clipped to one short line (clipping first could cut a secret in half)."""
-        flat = " ".join(self.redact(value).split())
+        flat = printable(" ".join(self.redact(value).split()))
         return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# C0 and C1 controls, DEL, and the bidi overrides: what a terminal would obey rather than show.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Control characters from a server shown as escapes (`\\x1b`): a hostile answer must
+    not drive the terminal that shows it (clear a line, overwrite a FAIL with a fake PASS)."""
+    return _CONTROL.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
 
 
 class Expectation(Protocol):

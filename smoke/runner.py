@@ -26,6 +26,7 @@ from smoke.model import (
     Pack,
     PackResult,
     all_secrets,
+    printable,
 )
 from smoke.secrets import Redactor
 
@@ -218,7 +219,7 @@ def _attempt(
             transient=True,
         )
     except httpx.HTTPError as exc:
-        reason = " ".join(redact(str(exc)).split())[:160] or "no detail"
+        reason = printable(" ".join(redact(str(exc)).split()))[:160] or "no detail"
         return _Attempt(
             "error",
             f"expected an answer got {type(exc).__name__}: {reason}",

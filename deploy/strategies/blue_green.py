@@ -44,6 +44,7 @@ from deploy.slots import SLOT, Slot, Slots, SlotView, views
 from deploy.strategies.base import GateTarget, Start
 from smoke.answer import UnusableAnswer
 from smoke.answer import get as bounded_get
+from smoke.model import printable
 
 HttpFactory = Callable[[str, float], httpx.Client]
 # Seconds the retire waits for nginx to close its last connection to the old slot.
@@ -326,6 +327,7 @@ class BlueGreen:
         except UnusableAnswer as exc:
             raise GateFailed("front door", exc.detail) from None
         said = answer.headers.get("X-Release-Id")
+        said = printable(said) if said is not None else None
         if said is None:
             return "the app sends no X-Release-Id header; the access log names the slot"
         if said.strip() != rid:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from deploy.errors import GateFailed
-from deploy.gate import reported_version
+from deploy.gate import probe_http, reported_version
 from deploy.inventory import VersionConfig
 from deploy.metrics import MetricsUnreadable, http_reader
 from smoke.answer import MAX_BODY_BYTES
@@ -242,3 +242,23 @@ def test_a_metrics_page_that_streams_forever_is_unreadable_not_a_hang() -> None:
     c = _app(lambda r: httpx.Response(200, stream=Body(endless(32 * 1024 * 1024))))
     with pytest.raises(MetricsUnreadable, match="expected a body that ends within 16 MiB"):
         http_reader(c, "/metrics")()
+
+
+def test_control_characters_from_the_server_never_reach_the_terminal() -> None:
+    """A body or header that carries escape sequences (clear the line, set the title, NUL,
+    a bidi override) is shown escaped: it cannot overwrite a FAIL with a fake PASS."""
+    evil = '{"e": "\r\x1b[2K\x1b[32mPASS\x1b]0;t\x07 \x00 \u202e"}'
+    check = run(
+        one_check("status: 200, headers: {X-Evil: ok}"),
+        lambda r: httpx.Response(500, text=evil),
+    ).checks[0]
+    shown = check.detail
+    assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in shown), repr(shown)
+    assert "\\x1b[2K\\x1b[32mPASS" in shown and "\\u202e" in shown
+    check = run(
+        one_check("status: 200, headers: {X-Evil: ok}"),
+        lambda r: httpx.Response(200, headers={"X-Evil": "\x1b[31mred"}),
+    ).checks[0]
+    assert check.detail == "expected header X-Evil = 'ok' got '\\x1b[31mred'"
+    outcome, detail = probe_http(_app(lambda r: httpx.Response(503, text=evil)), "/r", {})
+    assert outcome == "fail" and "\x1b" not in detail and "\\x1b[2K" in detail
