@@ -25,6 +25,33 @@ from deploy.inventory import Inventory
 PORTS = itertools.count(4100)
 # RELEASEGATE_TEST_PROVIDER=docker runs every integration test on the docker provider's sandbox.
 PROVIDER = os.environ.get("RELEASEGATE_TEST_PROVIDER", "namespaces")
+# Under pytest-xdist (CI runs `-n 4 --dist loadfile`) worker gwN, N > 0, boots a sandbox of its
+# own: the name gets wN, the index N * 20 more. Default 7 -> 27, 47, 67 (fleet hosts +100/+101:
+# 127/128, 147/148, 167/168), clear of the fixed sandboxes other tests and CI boot (9, 10, 17,
+# 18, 41-43). Set here, at import, so every reader of the variable (the vps fixture,
+# test_fleet.py's extra hosts) sees the worker's own.
+WORKER_INDEX_STEP = 20
+
+
+def worker_sandbox(base: str, worker: str) -> str:
+    """The name:index worker `worker` (gw0, gw1, ...) uses for the base RELEASEGATE_TEST_SANDBOX."""
+    n = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    if n == 0:
+        return base
+    name, _, index = base.partition(":")
+    return f"{name[:7]}w{n}:{(int(index) - 1 + n * WORKER_INDEX_STEP) % 254 + 1}"
+
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _worker = os.environ["PYTEST_XDIST_WORKER"]
+    os.environ["RELEASEGATE_TEST_SANDBOX"] = worker_sandbox(
+        os.environ.get("RELEASEGATE_TEST_SANDBOX", "rgit:7"), _worker
+    )
+    if "RELEASEGATE_TEST_FLEET" in os.environ:
+        os.environ["RELEASEGATE_TEST_FLEET"] = ",".join(
+            worker_sandbox(pair, _worker)
+            for pair in os.environ["RELEASEGATE_TEST_FLEET"].split(",")
+        )
 
 
 # RELEASEGATE_TEST_SANDBOX=name:index lets two suites run side by side on one machine.
