@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -49,3 +50,39 @@ def app_repo(tmp_path: Path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "first")
     return repo
+
+
+# CI runs the suite on pytest-xdist workers, a whole file per worker (--dist loadfile
+# --no-loadscope-reorder, pyproject.toml): files are handed out in collection order, so the
+# longest integration files (measured, 2026-11-30: each 80-240 s, the rest of the suite under
+# 60 s a file) are collected first and none of them starts last and alone. A file missing here
+# only runs later; order changes nothing else (every test is order-independent).
+SLOW_FILES_FIRST = (
+    "integration/test_blue_green.py",
+    "integration/test_systemd.py",
+    "integration/test_safety.py",
+    "integration/test_bench_smoke.py",
+    "integration/test_release_unit.py",
+    "integration/test_deploy.py",
+    "integration/test_fleet.py",
+    "integration/test_migrations_db.py",
+    "integration/test_preflight_secrets.py",
+    "integration/test_demo.py",
+    "integration/test_gate.py",
+    "integration/test_systemd_slots.py",
+    "integration/test_sandbox.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return  # a serial run keeps pytest's own order
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        path = item.path.as_posix()
+        for i, name in enumerate(SLOW_FILES_FIRST):
+            if path.endswith("tests/" + name):
+                return (0, i)
+        return (1, 0) if "/tests/integration/" in path else (2, 0)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
