@@ -566,6 +566,44 @@ def receive_file(path: PurePosixPath, mode: int) -> Cmd:
     return _script("file.receive", RECEIVE_SCRIPT, [_p(path), f"{mode:04o}"], f"upload {path}")
 
 
+# One shell session carries every command of a connection (deploy/session.py): one exec
+# instead of one per command, so a command costs one round trip on the wire (no channel to
+# open, no exec to answer, no window to wait for before its stdin, no CHANNEL_CLOSE to answer).
+# $1 is the session's nonce; `$2 $3` (a limit and a command line) are the first command, which
+# rides on the exec request itself. Each later command arrives on stdin as a frame:
+#     "<limit> <line bytes> <stdin bytes>\n" <line> <stdin>
+# read with GNU `head -c`, which never reads past its count, so a command that leaves its stdin
+# unread cannot swallow the next frame (the rest is drained). A command reads exactly its own
+# stdin (none: /dev/null), runs as `sh -c <line>` — what an exec request would run — under
+# `timeout` with the client's deadline (the host stops what the client gave up on), and is
+# followed by "\n@@rg-done:<nonce>:<exit>\n" on stdout and on stderr, so the client knows where
+# its output ends, whatever bytes came before. Stdin's EOF (the client left) ends the loop.
+SESSION_SCRIPT = r"""
+n=$1; shift
+end() { printf '\n@@rg-done:%s:%s\n' "$n" "$1"; printf '\n@@rg-done:%s:%s\n' "$n" "$1" >&2; }
+if [ $# -ge 2 ]; then timeout -k 5 "$1" sh -c "$2" </dev/null; end $?; fi
+while IFS=' ' read -r limit clen slen; do
+  line=$(head -c "$clen"; printf x); line=${line%x}
+  if [ "$slen" -gt 0 ]; then
+    head -c "$slen" | { timeout -k 5 "$limit" sh -c "$line"; rc=$?; cat >/dev/null; exit "$rc"; }
+  else
+    timeout -k 5 "$limit" sh -c "$line" </dev/null
+  fi
+  end $?
+done
+"""
+DONE_MARK = "@@rg-done:"
+
+
+def shell_session(nonce: str, first: str | None = None, limit: int = 0) -> Cmd:
+    """The long-lived shell session (SESSION_SCRIPT), optionally running `first` (a rendered
+    command line with no stdin) at once, bounded by `limit` seconds on the host."""
+    if not nonce.isalnum():
+        raise ValueError(f"a session nonce is letters and digits, not {nonce!r}")
+    args = [nonce] if first is None else [nonce, str(max(1, limit)), first]
+    return _script("session", SESSION_SCRIPT, args, "shell session")
+
+
 def write_manifest(release_dir: PurePosixPath, manifest: Manifest) -> Cmd:
     body = json.dumps(manifest.as_dict(), indent=2, sort_keys=True) + "\n"
     return write_file(
@@ -651,9 +689,7 @@ def reuse_or_install(
             install,
             *runtimes,
         ],
-        f"(in {partial.name}) "
-        + reuse
-        + install,
+        f"(in {partial.name}) " + reuse + install,
     )
 
 
@@ -940,9 +976,7 @@ def install_release_env(
             _p(shared_env) if shared_env else "",
             settings,
         ],
-        f"write {dest.parent.name}/{dest.name} (mode 0600"
-        + origin
-        + " + release settings)",
+        f"write {dest.parent.name}/{dest.name} (mode 0600" + origin + " + release settings)",
     )
 
 

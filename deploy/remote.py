@@ -12,21 +12,28 @@ import base64
 import contextlib
 import functools
 import hashlib
+import secrets
 import select
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Protocol
 
 import paramiko
 from fabric import Connection
-from invoke.exceptions import CommandTimedOut
 
-from deploy.commands import Cmd, client_deadline, receive_file, without_marks
+from deploy.commands import (
+    TIMED_OUT,
+    Cmd,
+    client_deadline,
+    receive_file,
+    shell_session,
+    without_marks,
+)
 from deploy.errors import (
     CommandFailure,
     ConnectionLost,
@@ -36,6 +43,7 @@ from deploy.errors import (
     RemoteCommandError,
 )
 from deploy.redact import Redactor
+from deploy.session import Reply, SessionLost, SessionTimeout, ShellSession
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class SshRemote:
             hop = hop.gateway
         self.commands_run = 0
         self._opened = False
+        self._session: ShellSession | None = None
         # why the last tunnel's connections to the host port failed (None: they did not)
         self.tunnel_failure: str | None = None
 
@@ -213,18 +222,30 @@ class SshRemote:
         self.commands_run += 1
         deadline = timeout if timeout is not None else client_deadline(cmd, self._command_timeout)
         feed = stdin if stdin is not None else cmd.stdin
+        data = feed.encode() if feed is not None else b""
+        started = time.monotonic()
         try:
-            promise = self._conn.run(
-                cmd.render(),
-                hide=True,
-                warn=True,
-                in_stream=_Feed(feed) if feed is not None else False,
-                timeout=deadline,
-                asynchronous=True,
-            )
-            _wait_interruptibly(promise.runner)
-            res = promise.join()
-        except CommandTimedOut:
+            reply = self._send(cmd.render(), deadline, [data] if data else [], len(data))
+        except SessionTimeout:
+            reply = None
+        except SessionLost:
+            if not self._alive():
+                raise ConnectionLost(
+                    f"lost the SSH connection to {self.host_label} while running "
+                    f"`{self._redact(cmd.display)}` (no exit status: the link was dropped)"
+                ) from None
+            reply = Reply(b"", b"the host's shell session ended without an exit status", -1)
+        except (OSError, EOFError, paramiko.SSHException, ConnectionLost) as exc:
+            raise ConnectionLost(
+                f"lost the SSH connection to {self.host_label} while running "
+                f"`{self._redact(cmd.display)}`: "
+                f"{self._redact(type(exc).__name__ + ': ' + str(exc))}"
+            ) from None
+        if reply is None or (
+            reply.exit_code in TIMED_OUT and time.monotonic() - started >= deadline
+        ):
+            # the client's deadline passed (the host's `timeout` with the same limit, or no
+            # reply at all): the command was abandoned, as before
             if not check:
                 return Result(stdout="", stderr=f"timed out after {deadline:g}s", exit_code=124)
             raise RemoteCommandError(
@@ -234,25 +255,14 @@ class SshRemote:
                     stderr_tail=f"no result after {deadline:g}s; the command was abandoned",
                     host=self.host_label,
                 )
-            ) from None
-        except Exception as exc:
-            # invoke/paramiko raise a zoo of types for a dropped link; all mean the same here.
-            raise ConnectionLost(
-                f"lost the SSH connection to {self.host_label} while running "
-                f"`{self._redact(cmd.display)}`: "
-                f"{self._redact(type(exc).__name__ + ': ' + str(exc))}"
-            ) from None
-        if res.exited == -1 and not self._alive():
-            # The channel closed without an exit status: the link died under the command.
-            raise ConnectionLost(
-                f"lost the SSH connection to {self.host_label} while running "
-                f"`{self._redact(cmd.display)}` (no exit status: the link was dropped)"
             )
-        failed = cmd.failed_step(res.stderr) if res.exited != 0 else None
+        stdout = reply.stdout.decode("utf-8", "replace")
+        stderr = reply.stderr.decode("utf-8", "replace")
+        failed = cmd.failed_step(stderr) if reply.exit_code != 0 else None
         result = Result(
-            stdout=res.stdout,
-            stderr=without_marks(res.stderr),
-            exit_code=res.exited,
+            stdout=stdout,
+            stderr=without_marks(stderr),
+            exit_code=reply.exit_code,
             step=failed.name if failed else None,
         )
         if check and not result.ok:
@@ -266,6 +276,45 @@ class SshRemote:
             )
         return result
 
+    def _send(
+        self,
+        line: str,
+        deadline: float,
+        stdin: Iterable[bytes],
+        size: int,
+        reply_wait: Callable[[], float] | None = None,
+    ) -> Reply:
+        """One command over the connection's shell session (deploy/session.py), started by
+        the first command — which, if it has no stdin, rides on the session's exec request.
+        The host stops the command after `deadline` seconds; the client waits a little more
+        for that verdict, then gives the session up."""
+        wait = deadline + _VERDICT_GRACE
+        session = self._session
+        if session is None or session.broken:
+            channel = self._take_channel()
+            nonce = secrets.token_hex(16)
+            session = ShellSession(_ChannelDuplex(channel, self.transport), nonce)
+            if size == 0:
+                _exec_early(channel, shell_session(nonce, line, int(deadline + 0.999)).render())
+                self._session = session
+                return session.collect(wait)
+            _exec_early(channel, shell_session(nonce).render())
+            self._session = session
+        session.send(
+            line, limit=deadline, stdin=stdin, stdin_size=size, send_timeout=self._command_timeout
+        )
+        return session.collect(reply_wait() if reply_wait is not None else wait)
+
+    def _take_channel(self) -> paramiko.Channel:
+        channels, self._conn.channels = self._conn.channels, None
+        if channels is not None:
+            # the channel opened ahead (right after authentication) starts the session; no
+            # further channel is opened ahead: later commands share this one
+            channel = channels.take_last()
+        else:
+            channel = self.transport.open_session(timeout=self._connect_timeout)
+        return channel
+
     def _alive(self) -> bool:
         transport = self._conn.client.get_transport()
         return transport is not None and transport.is_active()
@@ -273,29 +322,32 @@ class SshRemote:
     def put(self, local: Path, remote: PurePosixPath) -> None:
         """Upload with a deadline: no single write or reply may take longer than
         command_timeout (a stalled link), and the whole upload no longer than upload_timeout.
-        The file travels on the stdin of one command (commands.receive_file) on a session
-        channel opened ahead; the remote copy keeps the local mode (0600 for the env file)."""
+        The file travels on the stdin of one command (commands.receive_file) over the shell
+        session, byte-counted; the remote copy keeps the local mode (0600 for the env file)."""
         if not self._conn.is_connected:
             self.open()
         deadline = time.monotonic() + self._upload_timeout
         cmd = receive_file(remote, stat.S_IMODE(local.stat().st_mode))
-        channel: paramiko.Channel | None = None
-        try:
-            channel = self._conn.create_session()
-            channel.settimeout(self._command_timeout)
-            channel.exec_command(cmd.render())
+        size = local.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
             with local.open("rb") as source:
                 while chunk := source.read(_UPLOAD_CHUNK):
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"not finished after {self._upload_timeout:g}s")
-                    channel.sendall(chunk)
-            channel.shutdown_write()
-            wait = min(self._command_timeout, max(deadline - time.monotonic(), 0.1))
-            if not channel.status_event.wait(wait):
-                raise TimeoutError(f"no answer {wait:g}s after the last byte")
-            code = channel.recv_exit_status()
-            stderr = channel.recv_stderr(4096).decode("utf-8", "replace") if code else ""
-        except TimeoutError as exc:
+                    yield chunk
+
+        try:
+            reply = self._send(
+                cmd.render(),
+                self._upload_timeout,
+                chunks(),
+                size,
+                # after the last byte, the answer within command_timeout (and the whole)
+                lambda: min(self._command_timeout, max(deadline - time.monotonic(), 0.1)),
+            )
+            code, stderr = reply.exit_code, reply.stderr.decode("utf-8", "replace")
+        except (TimeoutError, SessionTimeout) as exc:
             raise RemoteCommandError(
                 CommandFailure(
                     display=f"upload {local.name} to {remote}",
@@ -304,14 +356,10 @@ class SshRemote:
                     host=self.host_label,
                 )
             ) from None
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except (OSError, EOFError, paramiko.SSHException, SessionLost, ConnectionLost) as exc:
             raise ConnectionLost(
                 f"uploading {local.name} to {self.host_label}:{remote} failed: {exc}"
             ) from None
-        finally:
-            if channel is not None:
-                with contextlib.suppress(Exception):
-                    channel.close()
         if code != 0:
             raise RemoteCommandError(
                 CommandFailure(
@@ -337,6 +385,10 @@ class SshRemote:
             self.tunnel_failure = forward.failure
 
     def close(self) -> None:
+        # The session is not closed by a message of its own (an EOF or CHANNEL_CLOSE after
+        # the last reply would be one more turn on the wire): closing the connection ends it,
+        # and the host's loop with it (its stdin ends).
+        self._session = None
         channels, self._conn.channels = self._conn.channels, None
         if channels is not None:
             channels.close()
@@ -358,6 +410,36 @@ def verified_client(
 
 
 _UPLOAD_CHUNK = 32768  # paramiko's own SFTP write size
+# Seconds the client waits past a command's deadline for the host's own verdict (its `timeout`
+# with the same limit) before it gives the session up.
+_VERDICT_GRACE = 2.0
+
+
+class _ChannelDuplex:
+    """The shell session's streams on a paramiko session channel."""
+
+    def __init__(self, channel: paramiko.Channel, transport: paramiko.Transport) -> None:
+        self._channel = channel
+        self._transport = transport
+
+    def send(self, data: bytes, timeout: float) -> None:
+        self._channel.settimeout(timeout)
+        self._channel.sendall(data)
+
+    def receive(self, timeout: float) -> tuple[bytes, bytes, bool]:
+        ch = self._channel
+        if not (ch.recv_ready() or ch.recv_stderr_ready() or ch.eof_received or ch.closed):
+            # the channel's select pipe is set by stdout, stderr, EOF and close alike
+            select.select([ch], [], [], timeout)
+        out = ch.recv(65536) if ch.recv_ready() else b""
+        err = ch.recv_stderr(65536) if ch.recv_stderr_ready() else b""
+        ended = (ch.eof_received or ch.closed or not self._transport.is_active()) and not (
+            ch.recv_ready() or ch.recv_stderr_ready()
+        )
+        return out, err, ended
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 class _Channels:
@@ -380,6 +462,12 @@ class _Channels:
             channel = self._open()  # the link's own error, where it belongs: in the caller
         self.prefetch()
         return channel
+
+    def take_last(self) -> paramiko.Channel:
+        """The channel opened ahead, without opening another."""
+        with self._lock:
+            self._closed = True
+        return self.take()
 
     def prefetch(self) -> _Channels:
         with self._lock:
@@ -447,22 +535,6 @@ def _exec_early(channel: paramiko.Channel, command: str) -> None:
         paramiko.Channel.exec_command(channel, command)
 
 
-def _wait_interruptibly(runner: Any) -> None:
-    """Wait for a remote command so that a signal stops the wait at once. Invoke's own wait
-    only forwards a KeyboardInterrupt to the command (which, without a pty, ignores it) and,
-    on any other exception, still joins its reader threads — which end only when the command
-    does: a Ctrl-C during a 10-minute install waited 10 minutes. Here the channel is closed
-    first; the host's own `timeout` (commands.bounded) ends a long step by itself."""
-    try:
-        while not (runner.process_is_finished or runner.has_dead_threads):
-            time.sleep(runner.input_sleep)
-    except BaseException:
-        runner.program_finished.set()
-        with contextlib.suppress(Exception):
-            runner.stop()  # closes the channel: the reader threads end now
-        raise
-
-
 class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):
     """Opt-in only (ssh.accept_unknown_hosts): pin an unknown key; changed keys still fail."""
 
@@ -473,18 +545,6 @@ class _PinOnFirstUse(paramiko.MissingHostKeyPolicy):
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
         self._pin(hostname, key)
-
-
-class _Feed:
-    """A command's stdin for invoke. Invoke reads a stream that is not a terminal one byte
-    per 10 ms; this hands over everything at the first read, then EOF (stdin is closed)."""
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-
-    def read(self, _size: int = -1) -> str:
-        text, self._text = self._text, ""
-        return text
 
 
 def _tail(text: str, lines: int = 6) -> str:
