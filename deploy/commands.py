@@ -584,6 +584,7 @@ end() { printf '\n@@rg-done:%s:%s\n' "$n" "$1"; printf '\n@@rg-done:%s:%s\n' "$n
 if [ $# -ge 2 ]; then timeout -k 5 "$1" sh -c "$2" </dev/null; end $?; fi
 while IFS=' ' read -r limit clen slen; do
   line=$(head -c "$clen"; printf x); line=${line%x}
+  [ "$(head -c 32)" = "$n" ] || exit 1
   if [ "$slen" -gt 0 ]; then
     head -c "$slen" | { timeout -k 5 "$limit" sh -c "$line"; rc=$?; cat >/dev/null; exit "$rc"; }
   else
@@ -598,7 +599,7 @@ DONE_MARK = "@@rg-done:"
 def shell_session(nonce: str, first: str | None = None, limit: int = 0) -> Cmd:
     """The long-lived shell session (SESSION_SCRIPT), optionally running `first` (a rendered
     command line with no stdin) at once, bounded by `limit` seconds on the host."""
-    if not nonce.isalnum():
+    if not (len(nonce) == 32 and nonce.isalnum()):
         raise ValueError(f"a session nonce is letters and digits, not {nonce!r}")
     args = [nonce] if first is None else [nonce, str(max(1, limit)), first]
     return _script("session", SESSION_SCRIPT, args, "shell session")

@@ -54,10 +54,11 @@ class Reply:
     exit_code: int
 
 
-def frame(line: str, limit: float, stdin_size: int) -> bytes:
+def frame(line: str, limit: float, stdin_size: int, nonce: str) -> bytes:
     """The header and command line of one frame; `stdin_size` bytes of stdin follow it."""
     body = line.encode()
-    return f"{max(1, int(limit + 0.999))} {len(body)} {stdin_size}\n".encode() + body
+    head = f"{max(1, int(limit + 0.999))} {len(body)} {stdin_size}\n".encode()
+    return head + body + nonce.encode()
 
 
 class _Stream:
@@ -93,6 +94,7 @@ class ShellSession:
 
     def __init__(self, duplex: Duplex, nonce: str) -> None:
         self._duplex = duplex
+        self._nonce = nonce
         mark = f"\n{DONE_MARK}{nonce}:".encode()
         self._out = _Stream(mark)
         self._err = _Stream(mark)
@@ -123,7 +125,7 @@ class ShellSession:
         send_timeout: float = 60,
     ) -> None:
         with self._giving_up_on_error():
-            self._duplex.send(frame(line, limit, stdin_size), send_timeout)
+            self._duplex.send(frame(line, limit, stdin_size, self._nonce), send_timeout)
             sent = 0
             for chunk in stdin:
                 sent += len(chunk)
@@ -134,25 +136,41 @@ class ShellSession:
                 raise ValueError(f"{sent} bytes of stdin sent, {stdin_size} announced")
 
     def collect(self, wait: float) -> Reply:
-        """The reply to the command sent last (or run by the session's exec request)."""
+        """The reply to the command sent last (or run by the session's exec request).
+
+        An interrupt (Ctrl-C, SIGTERM's exception) while waiting is held until the reply is in
+        or the deadline passed, then raised — as an exec command's was: the cleanup that
+        follows never runs beside a command still at work on the host. A second one gives up
+        at once."""
+        interrupted: BaseException | None = None
         with self._giving_up_on_error():
             deadline = time.monotonic() + wait
             self._out.feed(b"")
             self._err.feed(b"")
             while self._out.exit_code is None or self._err.exit_code is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SessionTimeout(f"no reply within {wait:g}s")
-                out, err, ended = self._duplex.receive(min(left, 1.0))
-                self._out.feed(out)
-                self._err.feed(err)
+                try:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise SessionTimeout(f"no reply within {wait:g}s")
+                    out, err, ended = self._duplex.receive(min(left, 1.0))
+                    self._out.feed(out)
+                    self._err.feed(err)
+                except Exception:
+                    raise
+                except BaseException as exc:
+                    if interrupted is not None:
+                        raise
+                    interrupted = exc
+                    continue
                 if ended and not out and not err:
                     if self._out.exit_code is not None and self._err.exit_code is not None:
                         break
                     raise SessionLost("the session ended before the command's reply")
             reply = Reply(self._out.output, self._err.output, self._out.exit_code)
             self._out.exit_code = self._err.exit_code = None
-            return reply
+        if interrupted is not None:
+            raise interrupted
+        return reply
 
     @contextlib.contextmanager
     def _giving_up_on_error(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from deploy import commands
-from deploy.session import SessionLost, SessionTimeout, ShellSession
+from deploy.session import SessionLost, SessionTimeout, ShellSession, frame
 from tests.conftest import wait_until
 
 NONCE = "0123456789abcdef0123456789abcdef"
@@ -87,7 +87,9 @@ def test_commands_in_order_each_with_its_own_output_and_exit_code(shell):
     # no trailing newline, trailing blank lines and quoting all survive as an exec would see them
     second = run(session, "printf 'a b'; printf 'x\\n\\n\\n' >&2")
     assert (second.stdout, second.stderr, second.exit_code) == (b"a b", b"x\n\n\n", 0)
-    third = run(session, commands.Cmd("t", ("sh", "-c", 'echo "$1"', "n", "it's $HOME"), "t").render())
+    third = run(
+        session, commands.Cmd("t", ("sh", "-c", 'echo "$1"', "n", "it's $HOME"), "t").render()
+    )
     assert third.stdout == b"it's $HOME\n"
 
 
@@ -147,23 +149,61 @@ def test_no_reply_within_the_clients_deadline_gives_the_session_up(shell):
         run(session, "echo never")
 
 
-def test_an_interrupt_while_waiting_gives_the_session_up_at_once(shell):
-    session, duplex = shell
+def interrupting_after(*delays: float):
+    """Raise KeyboardInterrupt in this thread after each delay (Ctrl-C, as the CLI sees it)."""
+    pending = list(delays)
 
     def interrupt(signum, frame):
+        if pending:
+            signal.setitimer(signal.ITIMER_REAL, pending.pop(0))
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    signal.setitimer(signal.ITIMER_REAL, pending.pop(0))
+    return old
+
+
+def stop_interrupting(old) -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_an_interrupt_is_raised_once_the_command_in_flight_has_answered(shell):
+    # the cleanup after Ctrl-C must not run beside a command still at work on the host
+    session, duplex = shell
+    old = interrupting_after(0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(session, "sleep 1.5; echo finished", wait=30)
+    finally:
+        stop_interrupting(old)
+    assert time.monotonic() - started >= 1.4
+    assert not session.broken  # the reply was read whole: the session goes on
+    assert run(session, "echo cleanup").stdout == b"cleanup\n"
+
+
+def test_a_second_interrupt_gives_the_session_up_at_once(shell):
+    session, duplex = shell
+    old = interrupting_after(0.3, 0.3)
     started = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
             run(session, "sleep 20", wait=30)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        stop_interrupting(old)
     assert time.monotonic() - started < 5
     assert session.broken and duplex.closed  # never reused with a reply half read
+
+
+def test_a_frame_cut_short_is_never_run(tmp_path: Path):
+    duplex = LocalShell(commands.shell_session(NONCE))
+    witness = tmp_path / "ran"
+    whole = frame(f"touch {witness}", 10, 0, NONCE)
+    duplex.send(whole[:-5], 1)  # the client was interrupted mid-send, then left
+    duplex.close()
+    assert duplex.proc.wait(timeout=5) != 0
+    assert not witness.exists()
 
 
 def test_a_session_that_dies_mid_command_is_lost_not_hung(shell):
@@ -190,4 +230,4 @@ def test_stdin_never_shows_on_a_command_line(shell):
 
 def test_a_session_nonce_is_plain():
     with pytest.raises(ValueError):
-        commands.shell_session("x'; rm -rf /")
+        commands.shell_session("x'; rm -rf /" + "0" * 20)

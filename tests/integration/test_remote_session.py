@@ -1,0 +1,130 @@
+"""Every command of a connection travels on one shell session (deploy/session.py) over real SSH
+to the sandbox, and fails no worse than an exec command of its own would: the host stops a
+command at its deadline, Ctrl-C gives up at once, a dropped link is ConnectionLost, stdin is
+exactly the command's own and never on a command line, any output arrives whole."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from deploy.commands import Cmd
+from deploy.errors import ConnectionLost
+from deploy.remote import SshRemote
+from tests.conftest import wait_until
+from tests.integration.conftest import Target
+
+pytestmark = pytest.mark.integration
+
+
+def sh(script: str, *args: str) -> Cmd:
+    return Cmd("test", ("sh", "-c", script, "releasegate", *args), "test")
+
+
+@pytest.fixture
+def remote(target: Target) -> Iterator[SshRemote]:
+    vps = target.vps
+    conn = SshRemote(
+        address=vps.address,
+        port=vps.port,
+        user=vps.user,
+        known_hosts=(vps.known_hosts,),
+        identity_file=vps.identity_file,
+        command_timeout=20,
+    )
+    conn.open()
+    # the first command rides on the session's exec request (its line stays on the loop's
+    # command line on the host, where `pgrep -f` would find it): the tests' commands are later
+    assert conn.run(sh("echo first")).stdout == "first\n"
+    yield conn
+    conn.close()
+
+
+def running_on_host(t: Target, marker: str) -> bool:
+    pattern = marker.replace(".", "[.]")  # keeps pgrep from matching the shell that runs it
+    return t.ssh(f"pgrep -f 'sleep {pattern}'", check=False).returncode == 0
+
+
+def test_stdin_output_and_uploads_arrive_exact(remote: SshRemote, tmp_path: Path):
+    assert remote.run(sh('cat; echo "[$1]"', "it's"), stdin="héllo\n").stdout == "héllo\n[it's]\n"
+    # a command given no stdin reads end-of-file at once, never the next command's bytes
+    assert remote.run(sh("cat; echo done")).stdout == "done\n"
+    big = remote.run(sh("head -c 3000000 /dev/zero | tr '\\0' x; printf '\\377\\000end' >&2"))
+    assert big.stdout == "x" * 3_000_000 and big.stderr == "\ufffd\x00end"
+    secret = "s3cret-" + uuid.uuid4().hex
+    listing = remote.run(sh("ps -eo args"), stdin=secret).stdout
+    assert "ps -eo args" in listing and secret not in listing
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(1_500_000))
+    blob.chmod(0o600)
+    dest = PurePosixPath(f"/tmp/rg-upload-{uuid.uuid4().hex}")
+    remote.put(blob, dest)
+    seen = remote.run(sh('stat -c %a "$1"; sha256sum < "$1"; rm -f "$1"', str(dest))).stdout
+    assert seen.split()[:2] == ["600", hashlib.sha256(blob.read_bytes()).hexdigest()]
+    failed = remote.run(sh("echo why >&2; exit 9"), check=False)
+    assert (failed.exit_code, failed.stderr) == (9, "why")
+
+
+def test_the_host_stops_a_command_at_its_deadline(target: Target, remote: SshRemote):
+    marker = f"600.{uuid.uuid4().int % 10**6}"
+    started = time.monotonic()
+    res = remote.run(sh(f"sleep {marker}"), timeout=2, check=False)
+    assert res.exit_code == 124 and "timed out" in res.stderr
+    assert time.monotonic() - started < 2 + 2 + 3
+    assert not running_on_host(target, marker)
+    assert remote.run(sh("echo next")).stdout == "next\n"
+
+
+def test_ctrl_c_waits_for_the_command_in_flight_then_a_second_one_gives_up(
+    target: Target, remote: SshRemote
+):
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        # one Ctrl-C: raised once the command answered, so the cleanup that follows never
+        # runs beside it on the host (here the host stops it at its 3 s deadline)
+        marker = f"600.{uuid.uuid4().int % 10**6}"
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            remote.run(sh(f"sleep {marker}"), timeout=3)
+        assert 2.5 < time.monotonic() - started < 3 + 2 + 3
+        assert not running_on_host(target, marker)
+        assert remote.run(sh("echo cleanup")).stdout == "cleanup\n"
+        # a second Ctrl-C gives up at once; the host still stops the command by itself
+        marker = f"600.{uuid.uuid4().int % 10**6}"
+        signal.setitimer(signal.ITIMER_REAL, 0.5, 0.3)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            remote.run(sh(f"sleep {marker}"), timeout=4)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        assert time.monotonic() - started < 3
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert remote.run(sh("echo on a fresh session")).stdout == "on a fresh session\n"
+    wait_until(
+        lambda: not running_on_host(target, marker), 4 + 5 + 10, "the host to stop the command"
+    )
+
+
+def test_a_link_dropped_mid_command_is_connection_lost(remote: SshRemote):
+    # the command kills the sshd process serving this very connection
+    drop = sh(
+        'p=$$; while [ "$p" -gt 1 ]; do '
+        'case $(cat /proc/$p/comm) in sshd*) kill -9 "$p"; break;; esac; '
+        "p=$(cut -d' ' -f4 /proc/$p/stat); done; sleep 30"
+    )
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        remote.run(drop)
+    assert time.monotonic() - started < 15
