@@ -1,8 +1,10 @@
 """The Remote seam: run a Cmd, upload a file, open a tunnel — over one SSH connection.
 
-`SshRemote` is Fabric underneath, with one change that matters: host keys are verified.
+`SshRemote` connects with Fabric, with one change that matters: host keys are verified.
 Fabric's Connection trusts any key (paramiko's auto-add policy); we load known_hosts and use
 RejectPolicy, so an unknown or changed key stops the operation (exit 7) before any command runs.
+Commands and uploads then travel on one long-lived shell session (deploy/session.py): one
+round trip on the wire per command.
 Tests use a fake Remote (tests/fakehost.py); nothing patches this module.
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import hashlib
 import secrets
 import select
@@ -61,7 +62,8 @@ class Result:
 class Remote(Protocol):
     """One host. `run` waits at most `timeout` seconds (default: the command's own deadline,
     commands.client_deadline); `stdin` (default: cmd.stdin) is written to the command's
-    standard input and closed — data that must not show in `ps` on the host goes there."""
+    standard input and closed — data that must not show in `ps` on the host goes there; a
+    command given none reads end-of-file."""
 
     host_label: str
 
@@ -142,6 +144,7 @@ class SshRemote:
         self.commands_run = 0
         self._opened = False
         self._session: ShellSession | None = None
+        self._session_lock = threading.Lock()  # held by the thread whose command is on it
         # why the last tunnel's connections to the host port failed (None: they did not)
         self.tunnel_failure: str | None = None
 
@@ -287,23 +290,57 @@ class SshRemote:
         """One command over the connection's shell session (deploy/session.py), started by
         the first command — which, if it has no stdin, rides on the session's exec request.
         The host stops the command after `deadline` seconds; the client waits a little more
-        for that verdict, then gives the session up."""
-        wait = deadline + _VERDICT_GRACE
-        session = self._session
-        if session is None or session.broken:
-            channel = self._take_channel()
-            nonce = secrets.token_hex(16)
-            session = ShellSession(_ChannelDuplex(channel, self.transport), nonce)
-            if size == 0:
-                _exec_early(channel, shell_session(nonce, line, int(deadline + 0.999)).render())
+        for that verdict, then gives the session up. A command from a second thread while the
+        session is busy (the lease keeper's renewal during a long install) runs beside it on a
+        session of its own, closed after it."""
+        if not self._session_lock.acquire(blocking=False):
+            channel = self.transport.open_session(timeout=self._connect_timeout)
+            aside, rode = self._start(channel, line, deadline, size)
+            try:
+                if rode:
+                    return aside.collect(deadline + _VERDICT_GRACE)
+                return self._finish(aside, line, deadline, stdin, size, reply_wait)
+            finally:
+                aside.close()
+        try:
+            session = self._session
+            if session is None or session.broken:
+                session, rode = self._start(self._take_channel(), line, deadline, size)
                 self._session = session
-                return session.collect(wait)
+                if rode:
+                    return session.collect(deadline + _VERDICT_GRACE)
+            return self._finish(session, line, deadline, stdin, size, reply_wait)
+        finally:
+            self._session_lock.release()
+
+    def _start(
+        self, channel: paramiko.Channel, line: str, deadline: float, size: int
+    ) -> tuple[ShellSession, bool]:
+        """A shell session on `channel`; True if the command rode on its exec request (its
+        reply is the session's first), False if it is still to be sent (it has stdin)."""
+        nonce = secrets.token_hex(16)
+        session = ShellSession(_ChannelDuplex(channel, self.transport), nonce)
+        if size:
             _exec_early(channel, shell_session(nonce).render())
-            self._session = session
+            return session, False
+        _exec_early(channel, shell_session(nonce, line, int(deadline + 0.999)).render())
+        return session, True
+
+    def _finish(
+        self,
+        session: ShellSession,
+        line: str,
+        deadline: float,
+        stdin: Iterable[bytes],
+        size: int,
+        reply_wait: Callable[[], float] | None,
+    ) -> Reply:
         session.send(
             line, limit=deadline, stdin=stdin, stdin_size=size, send_timeout=self._command_timeout
         )
-        return session.collect(reply_wait() if reply_wait is not None else wait)
+        return session.collect(
+            reply_wait() if reply_wait is not None else deadline + _VERDICT_GRACE
+        )
 
     def _take_channel(self) -> paramiko.Channel:
         channels, self._conn.channels = self._conn.channels, None
@@ -443,10 +480,10 @@ class _ChannelDuplex:
 
 
 class _Channels:
-    """Session channels opened one ahead. Opening a channel is a round trip of its own before
-    a command can be sent; opened in the background while the previous command runs, its
-    request travels with that command's and the next command starts at once. An unused
-    channel costs nothing on the host (sshd starts a session only on the exec request)."""
+    """The session channel opened ahead: right after authentication, in the background while
+    the flow still works locally (the artifact build), so the first command goes out at once
+    on the shell session's exec request. An unused channel costs nothing on the host (sshd
+    starts a session only on the exec request)."""
 
     def __init__(self, opener: Callable[[], paramiko.Channel]) -> None:
         self._open = opener
@@ -505,16 +542,10 @@ class _Opening(threading.Thread):
 
 
 class _Connection(Connection):
-    """Fabric's connection, its command sessions taken from `channels` once it is open."""
+    """Fabric's connection (connect, ProxyJump), with the channel opened ahead for the shell
+    session that carries its commands."""
 
     channels: _Channels | None = None
-
-    def create_session(self) -> paramiko.Channel:
-        if self.channels is None or not self.is_connected:
-            return super().create_session()
-        channel = self.channels.take()
-        channel.exec_command = functools.partial(_exec_early, channel)
-        return channel
 
 
 def _exec_early(channel: paramiko.Channel, command: str) -> None:

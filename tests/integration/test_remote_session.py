@@ -11,6 +11,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -128,3 +129,15 @@ def test_a_link_dropped_mid_command_is_connection_lost(remote: SshRemote):
     with pytest.raises(ConnectionLost):
         remote.run(drop)
     assert time.monotonic() - started < 15
+
+
+def test_a_second_thread_runs_beside_a_long_command(target: Target, remote: SshRemote):
+    # the lease keeper renews the lock while the flow's thread waits on a long install
+    marker = f"4.{uuid.uuid4().int % 10**6}"
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        long = pool.submit(remote.run, sh(f"sleep {marker}; echo long"))
+        wait_until(lambda: running_on_host(target, marker), 10, "the long command on the host")
+        assert remote.run(sh("echo beside")).stdout == "beside\n"
+        assert not long.done()  # it ran beside, not after
+        assert long.result(timeout=30).stdout == "long\n"
+    assert remote.run(sh("echo after")).stdout == "after\n"
