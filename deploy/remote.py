@@ -178,6 +178,7 @@ class SshRemote:
                 f"that the address and port in the inventory are right."
             ) from None
         self._opened = True
+        self._session = None  # a session from before a reconnect died with its transport
         transport = self.transport
         # the first command's channel opens while the flow still works locally
         self._conn.channels = _Channels(transport.open_session).prefetch()
