@@ -233,12 +233,14 @@ class SshRemote:
         except SessionTimeout:
             reply = None
         except SessionLost:
-            if not self._alive():
-                raise ConnectionLost(
-                    f"lost the SSH connection to {self.host_label} while running "
-                    f"`{self._redact(cmd.display)}` (no exit status: the link was dropped)"
-                ) from None
-            reply = Reply(b"", b"the host's shell session ended without an exit status", -1)
+            # The session ended under the command without its exit status: the link or the
+            # host's side of it (sshd) went away — even if the transport has not noticed yet.
+            # The connection is dropped so that the next command reconnects.
+            self._drop_connection()
+            raise ConnectionLost(
+                f"lost the SSH connection to {self.host_label} while running "
+                f"`{self._redact(cmd.display)}` (no exit status: the link was dropped)"
+            ) from None
         except (OSError, EOFError, paramiko.SSHException, ConnectionLost) as exc:
             raise ConnectionLost(
                 f"lost the SSH connection to {self.host_label} while running "
@@ -353,6 +355,14 @@ class SshRemote:
             channel = self.transport.open_session(timeout=self._connect_timeout)
         return channel
 
+    def _drop_connection(self) -> None:
+        self._session = None
+        channels, self._conn.channels = self._conn.channels, None
+        if channels is not None:
+            channels.close()
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
     def _alive(self) -> bool:
         transport = self._conn.client.get_transport()
         return transport is not None and transport.is_active()
@@ -395,6 +405,8 @@ class SshRemote:
                 )
             ) from None
         except (OSError, EOFError, paramiko.SSHException, SessionLost, ConnectionLost) as exc:
+            if isinstance(exc, SessionLost):
+                self._drop_connection()
             raise ConnectionLost(
                 f"uploading {local.name} to {self.host_label}:{remote} failed: {exc}"
             ) from None
