@@ -71,6 +71,7 @@ SLOW_FILES_FIRST = (
     "integration/test_gate.py",
     "integration/test_systemd_slots.py",
     "integration/test_sandbox.py",
+    "packaging/test_wheel.py",
 )
 
 

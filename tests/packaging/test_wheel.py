@@ -173,18 +173,14 @@ def test_the_demo_finds_its_app_and_environment_in_the_installed_wheel(
     assert "sandbox up" in out and "Docker engine does not answer" in out, out
 
 
-@pytest.mark.skipif(
-    not os.environ.get("RELEASEGATE_WHEEL_DEMO_SANDBOX"),
-    reason="the real demo from the wheel boots a sandbox: set RELEASEGATE_WHEEL_DEMO_SANDBOX",
-)
 def test_the_demo_runs_from_the_installed_wheel(installed: tuple[Path, Path], tmp_path: Path):
-    """Opt-in (RELEASEGATE_WHEEL_DEMO_SANDBOX=NAME:INDEX, as root): the whole demo from the
-    installed wheel, outside the checkout — the shipped app deploys, is gated and promoted,
-    the two bad releases are rejected."""
+    """The whole demo from the installed wheel, outside the checkout, on a sandbox of its own
+    (rgwhl:19 unless RELEASEGATE_WHEEL_DEMO_SANDBOX=NAME:INDEX names another): the shipped app
+    deploys, is gated and promoted, the two bad releases are rejected."""
     from deploy import sandbox
 
     bin_dir, _ = installed
-    where = os.environ["RELEASEGATE_WHEEL_DEMO_SANDBOX"]
+    where = os.environ.get("RELEASEGATE_WHEEL_DEMO_SANDBOX", "rgwhl:19")
     name, _, index = where.partition(":")
     env = {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)}
     try:
