@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,25 @@ from deploy import sandbox
 from tests.sshserver import Server, ssh_server
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def jump(
+    vps: sandbox.SandboxInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[sandbox.SandboxInfo]:
+    """A sandbox that can reach this machine: the session's, unless it is the docker one (which
+    publishes only SSH on loopback and cannot reach us) — then a namespaces sandbox of its own."""
+    if not vps.address.startswith("127."):
+        yield vps
+        return
+    spec = sandbox.SandboxSpec(
+        name="rgjump", index=20, state_root=tmp_path_factory.mktemp("jump-sandbox")
+    )
+    info = sandbox.up(spec, provider_name="namespaces")
+    try:
+        yield info
+    finally:
+        sandbox.down(spec, provider_name="namespaces")
 
 
 def this_side(vps: sandbox.SandboxInfo) -> str:
@@ -56,10 +76,9 @@ def trust_host(home: Path, inv: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_trust_host_pins_the_key_of_the_host_behind_the_jump(
-    vps: sandbox.SandboxInfo, tmp_path: Path
+    jump: sandbox.SandboxInfo, tmp_path: Path
 ):
-    if vps.address.startswith("127."):
-        pytest.skip("the docker sandbox publishes only SSH on loopback: it cannot reach us")
+    vps = jump
     address = this_side(vps)
     with ssh_server(address) as server:
         home = setup(vps, tmp_path, server, address)
