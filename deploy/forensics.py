@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from deploy.deps import Deps
 from deploy.errors import ReleasegateError
+from deploy.host import HostOps
+from deploy.model import ReleaseState
 from deploy.strategies.base import GateTarget
 
 LOG_LINE = 1000  # characters of one log line kept in the output and the journal
@@ -42,4 +45,29 @@ def capture_forensics(d: Deps, failed: str, target: GateTarget, log_lines: int =
         ),
         {"process": state, "logs": logs[-4000:], **({"port": port} if port else {})},
         port_note=port,
+    )
+
+
+def record_failure(
+    d: Deps,
+    host: HostOps,
+    op: str,
+    release: str,
+    state: ReleaseState | None,
+    *,
+    reason: str,
+    evidence: Iterable[str],
+    forensics: Forensics,
+    **detail: object,
+) -> None:
+    """Journal a release's failed gate with its evidence (the last 20 lines) and forensics."""
+    host.record(
+        d.clock.now(),
+        op,
+        release,
+        state,
+        reason=reason,
+        evidence=list(evidence)[-20:],
+        forensics=forensics.journal,
+        **detail,
     )

@@ -8,7 +8,7 @@ import contextlib
 from deploy import migrations, verdict
 from deploy.deps import Deps, host_ops, report, report_slots
 from deploy.errors import ConfigError, ReleasegateError
-from deploy.forensics import Forensics
+from deploy.forensics import Forensics, record_failure
 from deploy.host import HostOps
 from deploy.journal import NEEDS_HUMAN, RESOLVE, HostState
 from deploy.locking import locked
@@ -118,15 +118,16 @@ def hold_for_human(
     step. It stays live, its verdict is left to a human (not bad: the cause may well be
     shared), and the host is marked needs-human."""
     with contextlib.suppress(ReleasegateError):
-        host.record(
-            d.clock.now(),
+        record_failure(
+            d,
+            host,
             op,
             failed,
             None,
             result="gate-failed",
             reason=reason,
-            evidence=list(evidence)[-20:],
-            forensics=forensics.journal,
+            evidence=evidence,
+            forensics=forensics,
         )
     commands = mark_needs_human(
         d,
@@ -224,15 +225,16 @@ def refuse_crossing(
     needs-human with the choices: the down migration then `rollback --to … --across-schema`,
     or roll forward."""
     with contextlib.suppress(ReleasegateError):
-        host.record(
-            d.clock.now(),
+        record_failure(
+            d,
+            host,
             op,
             failed,
             None,
             result="gate-failed",
             reason=reason,
-            evidence=list(evidence)[-20:],
-            forensics=forensics.journal,
+            evidence=evidence,
+            forensics=forensics,
             rollback_refused=crossing.journal("refused"),
         )
     refusal = migrations.refusal(crossing, what="the automatic rollback")

@@ -19,7 +19,7 @@ from deploy.errors import (
     ReleasegateError,
     Signalled,
 )
-from deploy.forensics import Forensics, capture_forensics
+from deploy.forensics import Forensics, capture_forensics, record_failure
 from deploy.gating import gate_release, gate_through, watch
 from deploy.host import HostOps
 from deploy.interrupts import reason_of, shielded, signum_of
@@ -104,14 +104,15 @@ def recover(
             r.info(f"rolling back across a backward-compatible schema change: {crossing.note()}")
         if fallback is None:
             way.stop(failed)
-            host.record(
-                d.clock.now(),
+            record_failure(
+                d,
+                host,
                 op,
                 failed,
                 ReleaseState.BAD,
                 reason=reason,
-                evidence=list(evidence)[-20:],
-                forensics=forensics.journal,
+                evidence=evidence,
+                forensics=forensics,
             )
             return report_slots(
                 d,
@@ -230,14 +231,15 @@ def recover(
         if not early:
             forensics = capture_forensics(d, failed, target)
             evidence += forensics.lines
-        host.record(
-            d.clock.now(),
+        record_failure(
+            d,
+            host,
             op,
             failed,
             ReleaseState.BAD,
             reason=reason,
-            evidence=list(evidence)[-20:],
-            forensics=forensics.journal,
+            evidence=evidence,
+            forensics=forensics,
         )
         host.record(
             d.clock.now(), "rollback", fallback, ReleaseState.GOOD, result="restored", after=failed
@@ -361,15 +363,16 @@ def reject(
                 f"{taken or 'its slot was stopped'}, nothing live changed",
                 signum=signum,
             ) from None
-        host.record(
-            d.clock.now(),
+        record_failure(
+            d,
+            host,
             op,
             rid,
             ReleaseState.BAD,
             result="rejected",
             reason=reason,
-            evidence=list(evidence)[-20:],
-            forensics=forensics.journal,
+            evidence=evidence,
+            forensics=forensics,
         )
         if live is None:
             return report_slots(
