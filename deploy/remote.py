@@ -438,12 +438,7 @@ class SshRemote:
         # The session is not closed by a message of its own (an EOF or CHANNEL_CLOSE after
         # the last reply would be one more turn on the wire): closing the connection ends it,
         # and the host's loop with it (its stdin ends).
-        self._session = None
-        channels, self._conn.channels = self._conn.channels, None
-        if channels is not None:
-            channels.close()
-        with contextlib.suppress(Exception):
-            self._conn.close()
+        self._drop_connection()
 
 
 def verified_client(
