@@ -16,6 +16,7 @@ from deploy.clock import Clock
 from deploy.errors import GateFailed, RemoteCommandError
 from deploy.inventory import VersionConfig
 from deploy.model import IdentityFacts, Probe, ProcessSnapshot
+from smoke import answer
 from smoke.model import printable
 
 
@@ -40,41 +41,47 @@ MIN_READ_TIMEOUT = 1.0
 MAX_PROBE_BODY = 1024 * 1024
 
 
-def bounded_get(
-    client: httpx.Client, path: str, headers: dict[str, str]
-) -> tuple[httpx.Response, bytes, str]:
+@dataclass(frozen=True)
+class ProbeAnswer:
+    status: int
+    headers: httpx.Headers
+    text: str
+    unended: str  # why the body was cut ("" when it ended)
+
+
+def bounded_get(client: httpx.Client, path: str, headers: dict[str, str]) -> ProbeAnswer:
     """GET `path` and read its body within MAX_PROBE_BODY and the client's read timeout in
-    all: (response, body, why the body was cut — "" when it ended). Raises httpx.HTTPError
-    when there is no answer."""
-    started = time.perf_counter()
-    limit = client.timeout.read or 10.0
-    body = bytearray()
-    with client.stream("GET", path, headers=headers) as response:
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > MAX_PROBE_BODY:
-                return response, bytes(body), f"its body went on past {MAX_PROBE_BODY // 1024} KiB"
-            if time.perf_counter() - started > limit:
-                return response, bytes(body), f"its body was still coming after {limit:g}s"
-    return response, bytes(body), ""
+    all (smoke.answer.get: the same bounded reader smoke's checks use). Raises
+    httpx.HTTPError when there is no answer."""
+    try:
+        got = answer.get(client, path, headers=headers, max_bytes=MAX_PROBE_BODY)
+    except answer.UnusableAnswer as exc:
+        if exc.cut == "size":
+            why = f"its body went on past {MAX_PROBE_BODY // 1024} KiB"
+        elif exc.cut == "time":
+            why = f"its body was still coming after {client.timeout.read or 30.0:g}s"
+        else:
+            why = exc.detail
+        return ProbeAnswer(exc.status or 0, httpx.Headers(), "", why)
+    return ProbeAnswer(got.response.status_code, got.response.headers, got.text, "")
 
 
 def probe_http(client: httpx.Client, path: str, headers: dict[str, str]) -> tuple[str, str]:
     """One readiness probe: ("ok"|"fail"|"error", detail). The client carries the timeout."""
     started = time.perf_counter()
     try:
-        response, body, unended = bounded_get(client, path, headers)
+        got = bounded_get(client, path, headers)
     except httpx.TimeoutException:
         return "error", f"no answer: timed out after {time.perf_counter() - started:.1f}s"
     except httpx.HTTPError as exc:
         return "error", f"no answer: {type(exc).__name__} {str(exc)[:120]}".rstrip()
     ms = (time.perf_counter() - started) * 1000
-    if unended:
-        return "fail", f"{response.status_code} in {ms:.0f} ms, but {unended} (an answer must end)"
-    if 200 <= response.status_code < 300:
-        return "ok", f"{response.status_code} in {ms:.0f} ms"
-    text = printable(" ".join(body.decode("utf-8", "replace").split()))[:120]
-    return "fail", f"{response.status_code} in {ms:.0f} ms {text}".rstrip()
+    if got.unended:
+        return "fail", f"{got.status} in {ms:.0f} ms, but {got.unended} (an answer must end)"
+    if 200 <= got.status < 300:
+        return "ok", f"{got.status} in {ms:.0f} ms"
+    text = printable(" ".join(got.text.split()))[:120]
+    return "fail", f"{got.status} in {ms:.0f} ms {text}".rstrip()
 
 
 @dataclass
@@ -319,22 +326,22 @@ def reported_version(
     when the field is null (the app does not know its version)."""
     where = f"GET {settings.path}"
     try:
-        response, body, unended = bounded_get(client, settings.path, headers)
+        got = bounded_get(client, settings.path, headers)
     except httpx.HTTPError as exc:
         raise GateFailed(
             "identity", f"{where} got no answer: {type(exc).__name__} {str(exc)[:120]}"
         ) from None
-    if unended:
-        raise GateFailed("identity", f"{where} answered, but {unended} (an answer must end)")
-    if not 200 <= response.status_code < 300:
-        raise GateFailed("identity", f"{where} answered {response.status_code}, not 2xx")
+    if got.unended:
+        raise GateFailed("identity", f"{where} answered, but {got.unended} (an answer must end)")
+    if not 200 <= got.status < 300:
+        raise GateFailed("identity", f"{where} answered {got.status}, not 2xx")
     if settings.header:
-        value = response.headers.get(settings.header)
+        value = got.headers.get(settings.header)
         if value is None:
             raise GateFailed("identity", f"{where} has no {settings.header} header")
         return value.strip()
     try:
-        node: object = json.loads(body)
+        node: object = json.loads(got.text)
     except (ValueError, RecursionError):  # nested deeper than Python's stack: not usable
         raise GateFailed("identity", f"{where} did not answer JSON") from None
     assert settings.field is not None

@@ -34,12 +34,18 @@ class UnusableAnswer(Exception):
     answer (worth a retry); "fail" means the server said something wrong."""
 
     def __init__(
-        self, detail: str, *, outcome: Literal["fail", "error"] = "fail", status: int | None = None
+        self,
+        detail: str,
+        *,
+        outcome: Literal["fail", "error"] = "fail",
+        status: int | None = None,
+        cut: Literal["", "size", "time"] = "",
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.outcome: Literal["fail", "error"] = outcome
         self.status = status
+        self.cut = cut  # the body was still coming at the size cap or at the deadline
 
 
 @dataclass(frozen=True)
@@ -154,12 +160,14 @@ def _read(
                     f"expected a body that ends within {_size(max_bytes)} got {status} still "
                     f"sending (stopped reading there)",
                     status=status,
+                    cut="size",
                 )
             if clock.monotonic() > deadline or time.monotonic() > real_deadline:
                 raise UnusableAnswer(
                     f"expected a body that ends within {timeout:g} s got {status} still "
                     f"sending ({len(raw)} bytes by then)",
                     status=status,
+                    cut="time",
                 )
         encoding = response.headers.get("content-encoding", "")
         body = _decode(bytes(raw), encoding, max_bytes, status)
@@ -202,6 +210,7 @@ def _inflate(body: bytes, coding: str, max_bytes: int, status: int) -> bytes:
                 f"expected a body that ends within {_size(max_bytes)} got {status} with more "
                 f"once decompressed ({coding}; stopped there)",
                 status=status,
+                cut="size",
             )
         return out
     raise UnusableAnswer(
